@@ -1,0 +1,1 @@
+"""The device side: one ClientApp for simulation and deployment."""

@@ -1,0 +1,81 @@
+"""ClientApp: train the item tower and the private user embedding under DP-SGD; evaluate locally.
+
+Handlers read top to bottom: load, train (or rank), reply. The reply carries the item tower's
+arrays and metrics only; the user embedding and accountant history stay in the node state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.local_data import local_data
+from client.mods import private_state_guard
+from client.state import load_history, load_user_embedding, save_history, save_user_embedding
+from shared.config import model_spec, train_config
+from shared.metrics import metrics_from_rank, rank_of
+from shared.models.recommender import Recommender, item_tower_state
+from shared.training import train_local
+
+torch.set_num_threads(1)  # one simulated client per core; no oversubscription
+
+app = ClientApp(mods=[private_state_guard])
+
+
+def _model(msg: Message, context: Context, config: dict) -> Recommender:
+    """Global item tower from the message, this user's embedding from the node state."""
+    model = Recommender(model_spec(config), num_users=1)
+    model.item_tower.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    user = load_user_embedding(context)
+    if user is not None:
+        model.users.weight.data.copy_(user)
+    return model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = dict(msg.content["config"])
+    data = local_data(dict(context.node_config), config)
+    model = _model(msg, context, config)
+    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + context.node_id % 100_003
+    result = train_local(model, data.catalog, data.train_items, train_config(config), load_history(context), seed)
+    save_user_embedding(context, model.users.weight)
+    save_history(context, result.history, result.epsilon)
+
+    arrays = ArrayRecord(item_tower_state(model))
+    bytes_sent = sum(int(a.numpy().nbytes) for a in arrays.values())
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss if math.isfinite(result.loss) else 0.0,
+            "epsilon": result.epsilon if math.isfinite(result.epsilon) else -1.0,
+            "steps": result.steps,
+            "sample-rate": result.sample_rate,
+            "bytes-sent": bytes_sent,
+        }
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config = dict(msg.content["config"])
+    data = local_data(dict(context.node_config), config)
+    model = _model(msg, context, config).eval()
+    scores = model.score_all(0, data.catalog).numpy()
+    rank = rank_of(scores, data.test_item, data.train_items)
+    cold = data.test_item in data.cold_items
+    candidates = data.num_items - len(set(data.train_items.tolist()) - {data.test_item})
+    metrics = MetricRecord(
+        {
+            "num-examples": 1,
+            "rank": rank,
+            "rank-percentile": rank / max(1, candidates - 1),  # 0 best, 0.5 random, 1 worst
+            "cold": int(cold),
+            **metrics_from_rank(rank),
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

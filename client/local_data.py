@@ -1,0 +1,66 @@
+"""Find this device's data: one ClientApp, two ways to find it.
+
+- Deployment: ``node_config["data-dir"]`` is the device's own dataset folder (same format as
+  any dataset; its interactions are this user's).
+- Simulation: ``node_config["partition-id"]`` picks user ``k`` of the split of the dataset
+  folder the server names in its config (one SuperNode per user).
+
+Loaded once per process (simulation actors serve many rounds and users): the catalog
+features come from the on-disk cache and are shared by all partitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from shared.data import leave_last_out, load_dataset
+from shared.features import load_or_compute_features
+from shared.models.recommender import catalog_tensors
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """What one device trains and evaluates on (item indices into the public catalog)."""
+
+    user_id: str
+    catalog: dict[str, torch.Tensor]
+    train_items: np.ndarray
+    test_item: int
+    cold_items: frozenset[int]
+
+    @property
+    def num_items(self) -> int:
+        return int(self.catalog["text"].shape[0])
+
+
+@lru_cache(maxsize=4)
+def _load_split(data_dir: str, cache_dir: str):
+    dataset = load_dataset(data_dir)
+    split = leave_last_out(dataset)
+    features = load_or_compute_features(dataset, cache_dir or None, progress=False)
+    return dataset, split, catalog_tensors(features)
+
+
+def local_data(node_config: dict, server_config: dict) -> LocalData:
+    """Resolve the device's data from its node config, else from the server's dataset + partition."""
+    if "data-dir" in node_config:
+        data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
+    else:
+        data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
+    dataset, split, catalog = _load_split(data_dir, str(server_config.get("feature-cache", "")))
+    if not 0 <= partition < len(split.users):
+        raise ValueError(
+            f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "
+            f"users with enough interactions; run with num-supernodes={len(split.users)}"
+        )
+    return LocalData(
+        user_id=dataset.user_ids[split.users[partition]],
+        catalog=catalog,
+        train_items=split.train_items[partition],
+        test_item=int(split.test_item[partition]),
+        cold_items=frozenset(int(i) for i in split.cold_items),
+    )

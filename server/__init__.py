@@ -1,0 +1,1 @@
+"""The server side: aggregation, federated evaluation, and the run directory."""

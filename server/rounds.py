@@ -1,0 +1,162 @@
+"""The federated round loop: Flower strategy for sampling and aggregation, our bookkeeping.
+
+This is ``Strategy.start`` made explicit so that each round can be recorded as it ends
+(``metrics.jsonl``, checkpoint), and so that federated evaluation goes to clients that have
+trained: a user's embedding lives only on its device, so a device that never trained has no
+user representation to rank with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.run_directory import RunDirectory
+from shared.metrics import METRIC_NAMES
+
+MESSAGE_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class RoundBook:
+    """What the server knows about its clients, by pseudonymous node id (never by user)."""
+
+    epsilon: dict[int, float] = field(default_factory=dict)
+    rounds_trained: dict[int, int] = field(default_factory=dict)
+
+    def epsilon_stats(self) -> dict[str, float]:
+        values = [e for e in self.epsilon.values() if e >= 0]
+        if not values:
+            return {"epsilon-max": 0.0, "epsilon-mean": 0.0}
+        return {"epsilon-max": float(max(values)), "epsilon-mean": float(np.mean(values))}
+
+
+def _ok_replies(replies) -> list[Message]:
+    good = []
+    for reply in replies:
+        if reply.has_error():
+            print(f"  node {reply.metadata.src_node_id}: error: {reply.error.reason}", flush=True)
+        else:
+            good.append(reply)
+    return good
+
+
+def _trace_received(reply: Message, server_round: int) -> None:
+    """With FEDMMREC_TRACE_DIR set (tests): record what arrays the server received."""
+    trace_dir = os.environ.get("FEDMMREC_TRACE_DIR")
+    if not trace_dir:
+        return
+    from client.mods import array_sha256
+
+    arrays = {
+        f"{name}/{key}": array_sha256(array.numpy())
+        for name, record in reply.content.array_records.items()
+        for key, array in record.items()
+    }
+    row = {"round": server_round, "node": reply.metadata.src_node_id, "arrays": arrays}
+    with open(os.path.join(trace_dir, "server-received.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def evaluate_nodes(
+    grid: Grid, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int
+) -> dict[str, float]:
+    """Ask ``node_ids`` to rank the catalog for their held-out item; mean over clients."""
+    if not node_ids:
+        return {}
+    config = ConfigRecord({**dict(config), "server-round": server_round})
+    messages = [
+        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.EVALUATE)
+        for node in node_ids
+    ]
+    replies = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+    rows = [dict(r.content["metrics"]) for r in replies]
+    if not rows:
+        return {}
+    out: dict[str, float] = {"clients-evaluated": len(rows)}
+    out["rank-percentile"] = float(np.mean([row["rank-percentile"] for row in rows]))
+    for name in METRIC_NAMES:
+        out[name] = float(np.mean([row[name] for row in rows]))
+        cold = [row[name] for row in rows if row["cold"]]
+        warm = [row[name] for row in rows if not row["cold"]]
+        out[f"{name}-cold"] = float(np.mean(cold)) if cold else float("nan")
+        out[f"{name}-warm"] = float(np.mean(warm)) if warm else float("nan")
+    out["clients-cold"] = sum(int(row["cold"]) for row in rows)
+    return out
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: Strategy,
+    initial_arrays: ArrayRecord,
+    config: dict[str, Any],
+    run_dir: RunDirectory,
+    log=print,
+) -> tuple[ArrayRecord, RoundBook, list[dict[str, Any]]]:
+    """Train ``num-server-rounds`` rounds; return the final arrays, the book and the rows."""
+    arrays = initial_arrays
+    book = RoundBook()
+    client_config = ConfigRecord(dict(config))
+    rng = random.Random(config["seed"])
+    rows = []
+    for server_round in range(1, config["num-server-rounds"] + 1):
+        started = time.time()
+        random.seed(rng.random())  # Flower samples nodes with the `random` module
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
+        replies = list(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        trained = []
+        bytes_sent = []
+        for reply in _ok_replies(replies):
+            node = reply.metadata.src_node_id
+            metrics = reply.content["metrics"]
+            _trace_received(reply, server_round)
+            book.epsilon[node] = float(metrics["epsilon"])
+            book.rounds_trained[node] = book.rounds_trained.get(node, 0) + 1
+            bytes_sent.append(int(metrics["bytes-sent"]))
+            trained.append(node)
+            run_dir.append_client_row(
+                {
+                    "round": server_round,
+                    "client": node,  # Flower node id: a pseudonym, never the user id
+                    **{key: metrics[key] for key in ("num-examples", "steps", "sample-rate", "epsilon", "train-loss", "bytes-sent")},
+                }
+            )
+        eval_pool = sorted(book.rounds_trained)
+        k = max(1, int(round(config["fraction-evaluate"] * len(eval_pool)))) if eval_pool else 0
+        eval_nodes = sorted(rng.sample(eval_pool, k)) if k < len(eval_pool) else eval_pool
+        evaluation = evaluate_nodes(grid, eval_nodes, arrays, client_config, server_round)
+        row = {
+            "round": server_round,
+            "clients-sampled": len(messages),
+            "clients-trained": len(trained),
+            "train-loss": float(train_metrics["train-loss"]) if train_metrics else float("nan"),
+            "bytes-sent-per-client": float(np.mean(bytes_sent)) if bytes_sent else 0.0,
+            "bytes-received-per-client": float(sum(a.numpy().nbytes for a in arrays.values())),
+            **book.epsilon_stats(),
+            **evaluation,
+            "round-seconds": round(time.time() - started, 3),
+        }
+        rows.append(row)
+        run_dir.append_metrics(row)
+        run_dir.save_checkpoint("latest.pt", arrays.to_torch_state_dict(), {"round": server_round})
+        log(
+            f"[round {server_round}/{config['num-server-rounds']}] trained {len(trained)} clients, "
+            f"loss {row['train-loss']:.4f}, HR@10 {row.get('hr@10', float('nan')):.3f}, "
+            f"NDCG@10 {row.get('ndcg@10', float('nan')):.3f} ({row.get('clients-evaluated', 0)} clients), "
+            f"epsilon max {row['epsilon-max']:.2f}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "
+            f"{row['round-seconds']:.1f}s"
+        )
+    return arrays, book, rows

@@ -1,0 +1,94 @@
+"""The run directory ``runs/<run-id>/``: everything a later command (audit, export) reads.
+
+- ``config.json``: the resolved run config, written at start;
+- ``metrics.jsonl``: one JSON line per round, appended and flushed as each round ends, so a
+  crash keeps every finished round;
+- ``clients.jsonl``: one line per client per round (pseudonymous node id, local examples,
+  DP steps, sample rate, cumulative epsilon, bytes sent);
+- ``checkpoints/``: the global item tower after each round (``latest.pt``) and at the end
+  (``final.pt``), written atomically (temp file + rename);
+- ``summary.json``: final metrics, epsilon, config and library versions, written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VERSIONED_PACKAGES = ("flwr", "torch", "torchvision", "opacus", "transformers", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+class RunDirectory:
+    """Writer for one run's directory; refuses to overwrite an existing run's files."""
+
+    def __init__(self, parent: str | Path, run_id: str = "") -> None:
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+        self.path = Path(parent).resolve() / run_id
+        if (self.path / "metrics.jsonl").exists():
+            raise FileExistsError(f"{self.path}: run directory already holds a run; choose another run-id")
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.path / name
+        _atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n").encode())
+        return path
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def append_client_row(self, row: dict[str, Any]) -> None:
+        """One line per client per round in ``clients.jsonl`` (pseudonymous node id, spend)."""
+        with (self.path / "clients.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+            handle.flush()
+
+    def save_checkpoint(self, name: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"item_tower": state, "meta": meta}, buffer)
+        path = self.path / "checkpoints" / name
+        _atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rounds recorded in a run directory's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {line_no}: not JSON: {exc}") from exc
+    return rows

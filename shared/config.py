@@ -1,0 +1,87 @@
+"""Run configuration: every ``[tool.flwr.app.config]`` key, its default and its meaning.
+
+The defaults live here (so the package works when installed without its pyproject) and are
+mirrored in ``pyproject.toml``; a test checks the two agree. Keys are kebab-case, as in
+Flower's examples. The ServerApp is the single source of truth: it sends the training keys to
+clients in every message, so a device never trains with settings the server did not choose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from shared.models.recommender import ModelSpec
+from shared.training import TrainConfig
+
+# key -> (default, meaning); order is the README table's order.
+RUN_CONFIG: dict[str, tuple[Any, str]] = {
+    "num-server-rounds": (15, "federated rounds"),
+    "fraction-train": (0.3, "fraction of clients (users) sampled to train each round"),
+    "fraction-evaluate": (1.0, "fraction of clients that have trained which evaluate each round"),
+    "strategy": ("fedavg", "server aggregation: fedavg or fedadam"),
+    "server-lr": (0.01, "FedAdam server learning rate (eta)"),
+    "local-epochs": (2, "passes over the local data per round"),
+    "batch-size": (8, "expected DP-SGD batch (Poisson sample rate = batch-size / local examples)"),
+    "lr": (0.5, "client SGD learning rate of the private user embedding"),
+    "item-lr": (0.05, "client SGD learning rate of the shared item tower"),
+    "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
+    "dp": (True, "train with Opacus DP-SGD on the device (false: not private)"),
+    "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
+    "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2)"),
+    "delta": (1e-5, "delta of the reported (epsilon, delta) per client"),
+    "accountant": ("rdp", "Opacus accountant: rdp or prv"),
+    "fusion": ("concat", "fusion head: concat, gated or attention"),
+    "modalities": ("text,image", "item modalities used: text, image or text,image"),
+    "dim": (32, "item and user embedding size"),
+    "hidden": (64, "adapter hidden size per modality"),
+    "data-dir": ("", "dataset folder; empty: the embedded synthetic dataset (generated on first use)"),
+    "synth-users": (100, "users of the generated synthetic dataset"),
+    "synth-items": (500, "items of the generated synthetic dataset"),
+    "synth-seed": (0, "seed of the generated synthetic dataset"),
+    "feature-cache": ("", "folder of cached backbone features; empty: ~/.cache/fedmmrec/features"),
+    "run-dir": ("runs", "parent folder of run directories"),
+    "run-id": ("", "run directory name; empty: a timestamp"),
+    "seed": (0, "seed for client sampling of negatives and initial weights"),
+}
+
+DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
+
+
+def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then ``run_config`` (Flower's), then ``overrides``; unknown keys are an error."""
+    merged = dict(DEFAULTS)
+    for source in (run_config or {}, overrides or {}):
+        for key, value in source.items():
+            if key not in DEFAULTS:
+                raise ValueError(f"unknown run config key {key!r}; known keys: {', '.join(DEFAULTS)}")
+            default = DEFAULTS[key]
+            if isinstance(default, bool):
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            else:
+                value = str(value)
+            merged[key] = value
+    if merged["strategy"] not in ("fedavg", "fedadam"):
+        raise ValueError(f"strategy {merged['strategy']!r}: choose fedavg or fedadam")
+    if not 0.0 < merged["fraction-train"] <= 1.0:
+        raise ValueError("fraction-train must be in (0, 1]")
+    model_spec(merged)  # validates fusion and modalities
+    return merged
+
+
+def model_spec(config: dict[str, Any]) -> ModelSpec:
+    from shared.models.fusion import FUSION_HEADS
+
+    if config["fusion"] not in FUSION_HEADS:
+        raise ValueError(f"fusion {config['fusion']!r}: choose one of {', '.join(FUSION_HEADS)}")
+    modalities = tuple(m.strip() for m in str(config["modalities"]).split(",") if m.strip())
+    return ModelSpec(modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"])
+
+
+def train_config(config: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{name: config[name.replace("_", "-")] for name in names})

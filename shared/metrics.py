@@ -1,0 +1,43 @@
+"""Ranking metrics for leave-last-out evaluation with full ranking over the catalog.
+
+One held-out item per user; the user's training items are excluded from the ranking (the
+held-out item itself never is). Ties are broken pessimistically (an item with an equal score
+ranks above the held-out item), so a constant scorer gets no credit. With a single relevant
+item, Recall@k equals HR@k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRIC_NAMES = ("hr@10", "ndcg@10", "recall@20")
+
+
+def rank_of(scores: np.ndarray, target: int, exclude: np.ndarray) -> int:
+    """0-based rank of ``target`` among the items not in ``exclude`` (pessimistic ties)."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    exclude = exclude[exclude != target]
+    scores[exclude] = -np.inf
+    target_score = scores[target]
+    if not np.isfinite(target_score):
+        return len(scores)
+    others = np.delete(scores, target)
+    return int(np.count_nonzero(others >= target_score))
+
+
+def metrics_from_rank(rank: int) -> dict[str, float]:
+    """HR@10, NDCG@10 and Recall@20 for one user whose held-out item has ``rank``."""
+    return {
+        "hr@10": float(rank < 10),
+        "ndcg@10": 1.0 / math.log2(rank + 2) if rank < 10 else 0.0,
+        "recall@20": float(rank < 20),
+    }
+
+
+def mean_metrics(per_user: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-user metrics (each user weighs the same)."""
+    if not per_user:
+        return {name: float("nan") for name in METRIC_NAMES}
+    return {name: float(np.mean([m[name] for m in per_user])) for name in METRIC_NAMES}

@@ -1,0 +1,98 @@
+"""The recommender: an item tower (shared, federated) and user embeddings (private, on device).
+
+``score(user, item) = <user_embedding, item_tower(item content)>``. The item tower is the only
+part that travels to the server; a user's embedding is trained on the device and stays there.
+Because items are represented only through their content, a brand-new item (cold start) gets
+an embedding as soon as it has a description or an image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.features.cache import ItemFeatures
+from shared.features.image import IMAGE_DIM
+from shared.features.text import TEXT_DIM
+from shared.models.encoders import ModalityEncoder
+from shared.models.fusion import make_fusion
+
+MODALITY_DIMS = {"text": TEXT_DIM, "image": IMAGE_DIM}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture choices; identical on every client and the server (sent in the config)."""
+
+    modalities: tuple[str, ...] = ("text", "image")
+    dim: int = 32
+    hidden: int = 64
+    fusion: str = "attention"
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modalities if m not in MODALITY_DIMS]
+        if unknown or not self.modalities:
+            raise ValueError(
+                f"modalities {self.modalities!r}: choose a non-empty subset of {tuple(MODALITY_DIMS)}"
+            )
+
+
+class ItemTower(nn.Module):
+    """Modality encoders + fusion head: item content -> item embedding [..., dim]."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoders = nn.ModuleDict(
+            {m: ModalityEncoder(MODALITY_DIMS[m], spec.dim, spec.hidden) for m in spec.modalities}
+        )
+        self.fusion = make_fusion(spec.fusion, len(spec.modalities), spec.dim)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = [self.encoders[m](inputs[m], inputs[f"{m}_mask"]) for m in self.spec.modalities]
+        return self.fusion(torch.stack(tokens, dim=-2))
+
+
+class Recommender(nn.Module):
+    """User embeddings + item tower. On a device ``num_users`` is 1 (its own user)."""
+
+    def __init__(self, spec: ModelSpec, num_users: int = 1) -> None:
+        super().__init__()
+        self.item_tower = ItemTower(spec)
+        self.users = nn.Embedding(num_users, spec.dim)
+        nn.init.normal_(self.users.weight, std=0.1)
+
+    def forward(self, user: torch.Tensor, items: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [B, K] for users [B] against gathered item inputs [B, K, ...]."""
+        item_vectors = self.item_tower(items)
+        user_vectors = self.users(user)
+        return (item_vectors * user_vectors.unsqueeze(1)).sum(-1)
+
+    @torch.no_grad()
+    def score_all(self, user: int, catalog: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [N] of one user against the whole catalog (inputs [N, ...])."""
+        item_vectors = self.item_tower(catalog)
+        return item_vectors @ self.users.weight[user]
+
+
+def catalog_tensors(features: ItemFeatures) -> dict[str, torch.Tensor]:
+    """The catalog's features as tensors (shared memory with the numpy arrays)."""
+    return {
+        "text": torch.from_numpy(np.ascontiguousarray(features.text)),
+        "text_mask": torch.from_numpy(np.ascontiguousarray(features.text_mask)),
+        "image": torch.from_numpy(np.ascontiguousarray(features.image)),
+        "image_mask": torch.from_numpy(np.ascontiguousarray(features.image_mask)),
+    }
+
+
+def item_inputs(catalog: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gather the item inputs for an index tensor of any shape."""
+    return {key: value[index] for key, value in catalog.items()}
+
+
+def item_tower_state(model: Recommender) -> dict[str, torch.Tensor]:
+    """The parameters that travel to the server: the item tower only, never user embeddings."""
+    return {k: v.detach().clone() for k, v in model.item_tower.state_dict().items()}

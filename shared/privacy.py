@@ -1,0 +1,67 @@
+"""Privacy accounting that survives rounds, restarts and serialisation.
+
+Flower's Opacus example builds a new PrivacyEngine every round, so the epsilon it reports is
+one round's, not the total. Here the accountant's *history* (a list of
+``(noise_multiplier, sample_rate, steps)``) is the state: it is restored into a fresh
+accountant before training, extended by Opacus during training, and stored again as plain
+JSON (never pickle) in the node's state. Epsilon is recomputed from the whole history, so it
+can only grow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+History = list[tuple[float, float, int]]
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    """Cumulative example-level privacy spent by one client, epsilon at ``delta``."""
+
+    epsilon: float
+    delta: float
+    steps: int
+    history: History
+
+
+def history_to_json(history: History) -> str:
+    return json.dumps([[float(s), float(q), int(n)] for s, q, n in history])
+
+
+def history_from_json(text: str) -> History:
+    """Parse a stored history; a malformed one raises instead of silently resetting to zero."""
+    if not text:
+        return []
+    try:
+        raw = json.loads(text)
+        return [(float(s), float(q), int(n)) for s, q, n in raw]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"corrupt accountant history {text[:80]!r}: {exc}") from exc
+
+
+def total_steps(history: History) -> int:
+    """Number of DP-SGD steps in a history (``len(accountant)`` is not a step count)."""
+    return int(sum(n for _, _, n in history))
+
+
+def make_accountant(name: str, history: History):
+    """An Opacus accountant (``rdp`` or ``prv``) restored to ``history``."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    accountants = {"rdp": RDPAccountant, "prv": PRVAccountant}
+    if name not in accountants:
+        raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(accountants)}")
+    accountant = accountants[name]()
+    accountant.history = list(history)
+    return accountant
+
+
+def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of a history; 0 for no steps, inf when a step had no noise."""
+    if not history:
+        return 0.0
+    if any(s <= 0.0 for s, _, n in history if n > 0):
+        return float("inf")
+    return float(make_accountant(accountant, history).get_epsilon(delta))

@@ -1,0 +1,163 @@
+"""Training steps shared by the federated client (under DP-SGD) and the central trainer.
+
+Loss: BPR with ``negatives`` items per positive, drawn uniformly from the catalog items the user
+has not interacted with (on the device: the catalog is public, the history is not).
+
+DP on the device is example-level: one example is one interaction. DP-SGD (Opacus) uses
+Poisson sampling at rate ``batch_size / n``, per-example clipping to ``clip_norm`` over *all*
+trainable parameters (the private user embedding included, so that the item-side update
+released to the server stays a DP output), and Gaussian noise of std
+``noise_multiplier * clip_norm``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.models.recommender import Recommender, item_inputs
+from shared.privacy import History, epsilon_of, make_accountant, total_steps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings (the ``[tool.flwr.app.config]`` keys of the same names)."""
+
+    local_epochs: int = 1
+    batch_size: int = 8
+    lr: float = 0.5
+    item_lr: float = 0.05
+    negatives: int = 8
+    dp: bool = True
+    noise_multiplier: float = 0.8
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What one client's local training produced (units: epsilon at ``delta``, steps of SGD)."""
+
+    loss: float
+    num_examples: int
+    steps: int
+    sample_rate: float
+    epsilon: float
+    history: History
+
+
+def sample_negatives(
+    rng: np.random.Generator, num_items: int, positives: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Uniform negatives from items not in ``positives`` (rejection, then fill)."""
+    blocked = np.zeros(num_items, dtype=bool)
+    blocked[positives] = True
+    pool = np.flatnonzero(~blocked)
+    if len(pool) == 0:
+        raise ValueError("cannot draw negatives: the user has interacted with every item")
+    return pool[rng.integers(len(pool), size=shape)]
+
+
+def bpr_loss(
+    model: nn.Module,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    catalog: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Mean over the batch of the mean over negatives of -log sigmoid(s_pos - s_neg)."""
+    index = torch.cat([positives.unsqueeze(1), negatives], dim=1)
+    scores = model(users, item_inputs(catalog, index))
+    return -torch.nn.functional.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
+
+
+def train_local(
+    model: Recommender,
+    catalog: dict[str, torch.Tensor],
+    train_items: np.ndarray,
+    config: TrainConfig,
+    history: History,
+    seed: int,
+) -> LocalResult:
+    """Train one device's model on its own interactions; extend the privacy ``history``.
+
+    ``model.users`` has one row (this user). Returns the cumulative spend: epsilon is
+    computed from the restored history plus this round's steps, never from this round alone.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    num_items = catalog["text"].shape[0]
+    n = int(len(train_items))
+    positives = torch.as_tensor(train_items, dtype=torch.long)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(positives), batch_size=min(config.batch_size, n), shuffle=True
+    )
+    # Separate step sizes: DP noise on the ~50k item-tower parameters is scaled by ``item_lr``,
+    # while the 32-d private user embedding can take large steps.
+    optimizer = torch.optim.SGD(
+        [
+            {"params": list(model.users.parameters()), "lr": config.lr},
+            {"params": list(model.item_tower.parameters()), "lr": config.item_lr},
+        ]
+    )
+    train_model: nn.Module = model
+    engine = None
+    if config.dp:
+        from opacus import PrivacyEngine
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus' secure-RNG notice
+            engine = PrivacyEngine(accountant=config.accountant)
+            engine.accountant = make_accountant(config.accountant, history)
+            train_model, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=config.noise_multiplier,
+                max_grad_norm=config.clip_norm,
+                poisson_sampling=True,
+            )
+    sample_rate = 1.0 / len(loader) if config.dp else min(1.0, config.batch_size / n)
+    losses = []
+    steps = 0
+    train_model.train()
+    for _ in range(config.local_epochs):
+        for (batch,) in loader:
+            b = int(batch.shape[0])
+            negatives = torch.as_tensor(
+                sample_negatives(rng, num_items, train_items, (b, config.negatives)), dtype=torch.long
+            )
+            users = torch.zeros(b, dtype=torch.long)
+            optimizer.zero_grad(set_to_none=True)
+            loss = bpr_loss(train_model, users, batch, negatives, catalog)
+            with warnings.catch_warnings():
+                # Opacus' hooks see no input requiring grad (our inputs are features): expected.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()  # an empty Poisson batch still takes a (noise-only) step
+            if engine is None:  # non-private runs clip the batch gradient, for a fair baseline
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            steps += 1
+            if b:
+                losses.append(float(loss.detach()))
+    if engine is not None:
+        new_history = list(engine.accountant.history)
+        train_model.remove_hooks() if hasattr(train_model, "remove_hooks") else None
+    else:
+        new_history = list(history)
+    if engine is not None and total_steps(new_history) != total_steps(history) + steps:
+        raise RuntimeError("accountant history does not account for every local step")
+    epsilon = epsilon_of(new_history, config.delta, config.accountant) if config.dp else float("inf")
+    return LocalResult(
+        loss=float(np.mean(losses)) if losses else float("nan"),
+        num_examples=n,
+        steps=steps,
+        sample_rate=float(sample_rate),
+        epsilon=epsilon,
+        history=new_history,
+    )

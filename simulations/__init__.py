@@ -1,0 +1,1 @@
+"""Experiment and benchmark runners, and the ``fedmmrec`` command line."""

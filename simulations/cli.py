@@ -1,0 +1,131 @@
+"""The ``fedmmrec`` command line.
+
+    fedmmrec run [--set KEY=VALUE ...]        federated DP simulation (one client per user)
+    fedmmrec train-central [--set KEY=VALUE]  the same model, central and not private
+    fedmmrec baseline most-popular [--set ...]
+    fedmmrec data synth --out DIR [--users N --items M --seed S]
+    fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from shared.data import DatasetError
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"fedmmrec: --set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a run config key (see the README's table), repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmmrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the federated simulation (the main job)")
+    _add_set(run)
+    run.add_argument("--verbose", action="store_true", help="show Flower's own log")
+
+    central = sub.add_parser("train-central", help="train the same model centrally, without DP")
+    _add_set(central)
+    central.add_argument("--epochs", type=int, default=10)
+    central.add_argument("--lr", type=float, default=0.005)
+
+    baseline = sub.add_parser("baseline", help="non-learned baselines")
+    baseline.add_argument("name", choices=["most-popular"])
+    _add_set(baseline)
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="generate the synthetic multimodal dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--users", type=int, default=100)
+    synth.add_argument("--items", type=int, default=500)
+    synth.add_argument("--seed", type=int, default=0)
+    check = data_sub.add_parser("check", help="validate a dataset folder")
+    check.add_argument("path")
+
+    features = sub.add_parser("features", help="precompute the frozen backbones' item features")
+    _add_set(features)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (DatasetError, ValueError, FileExistsError) as exc:
+        print(f"fedmmrec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from simulations.simulate import simulate
+
+        simulate(_overrides(args.set), quiet=not args.verbose)
+        return 0
+    if args.command == "train-central":
+        from simulations.central import train_central
+
+        train_central(_overrides(args.set), epochs=args.epochs, lr=args.lr)
+        return 0
+    if args.command == "baseline":
+        from shared.baselines import most_popular
+        from shared.config import resolve
+        from shared.data import leave_last_out, load_dataset
+        from shared.data.prepare import resolve_data_dir
+
+        config = resolve(None, _overrides(args.set))
+        print(json.dumps(most_popular(leave_last_out(load_dataset(resolve_data_dir(config)))), indent=2))
+        return 0
+    if args.command == "data" and args.data_command == "synth":
+        from shared.data.synth import SynthConfig, generate
+
+        out = generate(args.out, SynthConfig(users=args.users, items=args.items, seed=args.seed))
+        print(f"fedmmrec: wrote {out}")
+        return 0
+    if args.command == "data" and args.data_command == "check":
+        from shared.data import leave_last_out, load_dataset
+
+        dataset = load_dataset(args.path)
+        split = leave_last_out(dataset)
+        print(
+            f"fedmmrec: {args.path}: {dataset.num_items} items, {dataset.num_users} users, "
+            f"{dataset.num_interactions} interactions; {len(split.users)} users evaluable, "
+            f"{len(split.cold_items)} cold items; "
+            f"{sum(1 for d in dataset.descriptions if not d)} without description, "
+            f"{sum(1 for p in dataset.image_paths if p is None)} without image"
+        )
+        return 0
+    if args.command == "features":
+        from shared.config import resolve
+        from shared.data import load_dataset
+        from shared.data.prepare import resolve_data_dir
+        from shared.features import load_or_compute_features
+
+        config = resolve(None, _overrides(args.set))
+        features = load_or_compute_features(load_dataset(resolve_data_dir(config)), config["feature-cache"] or None)
+        print(f"fedmmrec: features for {features.num_items} items cached")
+        return 0
+    raise SystemExit(f"fedmmrec: unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

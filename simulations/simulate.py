@@ -1,0 +1,54 @@
+"""Run the Flower app as an in-process simulation (one SuperNode per user).
+
+``flwr run .`` is the Flower-native way; this runner is what ``fedmmrec run``, the tests and
+the experiment runner use: it needs no SuperLink process, passes run-config overrides
+directly, and knows the number of users before it starts the SuperNodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.config import resolve
+from shared.data import leave_last_out, load_dataset
+from shared.data.prepare import resolve_data_dir
+
+
+def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True) -> Path:
+    """Run one federated simulation; return its run directory."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from flwr.simulation import run_simulation
+
+    from client.client_app import app as client_app
+    from server.server_app import build_server_app
+
+    config = resolve(None, overrides)
+    data_dir = resolve_data_dir(config)
+    users = len(leave_last_out(load_dataset(data_dir)).users)
+    if not config["run-id"]:
+        import time
+
+        config["run-id"] = time.strftime("%Y%m%d-%H%M%S")
+    config["data-dir"] = str(data_dir)
+    config["run-dir"] = str(Path(config["run-dir"]).resolve())
+    if quiet:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    run_simulation(
+        server_app=build_server_app(config),
+        client_app=client_app,
+        num_supernodes=users,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
+    )
+    run_dir = Path(config["run-dir"]) / config["run-id"]
+    if not (run_dir / "summary.json").is_file():
+        raise RuntimeError(f"{run_dir}: the simulation ended without a summary; see the log above")
+    return run_dir
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -1,0 +1,110 @@
+"""The loader accepts the documented format and names file, line and problem otherwise."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shared.data import DatasetError, leave_last_out, load_dataset
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_valid_dataset_loads_with_all_rows(small_dataset):
+    dataset = load_dataset(small_dataset)
+    lines = (small_dataset / "interactions.csv").read_text().strip().splitlines()
+    assert dataset.num_interactions == len(lines) - 1
+    assert dataset.num_items == 120
+    assert dataset.num_users == 12
+
+
+def test_missing_description_and_image_are_missing_modalities_not_errors(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    rows = (root / "items.csv").read_text().splitlines()
+    fields = rows[1].split(",")
+    rows[1] = ",".join(fields[:4] + ['""', ""])
+    (root / "items.csv").write_text("\n".join(rows) + "\n")
+    dataset = load_dataset(root)
+    assert dataset.descriptions[0] == ""
+    assert dataset.image_paths[0] is None
+
+
+def test_unknown_item_id_names_file_and_line(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    lines = (root / "interactions.csv").read_text().splitlines()
+    user, item, rating, ts = lines[3].split(",")
+    lines[3] = ",".join([user, "no-such-item", rating, ts])
+    (root / "interactions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"interactions\.csv, line 4: unknown item_id 'no-such-item'"):
+        load_dataset(root)
+
+
+def test_bad_timestamp_names_file_and_line(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    lines = (root / "interactions.csv").read_text().splitlines()
+    user, item, rating, _ = lines[2].split(",")
+    lines[2] = ",".join([user, item, rating, "yesterday"])
+    (root / "interactions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"interactions\.csv, line 3: timestamp 'yesterday' is not Unix seconds"):
+        load_dataset(root)
+
+
+def test_duplicate_item_id_names_both_lines(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    _rewrite(root / "items.csv", "i00001,", "i00000,")
+    with pytest.raises(DatasetError, match=r"items\.csv, line 3: duplicate item_id 'i00000' \(first on line 2\)"):
+        load_dataset(root)
+
+
+def test_unreadable_image_names_item(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    dataset = load_dataset(root)
+    index = next(i for i, p in enumerate(dataset.image_paths) if p is not None)
+    dataset.image_paths[index].write_bytes(b"this is not a png")
+    with pytest.raises(DatasetError, match=rf"image .* of item '{dataset.item_ids[index]}' is unreadable"):
+        load_dataset(root)
+
+
+def test_missing_column_and_truncated_row(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    _rewrite(root / "interactions.csv", "user_id,item_id,rating,timestamp", "user_id,item_id,rating")
+    with pytest.raises(DatasetError, match=r"header is missing column\(s\) timestamp"):
+        load_dataset(root)
+    root2 = _copy(small_dataset, tmp_path / "e")
+    lines = (root2 / "interactions.csv").read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0]
+    (root2 / "interactions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"interactions\.csv, line 6: expected 4 fields, found 3"):
+        load_dataset(root2)
+
+
+def test_non_utf8_file_is_reported(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    (root / "items.csv").write_bytes((root / "items.csv").read_bytes().replace(b"The ", b"Th\xe9 ", 1))
+    with pytest.raises(DatasetError, match=r"items\.csv: not valid UTF-8"):
+        load_dataset(root)
+
+
+def test_leave_last_out_holds_out_latest_and_finds_cold_items(small_dataset):
+    dataset = load_dataset(small_dataset)
+    split = leave_last_out(dataset)
+    assert len(split.users) == 12
+    for k, user in enumerate(split.users):
+        mask = dataset.inter_user == user
+        latest = dataset.inter_item[mask][dataset.inter_time[mask].argmax()]
+        assert split.test_item[k] == latest
+        assert latest not in set(split.train_items[k].tolist()) - {latest}
+    trained = set().union(*(set(t.tolist()) for t in split.train_items))
+    assert len(split.cold_items) > 0
+    assert not trained & set(split.cold_items.tolist())
