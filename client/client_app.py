@@ -40,7 +40,9 @@ def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
     model = _model(msg, context, config)
-    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + context.node_id % 100_003
+    # Seeded by partition (simulation) so runs repeat; by node id on a device.
+    who = int(context.node_config.get("partition-id", context.node_id % 100_003))
+    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     result = train_local(model, data.catalog, data.train_items, train_config(config), load_history(context), seed)
     save_user_embedding(context, model.users.weight)
     save_history(context, result.history, result.epsilon)

@@ -16,7 +16,7 @@ from shared.training import TrainConfig
 
 # key -> (default, meaning); order is the README table's order.
 RUN_CONFIG: dict[str, tuple[Any, str]] = {
-    "num-server-rounds": (15, "federated rounds"),
+    "num-server-rounds": (30, "federated rounds"),
     "fraction-train": (0.3, "fraction of clients (users) sampled to train each round"),
     "fraction-evaluate": (1.0, "fraction of clients that have trained which evaluate each round"),
     "strategy": ("fedavg", "server aggregation: fedavg or fedadam"),
@@ -24,11 +24,12 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "local-epochs": (2, "passes over the local data per round"),
     "batch-size": (8, "expected DP-SGD batch (Poisson sample rate = batch-size / local examples)"),
     "lr": (0.5, "client SGD learning rate of the private user embedding"),
-    "item-lr": (0.05, "client SGD learning rate of the shared item tower"),
+    "item-lr": (0.01, "client SGD learning rate of the shared item tower"),
     "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
     "dp": (True, "train with Opacus DP-SGD on the device (false: not private)"),
     "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
-    "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2)"),
+    "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2, total over all parameters)"),
+    "item-clip-fraction": (0.3, "share of the clip norm given to the item tower (the rest: user embedding)"),
     "delta": (1e-5, "delta of the reported (epsilon, delta) per client"),
     "accountant": ("rdp", "Opacus accountant: rdp or prv"),
     "fusion": ("concat", "fusion head: concat, gated or attention"),

@@ -74,11 +74,3 @@ def test_private_user_embedding_never_reaches_the_server(federated_run):
         keys = [key.split("/", 1)[1] for key in reply["arrays"]]
         assert all(key.startswith(ITEM_TOWER_PREFIXES) for key in keys)
         assert not private & set(reply["arrays"].values())
-
-
-def test_model_ranks_better_than_random(federated_run):
-    run_dir, _ = federated_run
-    final = read_summary(run_dir)["final"]
-    assert final["clients-evaluated"] == 12
-    # A random ranker puts the held-out item at the 0.5 percentile on average (std ~0.08 here).
-    assert final["rank-percentile"] < 0.35
