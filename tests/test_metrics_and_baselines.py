@@ -1,0 +1,58 @@
+"""Ranking metrics, baselines and the central trainer on the same split."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from shared.baselines import most_popular
+from shared.data import leave_last_out, load_dataset
+from shared.metrics import metrics_from_rank, rank_of
+from simulations.central import train_central
+from simulations.cli import main as cli
+
+
+def test_rank_excludes_training_items_and_breaks_ties_pessimistically():
+    scores = np.array([0.9, 0.5, 0.5, 0.1, 0.8])
+    assert rank_of(scores, target=1, exclude=np.array([0])) == 2  # item 4 above, item 2 tied
+    assert rank_of(scores, target=1, exclude=np.array([0, 4])) == 1
+    assert rank_of(np.zeros(5), target=3, exclude=np.array([], dtype=int)) == 4
+
+
+def test_metrics_from_rank_values():
+    assert metrics_from_rank(0) == {"hr@10": 1.0, "ndcg@10": 1.0, "recall@20": 1.0}
+    assert math.isclose(metrics_from_rank(2)["ndcg@10"], 0.5)
+    assert metrics_from_rank(15) == {"hr@10": 0.0, "ndcg@10": 0.0, "recall@20": 1.0}
+
+
+def test_most_popular_never_recommends_cold_items(small_dataset):
+    split = leave_last_out(load_dataset(small_dataset))
+    result = most_popular(split)
+    assert result["users"] == 12
+    assert result["hr@10-cold"] == 0.0 or result["users-cold"] == 0
+
+
+def test_central_trainer_writes_a_run_directory(small_dataset, feature_cache, tmp_path):
+    run_dir = train_central(
+        {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": "central"},
+        epochs=2,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kind"] == "central, not private"
+    assert summary["final"]["users"] == 12 and 0.0 <= summary["final"]["hr@10"] <= 1.0
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+
+
+def test_cli_reports_a_broken_dataset_with_file_and_line(small_dataset, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(small_dataset, root)
+    lines = (root / "interactions.csv").read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",not-a-time"
+    (root / "interactions.csv").write_text("\n".join(lines) + "\n")
+    assert cli(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "interactions.csv, line 2: timestamp 'not-a-time' is not Unix seconds" in err
