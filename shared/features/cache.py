@@ -85,6 +85,37 @@ def _load(path: Path, num_items: int, dim: int) -> tuple[np.ndarray, np.ndarray]
     return features.astype(np.float32, copy=False), mask.astype(bool, copy=False)
 
 
+def _encode_texts(texts: list[str], progress: bool) -> np.ndarray:
+    from shared.features import text  # imported late: transformers is only needed on a miss
+
+    return text.encode_texts(texts, progress=progress)
+
+
+def _encode_images(paths: list[Path], progress: bool) -> np.ndarray:
+    from shared.features import image  # imported late: torchvision is only needed on a miss
+
+    return image.encode_images(paths, progress=progress)
+
+
+def _modality_features(path: Path | None, present: np.ndarray, dim: int, compute) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's features: from the cache file, else computed for present items and saved.
+
+    ``path`` None means the modality is not used: all-zero features, all absent.
+    """
+    n = len(present)
+    if path is None:
+        return np.zeros((n, dim), np.float32), np.zeros(n, bool)
+    loaded = _load(path, n, dim)
+    if loaded is not None:
+        return loaded
+    features = np.zeros((n, dim), np.float32)
+    idx = np.flatnonzero(present)
+    if len(idx):
+        features[idx] = compute(idx)
+    _atomic_save(path, features, present)
+    return features, present
+
+
 def load_or_compute_features(
     dataset: Dataset,
     cache_dir: str | Path | None = None,
@@ -93,40 +124,16 @@ def load_or_compute_features(
 ) -> ItemFeatures:
     """Return the catalog's backbone features, computing only what is not cached yet."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    n = dataset.num_items
-    text = np.zeros((n, TEXT_DIM), np.float32)
-    text_mask = np.zeros(n, bool)
-    image = np.zeros((n, IMAGE_DIM), np.float32)
-    image_mask = np.zeros(n, bool)
-
-    if "text" in modalities:
-        path = cache / f"text-{text_cache_key(dataset)}.npz"
-        loaded = _load(path, n, TEXT_DIM)
-        if loaded is None:
-            from shared.features.text import encode_texts
-
-            present = np.asarray([bool(t) for t in dataset.descriptions])
-            feats = np.zeros((n, TEXT_DIM), np.float32)
-            idx = np.flatnonzero(present)
-            if len(idx):
-                feats[idx] = encode_texts([dataset.descriptions[i] for i in idx], progress=progress)
-            _atomic_save(path, feats, present)
-            loaded = (feats, present)
-        text, text_mask = loaded
-
-    if "image" in modalities:
-        path = cache / f"image-{image_cache_key(dataset)}.npz"
-        loaded = _load(path, n, IMAGE_DIM)
-        if loaded is None:
-            from shared.features.image import encode_images
-
-            present = np.asarray([p is not None for p in dataset.image_paths])
-            feats = np.zeros((n, IMAGE_DIM), np.float32)
-            idx = np.flatnonzero(present)
-            if len(idx):
-                feats[idx] = encode_images([dataset.image_paths[i] for i in idx], progress=progress)
-            _atomic_save(path, feats, present)
-            loaded = (feats, present)
-        image, image_mask = loaded
-
+    text, text_mask = _modality_features(
+        cache / f"text-{text_cache_key(dataset)}.npz" if "text" in modalities else None,
+        present=np.asarray([bool(t) for t in dataset.descriptions]),
+        dim=TEXT_DIM,
+        compute=lambda idx: _encode_texts([dataset.descriptions[i] for i in idx], progress),
+    )
+    image, image_mask = _modality_features(
+        cache / f"image-{image_cache_key(dataset)}.npz" if "image" in modalities else None,
+        present=np.asarray([p is not None for p in dataset.image_paths]),
+        dim=IMAGE_DIM,
+        compute=lambda idx: _encode_images([dataset.image_paths[i] for i in idx], progress),
+    )
     return ItemFeatures(text=text, text_mask=text_mask, image=image, image_mask=image_mask)
