@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
@@ -18,6 +18,7 @@ from client.state import load_history, load_user_embedding, save_history, save_u
 from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of
 from shared.models.recommender import Recommender, item_tower_state
+from shared.privacy import history_to_json
 from shared.training import train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
@@ -59,7 +60,19 @@ def train(msg: Message, context: Context) -> Message:
             "bytes-sent": bytes_sent,
         }
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    tc = train_config(config)
+    privacy = ConfigRecord(  # for the server's privacy ledger: accounting metadata, no data
+        {
+            "history": history_to_json(result.history),
+            "noise-multiplier": tc.noise_multiplier if tc.dp else 0.0,
+            "clip-norm": tc.clip_norm,
+            "batch-size": tc.batch_size,
+            "poisson": bool(tc.dp),
+            "accountant": tc.accountant,
+            "delta": tc.delta,
+        }
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
 
 
 @app.evaluate()

@@ -17,6 +17,7 @@ from shared.config import model_spec
 from shared.data import leave_last_out, load_dataset
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
+from shared.ledger import Ledger
 from shared.models.recommender import ItemTower
 
 
@@ -31,6 +32,24 @@ def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
     if config["strategy"] == "fedadam":
         return FedAdam(**common, eta=config["server-lr"], eta_l=config["lr"])
     return FedAvg(**common)
+
+
+def ledger_header(config: dict[str, Any], population: int) -> dict[str, Any]:
+    """The ledger's header: what is protected, against which neighbour, under which assumptions."""
+    return {
+        "privacy-unit": "example (one interaction) on each device" if config["dp"] else "none: NOT PRIVATE",
+        "neighbouring-relation": "add or remove one interaction of one device's local dataset",
+        "delta": config["delta"],
+        "delta-rationale": "fixed by the run config; well below 1/n for every device's n",
+        "population": population,
+        "client-sampling": f"each round a uniform fraction {config['fraction-train']} of clients, without replacement",
+        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if config["dp"] else "shuffled batches",
+        "accountant": config["accountant"],
+        "server-dp": False,
+        "epsilon-cap": None,
+        "versions": library_versions(),
+        "config": config,
+    }
 
 
 def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +72,15 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     if not config["dp"]:
         print("fedmmrec: WARNING: dp = false: this run is NOT differentially private", flush=True)
 
+    ledger = Ledger(run_dir.path)
+    ledger.append([("header", 0, ledger_header(config, len(split.users)))])
     torch.manual_seed(config["seed"])
     tower = ItemTower(model_spec(config))
     initial = ArrayRecord(tower.state_dict())
     strategy = make_strategy(config, len(split.users))
-    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir)
+    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger)
+    ledger_head = ledger.head()[1]
+    ledger.close()
 
     final_eval = evaluate_nodes(grid, sorted(book.rounds_trained), final_arrays, ConfigRecord(dict(config)), 0)
     model_bytes = sum(a.numpy().nbytes for a in final_arrays.values())
@@ -84,6 +107,7 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
             "interactions": dataset.num_interactions,
             "cold-items": len(split.cold_items),
         },
+        "ledger-head": ledger_head,
         "rounds": len(rows),
         "wall-seconds": round(time.time() - started, 1),
         "config": config,

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.run_directory import RunDirectory
+from shared.ledger import Ledger
 from shared.metrics import METRIC_NAMES
 
 MESSAGE_TIMEOUT_S = 3600.0
@@ -68,6 +69,32 @@ def _trace_received(reply: Message, server_round: int) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def _client_entry(node: int, metrics, reply: Message) -> dict[str, Any]:
+    """The ledger's client-round entry from a train reply."""
+    privacy = dict(reply.content.config_records.get("privacy", {}))
+    return {
+        "client": node,
+        "num-examples": int(metrics["num-examples"]),
+        "sample-rate": float(metrics["sample-rate"]),
+        "poisson": bool(privacy.get("poisson", False)),
+        "steps": int(metrics["steps"]),
+        "noise-multiplier": float(privacy.get("noise-multiplier", 0.0)),
+        "clip-norm": float(privacy.get("clip-norm", 0.0)),
+        "batch-size": int(privacy.get("batch-size", 0)),
+        "accountant": str(privacy.get("accountant", "")),
+        "history": json.loads(str(privacy.get("history", "[]"))),
+        "epsilon": float(metrics["epsilon"]),
+    }
+
+
+def _update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
+    total = 0.0
+    for key, array in after.items():
+        diff = array.numpy().astype(np.float64) - before[key].numpy().astype(np.float64)
+        total += float((diff**2).sum())
+    return float(np.sqrt(total))
+
+
 def evaluate_nodes(
     grid: Grid, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int
 ) -> dict[str, float]:
@@ -101,6 +128,7 @@ def run_rounds(
     initial_arrays: ArrayRecord,
     config: dict[str, Any],
     run_dir: RunDirectory,
+    ledger: Ledger,
     log=print,
 ) -> tuple[ArrayRecord, RoundBook, list[dict[str, Any]]]:
     """Train ``num-server-rounds`` rounds; return the final arrays, the book and the rows."""
@@ -115,10 +143,12 @@ def run_rounds(
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
         replies = list(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        previous = arrays
         if new_arrays is not None:
             arrays = new_arrays
         trained = []
         bytes_sent = []
+        ledger_entries = []
         for reply in _ok_replies(replies):
             node = reply.metadata.src_node_id
             metrics = reply.content["metrics"]
@@ -127,6 +157,7 @@ def run_rounds(
             book.rounds_trained[node] = book.rounds_trained.get(node, 0) + 1
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
+            ledger_entries.append(("client-round", server_round, _client_entry(node, metrics, reply)))
             run_dir.append_client_row(
                 {
                     "round": server_round,
@@ -149,6 +180,22 @@ def run_rounds(
             **evaluation,
             "round-seconds": round(time.time() - started, 3),
         }
+        ledger_entries.append(
+            (
+                "server-round",
+                server_round,
+                {
+                    "clients-sampled": len(messages),
+                    "replies-received": len(trained),
+                    "server-dp": False,
+                    "server-noise-std": 0.0,
+                    "server-clip-norm": None,
+                    "released-update-norm": _update_norm(previous, arrays),
+                    "user-level-epsilon": None,
+                },
+            )
+        )
+        ledger.append(ledger_entries)
         rows.append(row)
         run_dir.append_metrics(row)
         run_dir.save_checkpoint("latest.pt", arrays.to_torch_state_dict(), {"round": server_round})

@@ -5,6 +5,7 @@
     fedmmrec baseline most-popular [--set ...]
     fedmmrec data synth --out DIR [--users N --items M --seed S]
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
+    fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate a dataset folder")
     check.add_argument("path")
 
+    audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail)")
+    audit.add_argument("run_dir")
+
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
     return parser
@@ -114,6 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"{sum(1 for p in dataset.image_paths if p is None)} without image"
         )
         return 0
+    if args.command == "audit":
+        from server.audit import run_audit
+
+        return run_audit(args.run_dir)
     if args.command == "features":
         from shared.config import resolve
         from shared.data import load_dataset

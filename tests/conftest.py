@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,27 @@ def small_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="session")
+def federated_run(small_dataset, feature_cache, tmp_path_factory):
+    """A real 2-round Flower simulation of the 12-user dataset, all clients training each round."""
+    from simulations.simulate import simulate
+
+    trace = tmp_path_factory.mktemp("trace")
+    os.environ["FEDMMREC_TRACE_DIR"] = str(trace)
+    try:
+        run_dir = simulate(
+            {
+                "data-dir": str(small_dataset),
+                "feature-cache": str(feature_cache),
+                "run-dir": str(tmp_path_factory.mktemp("runs")),
+                "run-id": "test-run",
+                "num-server-rounds": 2,
+                "fraction-train": 1.0,
+                "local-epochs": 3,
+            }
+        )
+    finally:
+        del os.environ["FEDMMREC_TRACE_DIR"]
+    return run_dir, trace

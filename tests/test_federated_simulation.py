@@ -4,36 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
-
-import pytest
 
 from server.run_directory import read_metrics
 from simulations.simulate import read_summary, simulate
 
 ITEM_TOWER_PREFIXES = ("encoders.", "fusion.")
-
-
-@pytest.fixture(scope="module")
-def federated_run(small_dataset, feature_cache, tmp_path_factory):
-    trace = tmp_path_factory.mktemp("trace")
-    os.environ["FEDMMREC_TRACE_DIR"] = str(trace)
-    try:
-        run_dir = simulate(
-            {
-                "data-dir": str(small_dataset),
-                "feature-cache": str(feature_cache),
-                "run-dir": str(tmp_path_factory.mktemp("runs")),
-                "run-id": "test-run",
-                "num-server-rounds": 2,
-                "fraction-train": 1.0,
-                "local-epochs": 3,
-            }
-        )
-    finally:
-        del os.environ["FEDMMREC_TRACE_DIR"]
-    return run_dir, trace
 
 
 def test_run_directory_has_metrics_summary_and_checkpoint(federated_run):

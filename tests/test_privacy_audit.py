@@ -1,0 +1,82 @@
+"""``fedmmrec audit`` passes a real run and fails the tampered and the reset-accountant ones."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from server.audit import audit, run_audit
+from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
+from shared.privacy import epsilon_of
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_real_run_passes_every_check(federated_run, tmp_path):
+    run_dir = _copy_run(federated_run[0], tmp_path)
+    report = audit(run_dir)
+    assert report.passed, report.failures
+    assert set(report.failures) == {
+        "hash-chain", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate", "no-batchnorm-stats",
+    }
+    assert report.figures["clients"] == 12 and report.figures["rounds"] == 2
+    assert run_audit(run_dir) == 0 and (run_dir / "audit.md").read_text().startswith("# Privacy audit")
+
+
+def test_ledger_refuses_updates_and_deletes(federated_run, tmp_path):
+    run_dir = _copy_run(federated_run[0], tmp_path)
+    db = sqlite3.connect(run_dir / LEDGER_NAME)
+    for statement in ("UPDATE entries SET body = '{}' WHERE seq = 2", "DELETE FROM entries WHERE seq = 2"):
+        try:
+            db.execute(statement)
+            raise AssertionError(f"{statement} was allowed")
+        except sqlite3.IntegrityError as exc:
+            assert "append-only" in str(exc)
+    db.close()
+
+
+def test_edited_entry_breaks_the_chain_and_fails_the_audit(federated_run, tmp_path):
+    run_dir = _copy_run(federated_run[0], tmp_path)
+    db = sqlite3.connect(run_dir / LEDGER_NAME)
+    db.execute("DROP TRIGGER entries_no_update")  # a determined editor gets past the trigger
+    body = db.execute("SELECT body FROM entries WHERE kind = 'client-round' LIMIT 1").fetchone()[0]
+    edited = body.replace('"epsilon":', '"epsilon":0.5,"was":', 1)
+    db.execute("UPDATE entries SET body = ? WHERE body = ?", (edited, body))
+    db.commit()
+    db.close()
+    problems = verify_chain(read_entries(run_dir))
+    assert len(problems) == 1 and "does not match its hash (edited)" in problems[0]
+    assert run_audit(run_dir) == 1
+    assert audit(run_dir).failures["hash-chain"]
+
+
+def test_accountant_reset_between_rounds_is_caught(federated_run, tmp_path):
+    """A writer whose accountant restarts each round (Flower's Opacus example) writes a valid
+    chain, but its epsilon falls and its history misses the first round's steps."""
+    source = federated_run[0]
+    run_dir = _copy_run(source, tmp_path)
+    (run_dir / LEDGER_NAME).unlink()
+    entries = read_entries(source)
+    first_round_steps: dict[int, int] = {}
+    rewritten = Ledger(run_dir)
+    for entry in entries:
+        body = dict(entry.body)
+        if entry.kind == "client-round":
+            client = body["client"]
+            if entry.round == 1:
+                first_round_steps[client] = body["steps"]
+            else:  # only this round's steps, as a fresh accountant would hold
+                noise, rate = body["history"][-1][0], body["sample-rate"]
+                body["history"] = [[noise, rate, body["steps"]]]
+                body["epsilon"] = epsilon_of([(noise, rate, body["steps"])], 1e-5)
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    report = audit(run_dir)
+    assert not report.failures["hash-chain"]
+    assert report.failures["steps-match-history"]
+    assert not report.passed
