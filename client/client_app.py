@@ -19,7 +19,8 @@ from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy import history_to_json
-from shared.training import train_local
+from shared.privacy import epsilon_of
+from shared.training import planned_round, projected_epsilon, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
 
@@ -40,11 +41,15 @@ def _model(msg: Message, context: Context, config: dict) -> Recommender:
 def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
+    tc, history = train_config(config), load_history(context)
+    cap = float(config["epsilon-cap"])
+    if tc.dp and cap > 0 and projected_epsilon(history, len(data.train_items), tc) > cap:
+        return _decline(msg, history, len(data.train_items), tc)
     model = _model(msg, context, config)
     # Seeded by partition (simulation) so runs repeat; by node id on a device.
     who = int(context.node_config.get("partition-id", context.node_id % 100_003))
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
-    result = train_local(model, data.catalog, data.train_items, train_config(config), load_history(context), seed)
+    result = train_local(model, data.catalog, data.train_items, tc, history, seed)
     save_user_embedding(context, model.users.weight)
     save_history(context, result.history, result.epsilon)
 
@@ -58,12 +63,17 @@ def train(msg: Message, context: Context) -> Message:
             "steps": result.steps,
             "sample-rate": result.sample_rate,
             "bytes-sent": bytes_sent,
+            "declined": 0,
         }
     )
-    tc = train_config(config)
-    privacy = ConfigRecord(  # for the server's privacy ledger: accounting metadata, no data
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": _privacy(result.history, tc)}), reply_to=msg)
+
+
+def _privacy(history, tc) -> ConfigRecord:
+    """Accounting metadata for the server's privacy ledger (no data)."""
+    return ConfigRecord(
         {
-            "history": history_to_json(result.history),
+            "history": history_to_json(history),
             "noise-multiplier": tc.noise_multiplier if tc.dp else 0.0,
             "clip-norm": tc.clip_norm,
             "batch-size": tc.batch_size,
@@ -72,7 +82,23 @@ def train(msg: Message, context: Context) -> Message:
             "delta": tc.delta,
         }
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
+
+
+def _decline(msg: Message, history, n: int, tc) -> Message:
+    """Reply without training: the next round would push this client past its epsilon cap."""
+    rate, _ = planned_round(n, tc)
+    metrics = MetricRecord(
+        {
+            "num-examples": n,
+            "train-loss": 0.0,
+            "epsilon": epsilon_of(history, tc.delta, tc.accountant),
+            "steps": 0,
+            "sample-rate": rate,
+            "bytes-sent": 0,
+            "declined": 1,
+        }
+    )
+    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc)}), reply_to=msg)
 
 
 @app.evaluate()

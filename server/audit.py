@@ -123,7 +123,7 @@ def audit(run_dir: str | Path) -> AuditReport:
                 if expected_q >= 1.0:
                     report.flags.append(f"client {client}: sample rate 1 (n={body['num-examples']}): no amplification by sampling")
         final = rows[-1].body
-        if final["noise-multiplier"] > 0:
+        if final["noise-multiplier"] > 0 and final["history"]:
             history = [tuple(h) for h in final["history"]]
             rdp = epsilon_of(history, delta, "rdp")
             prv = _prv_epsilon(history, delta)

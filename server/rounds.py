@@ -142,7 +142,13 @@ def run_rounds(
         random.seed(rng.random())  # Flower samples nodes with the `random` module
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
         replies = list(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        declined = [r for r in _ok_replies(replies) if int(r.content["metrics"].get("declined", 0))]
+        for reply in declined:
+            print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
+        replies = [r for r in replies if r not in declined]
+        new_arrays, train_metrics = (
+            strategy.aggregate_train(server_round, replies) if replies else (None, None)
+        )
         previous = arrays
         if new_arrays is not None:
             arrays = new_arrays
@@ -173,6 +179,7 @@ def run_rounds(
             "round": server_round,
             "clients-sampled": len(messages),
             "clients-trained": len(trained),
+            "clients-declined": len(declined),
             "train-loss": float(train_metrics["train-loss"]) if train_metrics else float("nan"),
             "bytes-sent-per-client": float(np.mean(bytes_sent)) if bytes_sent else 0.0,
             "bytes-received-per-client": float(sum(a.numpy().nbytes for a in arrays.values())),
@@ -195,6 +202,9 @@ def run_rounds(
                 },
             )
         )
+        for reply in declined:
+            entry = _client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
+            ledger_entries.append(("client-round", server_round, {**entry, "declined": True}))
         ledger.append(ledger_entries)
         rows.append(row)
         run_dir.append_metrics(row)
@@ -206,4 +216,7 @@ def run_rounds(
             f"epsilon max {row['epsilon-max']:.2f}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "
             f"{row['round-seconds']:.1f}s"
         )
+        if declined and not trained:
+            log(f"fedmmrec: stopping after round {server_round}: every sampled client is at its epsilon cap")
+            break
     return arrays, book, rows

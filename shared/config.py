@@ -31,6 +31,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2, total over all parameters)"),
     "item-clip-fraction": (0.3, "share of the clip norm given to the item tower (the rest: user embedding)"),
     "delta": (1e-5, "delta of the reported (epsilon, delta) per client"),
+    "epsilon-cap": (0.0, "per-client epsilon budget: a client whose next round would exceed it declines; 0: no cap"),
     "accountant": ("rdp", "Opacus accountant: rdp or prv"),
     "fusion": ("concat", "fusion head: concat, gated or attention"),
     "modalities": ("text,image", "item modalities used: text, image or text,image"),

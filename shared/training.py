@@ -19,6 +19,7 @@ under the noise.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -97,6 +98,18 @@ def bpr_loss(
     index = torch.cat([positives.unsqueeze(1), negatives], dim=1)
     scores = model(users, item_inputs(catalog, index))
     return -torch.nn.functional.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
+
+
+def planned_round(n: int, config: TrainConfig) -> tuple[float, int]:
+    """(sample rate, steps) one local round will use: Opacus' rate 1/ceil(n / batch)."""
+    batches = math.ceil(n / min(config.batch_size, n))
+    return 1.0 / batches, config.local_epochs * batches
+
+
+def projected_epsilon(history: History, n: int, config: TrainConfig) -> float:
+    """Epsilon the client would have after one more local round (to enforce a budget cap)."""
+    rate, steps = planned_round(n, config)
+    return epsilon_of(list(history) + [(config.noise_multiplier, rate, steps)], config.delta, config.accountant)
 
 
 def train_local(

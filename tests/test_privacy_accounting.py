@@ -34,3 +34,17 @@ def test_local_training_extends_the_restored_history(small_dataset, feature_cach
     assert total_steps(second.history) == first.steps + second.steps
     assert second.epsilon > first.epsilon > 0
     assert np.isclose(second.epsilon, epsilon_of(second.history, config.delta))
+
+
+def test_projected_epsilon_is_exactly_what_the_next_round_spends(small_dataset, feature_cache):
+    from shared.training import projected_epsilon
+
+    dataset = load_dataset(small_dataset)
+    split = leave_last_out(dataset)
+    catalog = catalog_tensors(load_or_compute_features(dataset, feature_cache, progress=False))
+    config = TrainConfig(local_epochs=2, batch_size=8, noise_multiplier=0.9)
+    items = split.train_items[1]
+    predicted = projected_epsilon([], len(items), config)
+    result = train_local(Recommender(ModelSpec(), num_users=1), catalog, items, config, [], seed=3)
+    assert np.isclose(predicted, result.epsilon)
+    assert projected_epsilon(result.history, len(items), config) > result.epsilon
