@@ -141,11 +141,11 @@ def run_rounds(
         started = time.time()
         random.seed(rng.random())  # Flower samples nodes with the `random` module
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
-        replies = list(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
-        declined = [r for r in _ok_replies(replies) if int(r.content["metrics"].get("declined", 0))]
+        answered = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))  # logs errors
+        declined = [r for r in answered if int(r.content["metrics"].get("declined", 0))]
         for reply in declined:
             print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
-        replies = [r for r in replies if r not in declined]
+        replies = [r for r in answered if r not in declined]
         new_arrays, train_metrics = (
             strategy.aggregate_train(server_round, replies) if replies else (None, None)
         )
@@ -155,7 +155,7 @@ def run_rounds(
         trained = []
         bytes_sent = []
         ledger_entries = []
-        for reply in _ok_replies(replies):
+        for reply in replies:
             node = reply.metadata.src_node_id
             metrics = reply.content["metrics"]
             _trace_received(reply, server_round)
