@@ -42,7 +42,8 @@ def _load_split(data_dir: str, cache_dir: str):
     dataset = load_dataset(data_dir)
     split = leave_last_out(dataset)
     features = load_or_compute_features(dataset, cache_dir or None, progress=False)
-    return dataset, split, catalog_tensors(features)
+    cold_items = frozenset(int(i) for i in split.cold_items)
+    return dataset, split, catalog_tensors(features), cold_items
 
 
 def local_data(node_config: dict, server_config: dict) -> LocalData:
@@ -51,7 +52,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
-    dataset, split, catalog = _load_split(data_dir, str(server_config.get("feature-cache", "")))
+    dataset, split, catalog, cold_items = _load_split(data_dir, str(server_config.get("feature-cache", "")))
     if not 0 <= partition < len(split.users):
         raise ValueError(
             f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "
@@ -62,5 +63,5 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         catalog=catalog,
         train_items=split.train_items[partition],
         test_item=int(split.test_item[partition]),
-        cold_items=frozenset(int(i) for i in split.cold_items),
+        cold_items=cold_items,
     )

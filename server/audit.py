@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from shared.ledger import read_entries, verify_chain
-from shared.privacy import epsilon_of, total_steps
+from shared.privacy import epsilon_of, make_accountant, total_steps
 
 PRV_EPS_ERROR = 0.01
 REL_TOL = 1e-6
@@ -154,11 +154,7 @@ def audit(run_dir: str | Path) -> AuditReport:
 
 
 def _prv_epsilon(history, delta: float) -> float:
-    from opacus.accountants import PRVAccountant
-
-    accountant = PRVAccountant()
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+    return float(make_accountant("prv", history).get_epsilon(delta, eps_error=PRV_EPS_ERROR))
 
 
 def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:

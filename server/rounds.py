@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 
 from server.run_directory import RunDirectory
 from shared.ledger import Ledger
-from shared.metrics import METRIC_NAMES
+from shared.metrics import mean_metrics_by_coldness
 
 MESSAGE_TIMEOUT_S = 3600.0
 
@@ -112,12 +112,7 @@ def evaluate_nodes(
         return {}
     out: dict[str, float] = {"clients-evaluated": len(rows)}
     out["rank-percentile"] = float(np.mean([row["rank-percentile"] for row in rows]))
-    for name in METRIC_NAMES:
-        out[name] = float(np.mean([row[name] for row in rows]))
-        cold = [row[name] for row in rows if row["cold"]]
-        warm = [row[name] for row in rows if not row["cold"]]
-        out[f"{name}-cold"] = float(np.mean(cold)) if cold else float("nan")
-        out[f"{name}-warm"] = float(np.mean(warm)) if warm else float("nan")
+    out.update(mean_metrics_by_coldness(rows, [bool(row["cold"]) for row in rows]))
     out["clients-cold"] = sum(int(row["cold"]) for row in rows)
     return out
 

@@ -41,3 +41,13 @@ def mean_metrics(per_user: list[dict[str, float]]) -> dict[str, float]:
     if not per_user:
         return {name: float("nan") for name in METRIC_NAMES}
     return {name: float(np.mean([m[name] for m in per_user])) for name in METRIC_NAMES}
+
+
+def mean_metrics_by_coldness(per_user: list[dict[str, float]], cold: list[bool]) -> dict[str, float]:
+    """Mean metrics over all users, and over those whose held-out item is cold / warm
+    (``hr@10-cold``, ``hr@10-warm``, ...); NaN for an empty subset."""
+    out = mean_metrics(per_user)
+    for suffix, keep in (("cold", True), ("warm", False)):
+        subset = [row for row, is_cold in zip(per_user, cold) if is_cold == keep]
+        out.update({f"{name}-{suffix}": value for name, value in mean_metrics(subset).items()})
+    return out

@@ -75,15 +75,21 @@ def parameter_groups(model: Recommender, config: TrainConfig) -> tuple[list[dict
     return groups, norms
 
 
-def sample_negatives(
-    rng: np.random.Generator, num_items: int, positives: np.ndarray, shape: tuple[int, ...]
-) -> np.ndarray:
-    """Uniform negatives from items not in ``positives`` (rejection, then fill)."""
+def negative_pool(num_items: int, positives: np.ndarray) -> np.ndarray:
+    """Catalog items the user has not interacted with: where BPR negatives are drawn from.
+
+    Built once per user (per round on a device), not once per batch.
+    """
     blocked = np.zeros(num_items, dtype=bool)
     blocked[positives] = True
     pool = np.flatnonzero(~blocked)
     if len(pool) == 0:
         raise ValueError("cannot draw negatives: the user has interacted with every item")
+    return pool
+
+
+def sample_negatives(rng: np.random.Generator, pool: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform negatives from a :func:`negative_pool`."""
     return pool[rng.integers(len(pool), size=shape)]
 
 
@@ -127,7 +133,7 @@ def train_local(
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    num_items = catalog["text"].shape[0]
+    pool = negative_pool(int(catalog["text"].shape[0]), train_items)
     n = int(len(train_items))
     positives = torch.as_tensor(train_items, dtype=torch.long)
     loader = torch.utils.data.DataLoader(
@@ -162,9 +168,7 @@ def train_local(
     for _ in range(config.local_epochs):
         for (batch,) in loader:
             b = int(batch.shape[0])
-            negatives = torch.as_tensor(
-                sample_negatives(rng, num_items, train_items, (b, config.negatives)), dtype=torch.long
-            )
+            negatives = torch.as_tensor(sample_negatives(rng, pool, (b, config.negatives)), dtype=torch.long)
             users = torch.zeros(b, dtype=torch.long)
             optimizer.zero_grad(set_to_none=True)
             loss = bpr_loss(train_model, users, batch, negatives, catalog)
@@ -180,7 +184,8 @@ def train_local(
                 losses.append(float(loss.detach()))
     if engine is not None:
         new_history = list(engine.accountant.history)
-        train_model.remove_hooks() if hasattr(train_model, "remove_hooks") else None
+        if hasattr(train_model, "remove_hooks"):
+            train_model.remove_hooks()
     else:
         new_history = list(history)
     if engine is not None and total_steps(new_history) != total_steps(history) + steps:

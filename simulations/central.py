@@ -20,7 +20,7 @@ from shared.data import leave_last_out, load_dataset
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
 from shared.models.recommender import Recommender, catalog_tensors
-from shared.training import bpr_loss, sample_negatives
+from shared.training import bpr_loss, negative_pool, sample_negatives
 
 
 def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: float = 0.005, batch_size: int = 128) -> Path:
@@ -39,13 +39,14 @@ def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr:
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     users = np.concatenate([np.full(len(items), k) for k, items in enumerate(split.train_items)])
     items = np.concatenate(split.train_items)
+    pools = [negative_pool(dataset.num_items, train) for train in split.train_items]
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(users))
         losses = []
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             negatives = np.stack(
-                [sample_negatives(rng, dataset.num_items, split.train_items[users[j]], (config["negatives"],)) for j in batch]
+                [sample_negatives(rng, pools[users[j]], (config["negatives"],)) for j in batch]
             )
             loss = bpr_loss(model, torch.as_tensor(users[batch]), torch.as_tensor(items[batch]), torch.as_tensor(negatives), catalog)
             optimizer.zero_grad()
