@@ -14,12 +14,11 @@ from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
 from client.mods import private_state_guard
-from client.state import load_history, load_user_embedding, save_history, save_user_embedding
+from client.state import load_history, load_user_embedding, restore_device_state, save_device_state
 from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of
 from shared.models.recommender import Recommender, item_tower_state
-from shared.privacy import history_to_json
-from shared.privacy import epsilon_of
+from shared.privacy import epsilon_of, history_to_json
 from shared.training import planned_round, projected_epsilon, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
@@ -41,6 +40,7 @@ def _model(msg: Message, context: Context, config: dict) -> Recommender:
 def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
+    restore_device_state(context, data.user_id)
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
     if tc.dp and cap > 0 and projected_epsilon(history, len(data.train_items), tc) > cap:
@@ -50,8 +50,7 @@ def train(msg: Message, context: Context) -> Message:
     who = int(context.node_config.get("partition-id", context.node_id % 100_003))
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     result = train_local(model, data.catalog, data.train_items, tc, history, seed)
-    save_user_embedding(context, model.users.weight)
-    save_history(context, result.history, result.epsilon)
+    save_device_state(context, data.user_id, model.users.weight, result.history, result.epsilon)
 
     arrays = ArrayRecord(item_tower_state(model))
     bytes_sent = sum(int(a.numpy().nbytes) for a in arrays.values())
@@ -105,6 +104,7 @@ def _decline(msg: Message, history, n: int, tc) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
+    restore_device_state(context, data.user_id)
     model = _model(msg, context, config).eval()
     scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)

@@ -1,17 +1,62 @@
 """Device-private state that persists across rounds: the user embedding and the DP history.
 
-Kept in the node's ``context.state`` (Flower keeps it for the node across rounds). It is never
-put into a reply: only the item tower travels.
+Kept in the node's ``context.state`` (Flower keeps it for the node across rounds) and, when the
+node config names a ``state-dir`` (deployment), also in ``<state-dir>/device-state.json`` so
+that a restarted SuperNode does not forget what it spent. The file is written atomically
+(write, fsync, rename): a power cut leaves the old file or the new one, never half of one. A
+corrupt file, or one that belongs to another user, is an error and is never silently replaced:
+starting over from zero would under-report the privacy already spent.
+
+Neither is ever put into a reply: only the item tower travels.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from shared.privacy import History, history_from_json, history_to_json
 
 USER_KEY = "private-user"
 PRIVACY_KEY = "privacy"
+STATE_FILE = "device-state.json"
+STATE_FORMAT = "fedmmrec-device-state/1"
+
+
+class DeviceStateError(ValueError):
+    """The device's state file cannot be trusted; the message names the file and the problem."""
+
+
+def state_path(context: Context) -> Path | None:
+    folder = context.node_config.get("state-dir")
+    return Path(str(folder)) / STATE_FILE if folder else None
+
+
+def restore_device_state(context: Context, user_id: str) -> None:
+    """Fill the node state from the state file after a restart (no-op in simulation)."""
+    path = state_path(context)
+    if path is None or PRIVACY_KEY in context.state.config_records or not path.exists():
+        return
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        fmt, owner = raw["format"], raw["user"]
+        history = history_from_json(json.dumps(raw["history"]))
+        weight = torch.tensor(raw["user-embedding"], dtype=torch.float32) if raw["user-embedding"] else None
+        epsilon = float(raw["epsilon"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DeviceStateError(f"{path}: corrupt device state ({exc}); not replacing it: move it away only if "
+                               "you accept losing the record of the privacy already spent") from exc
+    if fmt != STATE_FORMAT:
+        raise DeviceStateError(f"{path}: format {fmt!r}, expected {STATE_FORMAT!r}")
+    if owner != user_id:
+        raise DeviceStateError(f"{path}: state of user {owner!r}, but this device's data is user {user_id!r}")
+    context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": epsilon})
+    if weight is not None:
+        context.state[USER_KEY] = ArrayRecord({"weight": weight})
 
 
 def load_user_embedding(context: Context):
@@ -21,15 +66,30 @@ def load_user_embedding(context: Context):
     return context.state.array_records[USER_KEY].to_torch_state_dict()["weight"]
 
 
-def save_user_embedding(context: Context, weight) -> None:
-    context.state[USER_KEY] = ArrayRecord({"weight": weight.detach().clone()})
-
-
 def load_history(context: Context) -> History:
     if PRIVACY_KEY not in context.state.config_records:
         return []
     return history_from_json(str(context.state.config_records[PRIVACY_KEY]["history"]))
 
 
-def save_history(context: Context, history: History, epsilon: float) -> None:
+def save_device_state(context: Context, user_id: str, weight: torch.Tensor, history: History, epsilon: float) -> None:
+    """Store the embedding and history in the node state and, with a state dir, on disk."""
+    context.state[USER_KEY] = ArrayRecord({"weight": weight.detach().clone()})
     context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": float(epsilon)})
+    path = state_path(context)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": STATE_FORMAT,
+        "user": user_id,
+        "history": json.loads(history_to_json(history)),
+        "epsilon": float(epsilon) if epsilon == epsilon and abs(epsilon) != float("inf") else -1.0,
+        "user-embedding": weight.detach().cpu().tolist(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)

@@ -3,16 +3,23 @@
 Checks (each named in the report; any failure makes the audit fail):
 1. ``hash-chain``: the ledger's entries are intact, complete and in order.
 2. ``epsilon-recomputed``: every client-round's claimed epsilon is at least the epsilon
-   recomputed from its recorded accountant history with Opacus' RDP accountant. The client's
-   final epsilon is also recomputed with the PRV accountant, which must not exceed RDP
-   (RDP is an upper bound) by more than PRV's stated error.
-3. ``epsilon-monotone``: a client's epsilon never decreases across its rounds. An accountant
-   reset between rounds, as in Flower's Opacus example, shows here.
+   recomputed from its recorded accountant history by the accountant it names. Each client's
+   final history is also recomputed by three accountants: Opacus RDP (an upper bound), Opacus
+   PRV and Google's ``dp-accounting`` PLD (both tight). PRV and PLD must agree within their
+   discretisation error, neither may exceed RDP, and no claim may be below them.
+3. ``epsilon-monotone``: a client's (and the server's) epsilon never decreases across rounds.
+   An accountant reset between rounds, as in Flower's Opacus example, shows here.
 4. ``steps-match-history``: the steps in a client's history equal the sum of the steps it
    recorded in every round so far.
 5. ``sample-rate``: the recorded rate equals 1/ceil(n / batch size), the rate Opacus' Poisson
    loader uses for n local examples, and the history's latest rate is that rate.
-6. ``no-batchnorm-stats``: the released model carries no BatchNorm running statistics.
+6. ``no-batchnorm-stats``: the released models carry no BatchNorm running statistics.
+7. ``server-accounting`` (central DP runs): every round is in the ledger, its mechanism
+   (clip, noise std, rate, denominator) is the configured one, its history is the composition
+   of the rounds so far, and its user-level epsilon is not below RDP, PRV or PLD.
+8. ``empirical-lower-bound`` (runs with canaries): the canary file matches the ledger's
+   commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the claimed
+   user-level epsilon.
 Clients with sample rate 1 (no amplification by sampling) are flagged, not failed.
 """
 
@@ -20,17 +27,32 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from shared.ledger import read_entries, verify_chain
-from shared.privacy import epsilon_of, make_accountant, total_steps
+from server.canaries import read_canaries
+from server.central_dp import flatten
+from shared.empirical_privacy import one_run_audit
+from shared.ledger import Entry, read_entries, verify_chain
+from shared.privacy import dp_accounting_epsilon, epsilon_of, make_accountant, merged, total_steps
 
 PRV_EPS_ERROR = 0.01
 REL_TOL = 1e-6
+CHECKS = (
+    "hash-chain", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate", "no-batchnorm-stats",
+)
+
+
+def tight_tolerance(epsilon: float) -> float:
+    """How far two tight accountants (PRV, PLD) may differ: their discretisation errors."""
+    return 0.01 * max(1.0, epsilon) + 0.02
 
 
 @dataclass
@@ -39,6 +61,10 @@ class AuditReport:
     failures: dict[str, list[str]] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
+    # Series for the report's plots.
+    client_epsilons: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    server_epsilons: list[tuple[int, float]] = field(default_factory=list)
+    canary_scores: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -50,16 +76,43 @@ class AuditReport:
     def ok(self, check: str) -> None:
         self.failures.setdefault(check, [])
 
-    def to_markdown(self) -> str:
-        lines = [f"# Privacy audit of `{self.run_dir}`", "", f"**Result: {'PASS' if self.passed else 'FAIL'}**", ""]
-        lines += ["| figure | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in self.figures.items()]
-        lines += ["", "| check | result |", "| --- | --- |"]
-        for check, problems in self.failures.items():
-            lines.append(f"| {check} | {'pass' if not problems else 'FAIL: ' + '; '.join(problems[:5])} |")
-        if self.flags:
-            lines += ["", "Flags:", *[f"- {flag}" for flag in self.flags]]
-        return "\n".join(lines) + "\n"
+
+TIGHT_ACCOUNTANT_LIMIT = 100.0
+
+
+@lru_cache(maxsize=4096)
+def _three_accountants(history: tuple, delta: float) -> tuple[float, float, float] | None:
+    """(Opacus RDP, Opacus PRV, dp-accounting PLD) epsilon; cached: clients share histories.
+
+    None when RDP is above ``TIGHT_ACCOUNTANT_LIMIT``: the tight accountants' grids grow with
+    epsilon (PRV asks for tens of GB), and such a guarantee is void anyway.
+    """
+    history_list = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rdp = epsilon_of(history_list, delta, "rdp")
+        if not rdp <= TIGHT_ACCOUNTANT_LIMIT:
+            return None
+        prv = float(make_accountant("prv", merged(history_list)).get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+        pld = dp_accounting_epsilon(history_list, delta)
+    return rdp, prv, pld
+
+
+def _cross_check(report: AuditReport, who: str, history, claimed: float, delta: float, gaps: list[float]) -> None:
+    """RDP >= PRV ~ PLD, and the claim is not below any of them."""
+    epsilons = _three_accountants(tuple(tuple(h) for h in merged(history)), delta)
+    if epsilons is None:
+        report.flags.append(f"{who}: epsilon above {TIGHT_ACCOUNTANT_LIMIT:g}: no meaningful guarantee; tight accountants skipped")
+        return
+    rdp, prv, pld = epsilons
+    tolerance = tight_tolerance(pld)
+    gaps.append(abs(prv - pld))
+    if abs(prv - pld) > tolerance:
+        report.fail("epsilon-recomputed", f"{who}: accountants disagree: PRV {prv:.4f}, dp-accounting PLD {pld:.4f}")
+    if min(prv, pld) > rdp * (1 + REL_TOL) + tolerance:
+        report.fail("epsilon-recomputed", f"{who}: tight accountants ({prv:.4f}, {pld:.4f}) exceed the RDP upper bound {rdp:.4f}")
+    if claimed < min(prv, pld) - tolerance:
+        report.fail("epsilon-recomputed", f"{who}: claims {claimed:.4f}, below PRV {prv:.4f} / PLD {pld:.4f}")
 
 
 def audit(run_dir: str | Path) -> AuditReport:
@@ -76,14 +129,38 @@ def audit(run_dir: str | Path) -> AuditReport:
     header = headers[0].body
     delta = float(header["delta"])
     report.figures.update(
-        {"privacy unit": header["privacy-unit"], "neighbouring relation": header["neighbouring-relation"], "delta": delta}
+        {
+            "privacy mode": header.get("privacy-mode", "local"),
+            "privacy unit": header["privacy-unit"],
+            "neighbouring relation": header["neighbouring-relation"],
+            "delta": delta,
+        }
     )
+    gaps: list[float] = []
+    _audit_clients(report, entries, delta, gaps)
+    _check_no_batchnorm(run_dir, report)
+    servers = [e for e in entries if e.kind == "server-round"]
+    if header.get("server-dp"):
+        _audit_server(report, header, servers, delta, gaps)
+        _audit_canaries(report, run_dir, header, servers, delta)
+    else:
+        report.figures["server epsilon (user-level)"] = "not applicable: no server-side DP"
+        report.figures["empirical lower bound"] = "not run: canaries audit the server-side (central DP) mechanism"
+    report.figures["accountant agreement"] = (
+        f"Opacus PRV vs dp-accounting PLD: max difference {max(gaps):.4f}; Opacus RDP is never below either"
+        if gaps else "n/a (no DP histories)"
+    )
+    report.figures["rounds"] = len(servers)
+    report.figures["ledger head"] = entries[-1].hash[:16] if entries else "empty"
+    return report
 
-    by_client: dict[int, list] = defaultdict(list)
+
+def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps: list[float]) -> None:
+    by_client: dict[int, list[Entry]] = defaultdict(list)
     for entry in entries:
         if entry.kind == "client-round":
             by_client[int(entry.body["client"])].append(entry)
-    final_eps, rdp_gap, prv_ratio = [], 0.0, []
+    final_eps, rdp_gap = [], 0.0
     for client, rows in sorted(by_client.items()):
         rows.sort(key=lambda e: e.round)
         steps_so_far, last_eps = 0, -math.inf
@@ -93,68 +170,121 @@ def audit(run_dir: str | Path) -> AuditReport:
             steps_so_far += int(body["steps"])
             claimed = float(body["epsilon"])
             if body["noise-multiplier"] > 0:
-                recomputed = epsilon_of(history, delta, "rdp")
+                recomputed = epsilon_of(history, delta, body.get("accountant") or "rdp")
                 rdp_gap = max(rdp_gap, recomputed - claimed)
                 if claimed < recomputed * (1 - REL_TOL):
                     report.fail(
                         "epsilon-recomputed",
                         f"client {client} round {entry.round}: claims {claimed:.4f} < recomputed {recomputed:.4f}",
                     )
+                report.client_epsilons.setdefault(client, []).append((entry.round, claimed))
             if claimed < last_eps:
                 report.fail(
                     "epsilon-monotone", f"client {client} round {entry.round}: epsilon fell from {last_eps:.4f} to {claimed:.4f}"
                 )
             last_eps = claimed
-            if total_steps(history) != steps_so_far:
+            if body["noise-multiplier"] > 0 and total_steps(history) != steps_so_far:
                 report.fail(
                     "steps-match-history",
                     f"client {client} round {entry.round}: history holds {total_steps(history)} steps, rounds recorded {steps_so_far}",
                 )
             if body["poisson"]:
-                expected_q = 1.0 / math.ceil(body["num-examples"] / body["batch-size"])
-                if not math.isclose(body["sample-rate"], expected_q, rel_tol=1e-9) or (
-                    history and not math.isclose(history[-1][1], expected_q, rel_tol=1e-9)
-                ):
-                    report.fail(
-                        "sample-rate",
-                        f"client {client} round {entry.round}: rate {body['sample-rate']} but n={body['num-examples']}, "
-                        f"batch {body['batch-size']} give {expected_q}",
-                    )
-                if expected_q >= 1.0:
-                    report.flags.append(f"client {client}: sample rate 1 (n={body['num-examples']}): no amplification by sampling")
+                _check_sample_rate(report, client, entry, history)
         final = rows[-1].body
         if final["noise-multiplier"] > 0 and final["history"]:
-            history = [tuple(h) for h in final["history"]]
-            rdp = epsilon_of(history, delta, "rdp")
-            prv = _prv_epsilon(history, delta)
-            prv_ratio.append(prv / rdp if rdp > 0 else 1.0)
-            if prv > rdp + PRV_EPS_ERROR * max(1.0, rdp):
-                report.fail("epsilon-recomputed", f"client {client}: PRV {prv:.4f} exceeds RDP upper bound {rdp:.4f}")
-        final_eps.append(float(final["epsilon"]))
-    for check in ("epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate"):
+            _cross_check(report, f"client {client}", final["history"], float(final["epsilon"]), delta, gaps)
+            final_eps.append(float(final["epsilon"]))
+    for check in CHECKS[1:5]:
         report.ok(check)
-
-    _check_no_batchnorm(run_dir, report)
+    report.figures["clients"] = len(by_client)
     if final_eps:
-        report.figures.update(
-            {
-                "clients": len(final_eps),
-                "client epsilon min / median / max": f"{min(final_eps):.3f} / {statistics.median(final_eps):.3f} / {max(final_eps):.3f}",
-                "RDP recomputed minus claimed (max)": f"{rdp_gap:.2e}",
-                "PRV / RDP epsilon (min .. max)": f"{min(prv_ratio):.3f} .. {max(prv_ratio):.3f}" if prv_ratio else "n/a",
-            }
+        report.figures["client epsilon min / median / max (example-level)"] = (
+            f"{min(final_eps):.3f} / {statistics.median(final_eps):.3f} / {max(final_eps):.3f}"
         )
-    servers = [e for e in entries if e.kind == "server-round"]
+        report.figures["claimed minus recomputed (min)"] = f"{-rdp_gap:.2e}"
+    else:
+        report.figures["client epsilon min / median / max (example-level)"] = "not applicable: no local DP"
+
+
+def _check_sample_rate(report: AuditReport, client: int, entry: Entry, history) -> None:
+    body = entry.body
+    expected_q = 1.0 / math.ceil(body["num-examples"] / body["batch-size"])
+    if not math.isclose(body["sample-rate"], expected_q, rel_tol=1e-9) or (
+        history and not math.isclose(history[-1][1], expected_q, rel_tol=1e-9)
+    ):
+        report.fail(
+            "sample-rate",
+            f"client {client} round {entry.round}: rate {body['sample-rate']} but n={body['num-examples']}, "
+            f"batch {body['batch-size']} give {expected_q}",
+        )
+    if expected_q >= 1.0:
+        report.flags.append(f"client {client}: sample rate 1 (n={body['num-examples']}): no amplification by sampling")
+
+
+def _audit_server(report: AuditReport, header: dict[str, Any], servers: list[Entry], delta: float, gaps: list[float]) -> None:
+    check = "server-accounting"
+    config = header["config"]
+    z, clip, q = float(config["server-noise-multiplier"]), float(config["server-clip-norm"]), float(config["fraction-train"])
+    denominator = q * int(header["population"])
+    last = -math.inf
+    for expected_round, entry in enumerate(servers, start=1):
+        body, where = entry.body, f"server round {entry.round}"
+        if entry.round != expected_round or not body.get("server-dp"):
+            report.fail(check, f"{where}: expected DP round {expected_round} (a round is missing or not noised)")
+            continue
+        if [list(h) for h in body["user-level-history"]] != [[z, q, expected_round]]:
+            report.fail(check, f"{where}: history {body['user-level-history']} is not {expected_round} rounds of (z={z}, q={q})")
+        if not math.isclose(body["server-noise-std"], z * clip, rel_tol=1e-9) or not math.isclose(
+            body["denominator"], denominator, rel_tol=1e-9
+        ):
+            report.fail(check, f"{where}: noise std {body['server-noise-std']} / denominator {body['denominator']} "
+                        f"are not z*C = {z * clip} / q*N = {denominator}")
+        claimed = float(body["user-level-epsilon"])
+        claimed = math.inf if claimed < 0 else claimed
+        recomputed = epsilon_of([(z, q, expected_round)], delta, header["accountant"])
+        if claimed < recomputed * (1 - REL_TOL):
+            report.fail(check, f"{where}: claims user-level epsilon {claimed:.4f} < recomputed {recomputed:.4f}")
+        if claimed < last:
+            report.fail("epsilon-monotone", f"{where}: user-level epsilon fell from {last:.4f} to {claimed:.4f}")
+        last = claimed
+        report.server_epsilons.append((entry.round, claimed))
+    report.ok(check)
+    if servers and math.isfinite(last) and last > 0:
+        _cross_check(report, "server", [(z, q, len(servers))], last, delta, gaps)
     report.figures["server epsilon (user-level)"] = (
-        "not applicable: no server-side DP" if not any(e.body.get("server-dp") for e in servers) else "see ledger"
+        f"{last:.3f} after {len(servers)} rounds (z={z:g}, q={q:g}, C={clip:g})" if servers else "no rounds"
     )
-    report.figures["rounds"] = len(servers)
-    report.figures["ledger head"] = entries[-1].hash[:16] if entries else "empty"
-    return report
 
 
-def _prv_epsilon(history, delta: float) -> float:
-    return float(make_accountant("prv", history).get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+def _audit_canaries(report: AuditReport, run_dir: Path, header: dict[str, Any], servers: list[Entry], delta: float) -> None:
+    check = "empirical-lower-bound"
+    if not header.get("canaries"):
+        report.figures["empirical lower bound"] = "not run: the run had no canaries (run config `canaries`)"
+        return
+    canaries, digest = read_canaries(run_dir)
+    if digest != header.get("canary-commitment"):
+        report.fail(check, "canaries.json does not match the ledger header's commitment (changed after the run started)")
+        return
+    checkpoints = run_dir / "checkpoints"
+    final_path = checkpoints / "final.pt" if (checkpoints / "final.pt").is_file() else checkpoints / "latest.pt"
+    initial = torch.load(checkpoints / "initial.pt", map_location="cpu")["item_tower"]
+    final = torch.load(final_path, map_location="cpu")["item_tower"]
+    scores = canaries.scores(flatten(final) - flatten(initial))
+    included = np.array(canaries.included)
+    result = one_run_audit(scores, included, delta)
+    report.canary_scores = {"included": scores[included].tolist(), "excluded": scores[~included].tolist()}
+    claimed = report.server_epsilons[-1][1] if report.server_epsilons else 0.0
+    report.figures["empirical lower bound"] = (
+        f"{result.epsilon_lower_bound:.3f} at {result.confidence:.0%} confidence ({result.correct}/{result.guesses} "
+        f"guesses right, {result.canaries} canaries) vs claimed {claimed:.3f}"
+    )
+    if result.epsilon_lower_bound > claimed:
+        report.fail(
+            check,
+            f"empirical lower bound {result.epsilon_lower_bound:.3f} exceeds the claimed user-level epsilon {claimed:.3f}: "
+            "the run leaks more than it claims",
+        )
+    report.ok(check)
 
 
 def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:
@@ -167,9 +297,13 @@ def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:
 
 
 def run_audit(run_dir: str | Path) -> int:
-    """CLI entry: print the report, write ``audit.md`` into the run directory, exit 0/1."""
+    """CLI entry: print the table, write ``audit.md`` and ``audit.html``, exit 0 (pass) or 1."""
+    from server.audit_report import to_html, to_markdown
+
     report = audit(run_dir)
-    text = report.to_markdown()
+    text = to_markdown(report)
     print(text)
     (Path(run_dir) / "audit.md").write_text(text, encoding="utf-8")
+    (Path(run_dir) / "audit.html").write_text(to_html(report), encoding="utf-8")
+    print(f"fedmmrec: wrote {Path(run_dir) / 'audit.md'} and audit.html")
     return 0 if report.passed else 1

@@ -10,10 +10,12 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
+from server.canaries import CanarySet
+from server.central_dp import CentralDP, ServerDP, flatten
 from server.rounds import evaluate_nodes, run_rounds
 from server.run_directory import RunDirectory, library_versions
 from shared.baselines import most_popular
-from shared.config import model_spec
+from shared.config import central_dp, local_dp, model_spec
 from shared.data import leave_last_out, load_dataset
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
@@ -34,22 +36,72 @@ def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
     return FedAvg(**common)
 
 
-def ledger_header(config: dict[str, Any], population: int) -> dict[str, Any]:
+PRIVACY_UNITS = {
+    "local": "example (one interaction) on each device",
+    "central": "user (all of one device's interactions), at the server",
+    "both": "example (one interaction) on each device, and user (all of a device's interactions) at the server",
+    "none": "none: NOT PRIVATE",
+}
+
+
+NEIGHBOURS = {
+    "local": "add or remove one interaction of one device's local dataset",
+    "central": "add or remove one user (a device and all its data) from the population",
+    "both": "local DP: add or remove one interaction of one device; central DP: add or remove one user",
+    "none": "none",
+}
+
+
+def ledger_header(config: dict[str, Any], population: int, canary_commitment: str | None) -> dict[str, Any]:
     """The ledger's header: what is protected, against which neighbour, under which assumptions."""
-    return {
-        "privacy-unit": "example (one interaction) on each device" if config["dp"] else "none: NOT PRIVATE",
-        "neighbouring-relation": "add or remove one interaction of one device's local dataset",
+    header = {
+        "privacy-mode": config["privacy"],
+        "privacy-unit": PRIVACY_UNITS[config["privacy"]],
+        "neighbouring-relation": NEIGHBOURS[config["privacy"]],
         "delta": config["delta"],
-        "delta-rationale": "fixed by the run config; well below 1/n for every device's n",
+        "delta-rationale": f"fixed by the run config; below 1/population (1/{population}) and below 1/n for every device's n",
         "population": population,
-        "client-sampling": f"each round a uniform fraction {config['fraction-train']} of clients, without replacement",
-        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if config["dp"] else "shuffled batches",
+        "client-sampling": (
+            f"Poisson: each client independently with probability {config['fraction-train']} each round (OS entropy)"
+            if central_dp(config)
+            else f"each round a uniform fraction {config['fraction-train']} of clients, without replacement; "
+            "clients at their cap are replaced by others not yet asked"
+        ),
+        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if local_dp(config) else "shuffled batches",
         "accountant": config["accountant"],
-        "server-dp": False,
-        "epsilon-cap": None,
+        "epsilon-cap": config["epsilon-cap"] or None,
+        "server-dp": central_dp(config),
         "versions": library_versions(),
         "config": config,
     }
+    if central_dp(config):
+        header.update(
+            {
+                "server-mechanism": "DP-FedAvg: clip each update to server-clip-norm, equal weights, Gaussian noise "
+                "std server-noise-multiplier * server-clip-norm on the sum, divided by the expected count "
+                "fraction-train * population",
+                "server-accounting": "sampled Gaussian mechanism (Poisson rate fraction-train, noise multiplier "
+                "server-noise-multiplier) composed over the rounds run",
+                "server-epsilon-cap": config["server-epsilon-cap"] or None,
+                "canaries": config["canaries"],
+                "canary-commitment": canary_commitment,
+            }
+        )
+    return header
+
+
+def make_server_dp(config: dict[str, Any], population: int, initial: ArrayRecord) -> ServerDP | None:
+    """The server-side mechanism when ``privacy`` is ``central`` or ``both``, else None."""
+    if not central_dp(config):
+        return None
+    mechanism = CentralDP(
+        clip_norm=config["server-clip-norm"],
+        noise_multiplier=config["server-noise-multiplier"],
+        sample_rate=config["fraction-train"],
+        population=population,
+    )
+    canaries = CanarySet.draw(config["canaries"], flatten(initial).size) if config["canaries"] else None
+    return ServerDP(mechanism, config["delta"], config["accountant"], config["server-epsilon-cap"], canaries)
 
 
 def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
@@ -69,16 +121,19 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     run_dir = RunDirectory(config["run-dir"], config["run-id"])
     run_dir.write_json("config.json", config)
     print(f"fedmmrec: run directory {run_dir.path}", flush=True)
-    if not config["dp"]:
-        print("fedmmrec: WARNING: dp = false: this run is NOT differentially private", flush=True)
+    if config["privacy"] == "none":
+        print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
 
-    ledger = Ledger(run_dir.path)
-    ledger.append([("header", 0, ledger_header(config, len(split.users)))])
     torch.manual_seed(config["seed"])
     tower = ItemTower(model_spec(config))
     initial = ArrayRecord(tower.state_dict())
+    run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
+    server_dp = make_server_dp(config, len(split.users), initial)
+    commitment = server_dp.canaries.write(run_dir.path) if server_dp and server_dp.canaries else None
+    ledger = Ledger(run_dir.path)
+    ledger.append([("header", 0, ledger_header(config, len(split.users), commitment))])
     strategy = make_strategy(config, len(split.users))
-    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger)
+    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp)
     ledger_head = ledger.head()[1]
     ledger.close()
 
@@ -89,11 +144,12 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         "final": final_eval,
         "baselines": {"most-popular": most_popular(split)},
         "privacy": {
-            "dp": config["dp"],
-            "unit": "example-level (one interaction) on each device",
+            "mode": config["privacy"],
+            "unit": PRIVACY_UNITS[config["privacy"]],
             "delta": config["delta"],
             "accountant": config["accountant"],
             **book.epsilon_stats(),
+            "user-level-epsilon": rows[-1].get("user-level-epsilon") if rows and server_dp else None,
             "clients-trained": len(book.rounds_trained),
         },
         "communication": {
@@ -120,9 +176,20 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         f"fedmmrec: final HR@10 {final_eval.get('hr@10', float('nan')):.3f} NDCG@10 "
         f"{final_eval.get('ndcg@10', float('nan')):.3f} over {final_eval.get('clients-evaluated', 0)} clients "
         f"(most-popular HR@10 {pop['hr@10']:.3f} NDCG@10 {pop['ndcg@10']:.3f}); "
-        f"epsilon max {summary['privacy']['epsilon-max']:.2f} at delta {config['delta']:g}; "
+        f"{_privacy_line(summary['privacy'], config)}; "
         f"{summary['communication']['bytes-sent-per-client-per-round'] / 1024:.0f} KiB sent per client per round",
         flush=True,
     )
     print(f"fedmmrec: run directory {run_dir.path}", flush=True)
     return summary
+
+
+def _privacy_line(privacy: dict[str, Any], config: dict[str, Any]) -> str:
+    parts = []
+    if local_dp(config):
+        parts.append(f"example-level epsilon max {privacy['epsilon-max']:.2f}")
+    if central_dp(config) and privacy["user-level-epsilon"] is not None:
+        parts.append(f"user-level epsilon {privacy['user-level-epsilon']:.2f}")
+    if not parts:
+        return "NOT PRIVATE"
+    return " and ".join(parts) + f" at delta {config['delta']:g}"

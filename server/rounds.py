@@ -13,7 +13,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from logging import INFO
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.central_dp import ServerDP
 from server.run_directory import RunDirectory
 from shared.ledger import Ledger
 from shared.metrics import mean_metrics_by_coldness
@@ -117,6 +117,68 @@ def evaluate_nodes(
     return out
 
 
+def train_messages(nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> list[Message]:
+    """TRAIN messages as Flower's strategies build them (``arrays`` + ``config`` with the round)."""
+    config = ConfigRecord({**dict(config), "server-round": server_round})
+    return [
+        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.TRAIN)
+        for node in nodes
+    ]
+
+
+@dataclass
+class TrainReplies:
+    """One round's train replies: who was asked, who trained, who declined at their cap."""
+
+    asked: list[int] = field(default_factory=list)
+    trained: list[Message] = field(default_factory=list)
+    declined: list[Message] = field(default_factory=list)
+
+    def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
+        """Send ``messages``; file the replies; return this batch's declines."""
+        self.asked += [m.metadata.dst_node_id for m in messages]
+        answered = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S)) if messages else []
+        declined = [r for r in answered if int(r.content["metrics"].get("declined", 0))]
+        for reply in declined:
+            print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
+        self.declined += declined
+        self.trained += [r for r in answered if r not in declined]
+        return declined
+
+
+def collect_train(
+    grid: Grid,
+    messages: list[Message],
+    all_nodes: list[int],
+    replace_declined: bool,
+    rng: random.Random,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    server_round: int,
+) -> TrainReplies:
+    """Send the round's messages; in place of each client that declines, ask one not yet asked.
+
+    Replacement keeps the round's size when clients run out of budget. It is off under central
+    DP, whose accounting assumes Poisson sampling and no second draw.
+    """
+    replies = TrainReplies()
+    declined = replies.add(grid, messages)
+    while replace_declined and declined:
+        pool = sorted(set(all_nodes) - set(replies.asked))
+        if not pool:
+            break
+        substitutes = rng.sample(pool, min(len(declined), len(pool)))
+        print(f"  asking {len(substitutes)} other clients in place of those that declined", flush=True)
+        declined = replies.add(grid, train_messages(substitutes, arrays, config, server_round))
+    return replies
+
+
+def _mean_loss(replies: list[Message]) -> float:
+    weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
+    losses = [float(r.content["metrics"]["train-loss"]) for r in replies]
+    return float(np.average(losses, weights=weights)) if replies else float("nan")
+
+
 def run_rounds(
     grid: Grid,
     strategy: Strategy,
@@ -124,32 +186,52 @@ def run_rounds(
     config: dict[str, Any],
     run_dir: RunDirectory,
     ledger: Ledger,
+    server_dp: ServerDP | None = None,
     log=print,
 ) -> tuple[ArrayRecord, RoundBook, list[dict[str, Any]]]:
-    """Train ``num-server-rounds`` rounds; return the final arrays, the book and the rows."""
+    """Train ``num-server-rounds`` rounds; return the final arrays, the book and the rows.
+
+    Without ``server_dp`` Flower's strategy samples and aggregates. With it, the server samples
+    by Poisson and releases DP-FedAvg aggregates (:mod:`server.central_dp`), and stops before a
+    round that would exceed its user-level budget.
+    """
     arrays = initial_arrays
     book = RoundBook()
     client_config = ConfigRecord(dict(config))
     rng = random.Random(config["seed"])
+    all_nodes = sorted(grid.get_node_ids())
     rows = []
     for server_round in range(1, config["num-server-rounds"] + 1):
+        if server_dp is not None and server_dp.would_exceed_cap(server_round):
+            epsilon = server_dp.epsilon(server_round)
+            log(
+                f"fedmmrec: stopping before round {server_round}: the user-level epsilon would reach "
+                f"{epsilon:.3f} > server-epsilon-cap {server_dp.epsilon_cap:g}"
+            )
+            ledger.append([("stop", server_round, {"reason": "server-epsilon-cap", "epsilon-if-run": epsilon})])
+            break
         started = time.time()
         random.seed(rng.random())  # Flower samples nodes with the `random` module
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
-        answered = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))  # logs errors
-        declined = [r for r in answered if int(r.content["metrics"].get("declined", 0))]
-        for reply in declined:
-            print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
-        replies = [r for r in answered if r not in declined]
-        new_arrays, train_metrics = (
-            strategy.aggregate_train(server_round, replies) if replies else (None, None)
+        if server_dp is not None:
+            messages = train_messages(server_dp.sample(all_nodes), arrays, client_config, server_round)
+        else:
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
+        batch = collect_train(
+            grid, messages, all_nodes, server_dp is None, rng, arrays, client_config, server_round
         )
+        replies, declined = batch.trained, batch.declined
         previous = arrays
-        if new_arrays is not None:
-            arrays = new_arrays
-        trained = []
-        bytes_sent = []
-        ledger_entries = []
+        server_entry: dict[str, Any] = {"server-dp": False, "server-noise-std": 0.0, "server-clip-norm": None, "user-level-epsilon": None}
+        if server_dp is not None:
+            noisy, canaries = server_dp.release(arrays, [r.content["arrays"] for r in replies])
+            arrays = noisy.arrays
+            train_loss = _mean_loss(replies)
+            server_entry = _server_dp_entry(server_dp, noisy, canaries, server_round)
+        else:
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies) if replies else (None, None)
+            arrays = new_arrays if new_arrays is not None else arrays
+            train_loss = float(train_metrics["train-loss"]) if train_metrics else float("nan")
+        trained, bytes_sent, ledger_entries = [], [], []
         for reply in replies:
             node = reply.metadata.src_node_id
             metrics = reply.content["metrics"]
@@ -172,13 +254,14 @@ def run_rounds(
         evaluation = evaluate_nodes(grid, eval_nodes, arrays, client_config, server_round)
         row = {
             "round": server_round,
-            "clients-sampled": len(messages),
+            "clients-sampled": len(batch.asked),
             "clients-trained": len(trained),
             "clients-declined": len(declined),
-            "train-loss": float(train_metrics["train-loss"]) if train_metrics else float("nan"),
+            "train-loss": train_loss,
             "bytes-sent-per-client": float(np.mean(bytes_sent)) if bytes_sent else 0.0,
             "bytes-received-per-client": float(sum(a.numpy().nbytes for a in arrays.values())),
             **book.epsilon_stats(),
+            **({"user-level-epsilon": server_entry["user-level-epsilon"]} if server_dp is not None else {}),
             **evaluation,
             "round-seconds": round(time.time() - started, 3),
         }
@@ -187,13 +270,11 @@ def run_rounds(
                 "server-round",
                 server_round,
                 {
-                    "clients-sampled": len(messages),
+                    "clients-sampled": len(batch.asked),
                     "replies-received": len(trained),
-                    "server-dp": False,
-                    "server-noise-std": 0.0,
-                    "server-clip-norm": None,
+                    "clients-declined": len(declined),
                     "released-update-norm": _update_norm(previous, arrays),
-                    "user-level-epsilon": None,
+                    **server_entry,
                 },
             )
         )
@@ -204,14 +285,37 @@ def run_rounds(
         rows.append(row)
         run_dir.append_metrics(row)
         run_dir.save_checkpoint("latest.pt", arrays.to_torch_state_dict(), {"round": server_round})
+        spent = [f"example-level epsilon max {row['epsilon-max']:.2f}"] if config["privacy"] in ("local", "both") else []
+        if server_dp is not None:
+            spent.append(f"user-level epsilon {row['user-level-epsilon']:.2f}")
         log(
             f"[round {server_round}/{config['num-server-rounds']}] trained {len(trained)} clients, "
             f"loss {row['train-loss']:.4f}, HR@10 {row.get('hr@10', float('nan')):.3f}, "
             f"NDCG@10 {row.get('ndcg@10', float('nan')):.3f} ({row.get('clients-evaluated', 0)} clients), "
-            f"epsilon max {row['epsilon-max']:.2f}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "
+            f"{', '.join(spent) or 'NOT PRIVATE'}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "
             f"{row['round-seconds']:.1f}s"
         )
-        if declined and not trained:
-            log(f"fedmmrec: stopping after round {server_round}: every sampled client is at its epsilon cap")
+        if declined and not trained and server_dp is None:
+            log(f"fedmmrec: stopping after round {server_round}: every client asked is at its epsilon cap")
             break
     return arrays, book, rows
+
+
+def _server_dp_entry(server_dp: ServerDP, noisy, canaries: int, server_round: int) -> dict[str, Any]:
+    """The server-round ledger fields of a DP-FedAvg release."""
+    mechanism = server_dp.mechanism
+    epsilon = server_dp.epsilon(server_round)
+    return {
+        "server-dp": True,
+        "server-clip-norm": mechanism.clip_norm,
+        "server-noise-multiplier": mechanism.noise_multiplier,
+        "client-sample-rate": mechanism.sample_rate,
+        "denominator": mechanism.denominator,
+        "server-noise-std": noisy.noise_std_of_sum,
+        "server-noise-std-of-average": noisy.noise_std_of_sum / mechanism.denominator,
+        "updates-aggregated": noisy.clients,
+        "updates-clipped": noisy.clipped,
+        "canaries-in-round": canaries,
+        "user-level-history": [list(h) for h in mechanism.history(server_round)],
+        "user-level-epsilon": epsilon if np.isfinite(epsilon) else -1.0,
+    }

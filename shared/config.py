@@ -26,12 +26,16 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "lr": (0.5, "client SGD learning rate of the private user embedding"),
     "item-lr": (0.01, "client SGD learning rate of the shared item tower"),
     "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
-    "dp": (True, "train with Opacus DP-SGD on the device (false: not private)"),
+    "privacy": ("local", "where DP applies: local (DP-SGD on each device, per interaction), central (DP-FedAvg at the server, per user), both, or none (NOT PRIVATE)"),
     "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
     "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2, total over all parameters)"),
     "item-clip-fraction": (0.3, "share of the clip norm given to the item tower (the rest: user embedding)"),
     "delta": (1e-5, "delta of the reported (epsilon, delta) per client"),
     "epsilon-cap": (0.0, "per-client epsilon budget: a client whose next round would exceed it declines; 0: no cap"),
+    "server-noise-multiplier": (1.0, "central DP: Gaussian noise std / server-clip-norm, added to the sum of client updates"),
+    "server-clip-norm": (0.05, "central DP: L2 bound on each client's item-tower update"),
+    "server-epsilon-cap": (0.0, "central DP: user-level epsilon budget; the run stops before a round that would exceed it; 0: no cap"),
+    "canaries": (0, "central DP: canary clients for the empirical privacy audit, each included with probability 1/2; 0: none"),
     "accountant": ("rdp", "Opacus accountant: rdp or prv"),
     "fusion": ("concat", "fusion head: concat, gated or attention"),
     "modalities": ("text,image", "item modalities used: text, image or text,image"),
@@ -46,6 +50,8 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "run-id": ("", "run directory name; empty: a timestamp"),
     "seed": (0, "seed for client sampling of negatives and initial weights"),
 }
+
+PRIVACY_MODES = ("local", "central", "both", "none")
 
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
 
@@ -69,6 +75,12 @@ def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] 
             merged[key] = value
     if merged["strategy"] not in ("fedavg", "fedadam"):
         raise ValueError(f"strategy {merged['strategy']!r}: choose fedavg or fedadam")
+    if merged["privacy"] not in PRIVACY_MODES:
+        raise ValueError(f"privacy {merged['privacy']!r}: choose one of {', '.join(PRIVACY_MODES)}")
+    if central_dp(merged) and merged["strategy"] != "fedavg":
+        raise ValueError("central DP (privacy = central or both) aggregates with DP-FedAvg: use strategy = fedavg")
+    if merged["canaries"] and not central_dp(merged):
+        raise ValueError("canaries audit the server-side mechanism: they need privacy = central or both")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     model_spec(merged)  # validates fusion and modalities
@@ -84,6 +96,16 @@ def model_spec(config: dict[str, Any]) -> ModelSpec:
     return ModelSpec(modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"])
 
 
+def local_dp(config: dict[str, Any]) -> bool:
+    """Whether devices train with DP-SGD (example-level privacy)."""
+    return config["privacy"] in ("local", "both")
+
+
+def central_dp(config: dict[str, Any]) -> bool:
+    """Whether the server clips and noises client updates (user-level privacy)."""
+    return config["privacy"] in ("central", "both")
+
+
 def train_config(config: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{name: config[name.replace("_", "-")] for name in names})
+    names = {f.name for f in fields(TrainConfig)} - {"dp"}
+    return TrainConfig(dp=local_dp(config), **{name: config[name.replace("_", "-")] for name in names})

@@ -46,6 +46,18 @@ def total_steps(history: History) -> int:
     return int(sum(n for _, _, n in history))
 
 
+def merged(history: History) -> History:
+    """Consecutive entries with the same noise and rate joined into one (the same mechanism:
+    composition only adds steps); a client's rounds usually collapse to one entry."""
+    out: History = []
+    for sigma, rate, steps in history:
+        if out and out[-1][0] == sigma and out[-1][1] == rate:
+            out[-1] = (sigma, rate, out[-1][2] + steps)
+        else:
+            out.append((sigma, rate, steps))
+    return out
+
+
 def make_accountant(name: str, history: History):
     """An Opacus accountant (``rdp`` or ``prv``) restored to ``history``."""
     from opacus.accountants import PRVAccountant, RDPAccountant
@@ -64,4 +76,25 @@ def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float
         return 0.0
     if any(s <= 0.0 for s, _, n in history if n > 0):
         return float("inf")
-    return float(make_accountant(accountant, history).get_epsilon(delta))
+    return float(make_accountant(accountant, merged(history)).get_epsilon(delta))
+
+
+
+def dp_accounting_epsilon(history: History, delta: float) -> float:
+    """Epsilon of a history by Google's ``dp-accounting`` PLD accountant: written independently
+    of Opacus, for the audit's cross-check. Same neighbouring relation (add or remove one
+    record) and the same Poisson-subsampled Gaussian steps; tight like PRV, so the two agree
+    within their discretisation error and both lie below RDP."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    history = merged(history)
+    if not history:
+        return 0.0
+    if any(s <= 0.0 for s, _, n in history if n > 0):
+        return float("inf")
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    for sigma, rate, steps in history:
+        event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(delta))

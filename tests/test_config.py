@@ -28,4 +28,8 @@ def test_unknown_key_and_bad_fusion_are_rejected():
         resolve({"nois-multiplier": 1.0})
     with pytest.raises(ValueError, match="fusion 'sum': choose one of concat, gated, attention"):
         resolve(None, {"fusion": "sum"})
-    assert resolve(None, {"dp": "false", "lr": "0.1"})["dp"] is False
+    assert resolve(None, {"privacy": "none", "lr": "0.1"})["privacy"] == "none"
+    with pytest.raises(ValueError, match="privacy 'off': choose one of local, central, both, none"):
+        resolve(None, {"privacy": "off"})
+    with pytest.raises(ValueError, match="canaries audit the server-side mechanism"):
+        resolve(None, {"canaries": 10})

@@ -38,3 +38,36 @@ def test_clients_at_their_cap_decline_and_the_run_stops_cleanly(small_dataset, f
     initial = ItemTower(model_spec(resolve())).state_dict()
     final = torch.load(run_dir / "checkpoints" / "final.pt")["item_tower"]
     assert all(torch.equal(final[k], initial[k]) for k in initial)  # nothing was released
+
+
+def test_clients_at_their_cap_are_replaced_by_others(small_dataset, feature_cache, tmp_path):
+    """With half the clients sampled and a cap only some can afford, each decline is replaced
+    by a client not yet asked, so the round trains as many as it asked for (or every client
+    that can afford a round, when fewer can)."""
+    from shared.config import train_config
+    from shared.data import leave_last_out, load_dataset
+    from shared.training import projected_epsilon
+
+    config = resolve(None, {"local-epochs": 2})
+    split = leave_last_out(load_dataset(small_dataset))
+    costs = sorted(projected_epsilon([], len(items), train_config(config)) for items in split.train_items)
+    cap = (costs[0] + min(c for c in costs if c > costs[0])) / 2  # only the cheapest can afford a round
+    affordable = sum(c <= cap for c in costs)
+    assert affordable < 6
+    run_dir = simulate(
+        {
+            "data-dir": str(small_dataset),
+            "feature-cache": str(feature_cache),
+            "run-dir": str(tmp_path),
+            "run-id": "replaced",
+            "num-server-rounds": 1,
+            "fraction-train": 0.5,
+            "epsilon-cap": cap,
+        }
+    )
+    row = read_metrics(run_dir)[0]
+    # Every affordable client trained, wherever the sampler started: declines were replaced
+    # until the pool ran out.
+    assert row["clients-trained"] == affordable
+    assert row["clients-sampled"] == row["clients-trained"] + row["clients-declined"] == 12
+    assert audit(run_dir).passed

@@ -20,7 +20,7 @@ def test_run_directory_has_metrics_summary_and_checkpoint(federated_run):
         for key in ("train-loss", "hr@10", "ndcg@10", "recall@20", "epsilon-max", "epsilon-mean", "bytes-sent-per-client"):
             assert math.isfinite(row[key]), key
     summary = read_summary(run_dir)
-    assert summary["rounds"] == 2 and summary["privacy"]["dp"] is True
+    assert summary["rounds"] == 2 and summary["privacy"]["mode"] == "local"
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert 0 < summary["communication"]["bytes-sent-per-client-per-round"] < 1_000_000
 

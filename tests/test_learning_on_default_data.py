@@ -37,6 +37,6 @@ def test_dp_federated_model_ranks_held_out_items_better_than_random(default_run)
 
 def test_privacy_and_traffic_are_reported(default_run):
     privacy = default_run["privacy"]
-    assert privacy["dp"] is True and privacy["clients-trained"] == 100
+    assert privacy["mode"] == "local" and privacy["clients-trained"] == 100
     assert 0 < privacy["epsilon-mean"] <= privacy["epsilon-max"] < 100
     assert default_run["communication"]["bytes-sent-per-client-per-round"] < 1_000_000

@@ -1,0 +1,97 @@
+"""The audit's report: a Markdown table and a self-contained HTML page with matplotlib plots.
+
+Plots: epsilon per round per client, the distribution of final client epsilons, the server's
+user-level epsilon over rounds, and the canary score histograms (included vs excluded). The
+PNGs are embedded as base64 so the page is one file an auditor can archive.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from server.audit import AuditReport
+
+
+def to_markdown(report: AuditReport) -> str:
+    lines = [f"# Privacy audit of `{report.run_dir}`", "", f"**Result: {'PASS' if report.passed else 'FAIL'}**", ""]
+    lines += ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in report.figures.items()]
+    lines += ["", "| check | result |", "| --- | --- |"]
+    for check, problems in report.failures.items():
+        lines.append(f"| {check} | {'pass' if not problems else 'FAIL: ' + '; '.join(problems[:5])} |")
+    if report.flags:
+        lines += ["", "Flags:", *[f"- {flag}" for flag in report.flags[:20]]]
+        if len(report.flags) > 20:
+            lines.append(f"- ... and {len(report.flags) - 20} more")
+    return "\n".join(lines) + "\n"
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plots(report: AuditReport) -> dict[str, str]:
+    """Title -> base64 PNG, for each plot the run has data for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    if report.client_epsilons:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for series in report.client_epsilons.values():
+            rounds, eps = zip(*series)
+            ax.plot(rounds, eps, marker=".", linewidth=0.7, alpha=0.6)
+        ax.set(xlabel="round", ylabel="cumulative epsilon", title="Example-level epsilon per client")
+        out["Epsilon per round per client"] = _png(fig)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist([series[-1][1] for series in report.client_epsilons.values()], bins=20)
+        ax.set(xlabel="final epsilon", ylabel="clients", title="Final client epsilons")
+        out["Distribution of final client epsilons"] = _png(fig)
+        plt.close(fig)
+    if report.server_epsilons:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        rounds, eps = zip(*report.server_epsilons)
+        ax.plot(rounds, eps, marker="o")
+        ax.set(xlabel="round", ylabel="user-level epsilon", title="Server (central DP) epsilon")
+        out["Server epsilon over rounds"] = _png(fig)
+        plt.close(fig)
+    if report.canary_scores:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(report.canary_scores["excluded"], bins=30, alpha=0.6, label="excluded canaries")
+        ax.hist(report.canary_scores["included"], bins=30, alpha=0.6, label="included canaries")
+        ax.set(xlabel="projection of the model change on the canary", ylabel="canaries", title="Canary scores")
+        ax.legend()
+        out["Canary score histograms"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def to_html(report: AuditReport) -> str:
+    verdict = "PASS" if report.passed else "FAIL"
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in report.figures.items())
+    checks = "".join(
+        f"<tr><td>{html.escape(c)}</td><td class={'ok' if not p else 'bad'}>"
+        f"{'pass' if not p else 'FAIL: ' + html.escape('; '.join(p[:10]))}</td></tr>"
+        for c, p in report.failures.items()
+    )
+    flags = "".join(f"<li>{html.escape(f)}</li>" for f in report.flags[:50])
+    images = "".join(
+        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+        for title, data in plots(report).items()
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title><style>"
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}td{border:1px solid #ccc;padding:.3em}"
+        "table{border-collapse:collapse}.ok{color:#060}.bad{color:#a00;font-weight:bold}</style></head><body>"
+        f"<h1>Privacy audit of {html.escape(str(report.run_dir))}</h1>"
+        f"<p class={'ok' if report.passed else 'bad'}>Result: {verdict}</p>"
+        f"<table>{rows}</table><h2>Checks</h2><table>{checks}</table>"
+        f"{'<h2>Flags</h2><ul>' + flags + '</ul>' if flags else ''}{images}</body></html>\n"
+    )

@@ -1,0 +1,120 @@
+"""User-level DP-FedAvg at the server: the ledger records the mechanism, the audit recomputes it,
+and the canary audit has teeth: with the server's noise switched off (while the ledger still
+claims it) the empirical lower bound exceeds the claimed epsilon and the audit fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import server.central_dp
+from server.audit import audit, run_audit
+from server.canaries import CANARY_FILE
+from server.central_dp import CentralDP, aggregate, flatten, poisson_sample
+from shared.ledger import read_entries
+from simulations.simulate import read_summary, simulate
+
+NOISE, CLIP, ROUNDS = 5.0, 0.05, 3
+
+
+def _central(small_dataset, feature_cache, run_dir, run_id: str, **extra) -> dict:
+    return {
+        "data-dir": str(small_dataset),
+        "feature-cache": str(feature_cache),
+        "run-dir": str(run_dir),
+        "run-id": run_id,
+        "privacy": "central",
+        "num-server-rounds": ROUNDS,
+        "fraction-train": 1.0,  # q = 1: no amplification by sampling, the claim is small
+        "server-noise-multiplier": NOISE,
+        "server-clip-norm": CLIP,
+        "local-epochs": 1,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def canary_run(small_dataset, feature_cache, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("central")
+    return simulate(_central(small_dataset, feature_cache, runs, "canaries", canaries=500))
+
+
+def test_central_dp_run_is_recorded_and_passes_the_audit(canary_run):
+    entries = read_entries(canary_run)
+    header = entries[0].body
+    assert header["server-dp"] and header["privacy-mode"] == "central" and header["canaries"] == 500
+    rounds = [e.body for e in entries if e.kind == "server-round"]
+    assert len(rounds) == ROUNDS
+    for number, body in enumerate(rounds, start=1):
+        assert body["server-noise-std"] == pytest.approx(NOISE * CLIP)
+        assert body["denominator"] == pytest.approx(12.0) and body["client-sample-rate"] == 1.0
+        assert body["user-level-history"] == [[NOISE, 1.0, number]]
+        assert body["replies-received"] == 12 and body["canaries-in-round"] > 0
+    epsilons = [body["user-level-epsilon"] for body in rounds]
+    assert epsilons == sorted(epsilons) and 0 < epsilons[-1] < 3
+    assert read_summary(canary_run)["privacy"]["user-level-epsilon"] == pytest.approx(epsilons[-1])
+
+    report = audit(canary_run)
+    assert report.passed, report.failures
+    assert {"server-accounting", "empirical-lower-bound"} <= set(report.failures)
+    assert "vs claimed" in report.figures["empirical lower bound"]
+    assert len(report.canary_scores["included"]) + len(report.canary_scores["excluded"]) == 500
+    assert run_audit(canary_run) == 0
+    page = (canary_run / "audit.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # server epsilon, canary histograms
+
+
+def test_a_canary_file_changed_after_the_run_fails_the_audit(canary_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(canary_run, run_dir)
+    payload = json.loads((run_dir / CANARY_FILE).read_text())
+    payload["included"][0] = 1 - payload["included"][0]
+    (run_dir / CANARY_FILE).write_text(json.dumps(payload, sort_keys=True))
+    report = audit(run_dir)
+    assert "does not match the ledger header's commitment" in report.failures["empirical-lower-bound"][0]
+
+
+def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(server.central_dp, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))
+    report = audit(run_dir)
+    # Everything the ledger claims is internally consistent ...
+    assert not report.failures["hash-chain"] and not report.failures["server-accounting"]
+    # ... but the model gives the canaries away.
+    problems = report.failures["empirical-lower-bound"]
+    assert problems and "exceeds the claimed user-level epsilon" in problems[0]
+    assert run_audit(run_dir) == 1
+
+
+def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, feature_cache, tmp_path):
+    mechanism = CentralDP(CLIP, NOISE, 1.0, 12)
+    cap = (mechanism.epsilon(2, 1e-5) + mechanism.epsilon(3, 1e-5)) / 2
+    run_dir = simulate(
+        _central(small_dataset, feature_cache, tmp_path, "capped", **{"num-server-rounds": 5, "server-epsilon-cap": cap})
+    )
+    entries = read_entries(run_dir)
+    assert [e.round for e in entries if e.kind == "server-round"] == [1, 2]
+    stop = [e for e in entries if e.kind == "stop"]
+    assert len(stop) == 1 and stop[0].round == 3 and stop[0].body["epsilon-if-run"] > cap
+    summary = read_summary(run_dir)
+    assert summary["rounds"] == 2 and summary["privacy"]["user-level-epsilon"] <= cap
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+    assert audit(run_dir).passed
+
+
+def test_dp_fedavg_clips_weighs_equally_and_divides_by_the_expected_count():
+    from flwr.app import ArrayRecord
+    import torch
+
+    zero = ArrayRecord({"w": torch.zeros(4)})
+    big = ArrayRecord({"w": torch.tensor([3.0, 4.0, 0.0, 0.0])})  # norm 5: clipped to 1
+    small = ArrayRecord({"w": torch.tensor([0.0, 0.0, 0.5, 0.0])})
+    mechanism = CentralDP(clip_norm=1.0, noise_multiplier=0.0, sample_rate=0.5, population=4)
+    released = aggregate(mechanism, zero, [big, small], [], np.random.default_rng(0))
+    assert np.allclose(flatten(released.arrays), [0.6 / 2, 0.8 / 2, 0.5 / 2, 0.0])
+    assert released.clipped == 1 and released.clients == 2
+    sampled = [len(poisson_sample(list(range(1000)), 0.3, np.random.default_rng(s))) for s in range(20)]
+    assert 250 < np.mean(sampled) < 350 and len(set(sampled)) > 1  # Poisson, not fixed-size

@@ -1,0 +1,58 @@
+"""Device state on disk: a restarted client remembers its privacy spend and user embedding;
+a corrupt or foreign state file is an error and is left untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from client.client_app import train
+from client.state import STATE_FILE, DeviceStateError
+from shared.config import model_spec, resolve
+from shared.models.recommender import ItemTower
+from shared.privacy import total_steps
+
+
+def _context(small_dataset, state_dir, partition: int = 0) -> Context:
+    node_config = {"data-dir": str(small_dataset), "partition-id": partition, "state-dir": str(state_dir)}
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _train_message(feature_cache, server_round: int) -> Message:
+    config = resolve(None, {"feature-cache": str(feature_cache), "local-epochs": 1})
+    torch.manual_seed(0)
+    arrays = ArrayRecord(ItemTower(model_spec(config)).state_dict())
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({**config, "server-round": server_round})})
+    return Message(content, dst_node_id=7, message_type="train")
+
+
+def test_restarted_device_keeps_its_spend_and_refuses_bad_state(small_dataset, feature_cache, tmp_path, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # What Flower sets in a ClientApp process before it builds messages.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    state_dir = tmp_path / "device"
+    first = train(_train_message(feature_cache, 1), _context(small_dataset, state_dir))
+    saved = json.loads((state_dir / STATE_FILE).read_text())
+    steps_one = int(first.content["metrics"]["steps"])
+    assert total_steps(saved["history"]) == steps_one and saved["epsilon"] > 0
+
+    # A new Context is what a restarted SuperNode gets: empty node state, same state folder.
+    second = train(_train_message(feature_cache, 2), _context(small_dataset, state_dir))
+    saved_two = json.loads((state_dir / STATE_FILE).read_text())
+    assert total_steps(saved_two["history"]) == steps_one + int(second.content["metrics"]["steps"])
+    assert second.content["metrics"]["epsilon"] > first.content["metrics"]["epsilon"]
+    assert saved_two["user-embedding"] != saved["user-embedding"]  # training continued from it
+
+    with pytest.raises(DeviceStateError, match="state of user"):
+        train(_train_message(feature_cache, 3), _context(small_dataset, state_dir, partition=1))
+
+    (state_dir / STATE_FILE).write_text('{"format": "fedmmrec-device-state/1", "hist')
+    with pytest.raises(DeviceStateError, match=f"{STATE_FILE}: corrupt device state"):
+        train(_train_message(feature_cache, 3), _context(small_dataset, state_dir))
+    assert (state_dir / STATE_FILE).read_text().endswith('"hist')  # left as it was
