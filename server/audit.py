@@ -201,7 +201,7 @@ def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps
         report.figures["client epsilon min / median / max (example-level)"] = (
             f"{min(final_eps):.3f} / {statistics.median(final_eps):.3f} / {max(final_eps):.3f}"
         )
-        report.figures["claimed minus recomputed (min)"] = f"{-rdp_gap:.2e}"
+        report.figures["largest recomputed minus claimed epsilon"] = f"{rdp_gap:.1e} (a claim below its recomputation fails)"
     else:
         report.figures["client epsilon min / median / max (example-level)"] = "not applicable: no local DP"
 

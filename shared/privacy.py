@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 History = list[tuple[float, float, int]]
 
@@ -76,7 +77,13 @@ def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float
         return 0.0
     if any(s <= 0.0 for s, _, n in history if n > 0):
         return float("inf")
-    return float(make_accountant(accountant, merged(history)).get_epsilon(delta))
+    return _epsilon_cached(tuple(merged(history)), float(delta), accountant)
+
+
+@lru_cache(maxsize=8192)
+def _epsilon_cached(history: tuple, delta: float, accountant: str) -> float:
+    """Opacus takes about 0.1 s per RDP evaluation; clients and audits repeat histories."""
+    return float(make_accountant(accountant, list(history)).get_epsilon(delta))
 
 
 
