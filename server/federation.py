@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from server.canaries import CanarySet
 from server.central_dp import CentralDP, ServerDP, flatten
@@ -24,15 +24,22 @@ from shared.models.recommender import ItemTower
 
 
 def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
-    """FedAvg (default) or FedAdam over the item tower, weighted by local example counts."""
+    """Flower's FedAvg (default), FedAdam, or a robust rule (FedMedian, FedTrimmedAvg, Krum)."""
     common = dict(
         fraction_train=config["fraction-train"],
         fraction_evaluate=0.0,  # evaluation is sent by server.rounds to clients that trained
         min_train_nodes=1,
         min_available_nodes=num_nodes,
     )
+    expected = max(1, int(config["fraction-train"] * num_nodes))
     if config["strategy"] == "fedadam":
         return FedAdam(**common, eta=config["server-lr"], eta_l=config["lr"])
+    if config["strategy"] == "fedmedian":
+        return FedMedian(**common)
+    if config["strategy"] == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=config["byzantine-fraction"])
+    if config["strategy"] == "krum":
+        return Krum(**common, num_malicious_nodes=int(config["byzantine-fraction"] * expected))
     return FedAvg(**common)
 
 

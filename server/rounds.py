@@ -22,7 +22,8 @@ from flwr.serverapp.strategy import Strategy
 
 from server.central_dp import ServerDP
 from server.run_directory import RunDirectory
-from shared.ledger import Ledger
+from server.validation import train_reply_problem
+from shared.ledger import Ledger, canonical
 from shared.metrics import mean_metrics_by_coldness
 
 MESSAGE_TIMEOUT_S = 3600.0
@@ -87,6 +88,18 @@ def _client_entry(node: int, metrics, reply: Message) -> dict[str, Any]:
     }
 
 
+def _rejected_entry(reply: Message, reason: str, server_round: int) -> tuple[str, int, dict[str, Any]]:
+    """A rejected reply's ledger entry. Its privacy spend is real (the client trained), so it
+    is a client-round entry when its accounting fields are readable; else a bare record."""
+    node = reply.metadata.src_node_id
+    try:
+        entry = {**_client_entry(node, reply.content["metrics"], reply), "rejected": reason}
+        canonical(entry)  # finite and serialisable, or the whole round's transaction would fail
+        return ("client-round", server_round, entry)
+    except (KeyError, TypeError, ValueError):
+        return ("client-rejected", server_round, {"client": node, "reason": reason})
+
+
 def _update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
     total = 0.0
     for key, array in after.items():
@@ -128,21 +141,38 @@ def train_messages(nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, 
 
 @dataclass
 class TrainReplies:
-    """One round's train replies: who was asked, who trained, who declined at their cap."""
+    """One round's train replies: who was asked, who trained, who declined at their cap, whose
+    reply was rejected (and why), and how many never answered (crashed or too late)."""
 
+    expected: ArrayRecord
+    timeout: float
     asked: list[int] = field(default_factory=list)
     trained: list[Message] = field(default_factory=list)
     declined: list[Message] = field(default_factory=list)
+    rejected: list[tuple[Message, str]] = field(default_factory=list)
+    failed: int = 0
 
     def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
         """Send ``messages``; file the replies; return this batch's declines."""
         self.asked += [m.metadata.dst_node_id for m in messages]
-        answered = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S)) if messages else []
-        declined = [r for r in answered if int(r.content["metrics"].get("declined", 0))]
+        received = list(grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        answered = _ok_replies(received)  # logs error replies (crashed clients)
+        self.failed += len(messages) - len(answered)
+        if len(received) < len(messages):
+            print(f"  {len(messages) - len(received)} clients did not answer within {self.timeout:g} s: dropped", flush=True)
+        declined = [r for r in answered if int(r.content.metric_records.get("metrics", {}).get("declined", 0))]
         for reply in declined:
             print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
         self.declined += declined
-        self.trained += [r for r in answered if r not in declined]
+        for reply in answered:
+            if reply in declined:
+                continue
+            problem = train_reply_problem(reply, self.expected)
+            if problem is None:
+                self.trained.append(reply)
+            else:
+                print(f"  client {reply.metadata.src_node_id} rejected: {problem}", flush=True)
+                self.rejected.append((reply, problem))
         return declined
 
 
@@ -161,7 +191,7 @@ def collect_train(
     Replacement keeps the round's size when clients run out of budget. It is off under central
     DP, whose accounting assumes Poisson sampling and no second draw.
     """
-    replies = TrainReplies()
+    replies = TrainReplies(expected=arrays, timeout=float(config.get("round-timeout", 0.0)) or MESSAGE_TIMEOUT_S)
     declined = replies.add(grid, messages)
     while replace_declined and declined:
         pool = sorted(set(all_nodes) - set(replies.asked))
@@ -222,7 +252,14 @@ def run_rounds(
         replies, declined = batch.trained, batch.declined
         previous = arrays
         server_entry: dict[str, Any] = {"server-dp": False, "server-noise-std": 0.0, "server-clip-norm": None, "user-level-epsilon": None}
-        if server_dp is not None:
+        skipped = server_dp is None and len(replies) < int(config["min-replies"])
+        if skipped:
+            log(
+                f"fedmmrec: round {server_round} skipped: {len(replies)} valid replies, fewer than min-replies "
+                f"{config['min-replies']} ({len(batch.rejected)} rejected, {batch.failed} failed or late); model unchanged"
+            )
+            train_loss = float("nan")
+        elif server_dp is not None:
             noisy, canaries = server_dp.release(arrays, [r.content["arrays"] for r in replies])
             arrays = noisy.arrays
             train_loss = _mean_loss(replies)
@@ -257,6 +294,9 @@ def run_rounds(
             "clients-sampled": len(batch.asked),
             "clients-trained": len(trained),
             "clients-declined": len(declined),
+            "clients-rejected": len(batch.rejected),
+            "clients-failed": batch.failed,
+            "round-skipped": skipped,
             "train-loss": train_loss,
             "bytes-sent-per-client": float(np.mean(bytes_sent)) if bytes_sent else 0.0,
             "bytes-received-per-client": float(sum(a.numpy().nbytes for a in arrays.values())),
@@ -281,6 +321,7 @@ def run_rounds(
         for reply in declined:
             entry = _client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
             ledger_entries.append(("client-round", server_round, {**entry, "declined": True}))
+        ledger_entries += [_rejected_entry(reply, reason, server_round) for reply, reason in batch.rejected]
         ledger.append(ledger_entries)
         rows.append(row)
         run_dir.append_metrics(row)

@@ -19,7 +19,10 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "num-server-rounds": (30, "federated rounds"),
     "fraction-train": (0.3, "fraction of clients (users) sampled to train each round"),
     "fraction-evaluate": (1.0, "fraction of clients that have trained which evaluate each round"),
-    "strategy": ("fedavg", "server aggregation: fedavg or fedadam"),
+    "strategy": ("fedavg", "server aggregation: fedavg, fedadam, or robust: fedmedian, fedtrimmedavg, krum"),
+    "byzantine-fraction": (0.2, "robust strategies: share of sampled clients assumed malicious (trimmed from each end; Krum's f)"),
+    "round-timeout": (0.0, "seconds the server waits for a round's replies; clients that have not answered are dropped; 0: an hour"),
+    "min-replies": (1, "fewest valid train replies for a round to update the model; a round with fewer is skipped (not under central DP)"),
     "server-lr": (0.01, "FedAdam server learning rate (eta)"),
     "local-epochs": (2, "passes over the local data per round"),
     "batch-size": (8, "expected DP-SGD batch (Poisson sample rate = batch-size / local examples)"),
@@ -48,10 +51,12 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "feature-cache": ("", "folder of cached backbone features; empty: ~/.cache/fedmmrec/features"),
     "run-dir": ("runs", "parent folder of run directories"),
     "run-id": ("", "run directory name; empty: a timestamp"),
+    "faults": ("", "simulation only: inject faults, e.g. 'nan:0 flip:1,2 crash:3 slow:4' (kind:partition ids; simulations/faults.py)"),
     "seed": (0, "seed for client sampling of negatives and initial weights"),
 }
 
 PRIVACY_MODES = ("local", "central", "both", "none")
+STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
 
@@ -73,8 +78,12 @@ def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] 
             else:
                 value = str(value)
             merged[key] = value
-    if merged["strategy"] not in ("fedavg", "fedadam"):
-        raise ValueError(f"strategy {merged['strategy']!r}: choose fedavg or fedadam")
+    if merged["strategy"] not in STRATEGIES:
+        raise ValueError(f"strategy {merged['strategy']!r}: choose one of {', '.join(STRATEGIES)}")
+    if merged["faults"]:
+        from shared.faults import parse_faults
+
+        parse_faults(merged["faults"])
     if merged["privacy"] not in PRIVACY_MODES:
         raise ValueError(f"privacy {merged['privacy']!r}: choose one of {', '.join(PRIVACY_MODES)}")
     if central_dp(merged) and merged["strategy"] != "fedavg":

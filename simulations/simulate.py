@@ -38,6 +38,8 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True) -> Pat
     config["run-dir"] = str(Path(config["run-dir"]).resolve())
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if config["faults"]:
+        from simulations.faults import app as client_app  # the real client, made to misbehave
     run_simulation(
         server_app=build_server_app(config),
         client_app=client_app,

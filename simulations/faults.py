@@ -1,0 +1,73 @@
+"""A fault-injecting ClientApp for reliability studies: the real client, made to misbehave.
+
+``faults`` (run config) lists faults and the simulated partitions that commit them, e.g.
+``"nan:0 shape:1 missing:2 extra:3 crash:4 slow:5 flip:6,7 scale:8"``:
+
+- ``nan``, ``shape``, ``missing``, ``extra``: a broken update (a NaN weight, a reshaped
+  array, a dropped array, an added array);
+- ``scale``: a poisoned update, the honest update boosted ``FAULT_SCALE`` times (a model
+  replacement attack);
+- ``flip``: a poisoned update, the honest update times ``-FAULT_SCALE``;
+- ``crash``: the client raises during training (Flower returns an error reply);
+- ``slow``: the client sleeps twice the ``round-timeout`` (``FAULT_SLOW_S`` without one)
+  before answering: a straggler.
+
+``fedmmrec run --set faults=...`` and :func:`simulations.simulate.simulate` use this app when
+``faults`` is set; deployments never do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from client.client_app import evaluate as honest_evaluate
+from client.client_app import train as honest_train
+from client.mods import private_state_guard
+from shared.faults import parse_faults
+
+FAULT_SCALE = 1000.0
+FAULT_SLOW_S = 20.0
+
+app = ClientApp(mods=[private_state_guard])
+
+
+def _broken(kind: str, arrays: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
+    """The reply's arrays with fault ``kind`` applied (``sent``: the global model it got)."""
+    state = {k: v.numpy().copy() for k, v in arrays.items()}
+    first = sorted(state)[0]
+    if kind == "nan":
+        state[first].flat[0] = np.nan
+    elif kind == "shape":
+        state[first] = state[first].reshape(-1)[:-1]
+    elif kind == "missing":
+        del state[first]
+    elif kind == "extra":
+        state["injected.weight"] = np.zeros(3, dtype=np.float32)
+    elif kind in ("scale", "flip"):
+        factor = FAULT_SCALE if kind == "scale" else -FAULT_SCALE
+        state = {k: (sent[k].numpy() + factor * (v - sent[k].numpy())).astype(v.dtype) for k, v in state.items()}
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    kind = parse_faults(str(msg.content["config"]["faults"])).get(int(context.node_config["partition-id"]))
+    if kind == "crash":
+        raise RuntimeError("injected fault: client crashed during training")
+    if kind == "slow":
+        timeout = float(msg.content["config"]["round-timeout"])
+        time.sleep(2 * timeout if timeout > 0 else FAULT_SLOW_S)
+    reply = honest_train(msg, context)
+    if kind and kind != "slow" and "arrays" in reply.content.array_records:
+        reply.content["arrays"] = _broken(kind, reply.content["arrays"], msg.content["arrays"])
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return honest_evaluate(msg, context)

@@ -1,0 +1,90 @@
+"""Faults a federation meets, in real Flower simulations with the fault-injecting ClientApp
+(``simulations/faults.py``): broken, crashed, late and poisoned clients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.audit import audit
+from server.run_directory import read_metrics
+from shared.ledger import read_entries
+from simulations.simulate import read_summary, simulate
+
+
+def _run(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
+    return simulate(
+        {
+            "data-dir": str(small_dataset),
+            "feature-cache": str(feature_cache),
+            "run-dir": str(tmp_path),
+            "run-id": run_id,
+            "fraction-train": 1.0,
+            **extra,
+        }
+    )
+
+
+def test_broken_and_crashed_clients_are_dropped_and_the_run_goes_on(small_dataset, feature_cache, tmp_path):
+    run_dir = _run(
+        small_dataset, feature_cache, tmp_path, "faulty",
+        **{"num-server-rounds": 2, "faults": "nan:0 shape:1 missing:2 extra:3 crash:4"},
+    )
+    rows = read_metrics(run_dir)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["clients-trained"] == 7 and row["clients-rejected"] == 4 and row["clients-failed"] == 1
+        assert not row["round-skipped"]
+    reasons = sorted(e.body["rejected"] for e in read_entries(run_dir) if e.kind == "client-round" and "rejected" in e.body)
+    assert len(reasons) == 8
+    assert any("holds NaN or Inf" in r for r in reasons) and any("has shape" in r for r in reasons)
+    assert any("missing arrays" in r for r in reasons) and any("unexpected arrays: injected.weight" in r for r in reasons)
+    final = torch.load(run_dir / "checkpoints" / "final.pt")["item_tower"]
+    assert all(torch.isfinite(v).all() for v in final.values())
+    assert read_summary(run_dir)["final"]["clients-evaluated"] >= 7
+    assert audit(run_dir).passed  # the rejected clients' spend is in the ledger too
+
+
+def test_a_straggler_is_dropped_at_the_round_timeout(small_dataset, feature_cache, tmp_path):
+    run_dir = _run(
+        small_dataset, feature_cache, tmp_path, "straggler", **{"num-server-rounds": 1, "faults": "slow:5", "round-timeout": 15.0}
+    )
+    row = read_metrics(run_dir)[0]
+    assert row["clients-trained"] == 11 and row["clients-failed"] == 1 and not row["round-skipped"]
+    report = audit(run_dir)
+    assert report.passed
+
+
+def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(small_dataset, feature_cache, tmp_path):
+    run_dir = _run(small_dataset, feature_cache, tmp_path, "skipped", **{"num-server-rounds": 1, "faults": "crash:4", "min-replies": 12})
+    row = read_metrics(run_dir)[0]
+    assert row["round-skipped"] and row["clients-trained"] == 11 and row["clients-failed"] == 1
+    initial = torch.load(run_dir / "checkpoints" / "initial.pt")["item_tower"]
+    final = torch.load(run_dir / "checkpoints" / "final.pt")["item_tower"]
+    assert all(torch.equal(initial[k], final[k]) for k in initial)
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    """48 users: enough held-out items that NDCG@10 differences of 0.05 are not noise."""
+    from shared.data.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("synth48") / "u48", SynthConfig(users=48, items=200, seed=5, mean_interactions=30))
+
+
+def test_robust_aggregation_resists_sign_flipped_updates(population, feature_cache, tmp_path):
+    """Five of 48 clients send their update times -1000 (a boosted, sign-flipped update).
+    FedAvg follows them; FedMedian stays near the clean run."""
+    common = {"num-server-rounds": 3, "privacy": "none", "local-epochs": 2}
+    final = {}
+    for name, extra in (
+        ("clean", {}),
+        ("fedavg", {"faults": "flip:0,1,2,3,4"}),
+        ("fedmedian", {"faults": "flip:0,1,2,3,4", "strategy": "fedmedian"}),
+    ):
+        run_dir = _run(population, feature_cache, tmp_path, name, **common, **extra)
+        final[name] = read_summary(run_dir)["final"]
+    ndcg = {name: f["ndcg@10"] for name, f in final.items()}
+    assert ndcg["fedmedian"] == pytest.approx(ndcg["clean"], abs=0.03), ndcg
+    assert ndcg["fedavg"] < ndcg["clean"] - 0.05, ndcg
+    assert final["fedavg"]["rank-percentile"] > final["clean"]["rank-percentile"] + 0.03
