@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
 from client.mods import private_state_guard
-from client.state import load_history, load_user_embedding, restore_device_state, save_device_state
+from client.state import load_history, load_user_embedding, pseudonym, restore_device_state, save_device_state
 from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of
 from shared.models.recommender import Recommender, item_tower_state
@@ -40,17 +40,17 @@ def _model(msg: Message, context: Context, config: dict) -> Recommender:
 def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
-    restore_device_state(context, data.user_id)
+    restore_device_state(context, config, data.user_id)
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
     if tc.dp and cap > 0 and projected_epsilon(history, len(data.train_items), tc) > cap:
-        return _decline(msg, history, len(data.train_items), tc)
+        return _decline(msg, history, len(data.train_items), tc, pseudonym(context))
     model = _model(msg, context, config)
     # Seeded by partition (simulation) so runs repeat; by node id on a device.
     who = int(context.node_config.get("partition-id", context.node_id % 100_003))
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     result = train_local(model, data.catalog, data.train_items, tc, history, seed)
-    save_device_state(context, data.user_id, model.users.weight, result.history, result.epsilon)
+    save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 
     arrays = ArrayRecord(item_tower_state(model))
     bytes_sent = sum(int(a.numpy().nbytes) for a in arrays.values())
@@ -65,13 +65,15 @@ def train(msg: Message, context: Context) -> Message:
             "declined": 0,
         }
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": _privacy(result.history, tc)}), reply_to=msg)
+    privacy = _privacy(result.history, tc, pseudonym(context))
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
 
 
-def _privacy(history, tc) -> ConfigRecord:
+def _privacy(history, tc, client_id: str) -> ConfigRecord:
     """Accounting metadata for the server's privacy ledger (no data)."""
     return ConfigRecord(
         {
+            "client-id": client_id,
             "history": history_to_json(history),
             "noise-multiplier": tc.noise_multiplier if tc.dp else 0.0,
             "clip-norm": tc.clip_norm,
@@ -83,7 +85,7 @@ def _privacy(history, tc) -> ConfigRecord:
     )
 
 
-def _decline(msg: Message, history, n: int, tc) -> Message:
+def _decline(msg: Message, history, n: int, tc, client_id: str) -> Message:
     """Reply without training: the next round would push this client past its epsilon cap."""
     rate, _ = planned_round(n, tc)
     metrics = MetricRecord(
@@ -97,14 +99,16 @@ def _decline(msg: Message, history, n: int, tc) -> Message:
             "declined": 1,
         }
     )
-    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc)}), reply_to=msg)
+    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc, client_id)}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
-    restore_device_state(context, data.user_id)
+    restore_device_state(context, config, data.user_id)
+    if load_user_embedding(context) is None:  # never trained: no user representation to rank with
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)
     model = _model(msg, context, config).eval()
     scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)
@@ -116,6 +120,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             "rank": rank,
             "rank-percentile": rank / max(1, candidates - 1),  # 0 best, 0.5 random, 1 worst
             "cold": int(cold),
+            "trained": 1,
             **metrics_from_rank(rank),
         }
     )

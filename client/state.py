@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -31,14 +32,30 @@ class DeviceStateError(ValueError):
     """The device's state file cannot be trusted; the message names the file and the problem."""
 
 
-def state_path(context: Context) -> Path | None:
+def state_path(context: Context, config: dict) -> Path | None:
+    """``<state-dir>/device-state.json`` on a device; in a simulation whose server set
+    ``device-state-dir``, ``<device-state-dir>/partition-<id>/device-state.json``."""
     folder = context.node_config.get("state-dir")
-    return Path(str(folder)) / STATE_FILE if folder else None
+    if folder:
+        return Path(str(folder)) / STATE_FILE
+    if config.get("device-state-dir") and "partition-id" in context.node_config:
+        return Path(str(config["device-state-dir"])) / f"partition-{int(context.node_config['partition-id'])}" / STATE_FILE
+    return None
 
 
-def restore_device_state(context: Context, user_id: str) -> None:
-    """Fill the node state from the state file after a restart (no-op in simulation)."""
-    path = state_path(context)
+def pseudonym(context: Context) -> str:
+    """This device's pseudonymous client id in the ledger: random, kept with its state, so it
+    survives restarts (Flower's node ids may not) and says nothing about the user."""
+    if PRIVACY_KEY in context.state.config_records and "pseudonym" in context.state.config_records[PRIVACY_KEY]:
+        return str(context.state.config_records[PRIVACY_KEY]["pseudonym"])
+    name = secrets.token_hex(8)
+    context.state[PRIVACY_KEY] = ConfigRecord({"history": "[]", "epsilon": 0.0, "pseudonym": name})
+    return name
+
+
+def restore_device_state(context: Context, config: dict, user_id: str) -> None:
+    """Fill the node state from the state file after a restart (no-op without a state file)."""
+    path = state_path(context, config)
     if path is None or PRIVACY_KEY in context.state.config_records or not path.exists():
         return
     try:
@@ -47,6 +64,7 @@ def restore_device_state(context: Context, user_id: str) -> None:
         history = history_from_json(json.dumps(raw["history"]))
         weight = torch.tensor(raw["user-embedding"], dtype=torch.float32) if raw["user-embedding"] else None
         epsilon = float(raw["epsilon"])
+        name = str(raw["pseudonym"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DeviceStateError(f"{path}: corrupt device state ({exc}); not replacing it: move it away only if "
                                "you accept losing the record of the privacy already spent") from exc
@@ -54,7 +72,7 @@ def restore_device_state(context: Context, user_id: str) -> None:
         raise DeviceStateError(f"{path}: format {fmt!r}, expected {STATE_FORMAT!r}")
     if owner != user_id:
         raise DeviceStateError(f"{path}: state of user {owner!r}, but this device's data is user {user_id!r}")
-    context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": epsilon})
+    context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": epsilon, "pseudonym": name})
     if weight is not None:
         context.state[USER_KEY] = ArrayRecord({"weight": weight})
 
@@ -72,17 +90,21 @@ def load_history(context: Context) -> History:
     return history_from_json(str(context.state.config_records[PRIVACY_KEY]["history"]))
 
 
-def save_device_state(context: Context, user_id: str, weight: torch.Tensor, history: History, epsilon: float) -> None:
+def save_device_state(
+    context: Context, config: dict, user_id: str, weight: torch.Tensor, history: History, epsilon: float
+) -> None:
     """Store the embedding and history in the node state and, with a state dir, on disk."""
+    name = pseudonym(context)
     context.state[USER_KEY] = ArrayRecord({"weight": weight.detach().clone()})
-    context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": float(epsilon)})
-    path = state_path(context)
+    context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": float(epsilon), "pseudonym": name})
+    path = state_path(context, config)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": STATE_FORMAT,
         "user": user_id,
+        "pseudonym": name,
         "history": json.loads(history_to_json(history)),
         "epsilon": float(epsilon) if epsilon == epsilon and abs(epsilon) != float("inf") else -1.0,
         "user-embedding": weight.detach().cpu().tolist(),

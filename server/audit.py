@@ -63,7 +63,7 @@ class AuditReport:
     flags: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
     # Series for the report's plots.
-    client_epsilons: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    client_epsilons: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     server_epsilons: list[tuple[int, float]] = field(default_factory=list)
     canary_scores: dict[str, list[float]] = field(default_factory=dict)
 
@@ -152,15 +152,18 @@ def audit(run_dir: str | Path) -> AuditReport:
         if gaps else "n/a (no DP histories)"
     )
     report.figures["rounds"] = len(servers)
+    resumes = [e.round for e in entries if e.kind == "resume"]
+    if resumes:
+        report.figures["resumed"] = "after round " + ", ".join(str(r) for r in resumes)
     report.figures["ledger head"] = entries[-1].hash[:16] if entries else "empty"
     return report
 
 
 def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps: list[float]) -> None:
-    by_client: dict[int, list[Entry]] = defaultdict(list)
+    by_client: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
         if entry.kind == "client-round":
-            by_client[int(entry.body["client"])].append(entry)
+            by_client[str(entry.body["client"])].append(entry)
     final_eps, rdp_gap = [], 0.0
     for client, rows in sorted(by_client.items()):
         rows.sort(key=lambda e: e.round)
@@ -215,7 +218,7 @@ def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps
         report.figures["client epsilon min / median / max (example-level)"] = "not applicable: no local DP"
 
 
-def _check_sample_rate(report: AuditReport, client: int, entry: Entry, history) -> None:
+def _check_sample_rate(report: AuditReport, client: str, entry: Entry, history) -> None:
     body = entry.body
     expected_q = 1.0 / math.ceil(body["num-examples"] / body["batch-size"])
     if not math.isclose(body["sample-rate"], expected_q, rel_tol=1e-9) or (

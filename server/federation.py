@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,16 +12,16 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
-from server.canaries import CanarySet
+from server.canaries import CanarySet, read_canaries
 from server.central_dp import CentralDP, ServerDP, flatten
-from server.rounds import evaluate_nodes, run_rounds
-from server.run_directory import RunDirectory, library_versions
+from server.rounds import ResumePoint, RoundBook, evaluate_nodes, run_rounds
+from server.run_directory import RunDirectory, library_versions, read_jsonl
 from shared.baselines import most_popular
-from shared.config import central_dp, local_dp, model_spec
+from shared.config import DEFAULTS, central_dp, local_dp, model_spec
 from shared.data import leave_last_out, load_dataset
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
-from shared.ledger import Ledger
+from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
 from shared.models.recommender import ItemTower
 
 
@@ -97,7 +99,9 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
     return header
 
 
-def make_server_dp(config: dict[str, Any], population: int, initial: ArrayRecord) -> ServerDP | None:
+def make_server_dp(
+    config: dict[str, Any], population: int, initial: ArrayRecord, canaries: CanarySet | None = None
+) -> ServerDP | None:
     """The server-side mechanism when ``privacy`` is ``central`` or ``both``, else None."""
     if not central_dp(config):
         return None
@@ -107,13 +111,57 @@ def make_server_dp(config: dict[str, Any], population: int, initial: ArrayRecord
         sample_rate=config["fraction-train"],
         population=population,
     )
-    canaries = CanarySet.draw(config["canaries"], flatten(initial).size) if config["canaries"] else None
+    if canaries is None and config["canaries"]:
+        canaries = CanarySet.draw(config["canaries"], flatten(initial).size)
     return ServerDP(mechanism, config["delta"], config["accountant"], config["server-epsilon-cap"], canaries)
 
 
+def resumed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run keeps its saved config; only ``num-server-rounds`` may change (a value
+    other than the default raises or lowers the total)."""
+    path = Path(config["resume"]).resolve() / "config.json"
+    if not path.is_file():
+        raise ValueError(f"resume: {path} not found: not a run directory")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    rounds = config["num-server-rounds"]
+    if rounds == DEFAULTS["num-server-rounds"]:
+        rounds = saved["num-server-rounds"]
+    return {**saved, "num-server-rounds": rounds, "resume": config["resume"]}
+
+
+def resume_point(run_dir: RunDirectory, entries: list) -> ResumePoint:
+    """The last round the ledger committed, with its checkpoint; drops later, uncommitted rows."""
+    problems = verify_chain(entries)
+    if problems:
+        raise ValueError(f"{run_dir.path / LEDGER_NAME}: cannot resume: the ledger does not verify: {problems[0]}")
+    rounds = [e.round for e in entries if e.kind == "server-round"]
+    last = rounds[-1] if rounds else 0
+    name = f"round-{last:04d}.pt" if last else "initial.pt"
+    path = run_dir.path / "checkpoints" / name
+    if not path.is_file():
+        raise ValueError(f"{path}: missing: cannot resume after round {last}")
+    saved = torch.load(path, map_location="cpu")
+    for jsonl in ("metrics.jsonl", "clients.jsonl"):
+        kept = [row for row in read_jsonl(run_dir.path / jsonl, lenient_tail=True) if row["round"] <= last]
+        run_dir.rewrite_jsonl(jsonl, kept)
+    rows = read_jsonl(run_dir.path / "metrics.jsonl")
+    return ResumePoint(
+        round=last,
+        arrays=ArrayRecord(saved["item_tower"]),
+        strategy_state=saved["meta"].get("strategy", {}) if last else {},
+        book=RoundBook.from_ledger(entries),
+        rows=rows,
+    )
+
+
 def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
-    """Run the configured federation and write ``runs/<run-id>/``; return the summary."""
+    """Run the configured federation and write ``runs/<run-id>/``; return the summary.
+
+    With ``resume`` set, continue that run directory from the last round its ledger committed.
+    """
     started = time.time()
+    if config["resume"]:
+        config = resumed_config(config)
     data_dir = resolve_data_dir(config)
     config = {**config, "data-dir": str(data_dir)}
     dataset = load_dataset(data_dir)
@@ -125,26 +173,44 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
             f"{data_dir}: {len(split.users)} users but {num_nodes} SuperNodes; one client per user: "
             f"run with --federation-config \"num-supernodes={len(split.users)}\""
         )
-    run_dir = RunDirectory(config["run-dir"], config["run-id"])
-    run_dir.write_json("config.json", config)
+    if config["resume"]:
+        resume_dir = Path(config["resume"]).resolve()
+        run_dir = RunDirectory(resume_dir.parent, resume_dir.name, resume=True)
+        config = {**config, "run-dir": str(resume_dir.parent), "run-id": resume_dir.name}
+    else:
+        run_dir = RunDirectory(config["run-dir"], config["run-id"])
+    # Simulated devices keep their state (accountant history, embedding) on disk, so a resumed
+    # run continues every client's spend; a real device uses its node config's state-dir.
+    config["device-state-dir"] = config["device-state-dir"] or str(run_dir.path / "devices")
+    if not config["resume"]:
+        run_dir.write_json("config.json", config)
     print(f"fedmmrec: run directory {run_dir.path}", flush=True)
     if config["privacy"] == "none":
         print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
 
     torch.manual_seed(config["seed"])
-    tower = ItemTower(model_spec(config))
-    initial = ArrayRecord(tower.state_dict())
-    run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
-    server_dp = make_server_dp(config, len(split.users), initial)
-    commitment = server_dp.canaries.write(run_dir.path) if server_dp and server_dp.canaries else None
-    ledger = Ledger(run_dir.path)
-    ledger.append([("header", 0, ledger_header(config, len(split.users), commitment))])
+    initial = ArrayRecord(ItemTower(model_spec(config)).state_dict())
+    resume = None
+    if config["resume"]:
+        resume = resume_point(run_dir, read_entries(run_dir.path))
+        initial = resume.arrays
+        canaries = read_canaries(run_dir.path)[0] if config["canaries"] else None
+        server_dp = make_server_dp(config, len(split.users), initial, canaries)
+        ledger = Ledger(run_dir.path)
+        ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config["num-server-rounds"]})])
+        print(f"fedmmrec: resuming after round {resume.round} of {config['num-server-rounds']}", flush=True)
+    else:
+        run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
+        server_dp = make_server_dp(config, len(split.users), initial)
+        commitment = server_dp.canaries.write(run_dir.path) if server_dp and server_dp.canaries else None
+        ledger = Ledger(run_dir.path)
+        ledger.append([("header", 0, ledger_header(config, len(split.users), commitment))])
     strategy = make_strategy(config, len(split.users))
-    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp)
+    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp, resume=resume)
     ledger_head = ledger.head()[1]
     ledger.close()
 
-    final_eval = evaluate_nodes(grid, sorted(book.rounds_trained), final_arrays, ConfigRecord(dict(config)), 0)
+    final_eval = evaluate_nodes(grid, book.evaluation_pool(list(grid.get_node_ids())), final_arrays, ConfigRecord(dict(config)), 0)
     model_bytes = sum(a.numpy().nbytes for a in final_arrays.values())
     summary = {
         "run-id": run_dir.run_id,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -31,10 +32,28 @@ MESSAGE_TIMEOUT_S = 3600.0
 
 @dataclass
 class RoundBook:
-    """What the server knows about its clients, by pseudonymous node id (never by user)."""
+    """What the server knows about its clients: spend and rounds by the client's pseudonym
+    (chosen by the device, kept across restarts; never the user), and which Flower nodes hold
+    a trained user representation (those are asked to evaluate)."""
 
-    epsilon: dict[int, float] = field(default_factory=dict)
-    rounds_trained: dict[int, int] = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    rounds_trained: dict[str, int] = field(default_factory=dict)
+    eval_nodes: set[int] = field(default_factory=set)
+    evaluate_all: bool = False  # after a resume: node ids changed; untrained clients say so
+
+    @classmethod
+    def from_ledger(cls, entries) -> "RoundBook":
+        """The book of a run being resumed, rebuilt from its ledger."""
+        book = cls(evaluate_all=True)
+        for entry in entries:
+            if entry.kind == "client-round" and not entry.body.get("declined") and not entry.body.get("rejected"):
+                client = str(entry.body["client"])
+                book.epsilon[client] = float(entry.body["epsilon"])
+                book.rounds_trained[client] = book.rounds_trained.get(client, 0) + 1
+        return book
+
+    def evaluation_pool(self, all_nodes: list[int]) -> list[int]:
+        return sorted(all_nodes) if self.evaluate_all else sorted(self.eval_nodes)
 
     def epsilon_stats(self) -> dict[str, float]:
         values = [e for e in self.epsilon.values() if e >= 0]
@@ -70,11 +89,17 @@ def _trace_received(reply: Message, server_round: int) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def client_id(reply: Message) -> str:
+    """The device's pseudonym (its Flower node id when it sent none)."""
+    privacy = reply.content.config_records.get("privacy", {})
+    return str(privacy.get("client-id", "") or reply.metadata.src_node_id)
+
+
 def _client_entry(node: int, metrics, reply: Message) -> dict[str, Any]:
     """The ledger's client-round entry from a train reply."""
     privacy = dict(reply.content.config_records.get("privacy", {}))
     return {
-        "client": node,
+        "client": client_id(reply),
         "num-examples": int(metrics["num-examples"]),
         "sample-rate": float(metrics["sample-rate"]),
         "poisson": bool(privacy.get("poisson", False)),
@@ -121,6 +146,7 @@ def evaluate_nodes(
     ]
     replies = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
     rows = [dict(r.content["metrics"]) for r in replies]
+    rows = [row for row in rows if int(row.get("trained", 1))]  # a device that never trained cannot rank
     if not rows:
         return {}
     out: dict[str, float] = {"clients-evaluated": len(rows)}
@@ -218,6 +244,7 @@ def run_rounds(
     ledger: Ledger,
     server_dp: ServerDP | None = None,
     log=print,
+    resume: "ResumePoint | None" = None,
 ) -> tuple[ArrayRecord, RoundBook, list[dict[str, Any]]]:
     """Train ``num-server-rounds`` rounds; return the final arrays, the book and the rows.
 
@@ -226,12 +253,15 @@ def run_rounds(
     round that would exceed its user-level budget.
     """
     arrays = initial_arrays
-    book = RoundBook()
+    book = resume.book if resume else RoundBook()
     client_config = ConfigRecord(dict(config))
-    rng = random.Random(config["seed"])
+    rng = random.Random(config["seed"] + (resume.round if resume else 0))
     all_nodes = sorted(grid.get_node_ids())
-    rows = []
-    for server_round in range(1, config["num-server-rounds"] + 1):
+    rows = list(resume.rows) if resume else []
+    if resume and resume.strategy_state:
+        restore_strategy(strategy, resume.strategy_state)
+    first = resume.round + 1 if resume else 1
+    for server_round in range(first, config["num-server-rounds"] + 1):
         if server_dp is not None and server_dp.would_exceed_cap(server_round):
             epsilon = server_dp.epsilon(server_round)
             log(
@@ -273,19 +303,21 @@ def run_rounds(
             node = reply.metadata.src_node_id
             metrics = reply.content["metrics"]
             _trace_received(reply, server_round)
-            book.epsilon[node] = float(metrics["epsilon"])
-            book.rounds_trained[node] = book.rounds_trained.get(node, 0) + 1
+            client = client_id(reply)
+            book.epsilon[client] = float(metrics["epsilon"])
+            book.rounds_trained[client] = book.rounds_trained.get(client, 0) + 1
+            book.eval_nodes.add(node)
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
             ledger_entries.append(("client-round", server_round, _client_entry(node, metrics, reply)))
             run_dir.append_client_row(
                 {
                     "round": server_round,
-                    "client": node,  # Flower node id: a pseudonym, never the user id
+                    "client": client,  # the device's pseudonym, never the user id
                     **{key: metrics[key] for key in ("num-examples", "steps", "sample-rate", "epsilon", "train-loss", "bytes-sent")},
                 }
             )
-        eval_pool = sorted(book.rounds_trained)
+        eval_pool = book.evaluation_pool(all_nodes)
         k = max(1, int(round(config["fraction-evaluate"] * len(eval_pool)))) if eval_pool else 0
         eval_nodes = sorted(rng.sample(eval_pool, k)) if k < len(eval_pool) else eval_pool
         evaluation = evaluate_nodes(grid, eval_nodes, arrays, client_config, server_round)
@@ -322,7 +354,11 @@ def run_rounds(
             entry = _client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
             ledger_entries.append(("client-round", server_round, {**entry, "declined": True}))
         ledger_entries += [_rejected_entry(reply, reason, server_round) for reply, reason in batch.rejected]
+        # The round's checkpoint is written before its ledger entries commit, so every round in
+        # the ledger has its model on disk: a resume continues from the ledger's last round.
+        run_dir.save_round_checkpoint(server_round, arrays.to_torch_state_dict(), strategy_state(strategy))
         ledger.append(ledger_entries)
+        run_dir.prune_round_checkpoints(keep=server_round)
         rows.append(row)
         run_dir.append_metrics(row)
         run_dir.save_checkpoint("latest.pt", arrays.to_torch_state_dict(), {"round": server_round})
@@ -340,6 +376,32 @@ def run_rounds(
             log(f"fedmmrec: stopping after round {server_round}: every client asked is at its epsilon cap")
             break
     return arrays, book, rows
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """The server optimiser's moments (FedAdam and other FedOpt strategies); {} for FedAvg."""
+    state = {}
+    for name in ("m_t", "v_t"):
+        value = getattr(strategy, name, None)
+        if value:
+            state[name] = {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
+    return state
+
+
+def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the last round in the ledger, its model and bookkeeping."""
+
+    round: int
+    arrays: ArrayRecord
+    strategy_state: dict[str, Any]
+    book: RoundBook
+    rows: list[dict[str, Any]]
 
 
 def _server_dp_entry(server_dp: ServerDP, noisy, canaries: int, server_round: int) -> dict[str, Any]:

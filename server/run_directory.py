@@ -46,11 +46,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 class RunDirectory:
     """Writer for one run's directory; refuses to overwrite an existing run's files."""
 
-    def __init__(self, parent: str | Path, run_id: str = "") -> None:
+    def __init__(self, parent: str | Path, run_id: str = "", resume: bool = False) -> None:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
         self.path = Path(parent).resolve() / run_id
-        if (self.path / "metrics.jsonl").exists():
-            raise FileExistsError(f"{self.path}: run directory already holds a run; choose another run-id")
+        if (self.path / "metrics.jsonl").exists() and not resume:
+            raise FileExistsError(f"{self.path}: run directory already holds a run; choose another run-id or resume it")
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
 
@@ -79,6 +79,38 @@ class RunDirectory:
         path = self.path / "checkpoints" / name
         _atomic_write_bytes(path, buffer.getvalue())
         return path
+
+
+    def save_round_checkpoint(self, server_round: int, state: dict[str, torch.Tensor], strategy: dict[str, Any]) -> Path:
+        """``checkpoints/round-NNNN.pt``: the model and server optimiser state after a round."""
+        return self.save_checkpoint(f"round-{server_round:04d}.pt", state, {"round": server_round, "strategy": strategy})
+
+    def prune_round_checkpoints(self, keep: int) -> None:
+        """Delete round checkpoints before ``keep`` (once ``keep`` is committed to the ledger)."""
+        for path in (self.path / "checkpoints").glob("round-*.pt"):
+            if int(path.stem.split("-")[1]) < keep:
+                path.unlink()
+
+    def rewrite_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Replace a JSONL file atomically (a resume drops rows of an uncommitted round)."""
+        _atomic_write_bytes(self.path / name, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def read_jsonl(path: Path, lenient_tail: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; with ``lenient_tail``, a last line cut short by a crash is dropped."""
+    rows = []
+    if not path.exists():
+        return rows
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line_no, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if lenient_tail and line_no == len(lines):
+                    break
+                raise ValueError(f"{path}, line {line_no}: not JSON: {exc}") from exc
+    return rows
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -51,6 +51,8 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "feature-cache": ("", "folder of cached backbone features; empty: ~/.cache/fedmmrec/features"),
     "run-dir": ("runs", "parent folder of run directories"),
     "run-id": ("", "run directory name; empty: a timestamp"),
+    "resume": ("", "run directory to continue from the last round its ledger committed (after a crash); keeps its saved config"),
+    "device-state-dir": ("", "simulation: where each simulated device keeps its state (partition-<id>/); empty: <run directory>/devices"),
     "faults": ("", "simulation only: inject faults, e.g. 'nan:0 flip:1,2 crash:3 slow:4' (kind:partition ids; simulations/faults.py)"),
     "seed": (0, "seed for client sampling of negatives and initial weights"),
 }

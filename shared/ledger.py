@@ -10,11 +10,16 @@ A round's entries are written in one transaction, so a crash loses at most that 
 Entry kinds:
 - ``header``: one per run. Privacy unit, neighbouring relation, delta and how it was chosen,
   population, accountant, library versions.
-- ``client-round``: one per client per round. Pseudonymous client id, local examples, sample
+- ``client-round``: one per client per round (also for a decline or a rejected reply).
+  Pseudonymous client id (chosen by the device, kept across restarts), local examples, sample
   rate, Poisson sampling, local steps, noise multiplier, clip norm, accountant history,
   cumulative epsilon.
 - ``server-round``: one per round. Clients sampled and replies received, server-side noise
-  (none without central DP), norm of the released update.
+  (none without central DP), norm of the released update, user-level epsilon (central DP).
+- ``client-rejected``: a reply rejected before aggregation whose accounting fields could not be
+  read (a readable one is a ``client-round`` entry with ``rejected``: its spend is real).
+- ``stop``: the server stopped before a round that would exceed its user-level budget.
+- ``resume``: the run was resumed after the round it names.
 """
 
 from __future__ import annotations

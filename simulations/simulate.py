@@ -28,6 +28,10 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True) -> Pat
     from server.server_app import build_server_app
 
     config = resolve(None, overrides)
+    if config["resume"]:  # continue a run directory: its saved config names the data and the id
+        resume_dir = Path(config["resume"]).resolve()
+        saved = json.loads((resume_dir / "config.json").read_text(encoding="utf-8"))
+        config.update({"data-dir": saved["data-dir"], "run-dir": str(resume_dir.parent), "run-id": resume_dir.name})
     data_dir = resolve_data_dir(config)
     users = len(leave_last_out(load_dataset(data_dir)).users)
     if not config["run-id"]:

@@ -108,3 +108,24 @@ def test_leave_last_out_holds_out_latest_and_finds_cold_items(small_dataset):
     trained = set().union(*(set(t.tolist()) for t in split.train_items))
     assert len(split.cold_items) > 0
     assert not trained & set(split.cold_items.tolist())
+
+
+def test_a_user_with_one_interaction_is_skipped_with_a_warning(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    lines = (root / "interactions.csv").read_text().splitlines()
+    _, item, rating, ts = lines[1].split(",")
+    lines.append(",".join(["lonely-user", item, rating, ts]))
+    (root / "interactions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"interactions\.csv: 1 user\(s\) with fewer than 2 interactions skipped.*'lonely-user'"):
+        split = leave_last_out(load_dataset(root))
+    assert len(split.users) == 12 and len(split.skipped_users) == 1
+
+
+def test_cli_reports_bad_input_without_a_traceback(small_dataset, tmp_path, capsys):
+    from simulations.cli import main
+
+    root = _copy(small_dataset, tmp_path / "d")
+    (root / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n", encoding="utf-8")
+    assert main(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedmmrec: error: ") and "interactions.csv" in err and "Traceback" not in err
