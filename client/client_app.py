@@ -45,10 +45,13 @@ def train(msg: Message, context: Context) -> Message:
     cap = float(config["epsilon-cap"])
     if tc.dp and cap > 0 and projected_epsilon(history, len(data.train_items), tc) > cap:
         return _decline(msg, history, len(data.train_items), tc, pseudonym(context))
-    model = _model(msg, context, config)
-    # Seeded by partition (simulation) so runs repeat; by node id on a device.
+    # Seeded by partition (simulation) so runs repeat; by node id on a device. The seed is set
+    # before the model is built: a first-round user embedding must not depend on which other
+    # clients this worker process served before.
     who = int(context.node_config.get("partition-id", context.node_id % 100_003))
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
+    torch.manual_seed(seed)
+    model = _model(msg, context, config)
     result = train_local(model, data.catalog, data.train_items, tc, history, seed)
     save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 

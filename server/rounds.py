@@ -276,9 +276,11 @@ def run_rounds(
             messages = train_messages(server_dp.sample(all_nodes), arrays, client_config, server_round)
         else:
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(client_config)), grid))
+        train_started = time.time()
         batch = collect_train(
             grid, messages, all_nodes, server_dp is None, rng, arrays, client_config, server_round
         )
+        train_seconds = time.time() - train_started
         replies, declined = batch.trained, batch.declined
         previous = arrays
         server_entry: dict[str, Any] = {"server-dp": False, "server-noise-std": 0.0, "server-clip-norm": None, "user-level-epsilon": None}
@@ -335,6 +337,7 @@ def run_rounds(
             **book.epsilon_stats(),
             **({"user-level-epsilon": server_entry["user-level-epsilon"]} if server_dp is not None else {}),
             **evaluation,
+            "train-seconds": round(train_seconds, 3),
             "round-seconds": round(time.time() - started, 3),
         }
         ledger_entries.append(

@@ -125,6 +125,7 @@ def train_local(
     config: TrainConfig,
     history: History,
     seed: int,
+    grad_sample_mode: str = "hooks",
 ) -> LocalResult:
     """Train one device's model on its own interactions; extend the privacy ``history``.
 
@@ -160,6 +161,7 @@ def train_local(
                 max_grad_norm=clip_norms,
                 clipping="per_layer",
                 poisson_sampling=True,
+                grad_sample_mode=grad_sample_mode,
             )
     sample_rate = 1.0 / len(loader) if config.dp else min(1.0, config.batch_size / n)
     losses = []

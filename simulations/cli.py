@@ -6,6 +6,7 @@
     fedmmrec data synth --out DIR [--users N --items M --seed S]
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
+    fedmmrec bench [--out bench.json]         overheads side by side with their floors
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail)")
     audit.add_argument("run_dir")
 
+    bench = sub.add_parser("bench", help="measure our overheads side by side with their floors (minutes)")
+    bench.add_argument("--out", default="bench.json")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale")
+
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
     return parser
@@ -122,6 +128,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from server.audit import run_audit
 
         return run_audit(args.run_dir)
+    if args.command == "bench":
+        from simulations.bench import run_bench
+
+        run_bench(args.out, args.repeats, tuple(p for p in args.parts.split(",") if p))
+        return 0
     if args.command == "features":
         from shared.config import resolve
         from shared.data import load_dataset

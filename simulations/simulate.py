@@ -18,13 +18,16 @@ from shared.data import leave_last_out, load_dataset
 from shared.data.prepare import resolve_data_dir
 
 
-def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True) -> Path:
-    """Run one federated simulation; return its run directory."""
+def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None) -> Path:
+    """Run one federated simulation; return its run directory (``client_app``: another
+    ClientApp, for benchmarks)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from flwr.simulation import run_simulation
 
-    from client.client_app import app as client_app
+    from client.client_app import app as real_client_app
+
+    client_app = client_app or real_client_app
     from server.server_app import build_server_app
 
     config = resolve(None, overrides)

@@ -85,6 +85,7 @@ def test_robust_aggregation_resists_sign_flipped_updates(population, feature_cac
         run_dir = _run(population, feature_cache, tmp_path, name, **common, **extra)
         final[name] = read_summary(run_dir)["final"]
     ndcg = {name: f["ndcg@10"] for name, f in final.items()}
-    assert ndcg["fedmedian"] == pytest.approx(ndcg["clean"], abs=0.03), ndcg
-    assert ndcg["fedavg"] < ndcg["clean"] - 0.05, ndcg
-    assert final["fedavg"]["rank-percentile"] > final["clean"]["rank-percentile"] + 0.03
+    rank = {name: f["rank-percentile"] for name, f in final.items()}  # smoother than NDCG over 48 users
+    assert ndcg["fedmedian"] > 0.8 * ndcg["clean"] and ndcg["fedavg"] < 0.6 * ndcg["clean"], ndcg
+    assert rank["fedmedian"] == pytest.approx(rank["clean"], abs=0.02), rank
+    assert rank["fedavg"] > rank["clean"] + 0.04, rank

@@ -1,0 +1,207 @@
+"""``fedmmrec bench``: our overheads measured side by side with their floors, in one process run.
+
+Every figure is a ratio or rate measured in the same run, with repeats and the median:
+
+1. client update cost: wall seconds per client update of our ClientApp in a Flower simulation
+   against a no-op ClientApp returning the same payload (``simulations/noop_client.py``);
+2. DP overhead: seconds per local step with Opacus against the same step without DP, for each
+   grad-sample mode Opacus offers here;
+3. communication: bytes per client per round against the full model (backbones included);
+4. feature extraction: items per second per backbone, and the cache hit against the first run;
+5. scale: 100 clients (10 per round) against 1,000 clients (100 per round), wall time and peak
+   memory, and peak memory of 3 rounds against 6 (it must not grow with rounds);
+6. quality at speed: NDCG@10 of the main job per minute of its wall time.
+
+Prints a table and writes ``bench.json``. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+GIB = 2**30
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _synth(root: Path, users: int, items: int = 200, seed: int = 11) -> Path:
+    from shared.data.synth import SynthConfig, generate
+
+    return generate(root / f"u{users}-i{items}-s{seed}", SynthConfig(users=users, items=items, seed=seed))
+
+
+def _run(overrides: dict[str, Any], client_app=None) -> tuple[Path, float]:
+    from simulations.simulate import simulate
+
+    started = time.perf_counter()
+    run_dir = simulate(overrides, client_app=client_app)
+    return run_dir, time.perf_counter() - started
+
+
+def _per_update_seconds(run_dir: Path) -> float:
+    """Median over rounds 2.. of train-phase seconds per client update (round 1 warms up)."""
+    from server.run_directory import read_metrics
+
+    rows = read_metrics(run_dir)[1:]
+    return statistics.median(r["train-seconds"] / max(1, r["clients-trained"] + r.get("clients-rejected", 0)) for r in rows)
+
+
+def client_update_cost(work: Path, cache: Path, repeats: int) -> dict[str, Any]:
+    from simulations.noop_client import app as noop
+
+    data = _synth(work, 50)
+    common = {"data-dir": str(data), "feature-cache": str(cache), "run-dir": str(work / "runs"),
+              "num-server-rounds": 4, "fraction-train": 1.0, "fraction-evaluate": 0.1}
+    ours, floor = [], []
+    for i in range(repeats):  # alternate, so drift in the machine hits both alike
+        ours.append(_per_update_seconds(_run({**common, "run-id": f"ours-{i}"})[0]))
+        floor.append(_per_update_seconds(_run({**common, "run-id": f"noop-{i}"}, client_app=noop)[0]))
+    ours_s, floor_s = statistics.median(ours), statistics.median(floor)
+    return {"ours-s-per-update": ours_s, "floor-s-per-update": floor_s, "ratio": ours_s / floor_s, "target": 1.3}
+
+
+def dp_overhead(repeats: int) -> dict[str, Any]:
+    import torch
+
+    from shared.config import model_spec, resolve, train_config
+    from shared.data import leave_last_out, load_dataset
+    from shared.data.prepare import resolve_data_dir
+    from shared.features import load_or_compute_features
+    from shared.models.recommender import Recommender, catalog_tensors
+    from shared.training import train_local
+
+    torch.set_num_threads(1)
+    config = resolve(None, {"local-epochs": 5})
+    dataset = load_dataset(resolve_data_dir(config))
+    split = leave_last_out(dataset)
+    catalog = catalog_tensors(load_or_compute_features(dataset, None, progress=False))
+    items = split.train_items[0]
+
+    def per_step(dp: bool, mode: str = "hooks") -> float:
+        tc = train_config({**config, "privacy": "local" if dp else "none"})
+        def once() -> None:
+            model = Recommender(model_spec(config), num_users=1)
+            result = train_local(model, catalog, items, tc, [], seed=0, grad_sample_mode=mode)
+            once.steps = result.steps
+        once()  # warm up
+        return _median_time(once, repeats) / once.steps
+
+    out: dict[str, Any] = {"no-dp-s-per-step": per_step(False)}
+    for mode in ("hooks", "functorch", "ew"):
+        try:
+            out[f"dp-{mode}-s-per-step"] = per_step(True, mode)
+            out[f"ratio-{mode}"] = out[f"dp-{mode}-s-per-step"] / out["no-dp-s-per-step"]
+        except Exception as exc:  # a mode this model cannot use: report why
+            out[f"dp-{mode}"] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+    out["target"] = 1.5
+    return out
+
+
+def communication(run_dir: Path) -> dict[str, Any]:
+    import torch
+    from torchvision.models import mobilenet_v2
+    from transformers import AutoModel
+
+    from shared.features.text import text_model_path
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sent = float(summary["communication"]["bytes-sent-per-client-per-round"])
+    received = float(summary["communication"]["item-tower-bytes"])
+    text = AutoModel.from_pretrained(text_model_path())
+    backbone_bytes = sum(p.numel() * p.element_size() for p in text.parameters())
+    backbone_bytes += sum(p.numel() * p.element_size() for p in mobilenet_v2().parameters())
+    full = backbone_bytes + received
+    return {"bytes-sent-per-round": sent, "bytes-received-per-round": received, "full-model-bytes": full,
+            "ratio-to-full-model": sent / full, "target-ratio": 0.02, "target-bytes": 1_000_000}
+
+
+def feature_extraction(work: Path) -> dict[str, Any]:
+    from shared.config import resolve
+    from shared.data import load_dataset
+    from shared.data.prepare import resolve_data_dir
+    from shared.features import load_or_compute_features
+
+    dataset = load_dataset(resolve_data_dir(resolve()))
+    cache = work / "fresh-feature-cache"
+    text_s = _median_time(lambda: load_or_compute_features(dataset, cache / "t", progress=False, modalities=("text",)), 1)
+    image_s = _median_time(lambda: load_or_compute_features(dataset, cache / "i", progress=False, modalities=("image",)), 1)
+    load_or_compute_features(dataset, cache / "t", progress=False)  # fill both modalities
+    hit_s = _median_time(lambda: load_or_compute_features(dataset, cache / "t", progress=False), 5)
+    first_s = text_s + image_s
+    return {"items": dataset.num_items, "text-items-per-s": dataset.num_items / text_s,
+            "image-items-per-s": dataset.num_items / image_s, "first-run-s": first_s, "cache-hit-s": hit_s,
+            "speedup": first_s / hit_s, "target-speedup": 50}
+
+
+def scale(work: Path, cache: Path) -> dict[str, Any]:
+    from simulations.memory import PeakMemory
+
+    out: dict[str, Any] = {}
+    for users, rounds in ((100, 3), (100, 6), (1000, 3)):
+        data = _synth(work, users)
+        with PeakMemory() as peak:
+            _, wall = _run({"data-dir": str(data), "feature-cache": str(cache), "run-dir": str(work / "runs"),
+                            "run-id": f"scale-{users}-{rounds}", "num-server-rounds": rounds,
+                            "fraction-train": 0.1, "fraction-evaluate": 0.1})
+        out[f"{users}-clients-{rounds}-rounds"] = {"wall-s": wall, "peak-gib": peak.bytes / GIB}
+    small, large = out["100-clients-3-rounds"], out["1000-clients-3-rounds"]
+    out["time-ratio-1000-vs-100"] = large["wall-s"] / small["wall-s"]
+    out["clients-per-round-ratio"] = 10.0
+    out["memory-ratio-6-vs-3-rounds"] = out["100-clients-6-rounds"]["peak-gib"] / small["peak-gib"]
+    return out
+
+
+def quality(work: Path) -> tuple[dict[str, Any], Path]:
+    run_dir, wall = _run({"run-dir": str(work / "runs"), "run-id": "main-job"})
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ndcg = summary["final"]["ndcg@10"]
+    return {"ndcg@10": ndcg, "wall-minutes": wall / 60, "ndcg-per-minute": ndcg / (wall / 60)}, run_dir
+
+
+def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str, ...] = ()) -> dict[str, Any]:
+    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fedmmrec-bench-") as tmp:
+        work = Path(tmp)
+        cache = work / "feature-cache"
+        main_run = None
+        if "quality" in parts or "communication" in parts:
+            results["quality"], main_run = quality(work)
+        if "communication" in parts:
+            results["communication"] = communication(main_run)
+        if "features" in parts:
+            results["features"] = feature_extraction(work)
+        if "dp" in parts:
+            results["dp-overhead"] = dp_overhead(repeats)
+        if "clients" in parts:
+            results["client-update"] = client_update_cost(work, cache, repeats)
+        if "scale" in parts:
+            results["scale"] = scale(work, cache)
+    Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
+    print(format_table(results))
+    print(f"fedmmrec: wrote {out}")
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["| measure | figure |", "| --- | --- |"]
+    for section, figures in results.items():
+        for key, value in figures.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v:.3g}" for k, v in value.items())
+            elif isinstance(value, float):
+                value = f"{value:.4g}"
+            lines.append(f"| {section}: {key} | {value} |")
+    return "\n".join(lines)
