@@ -1,0 +1,19 @@
+"""``fedmmrec bench`` runs its cheap parts on real inputs and reports every figure (the figures
+themselves are read by people, never asserted: timings flake)."""
+
+from __future__ import annotations
+
+import json
+
+from simulations.bench import format_table, run_bench
+
+
+def test_bench_dp_part_reports_every_grad_sample_mode(tmp_path, capsys):
+    results = run_bench(tmp_path / "bench.json", repeats=1, parts=("dp",))
+    figures = results["dp-overhead"]
+    assert figures["no-dp-s-per-step"] > 0 and figures["dp-hooks-s-per-step"] > 0
+    for mode in ("functorch", "ew"):  # a ratio, or the reason the mode failed
+        assert f"ratio-{mode}" in figures or figures[f"dp-{mode}"].startswith("failed: ")
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results, default=float))
+    assert "| dp-overhead: ratio-hooks |" in capsys.readouterr().out
+    assert format_table({"x": {"y": 1.0}}) == "| measure | figure |\n| --- | --- |\n| x: y | 1 |"
