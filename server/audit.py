@@ -42,7 +42,7 @@ from server.canaries import read_canaries
 from server.central_dp import flatten
 from shared.empirical_privacy import one_run_audit
 from shared.ledger import Entry, read_entries, verify_chain
-from shared.privacy import dp_accounting_epsilon, epsilon_of, make_accountant, merged, total_steps
+from shared.privacy import dp_accounting_epsilon, make_accountant, merged, opacus_epsilon, total_steps
 
 PRV_EPS_ERROR = 0.01
 REL_TOL = 1e-6
@@ -91,12 +91,22 @@ def _three_accountants(history: tuple, delta: float) -> tuple[float, float, floa
     history_list = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rdp = epsilon_of(history_list, delta, "rdp")
+        rdp = _recompute(history_list, delta, "rdp")
         if not rdp <= TIGHT_ACCOUNTANT_LIMIT:
             return None
         prv = float(make_accountant("prv", merged(history_list)).get_epsilon(delta, eps_error=PRV_EPS_ERROR))
         pld = dp_accounting_epsilon(history_list, delta)
     return rdp, prv, pld
+
+
+def _recompute(history, delta: float, accountant: str) -> float:
+    """A claim recomputed by a fresh Opacus accountant (not the clients' cached fast path)."""
+    history = merged([tuple(h) for h in history])
+    if not history:
+        return 0.0
+    if any(s <= 0.0 for s, _, n in history if n > 0):
+        return math.inf
+    return opacus_epsilon(tuple(history), float(delta), accountant)
 
 
 def _cross_check(report: AuditReport, who: str, history, claimed: float, delta: float, gaps: list[float]) -> None:
@@ -174,7 +184,7 @@ def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps
             steps_so_far += int(body["steps"])
             claimed = float(body["epsilon"])
             if body["noise-multiplier"] > 0:
-                recomputed = epsilon_of(history, delta, body.get("accountant") or "rdp")
+                recomputed = _recompute(history, delta, body.get("accountant") or "rdp")
                 rdp_gap = max(rdp_gap, recomputed - claimed)
                 if claimed < recomputed * (1 - REL_TOL):
                     report.fail(
@@ -253,7 +263,7 @@ def _audit_server(report: AuditReport, header: dict[str, Any], servers: list[Ent
                         f"are not z*C = {z * clip} / q*N = {denominator}")
         claimed = float(body["user-level-epsilon"])
         claimed = math.inf if claimed < 0 else claimed
-        recomputed = epsilon_of([(z, q, expected_round)], delta, header["accountant"])
+        recomputed = _recompute([(z, q, expected_round)], delta, header["accountant"])
         if claimed < recomputed * (1 - REL_TOL):
             report.fail(check, f"{where}: claims user-level epsilon {claimed:.4f} < recomputed {recomputed:.4f}")
         if claimed < last:
