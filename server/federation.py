@@ -14,7 +14,8 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, K
 
 from server.canaries import CanarySet, read_canaries
 from server.central_dp import CentralDP, ServerDP, flatten
-from server.rounds import ResumePoint, RoundBook, evaluate_nodes, run_rounds
+from server.book import ResumePoint, RoundBook
+from server.rounds import evaluate_nodes, run_rounds
 from server.run_directory import RunDirectory, library_versions, read_jsonl
 from shared.baselines import most_popular
 from shared.config import DEFAULTS, central_dp, local_dp, model_spec

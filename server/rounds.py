@@ -8,121 +8,30 @@ user representation to rank with.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.book import ResumePoint, RoundBook, restore_strategy, strategy_state
 from server.central_dp import ServerDP
+from server.replies import (
+    MESSAGE_TIMEOUT_S,
+    client_entry,
+    client_id,
+    collect_train,
+    ok_replies,
+    rejected_entry,
+    trace_received,
+    train_messages,
+)
 from server.run_directory import RunDirectory
-from server.validation import train_reply_problem
-from shared.ledger import Ledger, canonical
+from shared.ledger import Ledger
 from shared.metrics import mean_metrics_by_coldness
-
-MESSAGE_TIMEOUT_S = 3600.0
-
-
-@dataclass
-class RoundBook:
-    """What the server knows about its clients: spend and rounds by the client's pseudonym
-    (chosen by the device, kept across restarts; never the user), and which Flower nodes hold
-    a trained user representation (those are asked to evaluate)."""
-
-    epsilon: dict[str, float] = field(default_factory=dict)
-    rounds_trained: dict[str, int] = field(default_factory=dict)
-    eval_nodes: set[int] = field(default_factory=set)
-    evaluate_all: bool = False  # after a resume: node ids changed; untrained clients say so
-
-    @classmethod
-    def from_ledger(cls, entries) -> "RoundBook":
-        """The book of a run being resumed, rebuilt from its ledger."""
-        book = cls(evaluate_all=True)
-        for entry in entries:
-            if entry.kind == "client-round" and not entry.body.get("declined") and not entry.body.get("rejected"):
-                client = str(entry.body["client"])
-                book.epsilon[client] = float(entry.body["epsilon"])
-                book.rounds_trained[client] = book.rounds_trained.get(client, 0) + 1
-        return book
-
-    def evaluation_pool(self, all_nodes: list[int]) -> list[int]:
-        return sorted(all_nodes) if self.evaluate_all else sorted(self.eval_nodes)
-
-    def epsilon_stats(self) -> dict[str, float]:
-        values = [e for e in self.epsilon.values() if e >= 0]
-        if not values:
-            return {"epsilon-max": 0.0, "epsilon-mean": 0.0}
-        return {"epsilon-max": float(max(values)), "epsilon-mean": float(np.mean(values))}
-
-
-def _ok_replies(replies) -> list[Message]:
-    good = []
-    for reply in replies:
-        if reply.has_error():
-            print(f"  node {reply.metadata.src_node_id}: error: {reply.error.reason}", flush=True)
-        else:
-            good.append(reply)
-    return good
-
-
-def _trace_received(reply: Message, server_round: int) -> None:
-    """With FEDMMREC_TRACE_DIR set (tests): record what arrays the server received."""
-    trace_dir = os.environ.get("FEDMMREC_TRACE_DIR")
-    if not trace_dir:
-        return
-    from client.mods import array_sha256
-
-    arrays = {
-        f"{name}/{key}": array_sha256(array.numpy())
-        for name, record in reply.content.array_records.items()
-        for key, array in record.items()
-    }
-    row = {"round": server_round, "node": reply.metadata.src_node_id, "arrays": arrays}
-    with open(os.path.join(trace_dir, "server-received.jsonl"), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
-def client_id(reply: Message) -> str:
-    """The device's pseudonym (its Flower node id when it sent none)."""
-    privacy = reply.content.config_records.get("privacy", {})
-    return str(privacy.get("client-id", "") or reply.metadata.src_node_id)
-
-
-def _client_entry(node: int, metrics, reply: Message) -> dict[str, Any]:
-    """The ledger's client-round entry from a train reply."""
-    privacy = dict(reply.content.config_records.get("privacy", {}))
-    return {
-        "client": client_id(reply),
-        "num-examples": int(metrics["num-examples"]),
-        "sample-rate": float(metrics["sample-rate"]),
-        "poisson": bool(privacy.get("poisson", False)),
-        "steps": int(metrics["steps"]),
-        "noise-multiplier": float(privacy.get("noise-multiplier", 0.0)),
-        "clip-norm": float(privacy.get("clip-norm", 0.0)),
-        "batch-size": int(privacy.get("batch-size", 0)),
-        "accountant": str(privacy.get("accountant", "")),
-        "history": json.loads(str(privacy.get("history", "[]"))),
-        "epsilon": float(metrics["epsilon"]),
-    }
-
-
-def _rejected_entry(reply: Message, reason: str, server_round: int) -> tuple[str, int, dict[str, Any]]:
-    """A rejected reply's ledger entry. Its privacy spend is real (the client trained), so it
-    is a client-round entry when its accounting fields are readable; else a bare record."""
-    node = reply.metadata.src_node_id
-    try:
-        entry = {**_client_entry(node, reply.content["metrics"], reply), "rejected": reason}
-        canonical(entry)  # finite and serialisable, or the whole round's transaction would fail
-        return ("client-round", server_round, entry)
-    except (KeyError, TypeError, ValueError):
-        return ("client-rejected", server_round, {"client": node, "reason": reason})
 
 
 def _update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
@@ -144,7 +53,7 @@ def evaluate_nodes(
         Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.EVALUATE)
         for node in node_ids
     ]
-    replies = _ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+    replies = ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
     rows = [dict(r.content["metrics"]) for r in replies]
     rows = [row for row in rows if int(row.get("trained", 1))]  # a device that never trained cannot rank
     if not rows:
@@ -154,79 +63,6 @@ def evaluate_nodes(
     out.update(mean_metrics_by_coldness(rows, [bool(row["cold"]) for row in rows]))
     out["clients-cold"] = sum(int(row["cold"]) for row in rows)
     return out
-
-
-def train_messages(nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> list[Message]:
-    """TRAIN messages as Flower's strategies build them (``arrays`` + ``config`` with the round)."""
-    config = ConfigRecord({**dict(config), "server-round": server_round})
-    return [
-        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.TRAIN)
-        for node in nodes
-    ]
-
-
-@dataclass
-class TrainReplies:
-    """One round's train replies: who was asked, who trained, who declined at their cap, whose
-    reply was rejected (and why), and how many never answered (crashed or too late)."""
-
-    expected: ArrayRecord
-    timeout: float
-    asked: list[int] = field(default_factory=list)
-    trained: list[Message] = field(default_factory=list)
-    declined: list[Message] = field(default_factory=list)
-    rejected: list[tuple[Message, str]] = field(default_factory=list)
-    failed: int = 0
-
-    def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
-        """Send ``messages``; file the replies; return this batch's declines."""
-        self.asked += [m.metadata.dst_node_id for m in messages]
-        received = list(grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
-        answered = _ok_replies(received)  # logs error replies (crashed clients)
-        self.failed += len(messages) - len(answered)
-        if len(received) < len(messages):
-            print(f"  {len(messages) - len(received)} clients did not answer within {self.timeout:g} s: dropped", flush=True)
-        declined = [r for r in answered if int(r.content.metric_records.get("metrics", {}).get("declined", 0))]
-        for reply in declined:
-            print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
-        self.declined += declined
-        for reply in answered:
-            if reply in declined:
-                continue
-            problem = train_reply_problem(reply, self.expected)
-            if problem is None:
-                self.trained.append(reply)
-            else:
-                print(f"  client {reply.metadata.src_node_id} rejected: {problem}", flush=True)
-                self.rejected.append((reply, problem))
-        return declined
-
-
-def collect_train(
-    grid: Grid,
-    messages: list[Message],
-    all_nodes: list[int],
-    replace_declined: bool,
-    rng: random.Random,
-    arrays: ArrayRecord,
-    config: ConfigRecord,
-    server_round: int,
-) -> TrainReplies:
-    """Send the round's messages; in place of each client that declines, ask one not yet asked.
-
-    Replacement keeps the round's size when clients run out of budget. It is off under central
-    DP, whose accounting assumes Poisson sampling and no second draw.
-    """
-    replies = TrainReplies(expected=arrays, timeout=float(config.get("round-timeout", 0.0)) or MESSAGE_TIMEOUT_S)
-    declined = replies.add(grid, messages)
-    while replace_declined and declined:
-        pool = sorted(set(all_nodes) - set(replies.asked))
-        if not pool:
-            break
-        substitutes = rng.sample(pool, min(len(declined), len(pool)))
-        print(f"  asking {len(substitutes)} other clients in place of those that declined", flush=True)
-        declined = replies.add(grid, train_messages(substitutes, arrays, config, server_round))
-    return replies
 
 
 def _mean_loss(replies: list[Message]) -> float:
@@ -304,14 +140,14 @@ def run_rounds(
         for reply in replies:
             node = reply.metadata.src_node_id
             metrics = reply.content["metrics"]
-            _trace_received(reply, server_round)
+            trace_received(reply, server_round)
             client = client_id(reply)
             book.epsilon[client] = float(metrics["epsilon"])
             book.rounds_trained[client] = book.rounds_trained.get(client, 0) + 1
             book.eval_nodes.add(node)
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
-            ledger_entries.append(("client-round", server_round, _client_entry(node, metrics, reply)))
+            ledger_entries.append(("client-round", server_round, client_entry(node, metrics, reply)))
             run_dir.append_client_row(
                 {
                     "round": server_round,
@@ -354,9 +190,9 @@ def run_rounds(
             )
         )
         for reply in declined:
-            entry = _client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
+            entry = client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
             ledger_entries.append(("client-round", server_round, {**entry, "declined": True}))
-        ledger_entries += [_rejected_entry(reply, reason, server_round) for reply, reason in batch.rejected]
+        ledger_entries += [rejected_entry(reply, reason, server_round) for reply, reason in batch.rejected]
         # The round's checkpoint is written before its ledger entries commit, so every round in
         # the ledger has its model on disk: a resume continues from the ledger's last round.
         run_dir.save_round_checkpoint(server_round, arrays.to_torch_state_dict(), strategy_state(strategy))
@@ -379,32 +215,6 @@ def run_rounds(
             log(f"fedmmrec: stopping after round {server_round}: every client asked is at its epsilon cap")
             break
     return arrays, book, rows
-
-
-def strategy_state(strategy: Strategy) -> dict[str, Any]:
-    """The server optimiser's moments (FedAdam and other FedOpt strategies); {} for FedAvg."""
-    state = {}
-    for name in ("m_t", "v_t"):
-        value = getattr(strategy, name, None)
-        if value:
-            state[name] = {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
-    return state
-
-
-def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
-    for name, value in state.items():
-        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
-
-
-@dataclass
-class ResumePoint:
-    """Where a resumed run continues: the last round in the ledger, its model and bookkeeping."""
-
-    round: int
-    arrays: ArrayRecord
-    strategy_state: dict[str, Any]
-    book: RoundBook
-    rows: list[dict[str, Any]]
 
 
 def _server_dp_entry(server_dp: ServerDP, noisy, canaries: int, server_round: int) -> dict[str, Any]:

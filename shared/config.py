@@ -8,7 +8,7 @@ clients in every message, so a device never trains with settings the server did 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 from shared.models.recommender import ModelSpec

@@ -110,7 +110,6 @@ def dp_overhead(repeats: int) -> dict[str, Any]:
 
 
 def communication(run_dir: Path) -> dict[str, Any]:
-    import torch
     from torchvision.models import mobilenet_v2
     from transformers import AutoModel
 

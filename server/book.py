@@ -1,0 +1,70 @@
+"""The server's bookkeeping across rounds and restarts: who trained and spent what, and where a
+resumed run continues (model, server optimiser state, rows so far)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+
+@dataclass
+class RoundBook:
+    """What the server knows about its clients: spend and rounds by the client's pseudonym
+    (chosen by the device, kept across restarts; never the user), and which Flower nodes hold
+    a trained user representation (those are asked to evaluate)."""
+
+    epsilon: dict[str, float] = field(default_factory=dict)
+    rounds_trained: dict[str, int] = field(default_factory=dict)
+    eval_nodes: set[int] = field(default_factory=set)
+    evaluate_all: bool = False  # after a resume: node ids changed; untrained clients say so
+
+    @classmethod
+    def from_ledger(cls, entries) -> "RoundBook":
+        """The book of a run being resumed, rebuilt from its ledger."""
+        book = cls(evaluate_all=True)
+        for entry in entries:
+            if entry.kind == "client-round" and not entry.body.get("declined") and not entry.body.get("rejected"):
+                client = str(entry.body["client"])
+                book.epsilon[client] = float(entry.body["epsilon"])
+                book.rounds_trained[client] = book.rounds_trained.get(client, 0) + 1
+        return book
+
+    def evaluation_pool(self, all_nodes: list[int]) -> list[int]:
+        return sorted(all_nodes) if self.evaluate_all else sorted(self.eval_nodes)
+
+    def epsilon_stats(self) -> dict[str, float]:
+        values = [e for e in self.epsilon.values() if e >= 0]
+        if not values:
+            return {"epsilon-max": 0.0, "epsilon-mean": 0.0}
+        return {"epsilon-max": float(max(values)), "epsilon-mean": float(np.mean(values))}
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """The server optimiser's moments (FedAdam and other FedOpt strategies); {} for FedAvg."""
+    state = {}
+    for name in ("m_t", "v_t"):
+        value = getattr(strategy, name, None)
+        if value:
+            state[name] = {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
+    return state
+
+
+def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
+    for name, value in state.items():
+        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the last round in the ledger, its model and bookkeeping."""
+
+    round: int
+    arrays: ArrayRecord
+    strategy_state: dict[str, Any]
+    book: RoundBook
+    rows: list[dict[str, Any]]
