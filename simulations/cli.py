@@ -7,6 +7,8 @@
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
+    fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
+    fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE]
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale")
 
+    export = sub.add_parser("export", help="write what a device needs to rank items (TorchScript + embeddings)")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True)
+
+    rec = sub.add_parser("recommend", help="rank the catalog from an export, with numpy only")
+    rec.add_argument("--model", required=True, help="folder written by fedmmrec export")
+    rec.add_argument("--history", default="", help="comma-separated item ids the user interacted with")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--user-state", default=None, help="the device's device-state.json (its trained embedding)")
+
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
     return parser
@@ -128,6 +140,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from server.audit import run_audit
 
         return run_audit(args.run_dir)
+    if args.command == "export":
+        from server.export import export_run
+
+        print(f"fedmmrec: wrote {export_run(args.run_dir, args.out)}")
+        return 0
+    if args.command == "recommend":
+        from client.recommend import recommend
+
+        history = [item.strip() for item in args.history.split(",") if item.strip()]
+        for rank, (item, score) in enumerate(recommend(args.model, history, args.k, args.user_state), start=1):
+            print(f"{rank:3d}  {item}  {score:.4f}")
+        return 0
     if args.command == "bench":
         from simulations.bench import run_bench
 

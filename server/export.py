@@ -1,0 +1,80 @@
+"""``fedmmrec export RUN_DIR --out DIR``: what a device needs to rank items without the training
+stack, from the run directory alone.
+
+- ``item_tower.pt``: the trained item tower as TorchScript (encoders + fusion), taking the
+  four feature tensors (text, text mask, image, image mask) and returning item embeddings, so a
+  device can embed a new item from its backbone features (cold start);
+- ``item_embeddings.npy`` [N, dim] float32 and ``item_ids.json``: the catalog precomputed;
+- ``manifest.json``: run id, model spec, SHA-256 of each file, the ledger head and the privacy
+  summary of the run the model came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.config import model_spec
+from shared.data import load_dataset
+from shared.features import load_or_compute_features
+from shared.models.recommender import ItemTower, catalog_tensors
+
+
+class _TowerOnTensors(nn.Module):
+    """The item tower with positional tensor inputs (TorchScript-friendly)."""
+
+    def __init__(self, tower: ItemTower) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        return self.tower({"text": text, "text_mask": text_mask, "image": image, "image_mask": image_mask})
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{config_path}: not found: {run_dir} is not a run directory")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    checkpoint = run_dir / "checkpoints" / "final.pt"
+    if not checkpoint.is_file():
+        checkpoint = run_dir / "checkpoints" / "latest.pt"
+    if not checkpoint.is_file():
+        raise ValueError(f"{run_dir / 'checkpoints'}: no final.pt or latest.pt to export")
+    tower = ItemTower(model_spec(config))
+    tower.load_state_dict(torch.load(checkpoint, map_location="cpu")["item_tower"])
+    tower.eval()
+    dataset = load_dataset(config["data-dir"])
+    catalog = catalog_tensors(load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False))
+    inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        scripted = torch.jit.trace(_TowerOnTensors(tower).eval(), tuple(t[:2] for t in inputs))
+        embeddings = scripted(*inputs).numpy().astype(np.float32)
+    scripted.save(str(out / "item_tower.pt"))
+    np.save(out / "item_embeddings.npy", embeddings)
+    (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    manifest = {
+        "run-id": run_dir.name,
+        "checkpoint": checkpoint.name,
+        "model-spec": {k: config[k] for k in ("modalities", "dim", "hidden", "fusion")},
+        "items": len(dataset.item_ids),
+        "files": {name: _sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_ids.json")},
+        "ledger-head": summary.get("ledger-head"),
+        "privacy": summary.get("privacy"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
