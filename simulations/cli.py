@@ -7,6 +7,7 @@
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
+    fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
     fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE]
 """
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale")
+
+    experiment = sub.add_parser("experiment", help="run (or resume) a grid of settings x seeds")
+    experiment.add_argument("config")
 
     export = sub.add_parser("export", help="write what a device needs to rank items (TorchScript + embeddings)")
     export.add_argument("run_dir")
@@ -140,6 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from server.audit import run_audit
 
         return run_audit(args.run_dir)
+    if args.command == "experiment":
+        from simulations.experiment import run_experiment
+
+        run_experiment(args.config)
+        return 0
     if args.command == "export":
         from server.export import export_run
 

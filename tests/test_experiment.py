@@ -1,0 +1,55 @@
+"""``fedmmrec experiment`` runs a grid of real runs, resumes without redoing finished ones, and
+writes the results table and plots."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from simulations.experiment import load_experiment, run_experiment
+
+
+def test_grid_runs_resumes_and_writes_results(small_dataset, feature_cache, tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        f"""
+[experiment]
+name = "tiny"
+out = "{tmp_path / 'out'}"
+seeds = [0, 1]
+[experiment.base]
+data-dir = "{small_dataset}"
+feature-cache = "{feature_cache}"
+num-server-rounds = 2
+fraction-train = 1.0
+[[setting]]
+name = "most-popular"
+kind = "most-popular"
+[[setting]]
+name = "federated, local DP"
+""",
+        encoding="utf-8",
+    )
+    out = run_experiment(config)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["setting"], r["seed"]) for r in rows] == [
+        ("most-popular", "0"), ("most-popular", "1"), ("federated, local DP", "0"), ("federated, local DP", "1"),
+    ]
+    assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in rows)
+    assert rows[2]["epsilon-max"] and not rows[0]["epsilon-max"]
+    table = (out / "results.md").read_text()
+    assert "| federated, local DP | 2 |" in table and " ± " in table
+    for plot in ("ndcg_over_rounds.png", "privacy_utility.png", "cold_vs_warm.png"):
+        assert (out / plot).stat().st_size > 1000
+
+    capsys.readouterr()
+    run_experiment(config)  # everything finished: nothing runs again
+    assert "seed" not in capsys.readouterr().out.split("results in")[0]
+
+
+def test_bad_experiment_config_names_the_file(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[[setting]]\nname = "x"\nkind = "magic"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.toml: setting 'x': kind must be one of"):
+        load_experiment(config)
