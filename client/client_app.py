@@ -16,7 +16,7 @@ from client.local_data import local_data
 from client.mods import private_state_guard
 from client.state import load_history, load_user_embedding, pseudonym, restore_device_state, save_device_state
 from shared.config import model_spec, train_config
-from shared.metrics import metrics_from_rank, rank_of
+from shared.metrics import metrics_from_rank, rank_of, sampled_metrics, sampled_rng
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy import epsilon_of, history_to_json
 from shared.training import planned_round, projected_epsilon, train_local
@@ -115,6 +115,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _model(msg, context, config).eval()
     scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)
+    who = int(context.node_config.get("partition-id", context.node_id % 100_003))
+    sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(who))
     cold = data.test_item in data.cold_items
     candidates = data.num_items - len(set(data.train_items.tolist()) - {data.test_item})
     metrics = MetricRecord(
@@ -125,6 +127,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             "cold": int(cold),
             "trained": 1,
             **metrics_from_rank(rank),
+            **sampled,
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

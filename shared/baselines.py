@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from shared.data.split import LeaveLastOutSplit
-from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of
+from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of, sampled_metrics, sampled_rng
 
 
 def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user) -> dict[str, float]:
-    """Mean metrics over all users, plus cold/warm subsets, for ``scores_for_user(k) -> [N]``."""
+    """Mean metrics over all users, plus cold/warm subsets and the sampled protocol, for
+    ``scores_for_user(k) -> [N]`` (user ``k`` is simulated partition ``k``: same negatives)."""
     cold_items = set(int(i) for i in split.cold_items)
-    rows = [
-        metrics_from_rank(rank_of(scores_for_user(k), int(test), train))
-        for k, (test, train) in enumerate(zip(split.test_item, split.train_items))
-    ]
+    rows = []
+    for k, (test, train) in enumerate(zip(split.test_item, split.train_items)):
+        scores = scores_for_user(k)
+        row = metrics_from_rank(rank_of(scores, int(test), train))
+        row.update(sampled_metrics(scores, int(test), train, sampled_rng(k)))
+        rows.append(row)
     cold = [int(test) in cold_items for test in split.test_item]
     out = mean_metrics_by_coldness(rows, cold)
     out["users"] = len(rows)

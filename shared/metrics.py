@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 METRIC_NAMES = ("hr@10", "ndcg@10", "recall@20")
+SAMPLED_NEGATIVES = 99
 
 
 def rank_of(scores: np.ndarray, target: int, exclude: np.ndarray) -> int:
@@ -36,6 +37,25 @@ def metrics_from_rank(rank: int) -> dict[str, float]:
     }
 
 
+def sampled_metrics(scores: np.ndarray, target: int, exclude: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """The sampled protocol of the NCF literature: the held-out item against 99 items the user
+    never interacted with, drawn uniformly without replacement; HR@10 and NDCG@10 of its rank
+    there (pessimistic ties). Seed ``rng`` per user so every model meets the same negatives."""
+    blocked = np.zeros(len(scores), dtype=bool)
+    blocked[exclude] = True
+    blocked[target] = True
+    pool = np.flatnonzero(~blocked)
+    negatives = rng.choice(pool, size=min(SAMPLED_NEGATIVES, len(pool)), replace=False)
+    rank = int(np.count_nonzero(np.asarray(scores)[negatives] >= scores[target]))
+    full = metrics_from_rank(rank)
+    return {"hr@10-sampled": full["hr@10"], "ndcg@10-sampled": full["ndcg@10"]}
+
+
+def sampled_rng(user_index: int) -> np.random.Generator:
+    """The generator of one user's sampled negatives: the same for every model, seed and round."""
+    return np.random.default_rng([int(user_index), SAMPLED_NEGATIVES])
+
+
 def mean_metrics(per_user: list[dict[str, float]]) -> dict[str, float]:
     """Average per-user metrics (each user weighs the same)."""
     if not per_user:
@@ -47,6 +67,9 @@ def mean_metrics_by_coldness(per_user: list[dict[str, float]], cold: list[bool])
     """Mean metrics over all users, and over those whose held-out item is cold / warm
     (``hr@10-cold``, ``hr@10-warm``, ...); NaN for an empty subset."""
     out = mean_metrics(per_user)
+    for name in ("hr@10-sampled", "ndcg@10-sampled"):
+        if per_user and all(name in row for row in per_user):
+            out[name] = float(np.mean([row[name] for row in per_user]))
     for suffix, keep in (("cold", True), ("warm", False)):
         subset = [row for row, is_cold in zip(per_user, cold) if is_cold == keep]
         out.update({f"{name}-{suffix}": value for name, value in mean_metrics(subset).items()})

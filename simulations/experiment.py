@@ -33,7 +33,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-METRICS = ("hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm")
+METRICS = (
+    "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm",
+    "hr@10-sampled", "ndcg@10-sampled",
+)
 KINDS = ("federated", "central", "most-popular")
 
 

@@ -21,6 +21,10 @@ def test_run_directory_has_metrics_summary_and_checkpoint(federated_run):
             assert math.isfinite(row[key]), key
     summary = read_summary(run_dir)
     assert summary["rounds"] == 2 and summary["privacy"]["mode"] == "local"
+    # The sampled protocol (99 negatives), beside the same figure for most-popular.
+    for key in ("hr@10-sampled", "ndcg@10-sampled"):
+        assert 0.0 <= summary["final"][key] <= 1.0 and 0.0 <= summary["baselines"]["most-popular"][key] <= 1.0
+    assert summary["final"]["hr@10-sampled"] >= summary["final"]["hr@10"]  # 99 negatives, not the catalog
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert 0 < summary["communication"]["bytes-sent-per-client-per-round"] < 1_000_000
 

@@ -56,3 +56,21 @@ def test_cli_reports_a_broken_dataset_with_file_and_line(small_dataset, tmp_path
     assert cli(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert "interactions.csv, line 2: timestamp 'not-a-time' is not Unix seconds" in err
+
+
+def test_sampled_protocol_ranks_against_99_unseen_items():
+    import numpy as np
+
+    from shared.metrics import sampled_metrics, sampled_rng
+
+    n, target, seen = 500, 7, np.array([1, 2, 3])
+    perfect = np.zeros(n)
+    perfect[target] = 1.0
+    assert sampled_metrics(perfect, target, seen, sampled_rng(0)) == {"hr@10-sampled": 1.0, "ndcg@10-sampled": 1.0}
+    assert sampled_metrics(np.zeros(n), target, seen, sampled_rng(0))["hr@10-sampled"] == 0.0  # ties count against
+    hits = [sampled_metrics(np.random.default_rng(k).random(n), target, seen, sampled_rng(k))["hr@10-sampled"] for k in range(2000)]
+    assert abs(np.mean(hits) - 0.10) < 0.02  # a random scorer: 10 of 100
+    worst = np.ones(n)
+    worst[seen] = 5.0  # seen items are never among the negatives
+    worst[target] = 2.0
+    assert sampled_metrics(worst, target, seen, sampled_rng(0))["hr@10-sampled"] == 1.0
