@@ -26,6 +26,11 @@ torch.set_num_threads(1)  # one simulated client per core; no oversubscription
 app = ClientApp(mods=[private_state_guard])
 
 
+def _who(context: Context) -> int:
+    """This client's index: its partition in a simulation (so runs repeat), its node id on a device."""
+    return int(context.node_config.get("partition-id", context.node_id % 100_003))
+
+
 def _model(msg: Message, context: Context, config: dict) -> Recommender:
     """Global item tower from the message, this user's embedding from the node state."""
     model = Recommender(model_spec(config), num_users=1)
@@ -48,7 +53,7 @@ def train(msg: Message, context: Context) -> Message:
     # Seeded by partition (simulation) so runs repeat; by node id on a device. The seed is set
     # before the model is built: a first-round user embedding must not depend on which other
     # clients this worker process served before.
-    who = int(context.node_config.get("partition-id", context.node_id % 100_003))
+    who = _who(context)
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     torch.manual_seed(seed)
     model = _model(msg, context, config)
@@ -115,8 +120,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _model(msg, context, config).eval()
     scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)
-    who = int(context.node_config.get("partition-id", context.node_id % 100_003))
-    sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(who))
+    sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(_who(context)))
     cold = data.test_item in data.cold_items
     candidates = data.num_items - len(set(data.train_items.tolist()) - {data.test_item})
     metrics = MetricRecord(

@@ -42,7 +42,7 @@ from server.canaries import read_canaries
 from server.central_dp import flatten
 from shared.empirical_privacy import one_run_audit
 from shared.ledger import Entry, read_entries, verify_chain
-from shared.privacy import dp_accounting_epsilon, make_accountant, merged, opacus_epsilon, total_steps
+from shared.privacy import dp_accounting_epsilon, make_accountant, merged, opacus_epsilon, total_steps, trivial_epsilon
 
 PRV_EPS_ERROR = 0.01
 REL_TOL = 1e-6
@@ -102,10 +102,9 @@ def _three_accountants(history: tuple, delta: float) -> tuple[float, float, floa
 def _recompute(history, delta: float, accountant: str) -> float:
     """A claim recomputed by a fresh Opacus accountant (not the clients' cached fast path)."""
     history = merged([tuple(h) for h in history])
-    if not history:
-        return 0.0
-    if any(s <= 0.0 for s, _, n in history if n > 0):
-        return math.inf
+    trivial = trivial_epsilon(history)
+    if trivial is not None:
+        return trivial
     return opacus_epsilon(tuple(history), float(delta), accountant)
 
 

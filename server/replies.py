@@ -51,8 +51,9 @@ def client_id(reply: Message) -> str:
     return str(privacy.get("client-id", "") or reply.metadata.src_node_id)
 
 
-def client_entry(node: int, metrics, reply: Message) -> dict[str, Any]:
+def client_entry(reply: Message) -> dict[str, Any]:
     """The ledger's client-round entry from a train reply."""
+    metrics = reply.content["metrics"]
     privacy = dict(reply.content.config_records.get("privacy", {}))
     return {
         "client": client_id(reply),
@@ -74,7 +75,7 @@ def rejected_entry(reply: Message, reason: str, server_round: int) -> tuple[str,
     is a client-round entry when its accounting fields are readable; else a bare record."""
     node = reply.metadata.src_node_id
     try:
-        entry = {**client_entry(node, reply.content["metrics"], reply), "rejected": reason}
+        entry = {**client_entry(reply), "rejected": reason}
         canonical(entry)  # finite and serialisable, or the whole round's transaction would fail
         return ("client-round", server_round, entry)
     except (KeyError, TypeError, ValueError):

@@ -147,7 +147,7 @@ def run_rounds(
             book.eval_nodes.add(node)
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
-            ledger_entries.append(("client-round", server_round, client_entry(node, metrics, reply)))
+            ledger_entries.append(("client-round", server_round, client_entry(reply)))
             run_dir.append_client_row(
                 {
                     "round": server_round,
@@ -190,7 +190,7 @@ def run_rounds(
             )
         )
         for reply in declined:
-            entry = client_entry(reply.metadata.src_node_id, reply.content["metrics"], reply)
+            entry = client_entry(reply)
             ledger_entries.append(("client-round", server_round, {**entry, "declined": True}))
         ledger_entries += [rejected_entry(reply, reason, server_round) for reply, reason in batch.rejected]
         # The round's checkpoint is written before its ledger entries commit, so every round in

@@ -116,11 +116,6 @@ def read_jsonl(path: Path, lenient_tail: bool = False) -> list[dict[str, Any]]:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rounds recorded in a run directory's ``metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {line_no}: not JSON: {exc}") from exc
-    return rows
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics in this run directory")
+    return read_jsonl(path)

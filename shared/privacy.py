@@ -59,6 +59,15 @@ def merged(history: History) -> History:
     return out
 
 
+def trivial_epsilon(history: History) -> float | None:
+    """0 for a history without steps, inf when a step had no noise, else None (compute it)."""
+    if not history:
+        return 0.0
+    if any(s <= 0.0 for s, _, n in history if n > 0):
+        return float("inf")
+    return None
+
+
 def make_accountant(name: str, history: History):
     """An Opacus accountant (``rdp`` or ``prv``) restored to ``history``."""
     from opacus.accountants import PRVAccountant, RDPAccountant
@@ -73,10 +82,9 @@ def make_accountant(name: str, history: History):
 
 def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of a history; 0 for no steps, inf when a step had no noise."""
-    if not history:
-        return 0.0
-    if any(s <= 0.0 for s, _, n in history if n > 0):
-        return float("inf")
+    trivial = trivial_epsilon(history)
+    if trivial is not None:
+        return trivial
     if accountant == "rdp":
         return _rdp_epsilon(tuple(merged(history)), float(delta))
     return opacus_epsilon(tuple(merged(history)), float(delta), accountant)
@@ -120,10 +128,9 @@ def dp_accounting_epsilon(history: History, delta: float) -> float:
     from dp_accounting.pld import pld_privacy_accountant
 
     history = merged(history)
-    if not history:
-        return 0.0
-    if any(s <= 0.0 for s, _, n in history if n > 0):
-        return float("inf")
+    trivial = trivial_epsilon(history)
+    if trivial is not None:
+        return trivial
     accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
     for sigma, rate, steps in history:
         event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
