@@ -1,7 +1,9 @@
 """Find this device's data: one ClientApp, two ways to find it.
 
 - Deployment: ``node_config["data-dir"]`` is the device's own dataset folder (same format as
-  any dataset; its interactions are this user's).
+  any dataset; its interactions are this user's). The backbone features are cached on the
+  device, in ``node_config["feature-cache"]`` or else ``<state-dir>/features``, so they are
+  computed once per catalog and survive SuperNode restarts.
 - Simulation: ``node_config["partition-id"]`` picks user ``k`` of the split of the dataset
   folder the server names in its config (one SuperNode per user).
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,13 +49,24 @@ def _load_split(data_dir: str, cache_dir: str):
     return dataset, split, catalog_tensors(features), cold_items
 
 
+def _device_cache_dir(node_config: dict) -> str:
+    """A device's feature cache: its own, never the server's path (which means nothing here)."""
+    if node_config.get("feature-cache"):
+        return str(node_config["feature-cache"])
+    if node_config.get("state-dir"):
+        return str(Path(str(node_config["state-dir"])) / "features")
+    return ""
+
+
 def local_data(node_config: dict, server_config: dict) -> LocalData:
     """Resolve the device's data from its node config, else from the server's dataset + partition."""
     if "data-dir" in node_config:
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
+        cache_dir = _device_cache_dir(node_config)
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
-    dataset, split, catalog, cold_items = _load_split(data_dir, str(server_config.get("feature-cache", "")))
+        cache_dir = str(server_config.get("feature-cache", ""))
+    dataset, split, catalog, cold_items = _load_split(data_dir, cache_dir)
     if not 0 <= partition < len(split.users):
         raise ValueError(
             f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "
@@ -63,5 +77,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         catalog=catalog,
         train_items=split.train_items[partition],
         test_item=int(split.test_item[partition]),
-        cold_items=cold_items,
+        # A device sees only its own interactions, so it cannot tell which items nobody has
+        # trained on: cold-item metrics exist in simulations only.
+        cold_items=frozenset() if "data-dir" in node_config else cold_items,
     )

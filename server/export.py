@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from shared.config import model_spec
-from shared.data import load_dataset
+from shared.data import load_catalog
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, catalog_tensors
 
@@ -54,7 +54,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     tower = ItemTower(model_spec(config))
     tower.load_state_dict(torch.load(checkpoint, map_location="cpu")["item_tower"])
     tower.eval()
-    dataset = load_dataset(config["data-dir"])
+    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
     catalog = catalog_tensors(load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False))
     inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
 

@@ -19,7 +19,7 @@ from server.rounds import evaluate_nodes, run_rounds
 from server.run_directory import RunDirectory, library_versions, read_jsonl
 from shared.baselines import most_popular
 from shared.config import DEFAULTS, central_dp, local_dp, model_spec
-from shared.data import leave_last_out, load_dataset
+from shared.data import Dataset, LeaveLastOutSplit, leave_last_out, load_catalog, load_dataset
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
 from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
@@ -155,6 +155,36 @@ def resume_point(run_dir: RunDirectory, entries: list) -> ResumePoint:
     )
 
 
+NODE_WAIT_S = 600.0
+
+
+def _population(grid: Grid, config: dict[str, Any], data_dir: Path) -> tuple[Dataset, LeaveLastOutSplit | None, int]:
+    """The catalog, the split (simulation only) and the number of clients.
+
+    Simulation: the server's dataset holds every user, one SuperNode each. Deployment: the
+    server holds only the public catalog; the clients are the SuperNodes connected when the
+    run starts (at least ``min-nodes``), and what they hold never reaches the server.
+    """
+    if config["deployment"]:
+        dataset = load_catalog(data_dir)
+        deadline = time.time() + NODE_WAIT_S
+        while (num_nodes := len(list(grid.get_node_ids()))) < config["min-nodes"]:
+            if time.time() > deadline:
+                raise RuntimeError(f"only {num_nodes} SuperNode(s) connected after {NODE_WAIT_S:.0f} s; min-nodes = {config['min-nodes']}")
+            time.sleep(1.0)
+        print(f"fedmmrec: deployment: {num_nodes} SuperNodes connected", flush=True)
+        return dataset, None, num_nodes
+    dataset = load_dataset(data_dir)
+    split = leave_last_out(dataset)
+    num_nodes = len(list(grid.get_node_ids()))
+    if num_nodes and num_nodes != len(split.users):
+        raise ValueError(
+            f"{data_dir}: {len(split.users)} users but {num_nodes} SuperNodes; one client per user: "
+            f"run with --federation-config \"num-supernodes={len(split.users)}\" (or deployment = true)"
+        )
+    return dataset, split, len(split.users)
+
+
 def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     """Run the configured federation and write ``runs/<run-id>/``; return the summary.
 
@@ -165,15 +195,8 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         config = resumed_config(config)
     data_dir = resolve_data_dir(config)
     config = {**config, "data-dir": str(data_dir)}
-    dataset = load_dataset(data_dir)
-    split = leave_last_out(dataset)
+    dataset, split, num_clients = _population(grid, config, data_dir)
     load_or_compute_features(dataset, config["feature-cache"] or None)  # warm the cache once
-    num_nodes = len(list(grid.get_node_ids()))
-    if num_nodes and num_nodes != len(split.users):
-        raise ValueError(
-            f"{data_dir}: {len(split.users)} users but {num_nodes} SuperNodes; one client per user: "
-            f"run with --federation-config \"num-supernodes={len(split.users)}\""
-        )
     if config["resume"]:
         resume_dir = Path(config["resume"]).resolve()
         run_dir = RunDirectory(resume_dir.parent, resume_dir.name, resume=True)
@@ -196,17 +219,17 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         resume = resume_point(run_dir, read_entries(run_dir.path))
         initial = resume.arrays
         canaries = read_canaries(run_dir.path)[0] if config["canaries"] else None
-        server_dp = make_server_dp(config, len(split.users), initial, canaries)
+        server_dp = make_server_dp(config, num_clients, initial, canaries)
         ledger = Ledger(run_dir.path)
         ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config["num-server-rounds"]})])
         print(f"fedmmrec: resuming after round {resume.round} of {config['num-server-rounds']}", flush=True)
     else:
         run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
-        server_dp = make_server_dp(config, len(split.users), initial)
+        server_dp = make_server_dp(config, num_clients, initial)
         commitment = server_dp.canaries.write(run_dir.path) if server_dp and server_dp.canaries else None
         ledger = Ledger(run_dir.path)
-        ledger.append([("header", 0, ledger_header(config, len(split.users), commitment))])
-    strategy = make_strategy(config, len(split.users))
+        ledger.append([("header", 0, ledger_header(config, num_clients, commitment))])
+    strategy = make_strategy(config, num_clients)
     final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp, resume=resume)
     ledger_head = ledger.head()[1]
     ledger.close()
@@ -216,7 +239,7 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     summary = {
         "run-id": run_dir.run_id,
         "final": final_eval,
-        "baselines": {"most-popular": most_popular(split)},
+        "baselines": {"most-popular": most_popular(split)} if split else {},
         "privacy": {
             "mode": config["privacy"],
             "unit": PRIVACY_UNITS[config["privacy"]],
@@ -232,10 +255,10 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         },
         "dataset": {
             "path": str(data_dir),
-            "users": len(split.users),
+            "users": num_clients,
             "items": dataset.num_items,
-            "interactions": dataset.num_interactions,
-            "cold-items": len(split.cold_items),
+            "interactions": dataset.num_interactions if split else None,
+            "cold-items": len(split.cold_items) if split else None,
         },
         "ledger-head": ledger_head,
         "rounds": len(rows),
@@ -245,11 +268,12 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     }
     run_dir.save_checkpoint("final.pt", final_arrays.to_torch_state_dict(), {"config": config})
     run_dir.write_json("summary.json", summary)
-    pop = summary["baselines"]["most-popular"]
+    pop = summary["baselines"].get("most-popular")
     print(
         f"fedmmrec: final HR@10 {final_eval.get('hr@10', float('nan')):.3f} NDCG@10 "
         f"{final_eval.get('ndcg@10', float('nan')):.3f} over {final_eval.get('clients-evaluated', 0)} clients "
-        f"(most-popular HR@10 {pop['hr@10']:.3f} NDCG@10 {pop['ndcg@10']:.3f}); "
+        + (f"(most-popular HR@10 {pop['hr@10']:.3f} NDCG@10 {pop['ndcg@10']:.3f}); " if pop else "; ")
+        + 
         f"{_privacy_line(summary['privacy'], config)}; "
         f"{summary['communication']['bytes-sent-per-client-per-round'] / 1024:.0f} KiB sent per client per round",
         flush=True,

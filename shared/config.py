@@ -54,6 +54,8 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "resume": ("", "run directory to continue from the last round its ledger committed (after a crash); keeps its saved config"),
     "device-state-dir": ("", "simulation: where each simulated device keeps its state (partition-<id>/); empty: <run directory>/devices"),
     "faults": ("", "simulation only: inject faults, e.g. 'nan:0 flip:1,2 crash:3 slow:4' (kind:partition ids; simulations/faults.py)"),
+    "deployment": (False, "real SuperNodes that hold their own data: data-dir is the server's catalog (items.csv, images/) and its interactions are not read; the run waits for min-nodes SuperNodes"),
+    "min-nodes": (2, "deployment: SuperNodes that must be connected before round 1 (the server waits up to 10 minutes)"),
     "seed": (0, "seed for client sampling of negatives and initial weights"),
 }
 

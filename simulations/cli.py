@@ -4,12 +4,16 @@
     fedmmrec train-central [--set KEY=VALUE]  the same model, central and not private
     fedmmrec baseline most-popular [--set ...]
     fedmmrec data synth --out DIR [--users N --items M --seed S]
+    fedmmrec data movielens-100k --zip ml-100k.zip --out DIR [--posters DIR] [--plots CSV]
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
     fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE]
+    fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
+    fedmmrec deploy devices --data DIR --out DIR --devices N             one dataset folder per device
+    fedmmrec deploy localhost --work DIR [--nodes 3] [--set KEY=VALUE]   TLS SuperLink + N SuperNodes here
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     check = data_sub.add_parser("check", help="validate a dataset folder")
     check.add_argument("path")
+    ml = data_sub.add_parser("movielens-100k", help="convert the official GroupLens ml-100k.zip (MD5-checked) into our format")
+    ml.add_argument("--zip", required=True, help="ml-100k.zip as downloaded from GroupLens")
+    ml.add_argument("--out", required=True)
+    ml.add_argument("--posters", default=None, help="folder of <item_id>.jpg|.jpeg|.png posters (image modality)")
+    ml.add_argument("--plots", default=None, help="CSV with item_id (or movie_id) and description (text modality)")
+    ml.add_argument("--md5", default=None, help="expected MD5 of the zip; default: the official ml-100k.zip's")
 
     audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail)")
     audit.add_argument("run_dir")
@@ -89,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
+
+    deploy = sub.add_parser("deploy", help="a real deployment: keys, device folders, or all of it on localhost")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    certs = deploy_sub.add_parser("certs", help="CA, SuperLink TLS certificate and SuperNode EC key pairs")
+    certs.add_argument("--out", required=True)
+    certs.add_argument("--host", action="append", required=True, help="SuperLink hostname or IP (repeatable; all go into the certificate)")
+    certs.add_argument("--nodes", type=int, required=True, help="SuperNode key pairs to create")
+    devices = deploy_sub.add_parser("devices", help="split a dataset into one folder per device (catalog + that user's interactions)")
+    devices.add_argument("--data", required=True)
+    devices.add_argument("--out", required=True)
+    devices.add_argument("--devices", type=int, required=True)
+    devices.add_argument("--copy-images", action="store_true", help="copy images/ into each folder instead of linking it")
+    local = deploy_sub.add_parser("localhost", help="run a TLS SuperLink and N authenticated SuperNodes here, one run, then stop them")
+    local.add_argument("--work", required=True, help="folder for keys, device folders, state, logs and runs")
+    local.add_argument("--nodes", type=int, default=3)
+    local.add_argument("--data", default="", help="dataset to split over the devices; default: the embedded synthetic data")
+    _add_set(local)
     return parser
 
 
@@ -127,6 +154,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = generate(args.out, SynthConfig(users=args.users, items=args.items, seed=args.seed))
         print(f"fedmmrec: wrote {out}")
         return 0
+    if args.command == "data" and args.data_command == "movielens-100k":
+        from shared.data.movielens import OFFICIAL_MD5, convert_movielens_100k
+
+        out = convert_movielens_100k(args.zip, args.out, args.posters, args.plots, args.md5 or OFFICIAL_MD5)
+        return _dispatch(argparse.Namespace(command="data", data_command="check", path=str(out)))
     if args.command == "data" and args.data_command == "check":
         from shared.data import leave_last_out, load_dataset
 
@@ -140,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"{sum(1 for p in dataset.image_paths if p is None)} without image"
         )
         return 0
+    if args.command == "deploy":
+        return _deploy(args)
     if args.command == "audit":
         from server.audit import run_audit
 
@@ -181,3 +215,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    if args.deploy_command == "certs":
+        from server.certificates import write_deployment_keys
+
+        keys = write_deployment_keys(args.out, args.host, args.nodes)
+        print(f"fedmmrec: wrote {keys.ca_certificate}, {keys.superlink_certificate} (for {', '.join(args.host)}) "
+              f"and {len(keys.node_public_keys)} SuperNode key pairs under {args.out}")
+        return 0
+    if args.deploy_command == "devices":
+        from shared.data.devices import write_device_folders
+
+        folders = write_device_folders(args.data, args.out, args.devices, link_images=not args.copy_images)
+        print(f"fedmmrec: wrote {len(folders)} device folders under {args.out}")
+        return 0
+    from simulations.deployment import deploy_localhost
+
+    report = deploy_localhost(args.work, args.nodes, args.data, _overrides(args.set))
+    return 0 if report["run-returncode"] == 0 else 1

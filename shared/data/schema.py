@@ -230,3 +230,31 @@ def load_dataset(root: str | Path, check_images: bool = True) -> Dataset:
         inter_time=inter["times"],
         item_index=item_index,
     )
+
+
+def load_catalog(root: str | Path, check_images: bool = True) -> Dataset:
+    """Load only the public catalog (``items.csv``, ``images/``): what a deployed server holds.
+
+    The users' interactions live on their devices, so a deployment's server never reads
+    ``interactions.csv``; the returned dataset has no users and no interactions.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: catalog folder not found")
+    items = _load_items(root, check_images)
+    empty = np.zeros(0, dtype=np.int64)
+    return Dataset(
+        root=root,
+        item_ids=items["ids"],
+        titles=items["titles"],
+        years=items["years"],
+        genres=items["genres"],
+        descriptions=items["descriptions"],
+        image_paths=items["images"],
+        user_ids=[],
+        inter_user=empty,
+        inter_item=empty.copy(),
+        inter_rating=np.zeros(0, dtype=np.float32),
+        inter_time=empty.copy(),
+        item_index={item_id: i for i, item_id in enumerate(items["ids"])},
+    )

@@ -1,0 +1,86 @@
+"""A real deployment on localhost: a TLS SuperLink with node authentication, three SuperNodes
+with their own data and state folders as real processes, two rounds through ``flwr run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from client.state import STATE_FILE
+from server.audit import audit
+from server.certificates import write_deployment_keys
+from shared.privacy import total_steps
+from simulations.deployment import LocalhostDeployment, _alive
+
+
+def test_deployment_keys_are_private_and_never_overwritten(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    keys = write_deployment_keys(tmp_path, ["localhost", "10.0.0.5"], 2)
+    cert = x509.load_pem_x509_certificate(keys.superlink_certificate.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    ca = x509.load_pem_x509_certificate(keys.ca_certificate.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert load_ssh_public_key(keys.node_public_keys[1].read_bytes()).curve.name == "secp384r1"
+    for private in [keys.superlink_key, tmp_path / "ca.key", *keys.node_private_keys]:
+        assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    before = keys.ca_certificate.read_bytes()
+    with pytest.raises(FileExistsError, match="ca.crt"):
+        write_deployment_keys(tmp_path, ["localhost"], 1)
+    assert keys.ca_certificate.read_bytes() == before
+
+
+def _device_steps(dep: LocalhostDeployment, k: int) -> int:
+    state = json.loads((dep.state_dir(k) / STATE_FILE).read_text())
+    return total_steps([tuple(step) for step in state["history"]])
+
+
+def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistered_node(small_dataset, tmp_path):
+    pids: list[int] = []
+    with LocalhostDeployment(tmp_path / "deploy", small_dataset, nodes=3) as dep:
+        dep.start()
+        assert len(set(dep.node_ids)) == 3
+
+        code, log = dep.try_unregistered_node()
+        assert code != 0, log
+        assert "Failed to activate SuperNode" in log
+        assert "No SuperNode found with the given public key" in dep.log_text("superlink")
+
+        result = dep.run({"run-id": "two-rounds", "num-server-rounds": 2, "fraction-train": 1.0})
+        assert result.returncode == 0, result.output[-4000:]
+        assert "deployment: 3 SuperNodes connected" in result.output
+        run_dir = dep.work / "runs" / "two-rounds"
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [row["round"] for row in rows] == [1, 2]
+        assert [row["clients-trained"] for row in rows] == [3, 3]
+        assert rows[-1]["clients-evaluated"] == 3
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["dataset"]["users"] == 3 and summary["dataset"]["interactions"] is None
+        assert (run_dir / "checkpoints" / "final.pt").is_file()
+        report = audit(run_dir)
+        assert report.passed, report.failures
+        assert all(peak > 0 for peak in result.peak_pss_bytes.values())
+
+        # Each device kept its data, features and privacy state in its own folders.
+        steps_after_run = [_device_steps(dep, k) for k in range(3)]
+        assert all(steps > 0 for steps in steps_after_run)
+        assert all(any((dep.state_dir(k) / "features").glob("text-*.npz")) for k in range(3))
+
+        # A SuperNode killed and restarted resumes its spend from its state folder.
+        dep.restart_supernode(0)
+        again = dep.run({"run-id": "after-restart", "num-server-rounds": 1, "fraction-train": 1.0})
+        assert again.returncode == 0, again.output[-4000:]
+        assert _device_steps(dep, 0) > steps_after_run[0]
+        first = json.loads((run_dir / "summary.json").read_text())["privacy"]["epsilon-max"]
+        second = json.loads((dep.work / "runs" / "after-restart" / "summary.json").read_text())["privacy"]["epsilon-max"]
+        assert second > first  # the spend goes on from the state files: 3 rounds, not 1
+        assert audit(dep.work / "runs" / "after-restart").passed
+        pids = dep.stop()
+        assert dep.leftover_pids() == []
+    assert pids and not any(_alive(pid) for pid in pids)
