@@ -41,9 +41,9 @@ class LocalData:
 
 
 @lru_cache(maxsize=4)
-def _load_split(data_dir: str, cache_dir: str):
+def _load_split(data_dir: str, cache_dir: str, cold_fraction: float = 0.0, seed: int = 0):
     dataset = load_dataset(data_dir)
-    split = leave_last_out(dataset)
+    split = leave_last_out(dataset, cold_fraction, seed)
     features = load_or_compute_features(dataset, cache_dir or None, progress=False)
     cold_items = frozenset(int(i) for i in split.cold_items)
     return dataset, split, catalog_tensors(features), cold_items
@@ -66,7 +66,9 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
-    dataset, split, catalog, cold_items = _load_split(data_dir, cache_dir)
+    # The cold-start hold-out is a simulation protocol: a device's own folder is used as it is.
+    cold = (0.0, 0) if "data-dir" in node_config else (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
+    dataset, split, catalog, cold_items = _load_split(data_dir, cache_dir, *cold)
     if not 0 <= partition < len(split.users):
         raise ValueError(
             f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "

@@ -19,7 +19,7 @@ from server.rounds import evaluate_nodes, run_rounds
 from server.run_directory import RunDirectory, library_versions, read_jsonl
 from shared.baselines import most_popular
 from shared.config import DEFAULTS, central_dp, local_dp, model_spec
-from shared.data import Dataset, LeaveLastOutSplit, leave_last_out, load_catalog, load_dataset
+from shared.data import Dataset, LeaveLastOutSplit, load_catalog, load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
 from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
@@ -175,7 +175,7 @@ def _population(grid: Grid, config: dict[str, Any], data_dir: Path) -> tuple[Dat
         print(f"fedmmrec: deployment: {num_nodes} SuperNodes connected", flush=True)
         return dataset, None, num_nodes
     dataset = load_dataset(data_dir)
-    split = leave_last_out(dataset)
+    split = split_for(dataset, config)
     num_nodes = len(list(grid.get_node_ids()))
     if num_nodes and num_nodes != len(split.users):
         raise ValueError(

@@ -45,6 +45,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "dim": (32, "item and user embedding size"),
     "hidden": (64, "adapter hidden size per modality"),
     "data-dir": ("", "dataset folder; empty: the embedded synthetic dataset (generated on first use)"),
+    "cold-start-items": (0.0, "share of the catalog's items held out of training entirely (seeded by seed); users whose last interaction is one test cold start"),
     "synth-users": (100, "users of the generated synthetic dataset"),
     "synth-items": (500, "items of the generated synthetic dataset"),
     "synth-seed": (0, "seed of the generated synthetic dataset"),

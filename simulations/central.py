@@ -16,7 +16,7 @@ import torch
 from server.run_directory import RunDirectory, library_versions
 from shared.baselines import evaluate_scorer, most_popular
 from shared.config import model_spec, resolve
-from shared.data import leave_last_out, load_dataset
+from shared.data import load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
 from shared.models.recommender import Recommender, catalog_tensors
@@ -30,7 +30,7 @@ def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr:
     data_dir = resolve_data_dir(config)
     config["data-dir"] = str(data_dir)
     dataset = load_dataset(data_dir)
-    split = leave_last_out(dataset)
+    split = split_for(dataset, config)
     catalog = catalog_tensors(load_or_compute_features(dataset, config["feature-cache"] or None))
     run_dir = RunDirectory(config["run-dir"], config["run-id"] or time.strftime("central-%Y%m%d-%H%M%S"))
     torch.manual_seed(config["seed"])

@@ -142,11 +142,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "baseline":
         from shared.baselines import most_popular
         from shared.config import resolve
-        from shared.data import leave_last_out, load_dataset
+        from shared.data import load_dataset, split_for
         from shared.data.prepare import resolve_data_dir
 
         config = resolve(None, _overrides(args.set))
-        print(json.dumps(most_popular(leave_last_out(load_dataset(resolve_data_dir(config)))), indent=2))
+        print(json.dumps(most_popular(split_for(load_dataset(resolve_data_dir(config)), config)), indent=2))
         return 0
     if args.command == "data" and args.data_command == "synth":
         from shared.data.synth import SynthConfig, generate

@@ -81,11 +81,11 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         from server.run_directory import RunDirectory
         from shared.baselines import most_popular
         from shared.config import resolve
-        from shared.data import leave_last_out, load_dataset
+        from shared.data import load_dataset, split_for
         from shared.data.prepare import resolve_data_dir
 
         config = resolve(None, overrides)
-        final = most_popular(leave_last_out(load_dataset(resolve_data_dir(config))))
+        final = most_popular(split_for(load_dataset(resolve_data_dir(config)), config))
         RunDirectory(run_dir.parent, run_dir.name).write_json("summary.json", {"kind": "most-popular", "final": final})
 
 

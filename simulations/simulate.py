@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import resolve
-from shared.data import leave_last_out, load_dataset
+from shared.data import load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
 
 
@@ -35,8 +35,9 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
         resume_dir = Path(config["resume"]).resolve()
         saved = json.loads((resume_dir / "config.json").read_text(encoding="utf-8"))
         config.update({"data-dir": saved["data-dir"], "run-dir": str(resume_dir.parent), "run-id": resume_dir.name})
+        config.update({key: saved[key] for key in ("cold-start-items", "seed") if key in saved})
     data_dir = resolve_data_dir(config)
-    users = len(leave_last_out(load_dataset(data_dir)).users)
+    users = len(split_for(load_dataset(data_dir), config).users)
     if not config["run-id"]:
         import time
 

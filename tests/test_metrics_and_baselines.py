@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from shared.baselines import most_popular
-from shared.data import leave_last_out, load_dataset
+from shared.data import leave_last_out, load_dataset, split_for
 from shared.metrics import metrics_from_rank, rank_of
 from simulations.central import train_central
 from simulations.cli import main as cli
@@ -74,3 +74,20 @@ def test_sampled_protocol_ranks_against_99_unseen_items():
     worst[seen] = 5.0  # seen items are never among the negatives
     worst[target] = 2.0
     assert sampled_metrics(worst, target, seen, sampled_rng(0))["hr@10-sampled"] == 1.0
+
+
+def test_cold_start_hold_out_removes_items_from_every_training_set(small_dataset):
+    dataset = load_dataset(small_dataset)
+    split = split_for(dataset, {"cold-start-items": 0.3, "seed": 4})
+    held_out = set(split.held_out_items.tolist())
+    assert len(held_out) == round(0.3 * dataset.num_items)
+    assert all(not held_out & set(items.tolist()) for items in split.train_items)
+    assert held_out <= set(split.cold_items.tolist())
+    cold_tests = [int(t) for t in split.test_item if int(t) in held_out]
+    assert cold_tests, "with 30% of items held out some user's last item is one of them"
+    assert split_for(dataset, {"cold-start-items": 0.3, "seed": 4}).held_out_items.tolist() == sorted(held_out)
+    assert split_for(dataset, {"cold-start-items": 0.3, "seed": 5}).held_out_items.tolist() != sorted(held_out)
+    result = most_popular(split)
+    cold = set(split.cold_items.tolist())
+    assert result["users-cold"] == sum(int(t) in cold for t in split.test_item) and result["hr@10-cold"] == 0.0
+    assert leave_last_out(dataset).held_out_items.size == 0

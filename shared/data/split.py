@@ -1,5 +1,9 @@
 """Leave-last-out split: each user's last interaction (by timestamp) is held out.
 
+With a cold-start fraction, that share of the catalog's items is also held out of training
+entirely (every interaction with them is removed from the training sets), so the users whose
+last interaction is one of them test what only content can do: rank an item nobody trained on.
+
 Written once and used by the federated client, the central trainer and the baselines, so that
 every number in a results table comes from the same split.
 """
@@ -7,7 +11,8 @@ every number in a results table comes from the same split.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +34,7 @@ class LeaveLastOutSplit:
     skipped_users: list[int]
     cold_items: np.ndarray
     num_items: int
+    held_out_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def train_popularity(self) -> np.ndarray:
         """Training interaction count per item (the most-popular baseline's score)."""
@@ -38,23 +44,42 @@ class LeaveLastOutSplit:
         return counts
 
 
-def leave_last_out(dataset: Dataset) -> LeaveLastOutSplit:
-    """Split by timestamp (ties keep file order); users with < 2 interactions are skipped."""
+def held_out_items(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
+    """``round(fraction * items)`` items drawn (seeded) from those with interactions."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"cold-start-items must be in [0, 1), got {fraction}")
+    candidates = np.unique(dataset.inter_item)
+    count = min(len(candidates), int(round(fraction * dataset.num_items)))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=count, replace=False)).astype(np.int64)
+
+
+def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) -> LeaveLastOutSplit:
+    """Split by timestamp (ties keep file order); users with < 2 interactions are skipped, and
+    so are users left with no training item once the cold-start items are removed."""
+    held_out = held_out_items(dataset, cold_fraction, seed)
+    is_held_out = np.zeros(dataset.num_items, dtype=bool)
+    is_held_out[held_out] = True
     order = np.lexsort((np.arange(dataset.num_interactions), dataset.inter_time, dataset.inter_user))
     users_sorted = dataset.inter_user[order]
     items_sorted = dataset.inter_item[order]
     boundaries = np.flatnonzero(np.diff(users_sorted)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(order)]])
-    users, train_items, test_items, skipped = [], [], [], []
+    users, train_items, test_items, skipped, emptied = [], [], [], [], []
     for start, end in zip(starts, ends):
         user = int(users_sorted[start])
         seq = items_sorted[start:end]
         if len(seq) < 2:
             skipped.append(user)
             continue
+        train = seq[:-1][~is_held_out[seq[:-1]]]
+        if len(train) == 0:
+            emptied.append(user)
+            continue
         users.append(user)
-        train_items.append(np.unique(seq[:-1]))
+        train_items.append(np.unique(train))
         test_items.append(int(seq[-1]))
     if skipped:
         warnings.warn(
@@ -63,6 +88,13 @@ def leave_last_out(dataset: Dataset) -> LeaveLastOutSplit:
             f"{dataset.user_ids[skipped[0]]!r}",
             stacklevel=2,
         )
+    if emptied:
+        warnings.warn(
+            f"{dataset.root / 'interactions.csv'}: {len(emptied)} user(s) skipped: all their training "
+            f"interactions are with cold-start items, e.g. user {dataset.user_ids[emptied[0]]!r}",
+            stacklevel=2,
+        )
+    skipped += emptied
     seen = np.zeros(dataset.num_items, dtype=bool)
     for items in train_items:
         seen[items] = True
@@ -73,4 +105,10 @@ def leave_last_out(dataset: Dataset) -> LeaveLastOutSplit:
         skipped_users=skipped,
         cold_items=np.flatnonzero(~seen),
         num_items=dataset.num_items,
+        held_out_items=held_out,
     )
+
+
+def split_for(dataset: Dataset, config: dict[str, Any]) -> LeaveLastOutSplit:
+    """The split a run config asks for: one place, so server, clients and baselines agree."""
+    return leave_last_out(dataset, float(config.get("cold-start-items", 0.0)), int(config.get("seed", 0)))
