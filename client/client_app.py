@@ -16,7 +16,7 @@ from client.local_data import local_data
 from client.mods import private_state_guard
 from client.state import load_history, load_user_embedding, pseudonym, restore_device_state, save_device_state
 from shared.config import model_spec, train_config
-from shared.metrics import metrics_from_rank, rank_of, sampled_metrics, sampled_rng
+from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy import epsilon_of, history_to_json
 from shared.training import planned_round, projected_epsilon, train_local
@@ -57,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     torch.manual_seed(seed)
     model = _model(msg, context, config)
-    result = train_local(model, data.catalog, data.train_items, tc, history, seed)
+    result = train_local(model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items)
     save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 
     arrays = ArrayRecord(item_tower_state(model))
@@ -122,12 +122,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     rank = rank_of(scores, data.test_item, data.train_items)
     sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(_who(context)))
     cold = data.test_item in data.cold_items
-    candidates = data.num_items - len(set(data.train_items.tolist()) - {data.test_item})
     metrics = MetricRecord(
         {
             "num-examples": 1,
             "rank": rank,
-            "rank-percentile": rank / max(1, candidates - 1),  # 0 best, 0.5 random, 1 worst
+            "rank-percentile": rank_percentile(rank, data.num_items, data.train_items, data.test_item),
             "cold": int(cold),
             "trained": 1,
             **metrics_from_rank(rank),

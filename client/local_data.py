@@ -34,6 +34,7 @@ class LocalData:
     train_items: np.ndarray
     test_item: int
     cold_items: frozenset[int]
+    held_out_items: np.ndarray  # cold-start protocol: items that do not exist at training time
 
     @property
     def num_items(self) -> int:
@@ -82,4 +83,5 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         # A device sees only its own interactions, so it cannot tell which items nobody has
         # trained on: cold-item metrics exist in simulations only.
         cold_items=frozenset() if "data-dir" in node_config else cold_items,
+        held_out_items=split.held_out_items,
     )

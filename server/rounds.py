@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -59,10 +60,16 @@ def evaluate_nodes(
     if not rows:
         return {}
     out: dict[str, float] = {"clients-evaluated": len(rows)}
-    out["rank-percentile"] = float(np.mean([row["rank-percentile"] for row in rows]))
     out.update(mean_metrics_by_coldness(rows, [bool(row["cold"]) for row in rows]))
     out["clients-cold"] = sum(int(row["cold"]) for row in rows)
     return out
+
+
+def same_dtypes(arrays: ArrayRecord, template: ArrayRecord) -> ArrayRecord:
+    """``arrays`` cast to ``template``'s dtypes. FedAdam and the other FedOpt strategies do
+    their arithmetic in float64; a global model that drifted to float64 would double the
+    traffic and make every float32 client reply fail validation from round 2 on."""
+    return ArrayRecord({key: torch.from_numpy(arrays[key].numpy().astype(template[key].numpy().dtype)) for key in arrays})
 
 
 def _mean_loss(replies: list[Message]) -> float:
@@ -134,7 +141,7 @@ def run_rounds(
             server_entry = _server_dp_entry(server_dp, noisy, canaries, server_round)
         else:
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies) if replies else (None, None)
-            arrays = new_arrays if new_arrays is not None else arrays
+            arrays = same_dtypes(new_arrays, arrays) if new_arrays is not None else arrays
             train_loss = float(train_metrics["train-loss"]) if train_metrics else float("nan")
         trained, bytes_sent, ledger_entries = [], [], []
         for reply in replies:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.data.split import LeaveLastOutSplit
-from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of, sampled_metrics, sampled_rng
+from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 
 
 def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user) -> dict[str, float]:
@@ -15,7 +15,9 @@ def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user) -> dict[str, floa
     rows = []
     for k, (test, train) in enumerate(zip(split.test_item, split.train_items)):
         scores = scores_for_user(k)
-        row = metrics_from_rank(rank_of(scores, int(test), train))
+        rank = rank_of(scores, int(test), train)
+        row = metrics_from_rank(rank)
+        row["rank-percentile"] = rank_percentile(rank, len(scores), train, int(test))
         row.update(sampled_metrics(scores, int(test), train, sampled_rng(k)))
         rows.append(row)
     cold = [int(test) in cold_items for test in split.test_item]

@@ -73,4 +73,17 @@ def mean_metrics_by_coldness(per_user: list[dict[str, float]], cold: list[bool])
     for suffix, keep in (("cold", True), ("warm", False)):
         subset = [row for row, is_cold in zip(per_user, cold) if is_cold == keep]
         out.update({f"{name}-{suffix}": value for name, value in mean_metrics(subset).items()})
+    if per_user and all("rank-percentile" in row for row in per_user):
+        out["rank-percentile"] = float(np.mean([row["rank-percentile"] for row in per_user]))
+        for suffix, keep in (("cold", True), ("warm", False)):
+            values = [row["rank-percentile"] for row, is_cold in zip(per_user, cold) if is_cold == keep]
+            out[f"rank-percentile-{suffix}"] = float(np.mean(values)) if values else float("nan")
     return out
+
+
+def rank_percentile(rank: int, num_items: int, train: np.ndarray, test: int) -> float:
+    """Where the held-out item landed among the candidates: 0 best, 0.5 random, 1 worst.
+    Unlike HR@10 it moves when a model lifts an item from the bottom to the middle, which is
+    what cold-start content does long before it reaches the top 10."""
+    candidates = num_items - len(set(np.asarray(train).tolist()) - {int(test)})
+    return rank / max(1, candidates - 1)

@@ -75,13 +75,18 @@ def parameter_groups(model: Recommender, config: TrainConfig) -> tuple[list[dict
     return groups, norms
 
 
-def negative_pool(num_items: int, positives: np.ndarray) -> np.ndarray:
+def negative_pool(num_items: int, positives: np.ndarray, unavailable: np.ndarray | None = None) -> np.ndarray:
     """Catalog items the user has not interacted with: where BPR negatives are drawn from.
 
+    ``unavailable`` items (the cold-start protocol's held-out items) are not in the training
+    catalog at all: they stand for items that do not exist yet, so they are never negatives
+    either. Drawing them as negatives would teach the model that they are bad.
     Built once per user (per round on a device), not once per batch.
     """
     blocked = np.zeros(num_items, dtype=bool)
     blocked[positives] = True
+    if unavailable is not None:
+        blocked[unavailable] = True
     pool = np.flatnonzero(~blocked)
     if len(pool) == 0:
         raise ValueError("cannot draw negatives: the user has interacted with every item")
@@ -126,6 +131,7 @@ def train_local(
     history: History,
     seed: int,
     grad_sample_mode: str = "hooks",
+    unavailable: np.ndarray | None = None,
 ) -> LocalResult:
     """Train one device's model on its own interactions; extend the privacy ``history``.
 
@@ -134,7 +140,7 @@ def train_local(
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    pool = negative_pool(int(catalog["text"].shape[0]), train_items)
+    pool = negative_pool(int(catalog["text"].shape[0]), train_items, unavailable)
     n = int(len(train_items))
     positives = torch.as_tensor(train_items, dtype=torch.long)
     loader = torch.utils.data.DataLoader(

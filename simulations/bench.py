@@ -18,6 +18,7 @@ Prints a table and writes ``bench.json``. Not part of the test run.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -169,8 +170,31 @@ def quality(work: Path) -> tuple[dict[str, Any], Path]:
     return {"ndcg@10": ndcg, "wall-minutes": wall / 60, "ndcg-per-minute": ndcg / (wall / 60)}, run_dir
 
 
+MOVIELENS_PACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-mm"
+QUICK_GRID = Path(__file__).resolve().parent / "grids" / "movielens-100k-quick.toml"
+
+
+def movielens_quick_grid(work: Path) -> dict[str, Any]:
+    """The reduced MovieLens-100K grid (one seed, few rounds) on the team's pack, when present."""
+    import csv
+
+    from simulations.experiment import run_experiment
+
+    pack = Path(os.environ.get("FEDMMREC_MOVIELENS", MOVIELENS_PACK))
+    if not (pack / "items.csv").is_file():
+        print(f"fedmmrec bench: skipping movielens: no pack at {pack} (set FEDMMREC_MOVIELENS)", flush=True)
+        return {"skipped": f"no MovieLens-100K pack at {pack}"}
+    started = time.time()
+    out = run_experiment(QUICK_GRID, base={"data-dir": str(pack)}, out_dir=work / "experiments")
+    rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
+    figures: dict[str, Any] = {"grid-minutes": (time.time() - started) / 60}
+    for row in rows:
+        figures[row["setting"]] = {m: float(row[m]) for m in ("ndcg@10", "hr@10-warm", "rank-percentile-cold")}
+    return figures
+
+
 def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str, ...] = ()) -> dict[str, Any]:
-    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale")
+    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale", "movielens")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedmmrec-bench-") as tmp:
         work = Path(tmp)
@@ -188,6 +212,8 @@ def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str
             results["client-update"] = client_update_cost(work, cache, repeats)
         if "scale" in parts:
             results["scale"] = scale(work, cache)
+        if "movielens" in parts:
+            results["movielens-quick-grid"] = movielens_quick_grid(work)
     Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
     print(format_table(results))
     print(f"fedmmrec: wrote {out}")

@@ -39,7 +39,7 @@ def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr:
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     users = np.concatenate([np.full(len(items), k) for k, items in enumerate(split.train_items)])
     items = np.concatenate(split.train_items)
-    pools = [negative_pool(dataset.num_items, train) for train in split.train_items]
+    pools = [negative_pool(dataset.num_items, train, split.held_out_items) for train in split.train_items]
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(users))
         losses = []

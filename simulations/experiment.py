@@ -14,6 +14,7 @@ The config::
     [[setting]]
     name = "local DP, noise 0.8"
     noise-multiplier = 0.8
+    seeds = [0]                    # optional: this setting's own seeds (an ablation on fewer)
 
 Each (setting, seed) is a run directory ``<out>/<name>/runs/<setting>-s<seed>``; one that already
 has ``summary.json`` is not run again, so an interrupted grid resumes where it stopped.
@@ -35,7 +36,7 @@ from typing import Any
 
 METRICS = (
     "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm",
-    "hr@10-sampled", "ndcg@10-sampled",
+    "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
 )
 KINDS = ("federated", "central", "most-popular")
 
@@ -100,16 +101,18 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     return row
 
 
-def run_experiment(path: str | Path) -> Path:
-    """Run (or resume) the grid; return the results folder."""
+def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir: str | Path | None = None) -> Path:
+    """Run (or resume) the grid; return the results folder. ``base`` overrides the file's
+    ``[experiment.base]`` keys and ``out_dir`` its ``out`` (the benchmark runs a grid elsewhere)."""
     spec = load_experiment(path)
-    out = spec["out"] / spec["name"]
+    spec["base"].update(base or {})
+    out = Path(out_dir or spec["out"]) / spec["name"]
     runs = out / "runs"
     rows = []
     for setting in spec["settings"]:
         kind = setting.get("kind", "federated")
-        keys = {k: v for k, v in setting.items() if k not in ("name", "kind")}
-        for seed in spec["seeds"]:
+        keys = {k: v for k, v in setting.items() if k not in ("name", "kind", "seeds")}
+        for seed in setting.get("seeds", spec["seeds"]):
             run_id = f"{_slug(setting['name'])}-s{seed}"
             run_dir = runs / run_id
             wall = None

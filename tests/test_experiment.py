@@ -28,18 +28,19 @@ name = "most-popular"
 kind = "most-popular"
 [[setting]]
 name = "federated, local DP"
+seeds = [1]
 """,
         encoding="utf-8",
     )
     out = run_experiment(config)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["setting"], r["seed"]) for r in rows] == [
-        ("most-popular", "0"), ("most-popular", "1"), ("federated, local DP", "0"), ("federated, local DP", "1"),
+        ("most-popular", "0"), ("most-popular", "1"), ("federated, local DP", "1"),
     ]
     assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in rows)
     assert rows[2]["epsilon-max"] and not rows[0]["epsilon-max"]
     table = (out / "results.md").read_text()
-    assert "| federated, local DP | 2 |" in table and " ± " in table
+    assert "| federated, local DP | 1 |" in table and "| most-popular | 2 |" in table and " ± " in table
     for plot in ("ndcg_over_rounds.png", "privacy_utility.png", "cold_vs_warm.png"):
         assert (out / plot).stat().st_size > 1000
 

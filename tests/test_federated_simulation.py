@@ -68,14 +68,17 @@ def test_fedadam_strategy_runs_and_moves_the_global_model(small_dataset, feature
             "run-dir": str(tmp_path),
             "run-id": "fedadam",
             "strategy": "fedadam",
-            "num-server-rounds": 1,
+            "num-server-rounds": 2,
             "fraction-train": 0.5,
             "fusion": "gated",
         }
     )
     rows = read_metrics(run_dir)
     assert rows[0]["clients-trained"] == 6 and math.isfinite(rows[0]["hr@10"])
+    # FedAdam computes in float64; the global model must stay float32 or round 2's replies fail validation.
+    assert rows[1]["clients-trained"] == 6 and rows[1]["clients-rejected"] == 0
     final = torch.load(run_dir / "checkpoints" / "final.pt")["item_tower"]
+    assert {t.dtype for t in final.values()} == {torch.float32}
     torch.manual_seed(0)  # the server's initial weights (seed 0)
     initial = ItemTower(model_spec(resolve(None, {"fusion": "gated"}))).state_dict()
     assert set(final) == set(initial)

@@ -91,3 +91,19 @@ def test_cold_start_hold_out_removes_items_from_every_training_set(small_dataset
     cold = set(split.cold_items.tolist())
     assert result["users-cold"] == sum(int(t) in cold for t in split.test_item) and result["hr@10-cold"] == 0.0
     assert leave_last_out(dataset).held_out_items.size == 0
+
+
+def test_held_out_items_are_never_drawn_as_negatives():
+    from shared.training import negative_pool
+
+    assert negative_pool(10, np.array([1, 2]), np.array([3, 4])).tolist() == [0, 5, 6, 7, 8, 9]
+    assert negative_pool(10, np.array([1, 2])).tolist() == [0, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_rank_percentile_runs_from_best_to_worst_candidate():
+    from shared.metrics import rank_percentile
+
+    train = np.array([0, 1])  # 10 items, 2 trained on: 8 candidates, ranks 0..7
+    assert rank_percentile(0, 10, train, test=5) == 0.0
+    assert rank_percentile(7, 10, train, test=5) == 1.0
+    assert rank_percentile(3, 10, train, test=5) == 3 / 7
