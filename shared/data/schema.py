@@ -207,14 +207,7 @@ def _load_interactions(root: Path, item_index: dict[str, int]) -> dict:
     }
 
 
-def load_dataset(root: str | Path, check_images: bool = True) -> Dataset:
-    """Load and validate a dataset folder; raise :class:`DatasetError` naming file and line."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
-    items = _load_items(root, check_images)
-    item_index = {item_id: i for i, item_id in enumerate(items["ids"])}
-    inter = _load_interactions(root, item_index)
+def _dataset(root: Path, items: dict, inter: dict) -> Dataset:
     return Dataset(
         root=root,
         item_ids=items["ids"],
@@ -228,8 +221,18 @@ def load_dataset(root: str | Path, check_images: bool = True) -> Dataset:
         inter_item=inter["items"],
         inter_rating=inter["ratings"],
         inter_time=inter["times"],
-        item_index=item_index,
+        item_index={item_id: i for i, item_id in enumerate(items["ids"])},
     )
+
+
+def load_dataset(root: str | Path, check_images: bool = True) -> Dataset:
+    """Load and validate a dataset folder; raise :class:`DatasetError` naming file and line."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    items = _load_items(root, check_images)
+    inter = _load_interactions(root, {item_id: i for i, item_id in enumerate(items["ids"])})
+    return _dataset(root, items, inter)
 
 
 def load_catalog(root: str | Path, check_images: bool = True) -> Dataset:
@@ -241,20 +244,7 @@ def load_catalog(root: str | Path, check_images: bool = True) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: catalog folder not found")
-    items = _load_items(root, check_images)
     empty = np.zeros(0, dtype=np.int64)
-    return Dataset(
-        root=root,
-        item_ids=items["ids"],
-        titles=items["titles"],
-        years=items["years"],
-        genres=items["genres"],
-        descriptions=items["descriptions"],
-        image_paths=items["images"],
-        user_ids=[],
-        inter_user=empty,
-        inter_item=empty.copy(),
-        inter_rating=np.zeros(0, dtype=np.float32),
-        inter_time=empty.copy(),
-        item_index={item_id: i for i, item_id in enumerate(items["ids"])},
-    )
+    no_interactions = {"user_ids": [], "users": empty, "items": empty.copy(),
+                       "ratings": np.zeros(0, dtype=np.float32), "times": empty.copy()}
+    return _dataset(root, _load_items(root, check_images), no_interactions)
