@@ -61,14 +61,14 @@ def _device_cache_dir(node_config: dict) -> str:
 
 def local_data(node_config: dict, server_config: dict) -> LocalData:
     """Resolve the device's data from its node config, else from the server's dataset + partition."""
-    if "data-dir" in node_config:
+    on_device = "data-dir" in node_config
+    if on_device:  # the cold-start hold-out is a simulation protocol: a device's folder is used as it is
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
-        cache_dir = _device_cache_dir(node_config)
+        cache_dir, cold = _device_cache_dir(node_config), (0.0, 0)
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
-    # The cold-start hold-out is a simulation protocol: a device's own folder is used as it is.
-    cold = (0.0, 0) if "data-dir" in node_config else (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
+        cold = (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
     dataset, split, catalog, cold_items = _load_split(data_dir, cache_dir, *cold)
     if not 0 <= partition < len(split.users):
         raise ValueError(
@@ -82,6 +82,6 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         test_item=int(split.test_item[partition]),
         # A device sees only its own interactions, so it cannot tell which items nobody has
         # trained on: cold-item metrics exist in simulations only.
-        cold_items=frozenset() if "data-dir" in node_config else cold_items,
+        cold_items=frozenset() if on_device else cold_items,
         held_out_items=split.held_out_items,
     )

@@ -22,6 +22,7 @@ test leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from server.certificates import write_deployment_keys
+from server.run_directory import read_jsonl
 from shared.data import load_catalog
 from shared.data.devices import write_device_folders
 from shared.features import load_or_compute_features
@@ -226,20 +228,14 @@ class LocalhostDeployment:
         SuperNode's peak resident memory (its ClientApp processes included) meanwhile."""
         config = {"deployment": True, "data-dir": str(self.data_dir), "run-dir": str(self.work / "runs"),
                   "feature-cache": str(self.work / "catalog-features"), "min-nodes": self.nodes, **run_config}
-        peaks = {}
-        for k in range(self.nodes):
-            root = self.processes[f"supernode-{k}"].pid
-            peaks[k] = (PeakMemory(0.2, root), PeakMemory(0.2, root, proportional=True))
+        roots = {k: self.processes[f"supernode-{k}"].pid for k in range(self.nodes)}
+        peaks = {k: (PeakMemory(0.2, root), PeakMemory(0.2, root, proportional=True)) for k, root in roots.items()}
         started = time.time()
-        for pair in peaks.values():
-            for peak in pair:
-                peak.__enter__()
-        try:
-            reply = self._flwr("run", str(self.app_dir), CONNECTION, "--run-config", toml_run_config(config), "--stream", timeout=timeout)
-        finally:
+        with contextlib.ExitStack() as sampling:
             for pair in peaks.values():
                 for peak in pair:
-                    peak.__exit__(None, None, None)
+                    sampling.enter_context(peak)
+            reply = self._flwr("run", str(self.app_dir), CONNECTION, "--run-config", toml_run_config(config), "--stream", timeout=timeout)
         return RunResult(reply.returncode, reply.stdout + reply.stderr, time.time() - started,
                          {k: rss.bytes for k, (rss, _) in peaks.items()}, {k: pss.bytes for k, (_, pss) in peaks.items()})
 
@@ -364,7 +360,7 @@ def _traffic(runs: Path) -> dict[str, Any]:
     metrics = sorted(runs.glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
     if not metrics:
         return {}
-    rows = [json.loads(line) for line in metrics[-1].read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics[-1])
     return {
         "run-dir": str(metrics[-1].parent),
         "bytes-sent-per-client-per-round": rows[-1].get("bytes-sent-per-client") if rows else None,
