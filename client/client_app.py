@@ -19,7 +19,7 @@ from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy import epsilon_of, history_to_json
-from shared.training import planned_round, projected_epsilon, train_local
+from shared.training import planned_round, projected_epsilon, refit_user, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
 
@@ -31,9 +31,9 @@ def _who(context: Context) -> int:
     return int(context.node_config.get("partition-id", context.node_id % 100_003))
 
 
-def _model(msg: Message, context: Context, config: dict) -> Recommender:
+def _model(msg: Message, context: Context, config: dict, num_items: int) -> Recommender:
     """Global item tower from the message, this user's embedding from the node state."""
-    model = Recommender(model_spec(config), num_users=1)
+    model = Recommender(model_spec(config, num_items), num_users=1)
     model.item_tower.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     user = load_user_embedding(context)
     if user is not None:
@@ -56,7 +56,7 @@ def train(msg: Message, context: Context) -> Message:
     who = _who(context)
     seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
     torch.manual_seed(seed)
-    model = _model(msg, context, config)
+    model = _model(msg, context, config, data.num_items)
     result = train_local(model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items)
     save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 
@@ -117,8 +117,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     restore_device_state(context, config, data.user_id)
     if load_user_embedding(context) is None:  # never trained: no user representation to rank with
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)
-    model = _model(msg, context, config).eval()
-    scores = model.score_all(0, data.catalog).numpy()
+    model = _model(msg, context, config, data.num_items).eval()
+    refit_steps = int(config["eval-refit-steps"])
+    if refit_steps:
+        seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + _who(context)
+        scores = refit_user(model, data.catalog, data.train_items, refit_steps, seed, unavailable=data.held_out_items).numpy()
+    else:
+        scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)
     sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(_who(context)))
     cold = data.test_item in data.cold_items

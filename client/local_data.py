@@ -47,7 +47,7 @@ def _load_split(data_dir: str, cache_dir: str, cold_fraction: float = 0.0, seed:
     split = leave_last_out(dataset, cold_fraction, seed)
     features = load_or_compute_features(dataset, cache_dir or None, progress=False)
     cold_items = frozenset(int(i) for i in split.cold_items)
-    return dataset, split, catalog_tensors(features), cold_items
+    return dataset, split, catalog_tensors(features, split.held_out_items), cold_items
 
 
 def _device_cache_dir(node_config: dict) -> str:

@@ -16,21 +16,24 @@ from pathlib import Path
 import numpy as np
 
 
-def load_export(model_dir: str | Path) -> tuple[np.ndarray, list[str]]:
-    """The exported item embeddings and ids, checked against the manifest's SHA-256."""
+def load_export(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The exported item embeddings, biases and ids, checked against the manifest's SHA-256."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     for name, digest in manifest["files"].items():
         if hashlib.sha256((model_dir / name).read_bytes()).hexdigest() != digest:
             raise ValueError(f"{model_dir / name}: does not match manifest.json (changed or corrupt)")
-    return np.load(model_dir / "item_embeddings.npy"), json.loads((model_dir / "item_ids.json").read_text(encoding="utf-8"))
+    embeddings = np.load(model_dir / "item_embeddings.npy")
+    biases_path = model_dir / "item_biases.npy"  # absent in exports made before items had biases
+    biases = np.load(biases_path) if biases_path.is_file() else np.zeros(len(embeddings), dtype=np.float32)
+    return embeddings, biases, json.loads((model_dir / "item_ids.json").read_text(encoding="utf-8"))
 
 
 def recommend(
     model_dir: str | Path, history: list[str], k: int = 10, user_state: str | Path | None = None
 ) -> list[tuple[str, float]]:
     """The top ``k`` (item id, score) pairs for a user with ``history``."""
-    embeddings, ids = load_export(model_dir)
+    embeddings, biases, ids = load_export(model_dir)
     index = {item: i for i, item in enumerate(ids)}
     unknown = [item for item in history if item not in index]
     if unknown:
@@ -43,7 +46,7 @@ def recommend(
         user = embeddings[seen].mean(axis=0)
     else:
         raise ValueError("give --history (item ids) or --user-state: there is nothing to rank for")
-    scores = embeddings @ user
+    scores = embeddings @ user + biases
     scores[seen] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
     return [(ids[i], float(scores[i])) for i in top]

@@ -2,9 +2,11 @@
 stack, from the run directory alone.
 
 - ``item_tower.pt``: the trained item tower as TorchScript (encoders + fusion), taking the
-  four feature tensors (text, text mask, image, image mask) and returning item embeddings, so a
-  device can embed a new item from its backbone features (cold start);
-- ``item_embeddings.npy`` [N, dim] float32 and ``item_ids.json``: the catalog precomputed;
+  four feature tensors (text, text mask, image, image mask) and returning item embeddings from
+  content alone, so a device can embed a new item from its backbone features (cold start);
+- ``item_embeddings.npy`` [N, dim] float32, ``item_biases.npy`` [N] float32 and
+  ``item_ids.json``: the catalog precomputed, id parts included (biases are zero for a
+  content-only model); a user's score is ``embedding @ user + bias``;
 - ``manifest.json``: run id, model spec, SHA-256 of each file, the ledger head and the privacy
   summary of the run the model came from.
 """
@@ -33,7 +35,10 @@ class _TowerOnTensors(nn.Module):
         self.tower = tower
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
-        return self.tower({"text": text, "text_mask": text_mask, "image": image, "image_mask": image_mask})
+        # A new item has no id parts: index 0 with item_known false selects the content path.
+        unknown = torch.zeros(text.shape[:-1], dtype=torch.bool)
+        inputs = {"text": text, "text_mask": text_mask, "image": image, "image_mask": image_mask}
+        return self.tower({**inputs, "item": unknown.long(), "item_known": unknown})
 
 
 def _sha256(path: Path) -> str:
@@ -51,28 +56,30 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         checkpoint = run_dir / "checkpoints" / "latest.pt"
     if not checkpoint.is_file():
         raise ValueError(f"{run_dir / 'checkpoints'}: no final.pt or latest.pt to export")
-    tower = ItemTower(model_spec(config))
+    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
+    tower = ItemTower(model_spec(config, dataset.num_items))
     tower.load_state_dict(torch.load(checkpoint, map_location="cpu")["item_tower"])
     tower.eval()
-    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
     catalog = catalog_tensors(load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False))
     inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
 
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         scripted = torch.jit.trace(_TowerOnTensors(tower).eval(), tuple(t[:2] for t in inputs))
-        embeddings = scripted(*inputs).numpy().astype(np.float32)
+        embeddings = tower(catalog).numpy().astype(np.float32)
+        biases = tower.bias(catalog).numpy().astype(np.float32)
     scripted.save(str(out / "item_tower.pt"))
     np.save(out / "item_embeddings.npy", embeddings)
+    np.save(out / "item_biases.npy", biases)
     (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     manifest = {
         "run-id": run_dir.name,
         "checkpoint": checkpoint.name,
-        "model-spec": {k: config[k] for k in ("modalities", "dim", "hidden", "fusion")},
+        "model-spec": {k: config.get(k, False) for k in ("modalities", "dim", "hidden", "fusion", "item-ids")},
         "items": len(dataset.item_ids),
-        "files": {name: _sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_ids.json")},
+        "files": {name: _sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")},
         "ledger-head": summary.get("ledger-head"),
         "privacy": summary.get("privacy"),
     }

@@ -36,7 +36,7 @@ def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
     )
     expected = max(1, int(config["fraction-train"] * num_nodes))
     if config["strategy"] == "fedadam":
-        return FedAdam(**common, eta=config["server-lr"], eta_l=config["lr"])
+        return FedAdam(**common, eta=config["server-lr"], eta_l=config["lr"], tau=config["server-tau"])
     if config["strategy"] == "fedmedian":
         return FedMedian(**common)
     if config["strategy"] == "fedtrimmedavg":
@@ -213,7 +213,7 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
 
     torch.manual_seed(config["seed"])
-    initial = ArrayRecord(ItemTower(model_spec(config)).state_dict())
+    initial = ArrayRecord(ItemTower(model_spec(config, dataset.num_items)).state_dict())
     resume = None
     if config["resume"]:
         resume = resume_point(run_dir, read_entries(run_dir.path))

@@ -24,10 +24,12 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "round-timeout": (0.0, "seconds the server waits for a round's replies; clients that have not answered are dropped; 0: an hour"),
     "min-replies": (1, "fewest valid train replies for a round to update the model; a round with fewer is skipped (not under central DP)"),
     "server-lr": (0.01, "FedAdam server learning rate (eta)"),
+    "server-tau": (1e-3, "FedAdam's adaptivity (tau, added to the root of the second moment); item id parts get updates of ~1e-4, which a tau of 1e-3 all but freezes"),
     "local-epochs": (2, "passes over the local data per round"),
     "batch-size": (8, "expected DP-SGD batch (Poisson sample rate = batch-size / local examples)"),
     "lr": (0.5, "client SGD learning rate of the private user embedding"),
     "item-lr": (0.01, "client SGD learning rate of the shared item tower"),
+    "eval-refit-steps": (0, "evaluation: the device first fits its user vector to the current item tower for this many full-batch steps (not stored, not released); 0: rank with the stored DP-trained vector"),
     "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
     "privacy": ("local", "where DP applies: local (DP-SGD on each device, per interaction), central (DP-FedAvg at the server, per user), both, or none (NOT PRIVATE)"),
     "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
@@ -42,6 +44,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "accountant": ("rdp", "Opacus accountant: rdp or prv"),
     "fusion": ("concat", "fusion head: concat, gated or attention"),
     "modalities": ("text,image", "item modalities used: text, image or text,image"),
+    "item-ids": (False, "items also get a learned id offset and popularity bias (federated with the tower, as in FedMF); items never trained on are scored from content alone"),
     "dim": (32, "item and user embedding size"),
     "hidden": (64, "adapter hidden size per modality"),
     "data-dir": ("", "dataset folder; empty: the embedded synthetic dataset (generated on first use)"),
@@ -97,17 +100,23 @@ def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] 
         raise ValueError("canaries audit the server-side mechanism: they need privacy = central or both")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
-    model_spec(merged)  # validates fusion and modalities
+    model_spec(merged, num_items=1)  # validates fusion and modalities
     return merged
 
 
-def model_spec(config: dict[str, Any]) -> ModelSpec:
+def model_spec(config: dict[str, Any], num_items: int = 0) -> ModelSpec:
+    """The architecture the config asks for; ``num_items`` (the catalog size) sizes the id parts."""
     from shared.models.fusion import FUSION_HEADS
 
     if config["fusion"] not in FUSION_HEADS:
         raise ValueError(f"fusion {config['fusion']!r}: choose one of {', '.join(FUSION_HEADS)}")
     modalities = tuple(m.strip() for m in str(config["modalities"]).split(",") if m.strip())
-    return ModelSpec(modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"])
+    id_items = int(num_items) if config.get("item-ids") else 0
+    if config.get("item-ids") and id_items <= 0:
+        raise ValueError("item-ids: the model needs the catalog size (num_items) to size its id parts")
+    return ModelSpec(
+        modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"], id_items=id_items
+    )
 
 
 def local_dp(config: dict[str, Any]) -> bool:

@@ -207,3 +207,45 @@ def train_local(
         epsilon=epsilon,
         history=new_history,
     )
+
+
+@torch.no_grad()
+def _catalog_vectors(model: Recommender, catalog: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.item_tower(catalog), model.item_tower.bias(catalog)
+
+
+def refit_user(
+    model: Recommender,
+    catalog: dict[str, torch.Tensor],
+    train_items: np.ndarray,
+    steps: int,
+    seed: int,
+    negatives: int = 8,
+    unavailable: np.ndarray | None = None,
+    lr: float = 0.05,
+) -> torch.Tensor:
+    """Scores [N] after fitting this device's user vector to the *current* item tower.
+
+    Why: a user is sampled to train in only a few rounds, and the global item tower moves in
+    every round, so the DP-trained embedding in the node state was fitted to an older tower.
+    Before ranking, the device adapts its vector (tower frozen; full-batch BPR with Adam, from
+    the stored vector) on its own interactions. The refitted vector serves this ranking only:
+    it is not stored, never trained on and never leaves the device, so the DP guarantee of the
+    released tower updates is untouched. (Like every evaluation metric, the rank this reports
+    to the server is outside the DP accounting.)
+    """
+    vectors, biases = _catalog_vectors(model, catalog)
+    user = model.users.weight[0].detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([user], lr=lr)
+    rng = np.random.default_rng(seed)
+    pool = negative_pool(len(vectors), train_items, unavailable)
+    positives = torch.as_tensor(train_items, dtype=torch.long)
+    for _ in range(steps):
+        sampled = torch.as_tensor(sample_negatives(rng, pool, (len(positives), negatives)), dtype=torch.long)
+        pos = vectors[positives] @ user + biases[positives]
+        neg = vectors[sampled] @ user + biases[sampled]
+        loss = -torch.nn.functional.logsigmoid(pos.unsqueeze(1) - neg).mean() + 1e-3 * user.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (vectors @ user.detach() + biases).detach()

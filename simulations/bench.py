@@ -93,7 +93,7 @@ def dp_overhead(repeats: int) -> dict[str, Any]:
     def per_step(dp: bool, mode: str = "hooks") -> float:
         tc = train_config({**config, "privacy": "local" if dp else "none"})
         def once() -> None:
-            model = Recommender(model_spec(config), num_users=1)
+            model = Recommender(model_spec(config, dataset.num_items), num_users=1)
             result = train_local(model, catalog, items, tc, [], seed=0, grad_sample_mode=mode)
             once.steps = result.steps
         once()  # warm up

@@ -59,3 +59,51 @@ def test_missing_modality_uses_learned_placeholder(small_dataset, feature_cache,
         moved = model.item_tower(inputs)
     assert not torch.allclose(present, missing)
     assert not torch.allclose(missing, moved)  # the placeholder is what stands in for the image
+
+
+def test_id_parts_learn_under_dp_and_never_touch_unknown_items(small_dataset, feature_cache):
+    """With item-ids, DP-SGD trains the per-item offsets and biases of the items a user has;
+    an item outside the training catalog (cold start) is scored from its content alone."""
+    from shared.data import leave_last_out
+    from shared.training import TrainConfig, train_local
+
+    dataset = load_dataset(small_dataset)
+    features = load_or_compute_features(dataset, feature_cache, progress=False)
+    unknown = np.array([5, 7])
+    catalog = catalog_tensors(features, unknown)
+    torch.manual_seed(0)
+    model = Recommender(ModelSpec(id_items=dataset.num_items), num_users=1)
+    train = leave_last_out(dataset).train_items[0]
+    train = train[~np.isin(train, unknown)]
+    result = train_local(model, catalog, train, TrainConfig(local_epochs=2, item_lr=0.5), [], seed=1, unavailable=unknown)
+    assert result.steps > 0 and np.isfinite(result.epsilon)
+    biases = model.item_tower.id_biases.weight.detach().squeeze(-1)
+    assert biases[train].abs().min() > 0  # every interacted item's bias moved
+    with torch.no_grad():
+        before = model.score_all(0, catalog)
+        model.item_tower.id_offsets.weight.add_(3.0)
+        model.item_tower.id_biases.weight.add_(3.0)
+        after = model.score_all(0, catalog)
+    known = np.setdiff1d(np.arange(dataset.num_items), unknown)
+    assert torch.equal(before[unknown], after[unknown])  # content only: the id rows are never read
+    assert not torch.allclose(before[known], after[known])
+
+
+def test_refit_fits_the_user_vector_to_the_current_tower_without_storing_it(small_dataset, feature_cache):
+    from shared.data import leave_last_out
+    from shared.metrics import rank_of
+    from shared.training import refit_user
+
+    dataset = load_dataset(small_dataset)
+    catalog = catalog_tensors(load_or_compute_features(dataset, feature_cache, progress=False))
+    split = leave_last_out(dataset)
+    torch.manual_seed(0)
+    model = Recommender(ModelSpec(id_items=dataset.num_items), num_users=1)
+    stored = model.users.weight.detach().clone()
+    train = split.train_items[0]
+    stale = model.score_all(0, catalog).numpy()
+    fitted = refit_user(model, catalog, train, steps=100, seed=0).numpy()
+    assert torch.equal(model.users.weight, stored)  # serving only: the stored vector is unchanged
+    # The user's own training items move up the ranking once the vector fits this tower.
+    mean_rank = lambda scores: np.mean([rank_of(scores, int(i), np.setdiff1d(train, [i])) for i in train])
+    assert mean_rank(fitted) < 0.5 * mean_rank(stale)

@@ -55,7 +55,7 @@ def test_private_user_embedding_never_reaches_the_server(federated_run):
         assert not private & set(reply["arrays"].values())
 
 
-def test_fedadam_strategy_runs_and_moves_the_global_model(small_dataset, feature_cache, tmp_path):
+def test_fedadam_with_item_ids_runs_and_moves_the_global_model(small_dataset, feature_cache, tmp_path):
     import torch
 
     from shared.config import model_spec, resolve
@@ -71,6 +71,9 @@ def test_fedadam_strategy_runs_and_moves_the_global_model(small_dataset, feature
             "num-server-rounds": 2,
             "fraction-train": 0.5,
             "fusion": "gated",
+            "item-ids": True,
+            "server-tau": 1e-6,
+            "eval-refit-steps": 20,
         }
     )
     rows = read_metrics(run_dir)
@@ -80,6 +83,7 @@ def test_fedadam_strategy_runs_and_moves_the_global_model(small_dataset, feature
     final = torch.load(run_dir / "checkpoints" / "final.pt")["item_tower"]
     assert {t.dtype for t in final.values()} == {torch.float32}
     torch.manual_seed(0)  # the server's initial weights (seed 0)
-    initial = ItemTower(model_spec(resolve(None, {"fusion": "gated"}))).state_dict()
-    assert set(final) == set(initial)
+    initial = ItemTower(model_spec(resolve(None, {"fusion": "gated", "item-ids": True}), 120)).state_dict()
+    assert set(final) == set(initial) and "id_biases.weight" in final
     assert any(not torch.equal(final[k], initial[k]) for k in initial)
+    assert final["id_biases.weight"].abs().sum() > 0  # the per-item parts are federated too
