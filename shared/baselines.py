@@ -8,26 +8,29 @@ from shared.data.split import LeaveLastOutSplit
 from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 
 
-def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user) -> dict[str, float]:
-    """Mean metrics over all users, plus cold/warm subsets and the sampled protocol, for
-    ``scores_for_user(k) -> [N]`` (user ``k`` is simulated partition ``k``: same negatives)."""
+def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] | None = None) -> dict[str, float]:
+    """Mean metrics over all users (or the partitions ``users``), plus cold/warm subsets and the
+    sampled protocol, for ``scores_for_user(k) -> [N]`` (user ``k`` is simulated partition
+    ``k``: same negatives)."""
     cold_items = set(int(i) for i in split.cold_items)
     rows = []
-    for k, (test, train) in enumerate(zip(split.test_item, split.train_items)):
+    partitions = range(len(split.test_item)) if users is None else sorted(users)
+    for k in partitions:
+        test, train = split.test_item[k], split.train_items[k]
         scores = scores_for_user(k)
         rank = rank_of(scores, int(test), train)
         row = metrics_from_rank(rank)
         row["rank-percentile"] = rank_percentile(rank, len(scores), train, int(test))
         row.update(sampled_metrics(scores, int(test), train, sampled_rng(k)))
         rows.append(row)
-    cold = [int(test) in cold_items for test in split.test_item]
+    cold = [int(split.test_item[k]) in cold_items for k in partitions]
     out = mean_metrics_by_coldness(rows, cold)
     out["users"] = len(rows)
     out["users-cold"] = sum(cold)
     return out
 
 
-def most_popular(split: LeaveLastOutSplit) -> dict[str, float]:
+def most_popular(split: LeaveLastOutSplit, users: list[int] | None = None) -> dict[str, float]:
     """Rank by training interaction count (cold items have count 0 and rank last)."""
     popularity = split.train_popularity().astype(np.float64)
-    return evaluate_scorer(split, lambda k: popularity)
+    return evaluate_scorer(split, lambda k: popularity, users)

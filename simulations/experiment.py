@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 METRICS = (
-    "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm",
+    "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm", "recall@20-warm",
     "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
 )
 KINDS = ("federated", "central", "most-popular")
+SAME_USERS_METRICS = ("hr@10-warm", "recall@20-warm", "hr@10-sampled", "rank-percentile-warm")
 
 
 def _slug(name: str) -> str:
@@ -90,6 +91,28 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         RunDirectory(run_dir.parent, run_dir.name).write_json("summary.json", {"kind": "most-popular", "final": final})
 
 
+def _trained_partitions(run_dir: Path) -> list[int]:
+    """Simulated partitions that trained at least once: those with a device state file."""
+    return [int(p.parent.name.split("-", 1)[1]) for p in (run_dir / "devices").glob("partition-*/device-state.json")]
+
+
+def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
+    """Most-popular over exactly the users a federated run evaluated.
+
+    Why: the final federated evaluation covers the users sampled at least once (in 15 rounds at
+    10%, about four in five), while the most-popular and central rows cover every user; a
+    fair comparison uses the same users.
+    """
+    from shared.baselines import most_popular
+    from shared.config import resolve
+    from shared.data import load_dataset, split_for
+
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    known = resolve(None, {})
+    config = {k: v for k, v in config.items() if k in known}
+    return most_popular(split_for(load_dataset(config["data-dir"]), resolve(None, config)), _trained_partitions(run_dir))
+
+
 def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     privacy = summary.get("privacy", {})
@@ -98,6 +121,10 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     row["epsilon-max"] = privacy.get("epsilon-max", "") if privacy.get("mode") in ("local", "both") else ""
     row["user-level-epsilon"] = privacy.get("user-level-epsilon") or ""
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")
+    row["users"] = summary["final"].get("clients-evaluated", summary["final"].get("users", ""))
+    if kind == "federated" and (run_dir / "devices").is_dir():
+        same = most_popular_on_same_users(run_dir)
+        row.update({f"most-popular-same-users-{m}": same[m] for m in SAME_USERS_METRICS})
     return row
 
 
@@ -131,10 +158,14 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| setting | runs | " + " | ".join(METRICS) + " | epsilon max | wall s |", "|" + " --- |" * (len(METRICS) + 4)]
+    same_header = "most-popular on the same users: " + " / ".join(SAME_USERS_METRICS)
+    lines = [
+        "| setting | runs | users | " + " | ".join(METRICS) + f" | {same_header} | epsilon max | wall s |",
+        "|" + " --- |" * (len(METRICS) + 6),
+    ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         group = [r for r in rows if r["setting"] == setting]
         cells = []
@@ -146,7 +177,16 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
         walls = [float(r["wall-seconds"]) for r in group if r["wall-seconds"] != ""]
         eps_cell = f"{statistics.mean(eps):.1f}" if eps else "n/a"
         wall_cell = f"{statistics.mean(walls):.0f}" if walls else ""
-        lines.append(f"| {setting} | {len(group)} | " + " | ".join(cells) + f" | {eps_cell} | {wall_cell} |")
+        users = sorted({str(r.get("users", "")) for r in group})
+        same = [
+            f"{statistics.mean(float(r[f'most-popular-same-users-{m}']) for r in group):.3f}"
+            for m in SAME_USERS_METRICS
+            if all(f"most-popular-same-users-{m}" in r for r in group)
+        ]
+        lines.append(
+            f"| {setting} | {len(group)} | {', '.join(users)} | " + " | ".join(cells)
+            + f" | {' / '.join(same) or 'n/a'} | {eps_cell} | {wall_cell} |"
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plots(out, rows)
 

@@ -39,6 +39,10 @@ seeds = [1]
     ]
     assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in rows)
     assert rows[2]["epsilon-max"] and not rows[0]["epsilon-max"]
+    # Every user trained (fraction 1.0), so most-popular "on the same users" is the whole row.
+    assert rows[2]["users"] == "12"
+    assert float(rows[2]["most-popular-same-users-hr@10-warm"]) == pytest.approx(float(rows[0]["hr@10-warm"]))
+    assert float(rows[2]["most-popular-same-users-recall@20-warm"]) == pytest.approx(float(rows[0]["recall@20-warm"]))
     table = (out / "results.md").read_text()
     assert "| federated, local DP | 1 |" in table and "| most-popular | 2 |" in table and " ± " in table
     for plot in ("ndcg_over_rounds.png", "privacy_utility.png", "cold_vs_warm.png"):
