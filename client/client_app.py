@@ -31,6 +31,11 @@ def _who(context: Context) -> int:
     return int(context.node_config.get("partition-id", context.node_id % 100_003))
 
 
+def _seed(config: dict, context: Context) -> int:
+    """Seed of this client's work in this round: by run seed, round and client, so runs repeat."""
+    return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + _who(context)
+
+
 def _model(msg: Message, context: Context, config: dict, num_items: int) -> Recommender:
     """Global item tower from the message, this user's embedding from the node state."""
     model = Recommender(model_spec(config, num_items), num_users=1)
@@ -53,8 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     # Seeded by partition (simulation) so runs repeat; by node id on a device. The seed is set
     # before the model is built: a first-round user embedding must not depend on which other
     # clients this worker process served before.
-    who = _who(context)
-    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + who
+    seed = _seed(config, context)
     torch.manual_seed(seed)
     model = _model(msg, context, config, data.num_items)
     result = train_local(model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items)
@@ -120,8 +124,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _model(msg, context, config, data.num_items).eval()
     refit_steps = int(config["eval-refit-steps"])
     if refit_steps:
-        seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + _who(context)
-        scores = refit_user(model, data.catalog, data.train_items, refit_steps, seed, unavailable=data.held_out_items).numpy()
+        scores = refit_user(
+            model, data.catalog, data.train_items, refit_steps, _seed(config, context), unavailable=data.held_out_items
+        ).numpy()
     else:
         scores = model.score_all(0, data.catalog).numpy()
     rank = rank_of(scores, data.test_item, data.train_items)

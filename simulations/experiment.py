@@ -104,13 +104,12 @@ def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
     fair comparison uses the same users.
     """
     from shared.baselines import most_popular
-    from shared.config import resolve
+    from shared.config import DEFAULTS, resolve
     from shared.data import load_dataset, split_for
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    known = resolve(None, {})
-    config = {k: v for k, v in config.items() if k in known}
-    return most_popular(split_for(load_dataset(config["data-dir"]), resolve(None, config)), _trained_partitions(run_dir))
+    config = resolve(None, {k: v for k, v in config.items() if k in DEFAULTS})
+    return most_popular(split_for(load_dataset(config["data-dir"]), config), _trained_partitions(run_dir))
 
 
 def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) -> dict[str, Any]:
