@@ -61,7 +61,12 @@ def train(msg: Message, context: Context) -> Message:
     seed = _seed(config, context)
     torch.manual_seed(seed)
     model = _model(msg, context, config, data.num_items)
-    result = train_local(model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items)
+    # DP noise: seeded in a simulation (runs repeat); from OS entropy on a real device, where
+    # the server knows every seed above and could otherwise regenerate the noise.
+    noise_seed = None if data.on_device else seed
+    result = train_local(
+        model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items, noise_seed=noise_seed
+    )
     save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 
     arrays = ArrayRecord(item_tower_state(model))

@@ -35,6 +35,7 @@ class LocalData:
     test_item: int
     cold_items: frozenset[int]
     held_out_items: np.ndarray  # cold-start protocol: items that do not exist at training time
+    on_device: bool = False  # a real device (its own data-dir), not a simulated partition
 
     @property
     def num_items(self) -> int:
@@ -84,4 +85,5 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         # trained on: cold-item metrics exist in simulations only.
         cold_items=frozenset() if on_device else cold_items,
         held_out_items=split.held_out_items,
+        on_device=on_device,
     )

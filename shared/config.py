@@ -42,6 +42,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "server-epsilon-cap": (0.0, "central DP: user-level epsilon budget; the run stops before a round that would exceed it; 0: no cap"),
     "canaries": (0, "central DP: canary clients for the empirical privacy audit, each included with probability 1/2; 0: none"),
     "accountant": ("rdp", "Opacus accountant: rdp or prv"),
+    "dp-engine": ("fast", "local DP-SGD implementation: fast (per-example clipping in closed form, one backward) or opacus (Opacus' PrivacyEngine); the same mechanism and accounting"),
     "fusion": ("concat", "fusion head: concat, gated or attention"),
     "modalities": ("text,image", "item modalities used: text, image or text,image"),
     "item-ids": (False, "items also get a learned id offset and popularity bias (federated with the tower, as in FedMF); items never trained on are scored from content alone"),
@@ -64,6 +65,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
 }
 
 PRIVACY_MODES = ("local", "central", "both", "none")
+DP_ENGINES = ("fast", "opacus")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
@@ -86,6 +88,8 @@ def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] 
             else:
                 value = str(value)
             merged[key] = value
+    if merged["dp-engine"] not in DP_ENGINES:
+        raise ValueError(f"dp-engine {merged['dp-engine']!r}: choose one of {', '.join(DP_ENGINES)}")
     if merged["strategy"] not in STRATEGIES:
         raise ValueError(f"strategy {merged['strategy']!r}: choose one of {', '.join(STRATEGIES)}")
     if merged["faults"]:

@@ -91,6 +91,34 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         RunDirectory(run_dir.parent, run_dir.name).write_json("summary.json", {"kind": "most-popular", "final": final})
 
 
+def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:
+    """A finished run is reused only if it ran with what the grid asks now: a changed key
+    (more rounds, another noise) would otherwise mix old results into the new table."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():  # most-popular runs save no config
+        return
+    from shared.config import resolve
+
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id")})
+    changed = [f"{k}: ran with {saved[k]!r}, the grid asks {wanted[k]!r}" for k in overrides
+               if k in saved and k not in ("run-dir", "run-id") and not _same_value(saved[k], wanted[k])]
+    if changed:
+        raise ValueError(
+            f"{run_dir}: this finished run's config differs from the grid's ({'; '.join(changed)}); "
+            "delete the run directory to run it again, or give the changed setting a new name"
+        )
+
+
+def _same_value(saved: Any, wanted: Any) -> bool:
+    """Equal, or the same folder (a run saves its data-dir resolved; a grid may name it relative)."""
+    if saved == wanted:
+        return True
+    return isinstance(saved, str) and isinstance(wanted, str) and bool(saved and wanted) and (
+        Path(saved).resolve() == Path(wanted).resolve()
+    )
+
+
 def _trained_partitions(run_dir: Path) -> list[int]:
     """Simulated partitions that trained at least once: those with a device state file."""
     return [int(p.parent.name.split("-", 1)[1]) for p in (run_dir / "devices").glob("partition-*/device-state.json")]
@@ -142,10 +170,12 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
             run_id = f"{_slug(setting['name'])}-s{seed}"
             run_dir = runs / run_id
             wall = None
-            if not (run_dir / "summary.json").is_file():
+            overrides = {**spec["base"], **keys, "seed": seed, "run-dir": str(runs), "run-id": run_id}
+            if (run_dir / "summary.json").is_file():
+                _check_same_config(run_dir, overrides)
+            else:
                 print(f"fedmmrec: experiment {spec['name']}: {setting['name']}, seed {seed}", flush=True)
                 started = time.time()
-                overrides = {**spec["base"], **keys, "seed": seed, "run-dir": str(runs), "run-id": run_id}
                 _run_one(kind, overrides, run_dir)
                 wall = round(time.time() - started, 1)
             rows.append(_row(setting["name"], kind, seed, run_dir, wall))

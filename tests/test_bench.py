@@ -8,12 +8,14 @@ import json
 from simulations.bench import format_table, run_bench
 
 
-def test_bench_dp_part_reports_every_grad_sample_mode(tmp_path, capsys):
+def test_bench_dp_part_reports_both_engines_and_every_grad_sample_mode(tmp_path, capsys):
     results = run_bench(tmp_path / "bench.json", repeats=1, parts=("dp",))
     figures = results["dp-overhead"]
-    assert figures["no-dp-s-per-step"] > 0 and figures["dp-hooks-s-per-step"] > 0
+    assert figures["no-dp-s-per-step"] > 0 and figures["dp-fast-s-per-step"] > 0
+    assert figures["dp-opacus-hooks-s-per-step"] > 0
     for mode in ("functorch", "ew"):  # a ratio, or the reason the mode failed
-        assert f"ratio-{mode}" in figures or figures[f"dp-{mode}"].startswith("failed: ")
+        name = f"dp-opacus-{mode}"
+        assert f"ratio-{name}" in figures or figures[name].startswith("failed: ")
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results, default=float))
-    assert "| dp-overhead: ratio-hooks |" in capsys.readouterr().out
+    assert "| dp-overhead: ratio-dp-fast |" in capsys.readouterr().out
     assert format_table({"x": {"y": 1.0}}) == "| measure | figure |\n| --- | --- |\n| x: y | 1 |"

@@ -52,6 +52,11 @@ seeds = [1]
     run_experiment(config)  # everything finished: nothing runs again
     assert "seed" not in capsys.readouterr().out.split("results in")[0]
 
+    # The grid changed under a finished run: it is not silently reused.
+    config.write_text(config.read_text().replace("num-server-rounds = 2", "num-server-rounds = 3"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"federated-local-dp-s1: .*num-server-rounds: ran with 2, the grid asks 3"):
+        run_experiment(config)
+
 
 def test_bad_experiment_config_names_the_file(tmp_path):
     config = tmp_path / "bad.toml"
