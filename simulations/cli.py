@@ -231,7 +231,7 @@ def _deploy(args: argparse.Namespace) -> int:
         folders = write_device_folders(args.data, args.out, args.devices, link_images=not args.copy_images)
         print(f"fedmmrec: wrote {len(folders)} device folders under {args.out}")
         return 0
-    from simulations.deployment import deploy_localhost
+    from simulations.deployment_report import deploy_localhost
 
     report = deploy_localhost(args.work, args.nodes, args.data, _overrides(args.set))
     return 0 if report["run-returncode"] == 0 else 1

@@ -5,7 +5,8 @@ to start it on separate machines: ``flower-superlink`` with TLS and ``--enable-s
 ``flwr supernode register`` for each device's public key, ``flower-supernode`` with
 ``--root-certificates``, ``--auth-supernode-private-key`` and ``--node-config`` naming the
 device's own data folder and state folder, then ``flwr run . <connection>``. Used by
-``fedmmrec deploy localhost`` and by the integration test.
+``fedmmrec deploy localhost`` (its report: ``simulations/deployment_report.py``) and by the
+integration test.
 
 Layout under the work folder::
 
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from server.certificates import write_deployment_keys
-from server.run_directory import read_jsonl
 from shared.data import load_catalog
 from shared.data.devices import write_device_folders
 from shared.features import load_or_compute_features
@@ -317,52 +317,3 @@ class LocalhostDeployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Start everything, show that an unregistered node is refused, run the app, stop
-    everything; print and return a report (also written to ``<work>/deployment.json``)."""
-    from shared.config import resolve
-    from shared.data.prepare import resolve_data_dir
-
-    data = Path(data_dir) if data_dir else resolve_data_dir(resolve())
-    run_config = {"num-server-rounds": 2, "fraction-train": 1.0, **(overrides or {})}
-    with LocalhostDeployment(work, data, nodes) as dep:
-        dep.start()
-        print(f"fedmmrec: SuperLink (TLS, node authentication) on 127.0.0.1:{dep.superlink_port}; "
-              f"registered SuperNodes {dep.node_ids}", flush=True)
-        code, log = dep.try_unregistered_node()
-        refused = code != 0 and "Failed to activate SuperNode" in log
-        print(f"fedmmrec: unregistered SuperNode {'refused' if refused else 'NOT refused'} (exit code {code})", flush=True)
-        result = dep.run(run_config)
-        print(result.output, flush=True)
-        pids = dep.stop()
-        leftover = dep.leftover_pids()
-    report = {
-        "superlink-port": dep.superlink_port,
-        "registered-node-ids": dep.node_ids,
-        "unregistered-node-refused": refused,
-        "run-returncode": result.returncode,
-        "run-seconds": round(result.seconds, 1),
-        "supernode-peak-rss-mb": {k: round(v / 2**20) for k, v in result.peak_rss_bytes.items()},
-        "supernode-peak-pss-mb": {k: round(v / 2**20) for k, v in result.peak_pss_bytes.items()},
-        **_traffic(Path(work) / "runs"),
-        "stopped-pids": pids,
-        "leftover-pids": leftover,
-    }
-    (Path(work) / "deployment.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(json.dumps(report, indent=2))
-    return report
-
-
-def _traffic(runs: Path) -> dict[str, Any]:
-    """Payload bytes per client per round of the newest run (TLS and HTTP framing excluded)."""
-    metrics = sorted(runs.glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not metrics:
-        return {}
-    rows = read_jsonl(metrics[-1])
-    return {
-        "run-dir": str(metrics[-1].parent),
-        "bytes-sent-per-client-per-round": rows[-1].get("bytes-sent-per-client") if rows else None,
-        "bytes-received-per-client-per-round": rows[-1].get("bytes-received-per-client") if rows else None,
-    }

@@ -1,0 +1,62 @@
+"""``fedmmrec deploy localhost``: run a :class:`~simulations.deployment.LocalhostDeployment`
+end to end and report what a deployment engineer checks: the SuperLink's port and registered
+nodes, that an unregistered node is refused, the run's outcome and time, each SuperNode's peak
+memory, the payload per client per round, and that no process is left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from server.run_directory import read_jsonl
+from simulations.deployment import LocalhostDeployment
+
+
+def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start everything, show that an unregistered node is refused, run the app, stop
+    everything; print and return a report (also written to ``<work>/deployment.json``)."""
+    from shared.config import resolve
+    from shared.data.prepare import resolve_data_dir
+
+    data = Path(data_dir) if data_dir else resolve_data_dir(resolve())
+    run_config = {"num-server-rounds": 2, "fraction-train": 1.0, **(overrides or {})}
+    with LocalhostDeployment(work, data, nodes) as dep:
+        dep.start()
+        print(f"fedmmrec: SuperLink (TLS, node authentication) on 127.0.0.1:{dep.superlink_port}; "
+              f"registered SuperNodes {dep.node_ids}", flush=True)
+        code, log = dep.try_unregistered_node()
+        refused = code != 0 and "Failed to activate SuperNode" in log
+        print(f"fedmmrec: unregistered SuperNode {'refused' if refused else 'NOT refused'} (exit code {code})", flush=True)
+        result = dep.run(run_config)
+        print(result.output, flush=True)
+        pids = dep.stop()
+        leftover = dep.leftover_pids()
+    report = {
+        "superlink-port": dep.superlink_port,
+        "registered-node-ids": dep.node_ids,
+        "unregistered-node-refused": refused,
+        "run-returncode": result.returncode,
+        "run-seconds": round(result.seconds, 1),
+        "supernode-peak-rss-mb": {k: round(v / 2**20) for k, v in result.peak_rss_bytes.items()},
+        "supernode-peak-pss-mb": {k: round(v / 2**20) for k, v in result.peak_pss_bytes.items()},
+        **_traffic(Path(work) / "runs"),
+        "stopped-pids": pids,
+        "leftover-pids": leftover,
+    }
+    (Path(work) / "deployment.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _traffic(runs: Path) -> dict[str, Any]:
+    """Payload bytes per client per round of the newest run (TLS and HTTP framing excluded)."""
+    metrics = sorted(runs.glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not metrics:
+        return {}
+    rows = read_jsonl(metrics[-1])
+    return {
+        "run-dir": str(metrics[-1].parent),
+        "bytes-sent-per-client-per-round": rows[-1].get("bytes-sent-per-client") if rows else None,
+        "bytes-received-per-client-per-round": rows[-1].get("bytes-received-per-client") if rows else None,
+    }
