@@ -22,6 +22,7 @@ and the clipped sums against Opacus' per-example gradients on every fusion head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -108,11 +109,7 @@ class PerExampleClipping:
 
 def _batched(t: torch.Tensor, batch_size: int, tail: int) -> torch.Tensor:
     """[B, ..., tail dims] -> [B, T, prod(tail dims)]: every row an example touches, per example."""
-    trailing = t.shape[t.dim() - tail :] if tail else ()
-    width = 1
-    for d in trailing:
-        width *= d
-    return t.reshape(batch_size, -1, width)
+    return t.reshape(batch_size, -1, math.prod(t.shape[t.dim() - tail :]))
 
 
 def _layer_terms(module: nn.Module, pairs, batch_size: int):

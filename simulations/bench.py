@@ -78,21 +78,31 @@ def client_update_cost(work: Path, cache: Path, repeats: int) -> dict[str, Any]:
             "training-s-per-update-per-worker": train_s, "ratio-to-floor-plus-training": ours_s / (floor_s + train_s)}
 
 
-def _training_seconds_per_update(data: Path, cache: Path) -> float:
-    """Median seconds of one client's local round (default config, DP) over the dataset's users."""
+def _local_training_inputs(overrides: dict[str, Any], cache: Path | None):
+    """(config, dataset, split, catalog tensors) for timing ``train_local`` in this process, on
+    one core as a simulated client runs."""
     import torch
 
-    from shared.config import model_spec, resolve, train_config
+    from shared.config import resolve
     from shared.data import leave_last_out, load_dataset
+    from shared.data.prepare import resolve_data_dir
     from shared.features import load_or_compute_features
-    from shared.models.recommender import Recommender, catalog_tensors
-    from shared.training import train_local
+    from shared.models.recommender import catalog_tensors
 
     torch.set_num_threads(1)
-    config = resolve(None, {"data-dir": str(data)})
-    dataset = load_dataset(data)
-    split = leave_last_out(dataset)
+    config = resolve(None, overrides)
+    dataset = load_dataset(resolve_data_dir(config))
     catalog = catalog_tensors(load_or_compute_features(dataset, cache, progress=False))
+    return config, dataset, leave_last_out(dataset), catalog
+
+
+def _training_seconds_per_update(data: Path, cache: Path) -> float:
+    """Median seconds of one client's local round (default config, DP) over the dataset's users."""
+    from shared.config import model_spec, train_config
+    from shared.models.recommender import Recommender
+    from shared.training import train_local
+
+    config, dataset, split, catalog = _local_training_inputs({"data-dir": str(data)}, cache)
     tc = train_config(config)
     times = []
     for k, items in enumerate(split.train_items):
@@ -104,20 +114,11 @@ def _training_seconds_per_update(data: Path, cache: Path) -> float:
 
 
 def dp_overhead(repeats: int) -> dict[str, Any]:
-    import torch
-
-    from shared.config import model_spec, resolve, train_config
-    from shared.data import leave_last_out, load_dataset
-    from shared.data.prepare import resolve_data_dir
-    from shared.features import load_or_compute_features
-    from shared.models.recommender import Recommender, catalog_tensors
+    from shared.config import model_spec, train_config
+    from shared.models.recommender import Recommender
     from shared.training import train_local
 
-    torch.set_num_threads(1)
-    config = resolve(None, {"local-epochs": 5})
-    dataset = load_dataset(resolve_data_dir(config))
-    split = leave_last_out(dataset)
-    catalog = catalog_tensors(load_or_compute_features(dataset, None, progress=False))
+    config, dataset, split, catalog = _local_training_inputs({"local-epochs": 5}, None)
     items = split.train_items[0]
 
     def per_step(privacy: str, engine: str = "fast", mode: str = "hooks") -> float:
