@@ -14,6 +14,8 @@ from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
 from client.mods import private_state_guard
+from client.statistics import contribution_reply
+from client.statistics import scores as released_model_scores
 from client.state import load_history, load_user_embedding, pseudonym, restore_device_state, save_device_state
 from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
@@ -50,6 +52,9 @@ def _model(msg: Message, context: Context, config: dict, num_items: int) -> Reco
 def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
+    if config.get("task"):  # privacy = user: one bounded statistic per release, no training
+        restore_device_state(context, config, data.user_id)
+        return contribution_reply(msg, data, str(config["task"]), pseudonym(context))
     restore_device_state(context, config, data.user_id)
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
@@ -123,6 +128,8 @@ def _decline(msg: Message, history, n: int, tc, client_id: str) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     data = local_data(dict(context.node_config), config)
+    if config["privacy"] == "user":  # the released model and this device's own history
+        return _ranking_reply(msg, context, data, released_model_scores(msg, data))
     restore_device_state(context, config, data.user_id)
     if load_user_embedding(context) is None:  # never trained: no user representation to rank with
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)
@@ -134,6 +141,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         ).numpy()
     else:
         scores = model.score_all(0, data.catalog).numpy()
+    return _ranking_reply(msg, context, data, scores)
+
+
+def _ranking_reply(msg: Message, context: Context, data, scores) -> Message:
+    """Metrics of this device's held-out item under ``scores`` (full ranking and sampled)."""
     rank = rank_of(scores, data.test_item, data.train_items)
     sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(_who(context)))
     cold = data.test_item in data.cold_items

@@ -47,6 +47,11 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if not config_path.is_file():
         raise ValueError(f"{config_path}: not found: {run_dir} is not a run directory")
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("privacy") == "user":
+        raise ValueError(
+            f"{run_dir}: a privacy = user run trains no item tower; its served model is {run_dir / 'model.npz'} "
+            "(numpy: top-items, factors, popularity), which a device loads as it is"
+        )
     checkpoint = run_dir / "checkpoints" / "final.pt"
     if not checkpoint.is_file():
         checkpoint = run_dir / "checkpoints" / "latest.pt"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
@@ -47,6 +48,7 @@ def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
 
 
 PRIVACY_UNITS = {
+    "user": "user (all of one device's interactions), at the server",
     "local": "example (one interaction) on each device",
     "central": "user (all of one device's interactions), at the server",
     "both": "example (one interaction) on each device, and user (all of a device's interactions) at the server",
@@ -55,6 +57,7 @@ PRIVACY_UNITS = {
 
 
 NEIGHBOURS = {
+    "user": "add or remove one user (a device and all its data) from the population",
     "local": "add or remove one interaction of one device's local dataset",
     "central": "add or remove one user (a device and all its data) from the population",
     "both": "local DP: add or remove one interaction of one device; central DP: add or remove one user",
@@ -82,8 +85,26 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
         "epsilon-cap": config["epsilon-cap"] or None,
         "server-dp": central_dp(config),
         "versions": library_versions(),
-        "config": config,
+        "config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in config.items()},
     }
+    if config["privacy"] == "user":
+        from server.user_level import RELEASES, noise_stds
+
+        header.update(
+            {
+                "client-sampling": "every device, once per release (full participation)",
+                "local-sampling": "none: each device sends one statistic of all its interactions per release",
+                "user-level-mechanism": "Gaussian releases of sensitivity 1: (1) the sum of unit-norm interaction "
+                "vectors, (2) the sum of unit-Frobenius co-occurrence matrices over the cooccurrence-items most "
+                "popular items of release 1; each contribution clipped to L2 norm 1 by the server",
+                "user-level-releases": [{"release": n, "noise-std": std} for n, std in zip(RELEASES, noise_stds(config))],
+                "user-level-accounting": "composition of Gaussian mechanisms, exact in mu-GDP (mu^2 = sum 1/std^2), "
+                "cross-checked by dp-accounting PLD",
+                "user-epsilon": config["user-epsilon"] if config["user-epsilon"] != float("inf") else -1.0,
+                "trust": "the server adds the noise and sees each contribution (central DP); contributions are "
+                "fixed-size vectors that secure aggregation could sum",
+            }
+        )
     if central_dp(config):
         header.update(
             {
@@ -224,17 +245,24 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config["num-server-rounds"]})])
         print(f"fedmmrec: resuming after round {resume.round} of {config['num-server-rounds']}", flush=True)
     else:
-        run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
+        if config["privacy"] != "user":
+            run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
         server_dp = make_server_dp(config, num_clients, initial)
         commitment = server_dp.canaries.write(run_dir.path) if server_dp and server_dp.canaries else None
         ledger = Ledger(run_dir.path)
         ledger.append([("header", 0, ledger_header(config, num_clients, commitment))])
-    strategy = make_strategy(config, num_clients)
-    final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp, resume=resume)
+    if config["privacy"] == "user":
+        final_eval, rows, user_epsilon = _run_user_level(grid, config, dataset, split, run_dir, ledger)
+        book, final_arrays = RoundBook(), initial
+    else:
+        strategy = make_strategy(config, num_clients)
+        final_arrays, book, rows = run_rounds(grid, strategy, initial, config, run_dir, ledger, server_dp, resume=resume)
+        user_epsilon = rows[-1].get("user-level-epsilon") if rows and server_dp else None
     ledger_head = ledger.head()[1]
     ledger.close()
 
-    final_eval = evaluate_nodes(grid, book.evaluation_pool(list(grid.get_node_ids())), final_arrays, ConfigRecord(dict(config)), 0)
+    if config["privacy"] != "user":
+        final_eval = evaluate_nodes(grid, book.evaluation_pool(list(grid.get_node_ids())), final_arrays, ConfigRecord(dict(config)), 0)
     model_bytes = sum(a.numpy().nbytes for a in final_arrays.values())
     summary = {
         "run-id": run_dir.run_id,
@@ -246,8 +274,8 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
             "delta": config["delta"],
             "accountant": config["accountant"],
             **book.epsilon_stats(),
-            "user-level-epsilon": rows[-1].get("user-level-epsilon") if rows and server_dp else None,
-            "clients-trained": len(book.rounds_trained),
+            "user-level-epsilon": user_epsilon,
+            "clients-trained": len(book.rounds_trained) if config["privacy"] != "user" else rows[-1]["clients-trained"],
         },
         "communication": {
             "bytes-sent-per-client-per-round": rows[-1]["bytes-sent-per-client"] if rows else 0,
@@ -266,7 +294,8 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         "versions": library_versions(),
     }
-    run_dir.save_checkpoint("final.pt", final_arrays.to_torch_state_dict(), {"config": config})
+    if config["privacy"] != "user":  # a user-level run serves model.npz; it trains no item tower
+        run_dir.save_checkpoint("final.pt", final_arrays.to_torch_state_dict(), {"config": config})
     run_dir.write_json("summary.json", summary)
     pop = summary["baselines"].get("most-popular")
     print(
@@ -282,8 +311,31 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _run_user_level(grid: Grid, config: dict[str, Any], dataset: Dataset, split, run_dir: RunDirectory, ledger: Ledger):
+    """``privacy = user``: the two releases, the model, the evaluation (server.user_level)."""
+    from server.user_level import run_user_level
+
+    if config["resume"]:
+        raise ValueError("privacy = user: a run of two releases is not resumed; start a new run (it spends a new budget)")
+    known = np.ones(dataset.num_items, dtype=bool)
+    if split is not None:
+        known[split.held_out_items] = False  # items that do not exist yet (cold-start protocol)
+    features = load_or_compute_features(dataset, config["feature-cache"] or None, progress=False)
+    nodes = sorted(grid.get_node_ids())
+
+    def evaluate(arrays: ArrayRecord, server_round: int) -> dict[str, float]:
+        return evaluate_nodes(grid, nodes, arrays, ConfigRecord(dict(config)), server_round)
+
+    return run_user_level(grid, config, features, known, run_dir, ledger, evaluate)
+
+
 def _privacy_line(privacy: dict[str, Any], config: dict[str, Any]) -> str:
     parts = []
+    if config["privacy"] == "user" and privacy["user-level-epsilon"] is not None:
+        epsilon = privacy["user-level-epsilon"]
+        return ("NOT PRIVATE (user-epsilon = inf)" if epsilon == float("inf") else f"user-level epsilon {epsilon:.2f}") + (
+            f" at delta {config['delta']:g}"
+        )
     if local_dp(config):
         parts.append(f"example-level epsilon max {privacy['epsilon-max']:.2f}")
     if central_dp(config) and privacy["user-level-epsilon"] is not None:

@@ -81,6 +81,28 @@ class RunDirectory:
         return path
 
 
+    def save_arrays(self, name: str, arrays: dict[str, "np.ndarray"]) -> Path:
+        """``NAME.npz`` in the run directory (released DP statistics and the model fitted to
+        them: numpy only, so a device can read them without torch)."""
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        path = self.path / name
+        _atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def load_arrays(self, name: str) -> dict[str, "np.ndarray"]:
+        import numpy as np
+
+        path = self.path / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not in this run directory")
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
     def save_round_checkpoint(self, server_round: int, state: dict[str, torch.Tensor], strategy: dict[str, Any]) -> Path:
         """``checkpoints/round-NNNN.pt``: the model and server optimiser state after a round."""
         return self.save_checkpoint(f"round-{server_round:04d}.pt", state, {"round": server_round, "strategy": strategy})

@@ -136,3 +136,83 @@ def dp_accounting_epsilon(history: History, delta: float) -> float:
         event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
         accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
     return float(accountant.get_epsilon(delta))
+
+
+# --- User-level releases: Gaussian mechanisms of sensitivity 1, no sampling -----------------
+
+
+def _normal_cdf(x: float) -> float:
+    import math
+
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def gaussian_delta(mu: float, epsilon: float) -> float:
+    """delta(epsilon) of a mu-GDP mechanism (Dong, Roth and Su 2019, Corollary 2.13); exact for
+    a Gaussian mechanism of sensitivity 1 and noise std 1/mu (Balle and Wang 2018)."""
+    import math
+
+    if mu <= 0:
+        return 0.0
+    return _normal_cdf(-epsilon / mu + mu / 2) - math.exp(epsilon) * _normal_cdf(-epsilon / mu - mu / 2)
+
+
+def composed_mu(noise_stds: list[float]) -> float:
+    """Gaussian releases of sensitivity 1 compose to one with ``mu^2 = sum 1/std^2``; inf when a
+    release had no noise."""
+    if any(std <= 0 for std in noise_stds):
+        return float("inf")
+    return float(sum(1.0 / std**2 for std in noise_stds) ** 0.5)
+
+
+def gaussian_epsilon(noise_stds: list[float], delta: float) -> float:
+    """Exact epsilon at ``delta`` of composed Gaussian releases (0 for none, inf without noise)."""
+    if not noise_stds:
+        return 0.0
+    mu = composed_mu(noise_stds)
+    if mu == float("inf"):
+        return float("inf")
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(mu, hi) > delta:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_delta(mu, mid) > delta else (lo, mid)
+    return hi
+
+
+def mu_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest mu whose Gaussian mechanism is (epsilon, delta)-DP: the budget in mu-GDP."""
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(hi, epsilon) <= delta:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_delta(mid, epsilon) <= delta else (lo, mid)
+    return lo
+
+
+def split_budget(epsilon: float, delta: float, shares: list[float]) -> list[float]:
+    """Noise stds of Gaussian releases (sensitivity 1) that spend ``shares`` of the mu^2 budget
+    and together are (epsilon, delta)-DP; all 0 (no noise) when epsilon is inf."""
+    if epsilon == float("inf"):
+        return [0.0 for _ in shares]
+    mu = mu_for_epsilon(epsilon, delta)
+    total = sum(shares)
+    return [1.0 / (mu * (share / total) ** 0.5) for share in shares]
+
+
+def dp_accounting_gaussian_epsilon(noise_stds: list[float], delta: float) -> float:
+    """The same composition by ``dp-accounting``'s PLD accountant (independent of the closed
+    form above; the audit cross-checks the two)."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    if not noise_stds:
+        return 0.0
+    if any(std <= 0 for std in noise_stds):
+        return float("inf")
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for std in noise_stds:
+        accountant.compose(dp_accounting.GaussianDpEvent(std))
+    return float(accountant.get_epsilon(delta))

@@ -1,0 +1,165 @@
+"""privacy = user: two Gaussian releases of bounded device statistics, accounted exactly, and an
+audit that fails when a release's noise, clipping or accounting is not what the ledger claims.
+
+Each lie is made by patching the real mechanism in the server's code path (not a mocked
+audit); the ledger keeps recording what the code measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import server.user_level
+from server.audit import audit, run_audit
+from server.audit_user_level import chi_square_interval
+from shared.cooccurrence import (
+    CooccurrenceModel,
+    cooccurrence_contribution,
+    matrix_from_triangle,
+    popularity_contribution,
+    triangle_size,
+)
+from shared.ledger import read_entries
+from shared.privacy import dp_accounting_gaussian_epsilon, gaussian_epsilon, split_budget
+from simulations.simulate import read_summary, simulate
+
+
+def _user_run(small_dataset, feature_cache, runs, run_id: str, **extra):
+    return simulate(
+        {
+            "data-dir": str(small_dataset),
+            "feature-cache": str(feature_cache),
+            "run-dir": str(runs),
+            "run-id": run_id,
+            "privacy": "user",
+            "user-epsilon": 3.0,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def honest_run(small_dataset, feature_cache, tmp_path_factory):
+    return _user_run(small_dataset, feature_cache, tmp_path_factory.mktemp("user"), "honest")
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])
+def test_budget_split_composes_to_the_target_by_two_independent_accountants(epsilon):
+    stds = split_budget(epsilon, 1e-5, [0.1, 0.9])
+    # mu^2 shares: the popularity release gets a tenth of 1/std^2.
+    assert (1 / stds[0] ** 2) / (1 / stds[0] ** 2 + 1 / stds[1] ** 2) == pytest.approx(0.1)
+    assert gaussian_epsilon(stds, 1e-5) == pytest.approx(epsilon, abs=1e-6)
+    assert dp_accounting_gaussian_epsilon(stds, 1e-5) == pytest.approx(epsilon, abs=1e-3)
+    assert split_budget(math.inf, 1e-5, [0.1, 0.9]) == [0.0, 0.0]
+    assert gaussian_epsilon([0.0, 1.0], 1e-5) == math.inf
+
+
+def test_each_contribution_has_norm_one_and_the_triangle_is_the_users_cooccurrence():
+    items = np.array([1, 4, 7, 9])
+    assert np.linalg.norm(popularity_contribution(items, 12)) == pytest.approx(1.0)
+    top = np.array([0, 1, 4, 5, 9])  # the user has 1, 4 and 9 of these
+    vector = cooccurrence_contribution(items, top)
+    assert vector.size == triangle_size(5) and np.linalg.norm(vector) == pytest.approx(1.0)
+    x = np.array([0, 1, 1, 0, 1], dtype=float)
+    np.testing.assert_allclose(matrix_from_triangle(vector, 5), np.outer(x, x) / 3)
+    assert not cooccurrence_contribution(np.array([2, 3]), top).any()  # none of the M items
+
+
+def test_a_device_ranks_with_its_own_history_and_the_released_model():
+    model = CooccurrenceModel(
+        top_items=np.array([0, 1, 2]),
+        factors=np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.5, 0.5]]),
+        popularity=np.array([1.0, 2.0, 3.0, 0.5]),
+        popularity_weight=0.0,
+    )
+    np.testing.assert_allclose(model.user_vector(np.array([0, 3])), [1.0, 0.0])  # item 3 is not in M
+    assert np.argmax(model.scores(np.array([0]))) == 0
+    assert np.argmax(model.scores(np.array([2]))) == 2
+
+
+def test_user_level_run_is_recorded_and_passes_the_audit(honest_run):
+    summary = read_summary(honest_run)
+    assert summary["privacy"]["mode"] == "user"
+    assert summary["privacy"]["user-level-epsilon"] == pytest.approx(3.0, abs=1e-6)
+    assert summary["final"]["clients-evaluated"] == 12
+    releases = [e for e in read_entries(honest_run) if e.kind == "release"]
+    assert [(e.round, e.body["release"], e.body["contributions"]) for e in releases] == [
+        (1, "popularity", 12), (2, "cooccurrence", 12)
+    ]
+    assert releases[0].body["dimension"] == 120 and releases[1].body["dimension"] == triangle_size(120)
+    assert max(e.body["contribution-norm-max"] for e in releases) <= 1.0 + 1e-9
+    report = audit(honest_run)
+    assert report.passed, report.failures
+    assert "INCONCLUSIVE" in str(report.figures["empirical lower bound"])
+    assert run_audit(honest_run) == 0
+
+
+def _audit_failure(run_dir, check: str) -> list[str]:
+    report = audit(run_dir)
+    assert run_audit(run_dir) == 1
+    return report.failures[check]
+
+
+def test_audit_fails_when_the_noise_is_cut(small_dataset, feature_cache, tmp_path, monkeypatch):
+    real = server.user_level.gaussian_noise
+    monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: real(rng, size, 0.8 * std))
+    run = _user_run(small_dataset, feature_cache, tmp_path, "noise-cut")
+    problems = _audit_failure(run, "release-noise")
+    assert any(p.startswith("release 2 (cooccurrence): noise norm") for p in problems)
+
+
+def test_audit_fails_when_the_noise_is_off(small_dataset, feature_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    run = _user_run(small_dataset, feature_cache, tmp_path, "noise-off")
+    problems = _audit_failure(run, "release-noise")
+    assert [p.split(":")[0] for p in problems] == ["release 1 (popularity)", "release 2 (cooccurrence)"]
+
+
+def test_audit_fails_when_clipping_does_not_bound(small_dataset, feature_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(server.user_level, "clip", lambda update, bound: (1.5 * update, float(np.linalg.norm(update))))
+    run = _user_run(small_dataset, feature_cache, tmp_path, "no-clip")
+    problems = _audit_failure(run, "release-clipping")
+    assert any("a contribution of norm 1.5 entered the sum" in p for p in problems)
+
+
+def test_audit_fails_when_the_noise_std_is_below_the_budget(small_dataset, feature_cache, tmp_path, monkeypatch):
+    real = server.user_level.noise_stds
+    monkeypatch.setattr(server.user_level, "noise_stds", lambda config: [0.5 * s for s in real(config)])
+    run = _user_run(small_dataset, feature_cache, tmp_path, "low-std")
+    problems = _audit_failure(run, "release-accounting")
+    assert any("noise std" in p and "that user-epsilon 3 gives" in p for p in problems)
+    assert any("above user-epsilon 3" in p for p in problems)
+
+
+def test_audit_fails_when_the_claimed_epsilon_is_too_low(small_dataset, feature_cache, tmp_path, monkeypatch):
+    real = server.user_level.gaussian_epsilon
+    monkeypatch.setattr(server.user_level, "gaussian_epsilon", lambda stds, delta: 0.5 * real(stds, delta))
+    run = _user_run(small_dataset, feature_cache, tmp_path, "low-claim")
+    problems = _audit_failure(run, "release-accounting")
+    assert any("claims user-level epsilon" in p and "< recomputed" in p for p in problems)
+
+
+def test_no_noise_pipeline_claims_no_privacy(small_dataset, feature_cache, tmp_path):
+    run = _user_run(small_dataset, feature_cache, tmp_path, "no-noise", **{"user-epsilon": math.inf})
+    assert read_summary(run)["privacy"]["user-level-epsilon"] == math.inf
+    report = audit(run)
+    assert report.passed and report.figures["user-level epsilon"].startswith("inf")
+
+
+def test_chi_square_interval_brackets_the_noise_norm():
+    low, high = chi_square_interval(10_000, 2.5e-7)
+    draws = np.random.default_rng(0).normal(size=(200, 10_000))
+    statistic = (draws**2).sum(1)
+    assert low < statistic.min() and statistic.max() < high
+    assert math.sqrt(low / 10_000) > 0.96  # a noise std cut by 4% over 10,000 values is caught
+
+
+def test_export_refuses_a_user_level_run_with_the_reason(honest_run, tmp_path):
+    from server.export import export_run
+
+    with pytest.raises(ValueError, match="a privacy = user run trains no item tower; its served model is"):
+        export_run(honest_run, tmp_path / "out")
+    assert json.loads((honest_run / "config.json").read_text())["privacy"] == "user"
