@@ -36,6 +36,7 @@ class LocalData:
     cold_items: frozenset[int]
     held_out_items: np.ndarray  # cold-start protocol: items that do not exist at training time
     on_device: bool = False  # a real device (its own data-dir), not a simulated partition
+    validation_item: int = -1  # the most recent training interaction (for on-device validation)
 
     @property
     def num_items(self) -> int:
@@ -86,4 +87,5 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         cold_items=frozenset() if on_device else cold_items,
         held_out_items=split.held_out_items,
         on_device=on_device,
+        validation_item=int(split.validation_item[partition]) if len(split.validation_item) else -1,
     )

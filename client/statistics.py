@@ -13,9 +13,26 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.local_data import LocalData
-from shared.cooccurrence import CooccurrenceModel, cooccurrence_contribution, popularity_contribution
+from shared.cooccurrence import (
+    CooccurrenceModel,
+    content_matrix,
+    cooccurrence_contribution,
+    popularity_contribution,
+    selection_contribution,
+)
 
-TASKS = ("popularity", "cooccurrence")
+TASKS = ("popularity", "cooccurrence", "selection")
+_CONTENT: dict[int, np.ndarray] = {}
+
+
+def catalog_content(data: LocalData) -> np.ndarray:
+    """The public catalog's content matrix, computed on the device from its cached features
+    (once per process: the catalog tensors are shared by every partition it serves)."""
+    key = id(data.catalog["text"])
+    if key not in _CONTENT:
+        c = data.catalog
+        _CONTENT[key] = content_matrix(c["text"].numpy(), c["text_mask"].numpy(), c["image"].numpy(), c["image_mask"].numpy())
+    return _CONTENT[key]
 
 
 def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
@@ -24,6 +41,8 @@ def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
         return popularity_contribution(data.train_items, data.num_items)
     if task == "cooccurrence":
         return cooccurrence_contribution(data.train_items, msg.content["arrays"]["top-items"].numpy())
+    if task == "selection":
+        return selection_contribution(released_model(msg), data.train_items, data.validation_item, catalog_content(data))
     raise ValueError(f"unknown release task {task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -41,4 +60,5 @@ def released_model(msg: Message) -> CooccurrenceModel:
 
 def scores(msg: Message, data: LocalData) -> np.ndarray:
     """Every catalog item's score for this device's user under the released model."""
-    return released_model(msg).scores(data.train_items)
+    model = released_model(msg)
+    return model.scores(data.train_items, catalog_content(data) if model.content_weight else None)

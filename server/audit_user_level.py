@@ -60,8 +60,9 @@ def audit_user_level(report, run_dir: Path, header: dict[str, Any], entries: lis
     planned = header.get("user-level-releases", [])
     config = header["config"]
     budget = float(config["user-epsilon"])
-    share = float(config["popularity-budget-share"])
-    expected_stds = split_budget(budget, delta, [share, 1.0 - share])
+    popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
+    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
+    expected_stds = split_budget(budget, delta, shares)
     _accounting(report, releases, planned, expected_stds, budget, delta, run_dir)
     _noise(report, releases)
     _clipping(report, releases, int(header["population"]), run_dir)

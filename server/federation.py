@@ -88,7 +88,7 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
         "config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in config.items()},
     }
     if config["privacy"] == "user":
-        from server.user_level import RELEASES, noise_stds
+        from server.user_level import noise_stds, planned_releases
 
         header.update(
             {
@@ -96,8 +96,12 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
                 "local-sampling": "none: each device sends one statistic of all its interactions per release",
                 "user-level-mechanism": "Gaussian releases of sensitivity 1: (1) the sum of unit-norm interaction "
                 "vectors, (2) the sum of unit-Frobenius co-occurrence matrices over the cooccurrence-items most "
-                "popular items of release 1; each contribution clipped to L2 norm 1 by the server",
-                "user-level-releases": [{"release": n, "noise-std": std} for n, std in zip(RELEASES, noise_stds(config))],
+                "popular items of release 1, (3) with selection-budget-share > 0, the sum of unit-norm vectors of "
+                "reciprocal ranks of each device's most recent interaction under candidate weightings; each "
+                "contribution clipped to L2 norm 1 by the server",
+                "user-level-releases": [
+                    {"release": n, "noise-std": std} for n, std in zip(planned_releases(config), noise_stds(config))
+                ],
                 "user-level-accounting": "composition of Gaussian mechanisms, exact in mu-GDP (mu^2 = sum 1/std^2), "
                 "cross-checked by dp-accounting PLD",
                 "user-epsilon": config["user-epsilon"] if config["user-epsilon"] != float("inf") else -1.0,
@@ -278,7 +282,7 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
             "clients-trained": len(book.rounds_trained) if config["privacy"] != "user" else rows[-1]["clients-trained"],
         },
         "communication": {
-            "bytes-sent-per-client-per-round": rows[-1]["bytes-sent-per-client"] if rows else 0,
+            "bytes-sent-per-client-per-round": max(row["bytes-sent-per-client"] for row in rows) if rows else 0,
             "item-tower-bytes": model_bytes,
         },
         "dataset": {

@@ -38,6 +38,8 @@ from server.central_dp import clip, gaussian_noise
 from server.replies import MESSAGE_TIMEOUT_S, client_id, ok_replies
 from server.run_directory import RunDirectory
 from shared.cooccurrence import (
+    CANDIDATES,
+    CooccurrenceModel,
     content_matrix,
     fit_model,
     matrix_from_triangle,
@@ -47,7 +49,6 @@ from shared.cooccurrence import (
 from shared.ledger import Ledger
 from shared.privacy import gaussian_epsilon, split_budget
 
-RELEASES = ("popularity", "cooccurrence")
 RELEASES_FILE = "releases.npz"
 MODEL_FILE = "model.npz"
 SENSITIVITY = 1.0
@@ -76,10 +77,16 @@ class ReleaseRecord:
         return body
 
 
+def planned_releases(config: dict[str, Any]) -> list[str]:
+    """The releases a run makes, in order (the selection release only with a budget share)."""
+    return ["popularity", "cooccurrence"] + (["selection"] if float(config["selection-budget-share"]) > 0 else [])
+
+
 def noise_stds(config: dict[str, Any]) -> list[float]:
-    """The two releases' noise stds (of the sum) for the configured budget."""
-    share = float(config["popularity-budget-share"])
-    return split_budget(float(config["user-epsilon"]), float(config["delta"]), [share, 1.0 - share])
+    """The releases' noise stds (of the sum) for the configured budget, in release order."""
+    popularity, selection = float(config["popularity-budget-share"]), float(config["selection-budget-share"])
+    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
+    return split_budget(float(config["user-epsilon"]), float(config["delta"]), shares)
 
 
 def gaussian_release(
@@ -133,6 +140,10 @@ def _contributions(replies: list[Message], dimension: int) -> tuple[list[np.ndar
     return vectors, who, sent
 
 
+def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()})
+
+
 def run_user_level(
     grid: Grid,
     config: dict[str, Any],
@@ -143,64 +154,70 @@ def run_user_level(
     evaluate,
     log=print,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
-    """Run both releases, fit and save the model, evaluate; return (final evaluation, metric
+    """Run the releases, fit and save the model, evaluate; return (final evaluation, metric
     rows, user-level epsilon). ``evaluate(arrays, round)`` asks the devices to rank."""
     nodes = sorted(grid.get_node_ids())
     rng = np.random.default_rng(secrets.randbits(128))  # noise from OS entropy, never the run seed
-    stds = noise_stds(config)
+    names, stds = planned_releases(config), noise_stds(config)
     num_items = len(known)
     m = min(int(config["cooccurrence-items"]), int(known.sum()))
-    dimensions = [num_items, triangle_size(m)]
+    dimensions = {"popularity": num_items, "cooccurrence": triangle_size(m), "selection": len(CANDIDATES)}
+    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
     released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
+    model, rank = None, 0
     arrays = ArrayRecord({"known": torch.from_numpy(known.astype(np.int64))})
-    for server_round, (name, dimension) in enumerate(zip(RELEASES, dimensions), start=1):
-        started = time.time()
+    for server_round, name in enumerate(names, start=1):
+        started, dimension, std = time.time(), dimensions[name], stds[server_round - 1]
         replies = _ask(grid, nodes, name, arrays, config, server_round)
         vectors, who, sent = _contributions(replies, dimension)
-        noisy, measured = gaussian_release(vectors, dimension, stds[server_round - 1], rng)
+        noisy, measured = gaussian_release(vectors, dimension, std, rng)
         released[name] = noisy
         epsilon = gaussian_epsilon(stds[:server_round], float(config["delta"]))
         record = ReleaseRecord(
-            release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=stds[server_round - 1],
+            release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
             contributions=len(vectors), user_level_epsilon=epsilon,
             **{key.replace("-", "_"): value for key, value in measured.items()},
         )
-        if name == "popularity":
-            top = top_items(noisy, known, m)
-            arrays = ArrayRecord({"top-items": torch.from_numpy(top)})
-            released["top-items"] = top
         ledger.append([("release", server_round, record.ledger_body(who))])
-        row = {
-            "round": server_round,
-            "release": name,
-            "clients-sampled": len(nodes),
-            "clients-trained": len(vectors),
-            "bytes-sent-per-client": float(sent),
-            "user-level-epsilon": epsilon,
-            "round-seconds": round(time.time() - started, 3),
-        }
-        rows.append(row)
         if name == "popularity":
-            run_dir.append_metrics(row)
+            released["top-items"] = top_items(noisy, known, m)
+            arrays = ArrayRecord({"top-items": torch.from_numpy(released["top-items"])})
+        elif name == "cooccurrence":
+            model, rank = fit_model(
+                released["popularity"], stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
+                content, known, int(config["max-factors"]), float(config["popularity-weight"]),
+            )
+            arrays = _model_arrays(model)
+        else:
+            model = model.with_weights(*CANDIDATES[int(np.argmax(noisy))])
+        rows.append(
+            {
+                "round": server_round,
+                "release": name,
+                "clients-sampled": len(nodes),
+                "clients-trained": len(vectors),
+                "bytes-sent-per-client": float(sent),
+                "user-level-epsilon": epsilon,
+                "round-seconds": round(time.time() - started, 3),
+            }
+        )
         log(
-            f"[round {server_round}/2] {name} release: {len(vectors)} devices, noise std {stds[server_round - 1]:.3f} "
+            f"[round {server_round}/{len(names)}] {name} release: {len(vectors)} devices, noise std {std:.3f} "
             f"over {dimension} values, user-level epsilon {epsilon:.2f} at delta {config['delta']:g}, "
             f"{sent / 1024:.0f} KiB sent per device"
         )
     run_dir.save_arrays(RELEASES_FILE, released)
-    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
-    model, rank = fit_model(
-        released["popularity"], stds[0], released["top-items"],
-        matrix_from_triangle(released["cooccurrence"], m), stds[1], content, known,
-        int(config["max-factors"]), float(config["popularity-weight"]),
-    )
     run_dir.save_arrays(MODEL_FILE, model.to_arrays())
-    evaluation = evaluate(ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()}), 2)
-    rows[-1].update({"factors": rank, **evaluation})
-    run_dir.append_metrics(rows[-1])
+    evaluation = evaluate(_model_arrays(model), len(names))
+    rows[-1].update(
+        {"factors": rank, "popularity-weight": model.popularity_weight, "content-weight": model.content_weight, **evaluation}
+    )
+    for row in rows:
+        run_dir.append_metrics(row)
     log(
-        f"fedmmrec: model: {rank} factors over {m} items; HR@10 {evaluation.get('hr@10', float('nan')):.3f} "
+        f"fedmmrec: model: {rank} factors over {m} items, popularity weight {model.popularity_weight:g}, content "
+        f"weight {model.content_weight:g}; HR@10 {evaluation.get('hr@10', float('nan')):.3f} "
         f"NDCG@10 {evaluation.get('ndcg@10', float('nan')):.3f} ({evaluation.get('clients-evaluated', 0)} devices)"
     )
     return evaluation, rows, rows[-1]["user-level-epsilon"]

@@ -31,12 +31,13 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "item-lr": (0.01, "client SGD learning rate of the shared item tower"),
     "eval-refit-steps": (0, "evaluation: the device first fits its user vector to the current item tower for this many full-batch steps (not stored, not released); 0: rank with the stored DP-trained vector"),
     "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
-    "privacy": ("local", "where DP applies: user (two noisy releases of device statistics, per user; shared/cooccurrence.py), local (DP-SGD on each device, per interaction), central (DP-FedAvg at the server, per user), both, or none (NOT PRIVATE)"),
+    "privacy": ("user", "where DP applies: user (two noisy releases of device statistics, per user; shared/cooccurrence.py), local (DP-SGD on each device, per interaction), central (DP-FedAvg at the server, per user), both, or none (NOT PRIVATE)"),
     "user-epsilon": (8.0, "privacy = user: the user-level epsilon budget at delta, spent by the two releases; inf: no noise (NOT PRIVATE, for the utility reference)"),
     "popularity-budget-share": (0.1, "privacy = user: share of the budget (of mu^2 in Gaussian DP) for the popularity release; the rest goes to the co-occurrence release"),
+    "selection-budget-share": (0.1, "privacy = user: share of the budget for the selection release, in which each device scores candidate (popularity, content) weights on its own most recent interaction; 0: no selection, popularity-weight and no content"),
     "cooccurrence-items": (600, "privacy = user: the M most popular items (by the popularity release) whose co-occurrence is released"),
     "max-factors": (24, "privacy = user: most item factors kept; fewer when the noise is larger (eigenvalues below its spectral norm are dropped)"),
-    "popularity-weight": (0.3, "privacy = user: weight of the (normalised) DP popularity added to each item's personal score"),
+    "popularity-weight": (0.3, "privacy = user with selection-budget-share = 0: weight of the (normalised) DP popularity added to each item's personal score"),
     "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
     "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2, total over all parameters)"),
     "item-clip-fraction": (0.3, "share of the clip norm given to the item tower (the rest: user embedding)"),
@@ -110,8 +111,13 @@ def resolve(run_config: dict[str, Any] | None = None, overrides: dict[str, Any] 
     if merged["privacy"] == "user":
         if not (merged["user-epsilon"] > 0):
             raise ValueError("user-epsilon must be positive (inf: no noise, NOT PRIVATE)")
-        if not 0.0 < merged["popularity-budget-share"] < 1.0:
-            raise ValueError("popularity-budget-share must be in (0, 1)")
+        if not 0.0 < merged["popularity-budget-share"] < 1.0 or not 0.0 <= merged["selection-budget-share"] < 1.0 or (
+            merged["popularity-budget-share"] + merged["selection-budget-share"] >= 1.0
+        ):
+            raise ValueError(
+                "popularity-budget-share must be in (0, 1), selection-budget-share in [0, 1), and their sum below 1 "
+                "(the rest is the co-occurrence release's)"
+            )
         if merged["cooccurrence-items"] < 1 or merged["max-factors"] < 1:
             raise ValueError("cooccurrence-items and max-factors must be at least 1")
     if not 0.0 < merged["fraction-train"] <= 1.0:

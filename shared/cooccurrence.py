@@ -1,20 +1,26 @@
-"""User-level private recommendation from two noisy releases: item popularity and co-occurrence.
+"""User-level private recommendation from three noisy releases: popularity, co-occurrence, and
+the choice of weights.
 
 Why this design (and not DP-SGD over a shared tower): Gaussian noise over d released
 coordinates grows like sqrt(d), and a DP-FedAvg model of ~10^5 weights averaged over ~10^2
-users a round drowns in it. Here each device contributes exactly twice, and each contribution
-is a *sufficient statistic* with L2 norm at most 1 over all of its user's interactions:
+users a round drowns in it. Here each device contributes once to each release, and each
+contribution is a *sufficient statistic* with L2 norm at most 1 over all of its user's
+interactions:
 
 1. **popularity**: the user's interaction vector ``x`` scaled to unit norm, ``x / ||x||``;
 2. **co-occurrence**: the outer product ``x_M x_M^T / ||x_M||^2`` restricted to the ``M`` items
    the released popularity ranks highest (public after release 1), sent as its upper triangle
    with off-diagonal entries scaled by sqrt(2), so that the vector's L2 norm equals the
-   matrix's Frobenius norm, ``||x_M||^2 / ||x_M||^2 = 1``.
+   matrix's Frobenius norm, ``||x_M||^2 / ||x_M||^2 = 1``;
+3. **selection** (tuning on private data, accounted like any release): for each candidate
+   (popularity weight, content weight), the reciprocal rank of the user's most recent training
+   interaction when ranked from the rest of its history, as a unit-norm vector. The server
+   keeps the candidate with the largest noisy sum.
 
 Adding or removing one user changes each sum by at most 1 in L2, so each release is a Gaussian
-mechanism of sensitivity 1 (user-level). The server adds the noise; two Gaussian releases
-compose to one Gaussian mechanism with ``1 / sigma^2 = sum 1 / sigma_i^2`` (mu-GDP, Dong, Roth
-and Su 2019), which :mod:`shared.privacy` turns into epsilon at delta exactly.
+mechanism of sensitivity 1 (user-level). The server adds the noise; Gaussian releases compose
+(adaptively) to one Gaussian mechanism with ``1 / sigma^2 = sum 1 / sigma_i^2`` (mu-GDP, Dong,
+Roth and Su 2019), which :mod:`shared.privacy` turns into epsilon at delta exactly.
 
 Everything after the releases is post-processing and costs no privacy:
 - the top eigenvectors of the noisy co-occurrence matrix are the item factors (PureSVD,
@@ -23,23 +29,38 @@ Everything after the releases is post-processing and costs no privacy:
 - the public catalog content (MiniLM text and MobileNetV2 image features) is a prior: a ridge
   map from content to popularity shrinks the noisy counts (empirical Bayes), and a ridge map
   from content to the factors embeds items that did not exist at release time (cold start);
-- the user's own vector ``x_M V`` is computed on the device from its own history and never
-  leaves it (as in FedRecon, Singhal et al. 2021). Score of item ``i``:
-  ``<x_M V, e_i> / max_j |<x_M V, e_j>| + popularity-weight * pop_i / max pop``.
+- the user's own vector ``x_M V`` and its content profile are computed on the device from its
+  own history and never leave it (as in FedRecon, Singhal et al. 2021). Score of item ``i``:
+  ``<x_M V, e_i> / max_j |<x_M V, e_j>| + w_pop * pop_i / max pop + w_content * z(cos(c_i, profile))``.
 
 Close work: Chien et al. (ICML 2021) release noisy item sufficient statistics in DP-ALS;
-McSherry and Mironov (KDD 2009) release a noisy item covariance. The settings
-(``cooccurrence-items`` 600, ``max-factors`` 24, ``popularity-weight`` 0.3, budget share 0.1)
-were chosen on validation items (each user's second-to-last interaction) of MovieLens-100K,
-never on test items.
+McSherry and Mironov (KDD 2009) release a noisy item covariance. The fixed settings
+(``cooccurrence-items`` 600, ``max-factors`` 24, budget shares 0.1 / 0.8 / 0.1) were chosen on
+validation items (each user's second-to-last interaction) of MovieLens-100K, never on test items.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+def one_blas_thread(function):
+    """Run ``function`` with OpenBLAS/MKL limited to one thread. Why: called from the
+    ServerApp's thread inside a simulation (and from Ray workers), OpenBLAS' own thread pool
+    hung in ``exec_blas`` for minutes during an SVD; single-threaded LAPACK does not."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
+
+    return wrapper
+
 
 CONTENT_RIDGE = 10.0
 IMAGE_COMPONENTS = 64
@@ -92,6 +113,7 @@ def matrix_from_triangle(vector: np.ndarray, m: int) -> np.ndarray:
     return matrix
 
 
+@one_blas_thread
 def content_matrix(text: np.ndarray, text_mask: np.ndarray, image: np.ndarray, image_mask: np.ndarray) -> np.ndarray:
     """Public item content as ridge inputs [N, 384 + 64 + 3]: the unit-norm MiniLM text
     vector, the image features' top principal directions (unit norm), presence flags, 1."""
@@ -118,19 +140,42 @@ def noise_spectral_norm(noise_std_of_sum: float, m: int) -> float:
     return 2.0 * noise_std_of_sum / math.sqrt(2.0) * math.sqrt(m)
 
 
+# Candidate (popularity-weight, content-weight) pairs for the selection release.
+POPULARITY_WEIGHTS = (0.1, 0.3, 1.0)
+CONTENT_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0)
+CANDIDATES = tuple((p, c) for p in POPULARITY_WEIGHTS for c in CONTENT_WEIGHTS)
+
+
+def content_similarity(content: np.ndarray, train_items: np.ndarray) -> np.ndarray:
+    """How close each item's public content is to the user's history, standardised [N]: the
+    cosine to the mean of the history's content vectors, then z-scored over the catalog.
+    Computed on the device from public content and its own history: no privacy cost."""
+    vectors = content[:, :-3]  # without the presence flags and the constant
+    vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
+    items = np.asarray(train_items, dtype=np.int64)
+    if len(items) == 0:
+        return np.zeros(len(content))
+    profile = vectors[items].mean(0)
+    similarity = vectors @ profile / (np.linalg.norm(profile) + 1e-9)
+    return (similarity - similarity.mean()) / (similarity.std() + 1e-9)
+
+
 @dataclass(frozen=True)
 class CooccurrenceModel:
     """The released model: what every device needs to rank the catalog for its user.
 
     ``top_items`` [M] catalog indices; ``factors`` [N, k] item embeddings (eigenvectors for the
     top items, content-predicted for items that did not exist at release time, zero for the
-    others); ``popularity`` [N] shrunk DP popularity (content-predicted for new items).
+    others); ``popularity`` [N] shrunk DP popularity (content-predicted for new items); the
+    weights of popularity and of the device's content similarity (chosen by the selection
+    release).
     """
 
     top_items: np.ndarray
     factors: np.ndarray
     popularity: np.ndarray
     popularity_weight: float
+    content_weight: float = 0.0
 
     def user_vector(self, train_items: np.ndarray) -> np.ndarray:
         """The user's private representation ``x_M V`` [k], computed on the device only."""
@@ -139,15 +184,27 @@ class CooccurrenceModel:
         top_factors = self.factors[self.top_items]
         return top_factors[rows].sum(0) if rows else np.zeros(self.factors.shape[1])
 
-    def scores(self, train_items: np.ndarray) -> np.ndarray:
-        """Scores [N] of every catalog item for a user with these training items."""
+    def score_parts(self, train_items: np.ndarray, content: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """(personal, popularity, content) terms [N] each, on comparable scales."""
         personal = self.factors @ self.user_vector(train_items)
         scale = np.abs(personal[self.top_items]).max() if len(self.top_items) else 0.0
         if scale > 0:
             personal = personal / scale
         top_popularity = self.popularity[self.top_items].max() if len(self.top_items) else 0.0
         popularity = self.popularity / top_popularity if top_popularity > 0 else self.popularity
-        return personal + self.popularity_weight * popularity
+        similarity = content_similarity(content, train_items) if content is not None else np.zeros_like(personal)
+        return personal, popularity, similarity
+
+    def scores(self, train_items: np.ndarray, content: np.ndarray | None = None) -> np.ndarray:
+        """Scores [N] of every catalog item for a user with these training items (``content``:
+        the catalog's :func:`content_matrix`, needed when the content weight is not 0)."""
+        if self.content_weight and content is None:
+            raise ValueError("this model weighs content similarity: pass the catalog's content matrix")
+        personal, popularity, similarity = self.score_parts(train_items, content if self.content_weight else None)
+        return personal + self.popularity_weight * popularity + self.content_weight * similarity
+
+    def with_weights(self, popularity_weight: float, content_weight: float) -> "CooccurrenceModel":
+        return CooccurrenceModel(self.top_items, self.factors, self.popularity, popularity_weight, content_weight)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -155,6 +212,7 @@ class CooccurrenceModel:
             "factors": self.factors.astype(np.float32),
             "popularity": self.popularity.astype(np.float32),
             "popularity-weight": np.asarray([self.popularity_weight], dtype=np.float64),
+            "content-weight": np.asarray([self.content_weight], dtype=np.float64),
         }
 
     @classmethod
@@ -164,7 +222,27 @@ class CooccurrenceModel:
             factors=np.asarray(arrays["factors"], dtype=np.float64),
             popularity=np.asarray(arrays["popularity"], dtype=np.float64),
             popularity_weight=float(np.asarray(arrays["popularity-weight"]).ravel()[0]),
+            content_weight=float(np.asarray(arrays.get("content-weight", [0.0])).ravel()[0]),
         )
+
+
+@one_blas_thread
+def selection_contribution(
+    model: CooccurrenceModel, train_items: np.ndarray, validation_item: int, content: np.ndarray
+) -> np.ndarray:
+    """Release 3's contribution: how well each candidate weighting ranks the user's validation
+    item (its most recent training interaction) from the rest of its history, as reciprocal
+    ranks scaled to unit L2 norm [len(CANDIDATES)] (zeros without a validation item)."""
+    from shared.metrics import rank_of
+
+    items = np.asarray(train_items, dtype=np.int64)
+    rest = items[items != validation_item]
+    if validation_item < 0 or len(rest) == 0 or len(rest) == len(items):
+        return np.zeros(len(CANDIDATES))
+    personal, popularity, similarity = model.score_parts(rest, content)
+    ranks = np.array([rank_of(personal + p * popularity + c * similarity, int(validation_item), rest) for p, c in CANDIDATES])
+    reciprocal = 1.0 / (1.0 + ranks)
+    return reciprocal / np.linalg.norm(reciprocal)
 
 
 def top_items(noisy_popularity: np.ndarray, known: np.ndarray, m: int) -> np.ndarray:
@@ -186,6 +264,7 @@ def shrunk_popularity(noisy: np.ndarray, noise_std: float, content: np.ndarray, 
     return out
 
 
+@one_blas_thread
 def fit_model(
     noisy_popularity: np.ndarray,
     popularity_noise_std: float,
@@ -195,7 +274,8 @@ def fit_model(
     content: np.ndarray,
     known: np.ndarray,
     max_factors: int,
-    popularity_weight: float,
+    popularity_weight: float = 0.3,
+    content_weight: float = 0.0,
 ) -> tuple[CooccurrenceModel, int]:
     """Post-process the two releases into the served model; also the rank kept."""
     m = len(top)
@@ -210,4 +290,4 @@ def fit_model(
         factors[unknown] = content[unknown] @ _ridge(content[top], top_factors)
     factors[top] = top_factors
     popularity = shrunk_popularity(noisy_popularity, popularity_noise_std, content, known)
-    return CooccurrenceModel(top, factors, popularity, popularity_weight), rank
+    return CooccurrenceModel(top, factors, popularity, popularity_weight, content_weight), rank

@@ -47,7 +47,8 @@ def _run(overrides: dict[str, Any], client_app=None) -> tuple[Path, float]:
     from simulations.simulate import simulate
 
     started = time.perf_counter()
-    run_dir = simulate(overrides, client_app=client_app)
+    # The bench measures DP-SGD clients: the example-level mode, whatever the default.
+    run_dir = simulate({"privacy": "local", **overrides}, client_app=client_app)
     return run_dir, time.perf_counter() - started
 
 
@@ -90,7 +91,7 @@ def _local_training_inputs(overrides: dict[str, Any], cache: Path | None):
     from shared.models.recommender import catalog_tensors
 
     torch.set_num_threads(1)
-    config = resolve(None, overrides)
+    config = resolve(None, {"privacy": "local", **overrides})  # DP-SGD clients, whatever the default
     dataset = load_dataset(resolve_data_dir(config))
     catalog = catalog_tensors(load_or_compute_features(dataset, cache, progress=False))
     return config, dataset, leave_last_out(dataset), catalog

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 import time
@@ -147,6 +148,7 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     row.update({m: summary["final"].get(m, float("nan")) for m in METRICS})
     row["epsilon-max"] = privacy.get("epsilon-max", "") if privacy.get("mode") in ("local", "both") else ""
     row["user-level-epsilon"] = privacy.get("user-level-epsilon") or ""
+    row["privacy-mode"] = privacy.get("mode", "")
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")
     row["users"] = summary["final"].get("clients-evaluated", summary["final"].get("users", ""))
     if kind == "federated" and (run_dir / "devices").is_dir():
@@ -192,8 +194,8 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
     same_header = "most-popular on the same users: " + " / ".join(SAME_USERS_METRICS)
     lines = [
-        "| setting | runs | users | " + " | ".join(METRICS) + f" | {same_header} | epsilon max | wall s |",
-        "|" + " --- |" * (len(METRICS) + 6),
+        "| setting | runs | users | " + " | ".join(METRICS) + f" | {same_header} | epsilon max (example-level) | user-level epsilon | wall s |",
+        "|" + " --- |" * (len(METRICS) + 7),
     ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         group = [r for r in rows if r["setting"] == setting]
@@ -205,6 +207,8 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
         eps = [float(r["epsilon-max"]) for r in group if r["epsilon-max"] != ""]
         walls = [float(r["wall-seconds"]) for r in group if r["wall-seconds"] != ""]
         eps_cell = f"{statistics.mean(eps):.1f}" if eps else "n/a"
+        user_eps = sorted({float(r["user-level-epsilon"]) for r in group if r.get("user-level-epsilon", "") != ""})
+        user_cell = ", ".join(f"{e:.2f}" for e in user_eps) or "n/a"
         wall_cell = f"{statistics.mean(walls):.0f}" if walls else ""
         users = sorted({str(r.get("users", "")) for r in group})
         same = [
@@ -214,7 +218,7 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
         ]
         lines.append(
             f"| {setting} | {len(group)} | {', '.join(users)} | " + " | ".join(cells)
-            + f" | {' / '.join(same) or 'n/a'} | {eps_cell} | {wall_cell} |"
+            + f" | {' / '.join(same) or 'n/a'} | {eps_cell} | {user_cell} | {wall_cell} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plots(out, rows)
@@ -240,6 +244,58 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
     fig.savefig(out / "ndcg_over_rounds.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
+    if any(r.get("privacy-mode") in USER_LEVEL_MODES for r in rows):
+        _user_level_plot(out, rows, plt)
+    else:
+        _example_level_plot(out, rows, plt)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(dict.fromkeys(r["setting"] for r in rows))
+    # Rank percentile, not HR@10: lifting a new item from the bottom of a 1,682-item catalog to
+    # its top third is what content buys, and HR@10 is near zero for every setting on cold items.
+    for offset, part in ((-0.2, "rank-percentile-warm"), (0.2, "rank-percentile-cold")):
+        means = [statistics.mean(float(r[part]) for r in rows if r["setting"] == n) for n in names]
+        ax.bar([i + offset for i in range(len(names))], means, width=0.4, label=part)
+    ax.axhline(0.5, linestyle="--", linewidth=0.8, color="grey")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="rank percentile of the test item (0 best, 0.5 random)", title="Cold-start against warm items")
+    ax.legend()
+    fig.savefig(out / "cold_vs_warm.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}
+INFINITY_AT = 16.0  # where epsilon = inf (no noise) sits on the log axis
+
+
+def _user_level_plot(out: Path, rows: list[dict[str, Any]], plt) -> None:
+    """NDCG@10 against user-level epsilon (1, 3, 8, inf): one line per mechanism, mean over
+    seeds; settings without a user-level epsilon as labelled horizontal references."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for mode, label in USER_LEVEL_MODES.items():
+        mine = [r for r in rows if r.get("privacy-mode") == mode and r["user-level-epsilon"] != ""]
+        by_eps: dict[float, list[float]] = {}
+        for r in mine:
+            eps = float(r["user-level-epsilon"])
+            by_eps.setdefault(INFINITY_AT if math.isinf(eps) else eps, []).append(float(r["ndcg@10"]))
+        if by_eps:
+            xs = sorted(by_eps)
+            ax.plot(xs, [statistics.mean(by_eps[x]) for x in xs], marker="o", label=label)
+    references = [n for n in dict.fromkeys(r["setting"] for r in rows if r.get("privacy-mode") not in USER_LEVEL_MODES)]
+    for k, setting in enumerate(references):
+        level = statistics.mean(float(r["ndcg@10"]) for r in rows if r["setting"] == setting)
+        ax.axhline(level, linestyle="--", linewidth=0.9, color=f"C{k + 3}", label=f"reference: {setting}")
+    ticks = [1, 3, 8, INFINITY_AT]
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, ["1", "3", "8", "inf (no noise)"])
+    ax.minorticks_off()
+    ax.set(xlabel="user-level epsilon (delta 1e-5)", ylabel="NDCG@10 (full ranking)", title="Privacy against utility")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(out / "privacy_utility.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _example_level_plot(out: Path, rows: list[dict[str, Any]], plt) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     private = [r for r in rows if r["epsilon-max"] != ""]
     for setting in dict.fromkeys(r["setting"] for r in private):
@@ -256,16 +312,3 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
     fig.savefig(out / "privacy_utility.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(dict.fromkeys(r["setting"] for r in rows))
-    # Rank percentile, not HR@10: lifting a new item from the bottom of a 1,682-item catalog to
-    # its top third is what content buys, and HR@10 is near zero for every setting on cold items.
-    for offset, part in ((-0.2, "rank-percentile-warm"), (0.2, "rank-percentile-cold")):
-        means = [statistics.mean(float(r[part]) for r in rows if r["setting"] == n) for n in names]
-        ax.bar([i + offset for i in range(len(names))], means, width=0.4, label=part)
-    ax.axhline(0.5, linestyle="--", linewidth=0.8, color="grey")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="rank percentile of the test item (0 best, 0.5 random)", title="Cold-start against warm items")
-    ax.legend()
-    fig.savefig(out / "cold_vs_warm.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)

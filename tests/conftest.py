@@ -37,6 +37,7 @@ def federated_run(small_dataset, feature_cache, tmp_path_factory):
                 "feature-cache": str(feature_cache),
                 "run-dir": str(tmp_path_factory.mktemp("runs")),
                 "run-id": "test-run",
+                "privacy": "local",
                 "num-server-rounds": 2,
                 "fraction-train": 1.0,
                 "local-epochs": 3,

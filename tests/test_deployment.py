@@ -52,7 +52,7 @@ def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistere
         assert "Failed to activate SuperNode" in log
         assert "No SuperNode found with the given public key" in dep.log_text("superlink")
 
-        result = dep.run({"run-id": "two-rounds", "num-server-rounds": 2, "fraction-train": 1.0})
+        result = dep.run({"run-id": "two-rounds", "num-server-rounds": 2, "fraction-train": 1.0, "privacy": "local"})
         assert result.returncode == 0, result.output[-4000:]
         assert "deployment: 3 SuperNodes connected" in result.output
         run_dir = dep.work / "runs" / "two-rounds"
@@ -74,7 +74,7 @@ def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistere
 
         # A SuperNode killed and restarted resumes its spend from its state folder.
         dep.restart_supernode(0)
-        again = dep.run({"run-id": "after-restart", "num-server-rounds": 1, "fraction-train": 1.0})
+        again = dep.run({"run-id": "after-restart", "num-server-rounds": 1, "fraction-train": 1.0, "privacy": "local"})
         assert again.returncode == 0, again.output[-4000:]
         assert _device_steps(dep, 0) > steps_after_run[0]
         first = json.loads((run_dir / "summary.json").read_text())["privacy"]["epsilon-max"]

@@ -22,7 +22,7 @@ def _context(small_dataset, state_dir, partition: int = 0) -> Context:
 
 
 def _train_message(feature_cache, server_round: int) -> Message:
-    config = resolve(None, {"feature-cache": str(feature_cache), "local-epochs": 1})
+    config = resolve(None, {"feature-cache": str(feature_cache), "local-epochs": 1, "privacy": "local"})
     torch.manual_seed(0)
     arrays = ArrayRecord(ItemTower(model_spec(config)).state_dict())
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({**config, "server-round": server_round})})

@@ -23,6 +23,7 @@ def test_clients_at_their_cap_decline_and_the_run_stops_cleanly(small_dataset, f
             "num-server-rounds": 3,
             "fraction-train": 1.0,
             "epsilon-cap": 1.0,  # below what a single local round costs
+            "privacy": "local",
         }
     )
     rows = read_metrics(run_dir)
@@ -48,7 +49,7 @@ def test_clients_at_their_cap_are_replaced_by_others(small_dataset, feature_cach
     from shared.data import leave_last_out, load_dataset
     from shared.training import projected_epsilon
 
-    config = resolve(None, {"local-epochs": 2})
+    config = resolve(None, {"local-epochs": 2, "privacy": "local"})
     split = leave_last_out(load_dataset(small_dataset))
     costs = sorted(projected_epsilon([], len(items), train_config(config)) for items in split.train_items)
     cap = (costs[0] + min(c for c in costs if c > costs[0])) / 2  # only the cheapest can afford a round
@@ -63,6 +64,7 @@ def test_clients_at_their_cap_are_replaced_by_others(small_dataset, feature_cach
             "num-server-rounds": 1,
             "fraction-train": 0.5,
             "epsilon-cap": cap,
+            "privacy": "local",
         }
     )
     row = read_metrics(run_dir)[0]

@@ -67,6 +67,7 @@ def test_fedadam_with_item_ids_runs_and_moves_the_global_model(small_dataset, fe
             "feature-cache": str(feature_cache),
             "run-dir": str(tmp_path),
             "run-id": "fedadam",
+            "privacy": "local",
             "strategy": "fedadam",
             "num-server-rounds": 2,
             "fraction-train": 0.5,

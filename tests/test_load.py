@@ -22,6 +22,7 @@ def test_a_thousand_clients_run_to_completion(feature_cache, tmp_path):
                 "num-server-rounds": 2,
                 "fraction-train": 0.03,
                 "fraction-evaluate": 0.5,
+                "privacy": "local",
             }
         )
     summary = read_summary(run_dir)

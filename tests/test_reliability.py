@@ -20,6 +20,7 @@ def _run(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
             "run-dir": str(tmp_path),
             "run-id": run_id,
             "fraction-train": 1.0,
+            "privacy": "local",
             **extra,
         }
     )

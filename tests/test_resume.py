@@ -37,7 +37,7 @@ def test_a_killed_run_resumes_to_the_same_final_round(small_dataset, feature_cac
     run_dir = tmp_path / "crashy"
     settings = {
         "data-dir": small_dataset, "feature-cache": feature_cache, "run-dir": tmp_path, "run-id": "crashy",
-        "num-server-rounds": 4, "fraction-train": 0.5,
+        "num-server-rounds": 4, "fraction-train": 0.5, "privacy": "local",
     }
     command = [sys.executable, "-m", "simulations.cli", "run"]
     for key, value in settings.items():

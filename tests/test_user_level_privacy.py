@@ -15,8 +15,12 @@ import pytest
 import server.user_level
 from server.audit import audit, run_audit
 from server.audit_user_level import chi_square_interval
+from server.run_directory import read_metrics
 from shared.cooccurrence import (
+    CANDIDATES,
     CooccurrenceModel,
+    content_similarity,
+    selection_contribution,
     cooccurrence_contribution,
     matrix_from_triangle,
     popularity_contribution,
@@ -80,6 +84,39 @@ def test_a_device_ranks_with_its_own_history_and_the_released_model():
     assert np.argmax(model.scores(np.array([2]))) == 2
 
 
+def test_a_devices_selection_vote_has_norm_one_and_favours_the_weighting_that_ranks_its_item():
+    # Items 0-3; the user's history is {0, 1}, its most recent interaction 1. Collaborative
+    # factors say nothing useful (item 1 scores low), content says item 1 is like item 0.
+    model = CooccurrenceModel(
+        top_items=np.array([0, 1, 2, 3]),
+        factors=np.array([[1.0], [0.0], [0.2], [0.2]]),
+        popularity=np.array([1.0, 0.0, 1.0, 1.0]),
+        popularity_weight=0.3,
+    )
+    content = np.array([[1.0, 0.0, 0.0, 0, 0, 1], [0.9, 0.1, 0, 0, 0, 1], [0.0, 1.0, 0, 0, 0, 1], [0.0, 0.0, 1.0, 0, 0, 1]])
+    vote = selection_contribution(model, np.array([0, 1]), 1, content)
+    assert np.linalg.norm(vote) == pytest.approx(1.0)
+    # Without content item 1 ranks third (behind 2 and 3); with content weight 1 it ranks first.
+    assert vote[CANDIDATES.index((0.1, 0.0))] == pytest.approx(vote.max() / 3)
+    assert vote[CANDIDATES.index((0.1, 1.0))] == pytest.approx(vote.max())
+    assert not selection_contribution(model, np.array([1]), 1, content).any()  # nothing left to rank from
+    similarity = content_similarity(content, np.array([0]))
+    assert np.argsort(-similarity).tolist()[:2] == [0, 1]
+
+
+def test_validation_item_is_each_users_most_recent_training_interaction(small_dataset):
+    from shared.data import load_dataset
+    from shared.data.split import leave_last_out
+
+    dataset = load_dataset(small_dataset)
+    split = leave_last_out(dataset)
+    for k, user in enumerate(split.users):
+        rows = np.flatnonzero(dataset.inter_user == user)
+        order = rows[np.lexsort((rows, dataset.inter_time[rows]))]
+        assert split.validation_item[k] == dataset.inter_item[order[-2]]
+        assert split.test_item[k] == dataset.inter_item[order[-1]]
+
+
 def test_user_level_run_is_recorded_and_passes_the_audit(honest_run):
     summary = read_summary(honest_run)
     assert summary["privacy"]["mode"] == "user"
@@ -87,8 +124,11 @@ def test_user_level_run_is_recorded_and_passes_the_audit(honest_run):
     assert summary["final"]["clients-evaluated"] == 12
     releases = [e for e in read_entries(honest_run) if e.kind == "release"]
     assert [(e.round, e.body["release"], e.body["contributions"]) for e in releases] == [
-        (1, "popularity", 12), (2, "cooccurrence", 12)
+        (1, "popularity", 12), (2, "cooccurrence", 12), (3, "selection", 12)
     ]
+    assert releases[2].body["dimension"] == len(CANDIDATES)
+    chosen = [row for row in read_metrics(honest_run) if row.get("release") == "selection"][0]
+    assert (chosen["popularity-weight"], chosen["content-weight"]) in CANDIDATES
     assert releases[0].body["dimension"] == 120 and releases[1].body["dimension"] == triangle_size(120)
     assert max(e.body["contribution-norm-max"] for e in releases) <= 1.0 + 1e-9
     report = audit(honest_run)
@@ -115,7 +155,9 @@ def test_audit_fails_when_the_noise_is_off(small_dataset, feature_cache, tmp_pat
     monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-off")
     problems = _audit_failure(run, "release-noise")
-    assert [p.split(":")[0] for p in problems] == ["release 1 (popularity)", "release 2 (cooccurrence)"]
+    assert [p.split(":")[0] for p in problems] == [
+        "release 1 (popularity)", "release 2 (cooccurrence)", "release 3 (selection)"
+    ]
 
 
 def test_audit_fails_when_clipping_does_not_bound(small_dataset, feature_cache, tmp_path, monkeypatch):

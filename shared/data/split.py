@@ -35,6 +35,9 @@ class LeaveLastOutSplit:
     cold_items: np.ndarray
     num_items: int
     held_out_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Each user's most recent training interaction: a validation item from training data, for
+    # choosing settings without touching the test item.
+    validation_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def train_popularity(self) -> np.ndarray:
         """Training interaction count per item (the most-popular baseline's score)."""
@@ -67,7 +70,7 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
     boundaries = np.flatnonzero(np.diff(users_sorted)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(order)]])
-    users, train_items, test_items, skipped, emptied = [], [], [], [], []
+    users, train_items, test_items, validation_items, skipped, emptied = [], [], [], [], [], []
     for start, end in zip(starts, ends):
         user = int(users_sorted[start])
         seq = items_sorted[start:end]
@@ -81,6 +84,7 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
         users.append(user)
         train_items.append(np.unique(train))
         test_items.append(int(seq[-1]))
+        validation_items.append(int(train[-1]))
     if skipped:
         warnings.warn(
             f"{dataset.root / 'interactions.csv'}: {len(skipped)} user(s) with fewer than 2 "
@@ -106,6 +110,7 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
         cold_items=np.flatnonzero(~seen),
         num_items=dataset.num_items,
         held_out_items=held_out,
+        validation_item=np.asarray(validation_items, dtype=np.int64),
     )
 
 
