@@ -213,10 +213,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise SystemExit(f"fedmmrec: unknown command {args.command}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _deploy(args: argparse.Namespace) -> int:
     if args.deploy_command == "certs":
         from server.certificates import write_deployment_keys
@@ -235,3 +231,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
     report = deploy_localhost(args.work, args.nodes, args.data, _overrides(args.set))
     return 0 if report["run-returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -72,7 +72,7 @@ def test_unreadable_image_names_item(small_dataset, tmp_path):
     dataset = load_dataset(root)
     index = next(i for i, p in enumerate(dataset.image_paths) if p is not None)
     dataset.image_paths[index].write_bytes(b"this is not a png")
-    with pytest.raises(DatasetError, match=rf"image .* of item '{dataset.item_ids[index]}' is unreadable"):
+    with pytest.raises(DatasetError, match=rf"\(item '{dataset.item_ids[index]}'\): image .* is unreadable"):
         load_dataset(root)
 
 
@@ -129,3 +129,51 @@ def test_cli_reports_bad_input_without_a_traceback(small_dataset, tmp_path, caps
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedmmrec: error: ") and "interactions.csv" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("image_text", ["../outside.png", "images/../../outside.png", "/etc/passwd"])
+def test_an_image_path_that_leaves_the_folder_is_refused_before_it_is_opened(small_dataset, tmp_path, monkeypatch, image_text):
+    import PIL.Image
+
+    root = _copy(small_dataset, tmp_path / "d")
+    (tmp_path / "outside.png").write_bytes((root / "images" / "i00000.png").read_bytes())
+    _rewrite(root / "items.csv", "images/i00000.png", image_text)
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    with pytest.raises(DatasetError, match=r"items.csv, line 2: image .* of item 'i00000' leaves the dataset folder"):
+        load_dataset(root)
+    assert opened == []
+
+
+def test_an_oversized_image_is_refused_from_its_header_naming_file_and_line(small_dataset, tmp_path, monkeypatch):
+    import PIL.Image
+
+    import shared.data.schema
+
+    root = _copy(small_dataset, tmp_path / "d")
+    PIL.Image.new("RGB", (300, 200)).save(root / "images" / "i00001.png")
+    monkeypatch.setattr(shared.data.schema, "MAX_IMAGE_PIXELS", 50_000)
+    with pytest.raises(DatasetError, match=r"items.csv, line 3 \(item 'i00001'\): image .*i00001.png is 300x200 pixels, more than the 50,000 accepted; downscale it"):
+        load_dataset(root)
+
+
+def test_a_decompression_bomb_is_a_clear_error(small_dataset, tmp_path, monkeypatch):
+    import PIL.Image
+
+    root = _copy(small_dataset, tmp_path / "d")
+    PIL.Image.new("L", (400, 400)).save(root / "images" / "i00002.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 50_000)  # 160,000 > 2 x 50,000: PIL's bomb error
+    with pytest.raises(DatasetError, match=r"line 4 \(item 'i00002'\): image .*i00002.png refused: Image size \(160000 pixels\) exceeds limit"):
+        load_dataset(root)
+
+
+def test_a_long_description_loads_and_an_endless_field_names_its_line(small_dataset, tmp_path):
+    root = _copy(small_dataset, tmp_path / "d")
+    long_plot = "a quiet story " * 30_000  # 420,000 characters, above Python's default field limit
+    _rewrite(root / "items.csv", "A cheerful, warm-hearted story", long_plot + "A cheerful, warm-hearted story")
+    assert len(load_dataset(root).descriptions[0]) > 400_000
+    text = (root / "items.csv").read_text(encoding="utf-8")
+    (root / "items.csv").write_text(text + 'i99999,Endless,2000,Drama,"' + "x" * (17 * 1024 * 1024) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"items.csv, line 122: malformed CSV: field larger than field limit"):
+        load_dataset(root)

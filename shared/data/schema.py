@@ -16,11 +16,14 @@ that the model handles with a learned placeholder.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+MAX_FIELD_CHARS = 16 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # a 6,300 x 6,300 poster; decoding costs ~3 bytes a pixel
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "description", "image")
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -68,15 +71,19 @@ def _open_csv(path: Path, expected: tuple[str, ...]) -> tuple[list[list[str]], l
     """Read a whole CSV, checking encoding and header, so later errors can name the line."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found (expected columns: {','.join(expected)})")
+    csv.field_size_limit(MAX_FIELD_CHARS)  # Python's default (131,072) is below a long plot
+    reader = None
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            rows = list(reader)
     except UnicodeDecodeError as exc:
         raise DatasetError(
             f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8"
         ) from exc
     except csv.Error as exc:
-        raise DatasetError(f"{path}: malformed CSV: {exc}") from exc
+        where = f", line {reader.line_num}" if reader is not None else ""
+        raise DatasetError(f"{path}{where}: malformed CSV: {exc} (a field may hold at most {MAX_FIELD_CHARS:,} characters)") from exc
     if not rows:
         raise DatasetError(f"{path}: file is empty (expected header {','.join(expected)})")
     header = [h.strip().lstrip("\ufeff") for h in rows[0]]
@@ -124,6 +131,7 @@ def _load_items(root: Path, check_images: bool) -> dict:
         image_text = row[col["image"]].strip()
         image_path = None
         if image_text:
+            _check_inside(path, line, item_id, image_text)
             image_path = root / image_text
             if not image_path.is_file():
                 raise DatasetError(
@@ -144,17 +152,51 @@ def _load_items(root: Path, check_images: bool) -> dict:
     return out
 
 
-def _check_image(image_path: Path, items_csv: Path, line: int, item_id: str) -> None:
-    """Decode the image header and pixels' first block: catches truncated and non-image files."""
+def _check_inside(items_csv: Path, line: int, item_id: str, image_text: str) -> None:
+    """An image path is relative and stays inside the dataset folder: a dataset never makes the
+    loader open a file it was not given (checked on the text, before anything is opened)."""
+    normal = os.path.normpath(image_text)
+    if os.path.isabs(image_text) or Path(image_text).drive or normal == ".." or normal.startswith(".." + os.sep):
+        raise DatasetError(
+            f"{items_csv}, line {line}: image {image_text!r} of item {item_id!r} leaves the dataset folder; "
+            "give a path relative to the folder, such as images/<item_id>.jpg"
+        )
+
+
+def open_checked_image(image_path: Path, where: str):
+    """Open an image after checking its size from the header alone, before any pixel is
+    decoded: one of more than MAX_IMAGE_PIXELS pixels (or a decompression bomb) is refused with
+    ``where`` (file and line) in the message, instead of costing gigabytes."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(image_path) as img:
-            img.verify()
+        img = Image.open(image_path)
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{where}: image {image_path} refused: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"{where}: image {image_path} is unreadable: {exc}") from exc
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
         raise DatasetError(
-            f"{items_csv}, line {line}: image {image_path} of item {item_id!r} is unreadable: {exc}"
-        ) from exc
+            f"{where}: image {image_path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} accepted; "
+            "downscale it (the backbone sees 224x224)"
+        )
+    return img
+
+
+def _check_image(image_path: Path, items_csv: Path, line: int, item_id: str) -> None:
+    """Decode the image header and pixels' first block: catches truncated, oversized and
+    non-image files."""
+    from PIL import UnidentifiedImageError
+
+    with open_checked_image(image_path, f"{items_csv}, line {line} (item {item_id!r})") as img:
+        try:
+            img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DatasetError(
+                f"{items_csv}, line {line}: image {image_path} of item {item_id!r} is unreadable: {exc}"
+            ) from exc
 
 
 def _load_interactions(root: Path, item_index: dict[str, int]) -> dict:

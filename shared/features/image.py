@@ -54,9 +54,10 @@ def install_mobilenet_checkpoint() -> Path:
 def encode_images(paths: list[Path], batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """Global-average-pooled MobileNetV2 features, float32 [N, 1280], with ImageNet preprocessing."""
     import torch
-    from PIL import Image
     from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
     from tqdm.auto import tqdm
+
+    from shared.data.schema import open_checked_image
 
     install_mobilenet_checkpoint()
     weights = MobileNet_V2_Weights.IMAGENET1K_V1
@@ -69,7 +70,7 @@ def encode_images(paths: list[Path], batch_size: int = 32, progress: bool = True
             chunk = paths[start : start + batch_size]
             images = []
             for path in chunk:
-                with Image.open(path) as img:
+                with open_checked_image(path, str(path)) as img:
                     images.append(preprocess(img.convert("RGB")))
             maps = model.features(torch.stack(images))
             out[start : start + len(chunk)] = maps.mean(dim=(2, 3)).numpy()

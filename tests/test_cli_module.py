@@ -1,0 +1,19 @@
+"""``python -m simulations.cli`` runs every subcommand (a helper defined after the module's
+``main()`` call once made ``deploy`` fail with a NameError there, not under ``fedmmrec``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_module_entry_point_runs_deploy_certs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "deploy", "certs", "--out", str(tmp_path / "keys"), "--host", "localhost", "--nodes", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 SuperNode key pairs" in result.stdout
