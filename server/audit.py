@@ -1,7 +1,9 @@
 """``fedmmrec audit RUN_DIR``: check a run's privacy claims from its run directory alone.
 
 Checks (each named in the report; any failure makes the audit fail):
-1. ``hash-chain``: the ledger's entries are intact, complete and in order.
+1. ``hash-chain``: the ledger's entries are intact, complete and in order; ``ledger-anchored``
+   (:mod:`server.audit_anchors`): it agrees with the metrics, summary, config, clients and
+   device-state files, so a ledger rewritten whole with its hashes recomputed is caught.
 2. ``epsilon-recomputed``: every client-round's claimed epsilon is at least the epsilon
    recomputed from its recorded accountant history by the accountant it names. Each client's
    final history is also recomputed by three accountants: Opacus RDP (an upper bound), Opacus
@@ -149,6 +151,9 @@ def audit(run_dir: str | Path) -> AuditReport:
         }
     )
     gaps: list[float] = []
+    from server.audit_anchors import audit_anchors
+
+    audit_anchors(report, run_dir, header, entries)
     _audit_clients(report, entries, delta, gaps)
     _check_no_batchnorm(run_dir, report)
     servers = [e for e in entries if e.kind == "server-round"]

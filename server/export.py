@@ -21,10 +21,20 @@ import torch
 from torch import nn
 
 from shared.checksums import file_sha256
+from shared.ledger import LEDGER_NAME, read_entries, verify_chain
 from shared.config import model_spec
 from shared.data import load_catalog
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, catalog_tensors
+
+
+def verified_ledger_head(run_dir: Path) -> str:
+    """The hash of the ledger's last entry, after its chain verifies (never a copy of it)."""
+    entries = read_entries(run_dir)
+    problems = verify_chain(entries)
+    if problems or not entries:
+        raise ValueError(f"{run_dir / LEDGER_NAME}: the ledger does not verify: {problems[0] if problems else 'empty'}")
+    return entries[-1].hash
 
 
 class _TowerOnTensors(nn.Module):
@@ -75,13 +85,19 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    head = verified_ledger_head(run_dir)
+    if summary.get("ledger-head") not in (None, head):
+        raise ValueError(
+            f"{summary_path}: ledger-head {summary['ledger-head'][:16]}... is not the ledger's verified head "
+            f"{head[:16]}...: the ledger or the summary was changed; run fedmmrec audit {run_dir}"
+        )
     manifest = {
         "run-id": run_dir.name,
         "checkpoint": checkpoint.name,
         "model-spec": {k: config.get(k, False) for k in ("modalities", "dim", "hidden", "fusion", "item-ids")},
         "items": len(dataset.item_ids),
         "files": {name: file_sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")},
-        "ledger-head": summary.get("ledger-head"),
+        "ledger-head": head,
         "privacy": summary.get("privacy"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

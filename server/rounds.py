@@ -203,7 +203,7 @@ def run_rounds(
         # The round's checkpoint is written before its ledger entries commit, so every round in
         # the ledger has its model on disk: a resume continues from the ledger's last round.
         run_dir.save_round_checkpoint(server_round, arrays.to_torch_state_dict(), strategy_state(strategy))
-        ledger.append(ledger_entries)
+        row["ledger-head"] = ledger.append(ledger_entries)  # anchors the ledger: the audit compares
         run_dir.prune_round_checkpoints(keep=server_round)
         rows.append(row)
         run_dir.append_metrics(row)

@@ -179,7 +179,7 @@ def run_user_level(
             contributions=len(vectors), user_level_epsilon=epsilon,
             **{key.replace("-", "_"): value for key, value in measured.items()},
         )
-        ledger.append([("release", server_round, record.ledger_body(who))])
+        head = ledger.append([("release", server_round, record.ledger_body(who))])
         if name == "popularity":
             released["top-items"] = top_items(noisy, known, m)
             arrays = ArrayRecord({"top-items": torch.from_numpy(released["top-items"])})
@@ -200,6 +200,7 @@ def run_user_level(
                 "bytes-sent-per-client": float(sent),
                 "user-level-epsilon": epsilon,
                 "round-seconds": round(time.time() - started, 3),
+                "ledger-head": head,  # anchors the ledger: the audit compares
             }
         )
         log(

@@ -22,7 +22,8 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
     report = audit(run_dir)
     assert report.passed, report.failures
     assert set(report.failures) == {
-        "hash-chain", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate", "no-batchnorm-stats",
+        "hash-chain", "ledger-anchored", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
+        "no-batchnorm-stats",
     }
     assert report.figures["clients"] == 12 and report.figures["rounds"] == 2
     assert run_audit(run_dir) == 0 and (run_dir / "audit.md").read_text().startswith("# Privacy audit")
@@ -80,3 +81,47 @@ def test_accountant_reset_between_rounds_is_caught(federated_run, tmp_path):
     assert not report.failures["hash-chain"]
     assert report.failures["steps-match-history"]
     assert not report.passed
+
+
+def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(federated_run, tmp_path):
+    """Every client entry claims 4x the noise multiplier, with epsilons and the hash chain
+    recomputed: the accounting checks agree with it; the metrics, summary, clients.jsonl and
+    the devices' own state files do not."""
+    source = federated_run[0]
+    run_dir = _copy_run(source, tmp_path)
+    (run_dir / LEDGER_NAME).unlink()
+    rewritten = Ledger(run_dir)
+    for entry in read_entries(source):
+        body = dict(entry.body)
+        if entry.kind == "client-round":
+            body["noise-multiplier"] *= 4
+            body["history"] = [[sigma * 4, rate, steps] for sigma, rate, steps in body["history"]]
+            body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    report = audit(run_dir)
+    assert not report.failures["hash-chain"] and not report.failures["epsilon-recomputed"]
+    problems = report.failures["ledger-anchored"]
+    assert any(p.startswith("metrics.jsonl round 1: ledger head") and "is not in the ledger" in p for p in problems)
+    assert any(p.startswith("summary.json: ledger-head") for p in problems)
+    assert any(p.startswith("clients.jsonl round 2 client") and "but the ledger records" in p for p in problems)
+    assert any("recorded epsilon" in p and "the ledger claims" in p for p in problems)
+    assert run_audit(run_dir) == 1
+
+
+def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tmp_path):
+    import json
+
+    import pytest
+
+    from server.export import export_run
+
+    run_dir = _copy_run(federated_run[0], tmp_path)
+    head = read_entries(run_dir)[-1].hash
+    manifest = json.loads((export_run(run_dir, tmp_path / "out") / "manifest.json").read_text())
+    assert manifest["ledger-head"] == head
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["ledger-head"] = "0" * 64
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="is not the ledger's verified head"):
+        export_run(run_dir, tmp_path / "out2")

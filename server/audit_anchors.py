@@ -1,0 +1,112 @@
+"""The audit's ``ledger-anchored`` check: the ledger agrees with everything else the run wrote.
+
+A hash chain stops quiet edits of single entries, but a ledger rewritten whole (lower noise
+claimed in every entry, epsilons and hashes recomputed) still verifies. Such a rewrite has to
+agree with every other record of the run, written at the time, to go unnoticed:
+
+- ``metrics.jsonl``: each round's row holds the ledger head after that round committed; the
+  hash must be that of the round's last entry in the ledger;
+- ``summary.json``: its ``ledger-head`` is the ledger's last hash;
+- ``config.json``: the ledger header's copy of the run config equals it;
+- ``clients.jsonl``: each (round, device) row's epsilon and steps equal the ledger's entry;
+- simulated device state files (``devices/partition-*/device-state.json``): a device's own
+  record of its epsilon is not above the ledger's last claim for its pseudonym.
+
+Each file can be forged too, by someone who rewrites them all consistently: so publish the head
+(the run prints it) where the server cannot change it. Rows written before the anchors existed
+are flagged, not failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from shared.ledger import Entry
+
+CHECK = "ledger-anchored"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from server.run_directory import read_jsonl
+
+    return read_jsonl(path, lenient_tail=True)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, str) or isinstance(b, float) and isinstance(a, str):
+        try:
+            return float(a) == float(b)
+        except ValueError:
+            return False
+    return a == b
+
+
+def audit_anchors(report, run_dir: Path, header: dict[str, Any], entries: list[Entry]) -> None:
+    last_of_round: dict[int, str] = {}
+    for entry in entries:
+        last_of_round[entry.round] = entry.hash
+    hashes = {entry.hash: entry for entry in entries}
+    unanchored = 0
+    for row in _read_jsonl(run_dir / "metrics.jsonl"):
+        head = row.get("ledger-head")
+        if head is None:
+            unanchored += 1
+            continue
+        if head not in hashes:
+            report.fail(CHECK, f"metrics.jsonl round {row['round']}: ledger head {head[:16]} is not in the ledger (rewritten?)")
+        elif last_of_round.get(int(row["round"])) != head and hashes[head].round != int(row["round"]):
+            report.fail(CHECK, f"metrics.jsonl round {row['round']}: ledger head {head[:16]} belongs to round {hashes[head].round}")
+    if unanchored:
+        report.flags.append(f"{unanchored} metrics rows carry no ledger head (written before anchoring existed)")
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file() and entries:
+        said = json.loads(summary_path.read_text(encoding="utf-8")).get("ledger-head")
+        if said != entries[-1].hash:
+            report.fail(CHECK, f"summary.json: ledger-head {str(said)[:16]} is not the ledger's last hash {entries[-1].hash[:16]}")
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        recorded = header.get("config", {})
+        changed = [key for key, value in saved.items() if key in recorded and not _same(recorded[key], value)]
+        if changed:
+            report.fail(CHECK, f"ledger header's config differs from config.json on {', '.join(sorted(changed))}")
+    _clients(report, run_dir, entries)
+    _device_states(report, run_dir, entries)
+    report.ok(CHECK)
+
+
+def _clients(report, run_dir: Path, entries: list[Entry]) -> None:
+    spent = {(e.round, str(e.body["client"])): e.body for e in entries if e.kind == "client-round"}
+    for row in _read_jsonl(run_dir / "clients.jsonl"):
+        body = spent.get((int(row["round"]), str(row["client"])))
+        where = f"clients.jsonl round {row['round']} client {row['client']}"
+        if body is None:
+            report.fail(CHECK, f"{where}: no client-round entry in the ledger")
+        elif not math.isclose(float(body["epsilon"]), float(row["epsilon"]), rel_tol=1e-9) or int(body["steps"]) != int(row["steps"]):
+            report.fail(
+                CHECK,
+                f"{where}: epsilon {row['epsilon']} / steps {row['steps']} but the ledger records "
+                f"{body['epsilon']} / {body['steps']}",
+            )
+
+
+def _device_states(report, run_dir: Path, entries: list[Entry]) -> None:
+    claims: dict[str, float] = {}
+    for entry in entries:
+        if entry.kind == "client-round":
+            claims[str(entry.body["client"])] = float(entry.body["epsilon"])
+    for path in sorted((run_dir / "devices").glob("partition-*/device-state.json")):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            name, epsilon = str(state["pseudonym"]), float(state["epsilon"])
+        except (OSError, ValueError, KeyError) as exc:
+            report.fail(CHECK, f"{path}: unreadable device state ({exc})")
+            continue
+        claim = claims.get(name)
+        if claim is None:
+            report.flags.append(f"{path.parent.name}: device {name} spent epsilon {epsilon:.3f} that the ledger never received")
+        elif epsilon > claim * (1 + 1e-9) + 1e-12:
+            report.fail(CHECK, f"{path.parent.name}: device {name} recorded epsilon {epsilon:.4f}, the ledger claims {claim:.4f}")
