@@ -70,6 +70,8 @@ class AuditReport:
     client_epsilons: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     server_epsilons: list[tuple[int, float]] = field(default_factory=list)
     canary_scores: dict[str, list[float]] = field(default_factory=dict)
+    # Checks that ran but could not have failed at the claim: never shown as a pass.
+    inconclusive: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -307,6 +309,22 @@ def _audit_canaries(report: AuditReport, run_dir: Path, header: dict[str, Any], 
     result = one_run_audit(scores, included, delta)
     report.canary_scores = {"included": scores[included].tolist(), "excluded": scores[~included].tolist()}
     claimed = report.server_epsilons[-1][1] if report.server_epsilons else 0.0
+    # The bound's ceiling: every guess right. A ceiling at or below the claim can never fail.
+    ceiling = one_run_audit(included.astype(float), included, delta).epsilon_lower_bound
+    report.figures["empirical lower bound ceiling"] = (
+        f"{ceiling:.3f} with {len(included)} canaries (every guess right) vs claimed {claimed:.3f}"
+    )
+    if ceiling <= claimed:
+        needed = canaries_for_ceiling(claimed, delta)
+        report.inconclusive[check] = (
+            f"INCONCLUSIVE: with {len(included)} canaries the bound cannot exceed {ceiling:.3f}, below the claimed "
+            f"{claimed:.3f}; it could not have failed. Conclusive with {needed} canaries or more, or at a claim below {ceiling:.3f}"
+        )
+        report.figures["empirical lower bound"] = (
+            f"{result.epsilon_lower_bound:.3f} ({result.correct}/{result.guesses} guesses right): "
+            + report.inconclusive[check]
+        )
+        return
     report.figures["empirical lower bound"] = (
         f"{result.epsilon_lower_bound:.3f} at {result.confidence:.0%} confidence ({result.correct}/{result.guesses} "
         f"guesses right, {result.canaries} canaries) vs claimed {claimed:.3f}"
@@ -318,6 +336,17 @@ def _audit_canaries(report: AuditReport, run_dir: Path, header: dict[str, Any], 
             "the run leaks more than it claims",
         )
     report.ok(check)
+
+
+def canaries_for_ceiling(claimed: float, delta: float, limit: int = 1_000_000) -> int | str:
+    """The fewest canaries (doubling from 100) whose all-correct bound exceeds ``claimed``."""
+    m = 100
+    while m <= limit:
+        included = np.arange(m) % 2 == 0
+        if one_run_audit(included.astype(float), included, delta).epsilon_lower_bound > claimed:
+            return m
+        m *= 2
+    return f"more than {limit:,}"
 
 
 def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:

@@ -44,6 +44,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _epsilon(value) -> float:
+    """A recorded epsilon; -1 is how ledgers and state files write infinity (no noise)."""
+    value = float(value)
+    return math.inf if value < 0 else value
+
+
 def audit_anchors(report, run_dir: Path, header: dict[str, Any], entries: list[Entry]) -> None:
     last_of_round: dict[int, str] = {}
     for entry in entries:
@@ -97,16 +103,16 @@ def _device_states(report, run_dir: Path, entries: list[Entry]) -> None:
     claims: dict[str, float] = {}
     for entry in entries:
         if entry.kind == "client-round":
-            claims[str(entry.body["client"])] = float(entry.body["epsilon"])
+            claims[str(entry.body["client"])] = _epsilon(entry.body["epsilon"])
     for path in sorted((run_dir / "devices").glob("partition-*/device-state.json")):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-            name, epsilon = str(state["pseudonym"]), float(state["epsilon"])
+            name, epsilon = str(state["pseudonym"]), _epsilon(state["epsilon"])
         except (OSError, ValueError, KeyError) as exc:
             report.fail(CHECK, f"{path}: unreadable device state ({exc})")
             continue
         claim = claims.get(name)
         if claim is None:
             report.flags.append(f"{path.parent.name}: device {name} spent epsilon {epsilon:.3f} that the ledger never received")
-        elif epsilon > claim * (1 + 1e-9) + 1e-12:
+        elif epsilon > claim * (1 + 1e-9) + 1e-12 and not (math.isinf(epsilon) and math.isinf(claim)):
             report.fail(CHECK, f"{path.parent.name}: device {name} recorded epsilon {epsilon:.4f}, the ledger claims {claim:.4f}")

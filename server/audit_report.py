@@ -21,6 +21,8 @@ def to_markdown(report: AuditReport) -> str:
     lines += ["", "| check | result |", "| --- | --- |"]
     for check, problems in report.failures.items():
         lines.append(f"| {check} | {'pass' if not problems else 'FAIL: ' + '; '.join(problems[:5])} |")
+    for check, why in report.inconclusive.items():
+        lines.append(f"| {check} | {why} |")
     if report.flags:
         lines += ["", "Flags:", *[f"- {flag}" for flag in report.flags[:20]]]
         if len(report.flags) > 20:
@@ -80,7 +82,7 @@ def to_html(report: AuditReport) -> str:
         f"<tr><td>{html.escape(c)}</td><td class={'ok' if not p else 'bad'}>"
         f"{'pass' if not p else 'FAIL: ' + html.escape('; '.join(p[:10]))}</td></tr>"
         for c, p in report.failures.items()
-    )
+    ) + "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(w)}</td></tr>" for c, w in report.inconclusive.items())
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in report.flags[:50])
     images = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"

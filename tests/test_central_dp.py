@@ -118,3 +118,19 @@ def test_dp_fedavg_clips_weighs_equally_and_divides_by_the_expected_count():
     assert released.clipped == 1 and released.clients == 2
     sampled = [len(poisson_sample(list(range(1000)), 0.3, np.random.default_rng(s))) for s in range(20)]
     assert 250 < np.mean(sampled) < 350 and len(set(sampled)) > 1  # Poisson, not fixed-size
+
+
+def test_a_canary_check_that_could_not_fail_says_inconclusive_not_pass(small_dataset, feature_cache, tmp_path):
+    """100 canaries bound epsilon at about ln(100) even when every guess is right: far below
+    the claim of z = 0.5 over 3 rounds, so the check is INCONCLUSIVE and names what would do."""
+    from server.audit_report import to_markdown
+
+    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "weak", canaries=100, **{"server-noise-multiplier": 0.5}))
+    report = audit(run_dir)
+    claimed = read_summary(run_dir)["privacy"]["user-level-epsilon"]
+    assert claimed > 10
+    assert "empirical-lower-bound" not in report.failures
+    why = report.inconclusive["empirical-lower-bound"]
+    assert why.startswith("INCONCLUSIVE: with 100 canaries the bound cannot exceed") and "canaries or more" in why
+    table = to_markdown(report)
+    assert "| empirical-lower-bound | INCONCLUSIVE" in table and "| empirical-lower-bound | pass |" not in table
