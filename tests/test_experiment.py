@@ -28,6 +28,7 @@ name = "most-popular"
 kind = "most-popular"
 [[setting]]
 name = "federated, local DP"
+privacy = "local"
 seeds = [1]
 """,
         encoding="utf-8",
@@ -56,6 +57,40 @@ seeds = [1]
     config.write_text(config.read_text().replace("num-server-rounds = 2", "num-server-rounds = 3"), encoding="utf-8")
     with pytest.raises(ValueError, match=r"federated-local-dp-s1: .*num-server-rounds: ran with 2, the grid asks 3"):
         run_experiment(config)
+
+
+def test_user_level_grid_reports_its_epsilon_and_plots_it_against_references(small_dataset, feature_cache, tmp_path):
+    config = tmp_path / "user.toml"
+    config.write_text(
+        f"""
+[experiment]
+name = "user"
+out = "{tmp_path / 'out'}"
+seeds = [0]
+[experiment.base]
+data-dir = "{small_dataset}"
+feature-cache = "{feature_cache}"
+privacy = "user"
+[[setting]]
+name = "most-popular"
+kind = "most-popular"
+[[setting]]
+name = "user-level DP, eps 3"
+user-epsilon = 3.0
+[[setting]]
+name = "no noise"
+user-epsilon = inf
+""",
+        encoding="utf-8",
+    )
+    out = run_experiment(config)
+    rows = {r["setting"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert float(rows["user-level DP, eps 3"]["user-level-epsilon"]) == pytest.approx(3.0)
+    assert rows["no noise"]["user-level-epsilon"] == "inf" and rows["most-popular"]["user-level-epsilon"] == ""
+    assert rows["user-level DP, eps 3"]["privacy-mode"] == "user"
+    table = (out / "results.md").read_text()
+    assert "| user-level DP, eps 3 | 1 | 12 |" in table and "| 3.00 |" in table and "| inf |" in table
+    assert (out / "privacy_utility.png").stat().st_size > 1000
 
 
 def test_bad_experiment_config_names_the_file(tmp_path):
