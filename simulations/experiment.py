@@ -68,6 +68,9 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         "seeds": list(experiment.get("seeds", [0])),
         "base": dict(experiment.get("base", {})),
         "settings": settings,
+        # Rows of another study's results.csv drawn in this one's plot (measured, not typed in).
+        "reference-results": experiment.get("reference-results", ""),
+        "references": list(experiment.get("references", [])),
     }
 
 
@@ -181,12 +184,28 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
                 _run_one(kind, overrides, run_dir)
                 wall = round(time.time() - started, 1)
             rows.append(_row(setting["name"], kind, seed, run_dir, wall))
-    write_results(out, rows)
+    write_results(out, rows, _reference_rows(spec, Path(path)))
     print(f"fedmmrec: results in {out}")
     return out
 
 
-def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+def _reference_rows(spec: dict[str, Any], grid_path: Path) -> list[dict[str, Any]]:
+    """The ``references`` settings' rows from ``reference-results`` (a path relative to the
+    repository root or to the grid file)."""
+    if not spec["references"]:
+        return []
+    name = Path(spec["reference-results"])
+    path = name if name.is_file() else grid_path.parent / name
+    if not path.is_file():
+        raise ValueError(f"{grid_path}: reference-results {name} not found")
+    rows = [r for r in csv.DictReader(path.open(encoding="utf-8")) if r["setting"] in spec["references"]]
+    missing = set(spec["references"]) - {r["setting"] for r in rows}
+    if missing:
+        raise ValueError(f"{path}: no rows for reference setting(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
@@ -221,10 +240,10 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
             + f" | {' / '.join(same) or 'n/a'} | {eps_cell} | {user_cell} | {wall_cell} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plots(out, rows)
+    _plots(out, rows, references or [])
 
 
-def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
+def _plots(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,7 +264,7 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
     if any(r.get("privacy-mode") in USER_LEVEL_MODES for r in rows):
-        _user_level_plot(out, rows, plt)
+        _user_level_plot(out, rows, references, plt)
     else:
         _example_level_plot(out, rows, plt)
 
@@ -265,12 +284,14 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}
-INFINITY_AT = 16.0  # where epsilon = inf (no noise) sits on the log axis
+INFINITY_AT = 16.0
+REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")  # where epsilon = inf (no noise) sits on the log axis
 
 
-def _user_level_plot(out: Path, rows: list[dict[str, Any]], plt) -> None:
+def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any]], plt) -> None:
     """NDCG@10 against user-level epsilon (1, 3, 8, inf): one line per mechanism, mean over
-    seeds; settings without a user-level epsilon as labelled horizontal references."""
+    seeds; settings without a user-level epsilon (and reference rows from another study) as
+    labelled horizontal lines, reference rows with one as labelled points."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for mode, label in USER_LEVEL_MODES.items():
         mine = [r for r in rows if r.get("privacy-mode") == mode and r["user-level-epsilon"] != ""]
@@ -281,16 +302,23 @@ def _user_level_plot(out: Path, rows: list[dict[str, Any]], plt) -> None:
         if by_eps:
             xs = sorted(by_eps)
             ax.plot(xs, [statistics.mean(by_eps[x]) for x in xs], marker="o", label=label)
-    references = [n for n in dict.fromkeys(r["setting"] for r in rows if r.get("privacy-mode") not in USER_LEVEL_MODES)]
-    for k, setting in enumerate(references):
-        level = statistics.mean(float(r["ndcg@10"]) for r in rows if r["setting"] == setting)
-        ax.axhline(level, linestyle="--", linewidth=0.9, color=f"C{k + 3}", label=f"reference: {setting}")
+    levels = [r for r in rows if r.get("privacy-mode") not in USER_LEVEL_MODES] + references
+    for k, setting in enumerate(dict.fromkeys(r["setting"] for r in levels)):
+        group = [r for r in levels if r["setting"] == setting]
+        level = statistics.mean(float(r["ndcg@10"]) for r in group)
+        epsilon = group[0].get("user-level-epsilon", "")
+        if epsilon not in ("", None) and group[0].get("privacy-mode") not in USER_LEVEL_MODES:
+            ax.plot([float(epsilon)], [level], marker="s", markersize=8, linestyle="none", color=REFERENCE_COLOURS[k % 5],
+                    label=f"{setting} (user-level eps {float(epsilon):.1f})")
+        else:
+            ax.axhline(level, linestyle=("--", "-.", ":")[k % 3], linewidth=1.2, color=REFERENCE_COLOURS[k % 5],
+                       label=f"reference: {setting}")
     ticks = [1, 3, 8, INFINITY_AT]
     ax.set_xscale("log")
     ax.set_xticks(ticks, ["1", "3", "8", "inf (no noise)"])
     ax.minorticks_off()
     ax.set(xlabel="user-level epsilon (delta 1e-5)", ylabel="NDCG@10 (full ranking)", title="Privacy against utility")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over a point
     fig.savefig(out / "privacy_utility.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 

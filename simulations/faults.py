@@ -9,8 +9,8 @@
   replacement attack);
 - ``flip``: a poisoned update, the honest update times ``-FAULT_SCALE``;
 - ``crash``: the client raises during training (Flower returns an error reply);
-- ``slow``: the client sleeps twice the ``round-timeout`` (``FAULT_SLOW_S`` without one)
-  before answering: a straggler.
+- ``slow``: a straggler: the client answers only after the server has closed the round without
+  it (with a ``round-timeout``), or after ``FAULT_SLOW_S`` seconds (without one).
 
 ``fedmmrec run --set faults=...`` and :func:`simulations.simulate.simulate` use this app when
 ``faults`` is set; deployments never do.
@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,14 +56,28 @@ def _broken(kind: str, arrays: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
 
 
+def _wait_for_round_to_close(config: dict) -> None:
+    """A straggler that misses its round whatever the machine's load: it answers only once the
+    server has closed the round without it (the round's line is in ``metrics.jsonl``), or after
+    ``FAULT_SLOW_S`` when the run has no round timeout. An event, not a race against a clock."""
+    metrics = Path(str(config["run-dir"])) / str(config["run-id"]) / "metrics.jsonl"
+    this_round = int(config["server-round"])
+    deadline = time.time() + (FAULT_SLOW_S if float(config["round-timeout"]) <= 0 else 3600.0)
+    while time.time() < deadline:
+        if metrics.is_file() and any(
+            json.loads(line).get("round") == this_round for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()
+        ):
+            return
+        time.sleep(0.2)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     kind = parse_faults(str(msg.content["config"]["faults"])).get(int(context.node_config["partition-id"]))
     if kind == "crash":
         raise RuntimeError("injected fault: client crashed during training")
     if kind == "slow":
-        timeout = float(msg.content["config"]["round-timeout"])
-        time.sleep(2 * timeout if timeout > 0 else FAULT_SLOW_S)
+        _wait_for_round_to_close(dict(msg.content["config"]))
     reply = honest_train(msg, context)
     if kind and kind != "slow" and "arrays" in reply.content.array_records:
         reply.content["arrays"] = _broken(kind, reply.content["arrays"], msg.content["arrays"])

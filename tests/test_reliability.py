@@ -47,8 +47,10 @@ def test_broken_and_crashed_clients_are_dropped_and_the_run_goes_on(small_datase
 
 
 def test_a_straggler_is_dropped_at_the_round_timeout(small_dataset, feature_cache, tmp_path):
+    # The straggler answers only after the server closed the round (an event), so it misses the
+    # timeout on any machine; the 60 s are for the eleven others on a busy 2-core machine.
     run_dir = _run(
-        small_dataset, feature_cache, tmp_path, "straggler", **{"num-server-rounds": 1, "faults": "slow:5", "round-timeout": 30.0}
+        small_dataset, feature_cache, tmp_path, "straggler", **{"num-server-rounds": 1, "faults": "slow:5", "round-timeout": 60.0}
     )
     row = read_metrics(run_dir)[0]
     assert row["clients-trained"] == 11 and row["clients-failed"] == 1 and not row["round-skipped"]
