@@ -156,6 +156,9 @@ def audit(run_dir: str | Path) -> AuditReport:
     from server.audit_anchors import audit_anchors
 
     audit_anchors(report, run_dir, header, entries)
+    from server.audit_conformance import audit_conformance
+
+    audit_conformance(report, header, entries)
     _audit_clients(report, entries, delta, gaps)
     _check_no_batchnorm(run_dir, report)
     servers = [e for e in entries if e.kind == "server-round"]

@@ -43,6 +43,16 @@ def _update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
     return float(np.sqrt(total))
 
 
+def _measured(global_arrays: ArrayRecord, reply: Message) -> dict[str, Any]:
+    """What the server measured of a device's update, for the audit's conformance check: its
+    L2 norm (reply minus the model sent) and its number of coordinates."""
+    sent = reply.content["arrays"]
+    return {
+        "update-norm": _update_norm(global_arrays, sent),
+        "update-dimension": int(sum(array.numpy().size for array in sent.values())),
+    }
+
+
 def evaluate_nodes(
     grid: Grid, node_ids: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int
 ) -> dict[str, float]:
@@ -154,7 +164,7 @@ def run_rounds(
             book.eval_nodes.add(node)
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
-            ledger_entries.append(("client-round", server_round, client_entry(reply)))
+            ledger_entries.append(("client-round", server_round, {**client_entry(reply), **_measured(previous, reply)}))
             run_dir.append_client_row(
                 {
                     "round": server_round,
@@ -192,6 +202,7 @@ def run_rounds(
                     "replies-received": len(trained),
                     "clients-declined": len(declined),
                     "released-update-norm": _update_norm(previous, arrays),
+                    "update-dimension": int(sum(a.numpy().size for a in arrays.values())),
                     **server_entry,
                 },
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-FAULT_KINDS = ("nan", "shape", "missing", "extra", "scale", "flip", "crash", "slow")
+FAULT_KINDS = ("nan", "shape", "missing", "extra", "scale", "flip", "crash", "slow", "nonoise", "lownoise", "noclip")
 
 
 def parse_faults(spec: str) -> dict[int, str]:

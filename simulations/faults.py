@@ -9,6 +9,9 @@
   replacement attack);
 - ``flip``: a poisoned update, the honest update times ``-FAULT_SCALE``;
 - ``crash``: the client raises during training (Flower returns an error reply);
+- ``nonoise``, ``lownoise``, ``noclip``: a device whose DP-SGD lies (for the audit's
+  conformance check): it adds no noise, a tenth of the noise, or does not clip (noise as
+  claimed), on either engine, while its reply and the ledger claim the configured mechanism;
 - ``slow``: a straggler: the client answers only after the server has closed the round without
   it (with a ``round-timeout``), or after ``FAULT_SLOW_S`` seconds (without one).
 
@@ -71,9 +74,40 @@ def _wait_for_round_to_close(config: dict) -> None:
         time.sleep(0.2)
 
 
+LYING_MECHANISMS = {"nonoise": (0.0, 1.0), "lownoise": (0.1, 1.0), "noclip": (1e-6, 1e6)}  # (noise x, clip x)
+
+
+def _lying(engine, noise_factor: float, clip_factor: float):
+    """``engine`` (a DP-SGD step loop of shared.training) run with the noise multiplier times
+    ``noise_factor`` and the clip norms times ``clip_factor``, returning the history the
+    configured mechanism would have had: what the device then claims."""
+
+    def run(model, optimizer, positives, loss_of, config, clip_norms, history, generator, mode):
+        from dataclasses import replace
+
+        from shared.privacy import merged
+        from shared.training import planned_round
+
+        quiet = replace(config, noise_multiplier=config.noise_multiplier * noise_factor)
+        losses, _ = engine(model, optimizer, positives, loss_of, quiet, [c * clip_factor for c in clip_norms], history, generator, mode)
+        rate, steps = planned_round(len(positives), config)
+        return losses, merged(list(history) + [(config.noise_multiplier, rate, steps)])
+
+    return run
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     kind = parse_faults(str(msg.content["config"]["faults"])).get(int(context.node_config["partition-id"]))
+    if kind in LYING_MECHANISMS:
+        import shared.training as training
+
+        real = (training._train_fast, training._train_opacus)
+        training._train_fast, training._train_opacus = (_lying(engine, *LYING_MECHANISMS[kind]) for engine in real)
+        try:
+            return honest_train(msg, context)
+        finally:
+            training._train_fast, training._train_opacus = real
     if kind == "crash":
         raise RuntimeError("injected fault: client crashed during training")
     if kind == "slow":

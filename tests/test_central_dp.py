@@ -86,7 +86,17 @@ def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_datase
     # ... but the model gives the canaries away.
     problems = report.failures["empirical-lower-bound"]
     assert problems and "exceeds the claimed user-level epsilon" in problems[0]
+    # ... and so do the released updates' norms, round by round, without any canary.
+    assert [p.split(":")[0] for p in report.failures["noise-conformance"]] == ["server round 1", "server round 2", "server round 3"]
     assert run_audit(run_dir) == 1
+
+
+def test_server_noise_cut_to_a_tenth_is_caught_from_the_released_norms(small_dataset, feature_cache, tmp_path, monkeypatch):
+    real = server.central_dp.gaussian_noise
+    monkeypatch.setattr(server.central_dp, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
+    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
+    problems = audit(run_dir).failures["noise-conformance"]
+    assert len(problems) == ROUNDS and all("released update norm" in p for p in problems)
 
 
 def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, feature_cache, tmp_path):

@@ -205,3 +205,18 @@ def test_export_refuses_a_user_level_run_with_the_reason(honest_run, tmp_path):
     with pytest.raises(ValueError, match="a privacy = user run trains no item tower; its served model is"):
         export_run(honest_run, tmp_path / "out")
     assert json.loads((honest_run / "config.json").read_text())["privacy"] == "user"
+
+
+def test_without_selection_the_configured_weights_serve_and_the_sizes_follow_the_config(small_dataset, feature_cache, tmp_path):
+    run = _user_run(
+        small_dataset, feature_cache, tmp_path, "no-selection",
+        **{"selection-budget-share": 0.0, "popularity-weight": 0.7, "cooccurrence-items": 30, "max-factors": 2},
+    )
+    releases = [e.body for e in read_entries(run) if e.kind == "release"]
+    assert [b["release"] for b in releases] == ["popularity", "cooccurrence"]
+    assert releases[1]["dimension"] == triangle_size(30)
+    with np.load(run / "model.npz") as model:
+        assert model["popularity-weight"][0] == 0.7 and model["content-weight"][0] == 0.0
+        assert len(model["top-items"]) == 30 and model["factors"].shape[1] <= 2
+    assert read_summary(run)["privacy"]["user-level-epsilon"] == pytest.approx(3.0, abs=1e-6)
+    assert audit(run).passed

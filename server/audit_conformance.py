@@ -1,0 +1,106 @@
+"""The audit's ``noise-conformance`` check: was the noise the ledger claims really in what the
+server received (device DP-SGD) or released (DP-FedAvg)?
+
+The server measures the L2 norm of every update it receives (reply minus the model it sent)
+and of every aggregate it releases, with their number of coordinates d. What the mechanism
+claims bounds that norm from both sides:
+
+- the noise part is Gaussian with a known per-coordinate std s, so its norm lies in
+  ``[s sqrt(chi2_lo(d)), s sqrt(chi2_hi(d))]`` but for a false-alarm rate we choose;
+- the signal part is bounded by clipping: device DP-SGD, item-tower update after ``steps``
+  steps of SGD at ``item-lr``: ``item-lr * (C * item-clip-fraction) * K / B``, where K is the
+  number of examples Poisson sampling drew in all steps (bounded by a Bernstein tail bound on
+  Binomial(n * steps, q)) and B the expected batch; DP-FedAvg: ``updates * C_server / (q N)``.
+
+By the triangle inequality the measured norm lies in ``[noise_lo - signal_max, noise_hi +
+signal_max]``. The per-coordinate noise std: device, ``item-lr * sigma * C * sqrt(steps) / B``
+(one Gaussian draw of std ``sigma * C`` per coordinate per step, the sum divided by B);
+DP-FedAvg, ``server-noise-std / (q N)``. The false-alarm rate is 1e-6 per run, split
+(Bonferroni) over every bound tested. Noise switched off or cut far below the claim fails; the
+report prints, per mode, the largest noise cut an entry would still pass.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from server.audit_user_level import chi_square_interval
+from shared.ledger import Entry
+
+CHECK = "noise-conformance"
+FALSE_ALARM_PER_RUN = 1e-6
+
+
+def binomial_upper(trials: int, p: float, tail: float) -> float:
+    """A K with P(Binomial(trials, p) >= K) <= tail (Bernstein: mean + t, t from
+    ``tail = exp(-t^2 / (2 (var + t / 3)))``, valid for every trial count)."""
+    mean, var = trials * p, trials * p * (1 - p)
+    log_term = math.log(1.0 / tail)
+    t = log_term / 3 + math.sqrt((log_term / 3) ** 2 + 2 * var * log_term)
+    return min(float(trials), mean + t)
+
+
+def _interval(noise_std: float, dimension: int, signal_max: float, tail: float) -> tuple[float, float, float]:
+    """(lowest, highest norm allowed, the noise cut that still passes) for one measurement."""
+    low, high = chi_square_interval(dimension, tail)
+    noise_low, noise_high = noise_std * math.sqrt(low), noise_std * math.sqrt(high)
+    expected = noise_std * math.sqrt(dimension)
+    passing_cut = max(0.0, noise_low - signal_max) / expected  # noise below this x claimed cannot pass ...
+    return noise_low - signal_max, noise_high + signal_max, passing_cut
+
+
+def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> None:
+    config = header.get("config", {})
+    devices = [
+        e for e in entries
+        if e.kind == "client-round" and "update-norm" in e.body and float(e.body["noise-multiplier"]) > 0
+        and int(e.body["steps"]) > 0 and not e.body.get("declined") and not e.body.get("rejected")
+    ]
+    servers = [e for e in entries if e.kind == "server-round" and e.body.get("server-dp") and "update-dimension" in e.body]
+    tests = 2 * (len(devices) + len(servers))
+    if not tests:
+        report.figures["noise conformance"] = "not applicable: no DP-SGD update or DP-FedAvg release with measured norms"
+        return
+    tail = FALSE_ALARM_PER_RUN / tests
+    device_cuts, server_cuts = [], []
+    for entry in devices:
+        body = entry.body
+        n, q, steps = int(body["num-examples"]), float(body["sample-rate"]), int(body["steps"])
+        expected_batch = max(1, int(n * q))
+        lr, clip = float(config["item-lr"]), float(body["clip-norm"])
+        noise_std = lr * float(body["noise-multiplier"]) * clip * math.sqrt(steps) / expected_batch
+        drawn = binomial_upper(n * steps, q, tail)
+        signal_max = lr * clip * float(config["item-clip-fraction"]) * drawn / expected_batch
+        low, high, cut = _interval(noise_std, int(body["update-dimension"]), signal_max, tail)
+        device_cuts.append(cut)
+        norm = float(body["update-norm"])
+        if not low <= norm <= high:
+            report.fail(
+                CHECK,
+                f"client {body['client']} round {entry.round}: update norm {norm:.4g} outside [{max(low, 0):.4g}, {high:.4g}] "
+                f"for noise multiplier {body['noise-multiplier']} (noise alone {noise_std * math.sqrt(int(body['update-dimension'])):.4g})",
+            )
+    for entry in servers:
+        body = entry.body
+        denominator = float(body["denominator"])
+        noise_std = float(body["server-noise-std"]) / denominator
+        signal_max = int(body["updates-aggregated"]) * float(body["server-clip-norm"]) / denominator
+        low, high, cut = _interval(noise_std, int(body["update-dimension"]), signal_max, tail)
+        server_cuts.append(cut)
+        norm = float(body["released-update-norm"])
+        if not low <= norm <= high:
+            report.fail(
+                CHECK,
+                f"server round {entry.round}: released update norm {norm:.4g} outside [{max(low, 0):.4g}, {high:.4g}] "
+                f"for server noise std {body['server-noise-std']} (noise alone {noise_std * math.sqrt(int(body['update-dimension'])):.4g})",
+            )
+    report.ok(CHECK)
+    power = []
+    if device_cuts:
+        power.append(f"device DP-SGD ({len(devices)} updates): an update fails when its noise is below "
+                     f"{statistics.median(device_cuts):.2f}x the claim (median entry)")
+    if server_cuts:
+        power.append(f"DP-FedAvg ({len(servers)} releases): below {statistics.median(server_cuts):.2f}x (median round)")
+    report.figures["noise conformance"] = "; ".join(power) + f"; false alarm {FALSE_ALARM_PER_RUN:g} per run"
