@@ -59,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
     if tc.dp and cap > 0 and projected_epsilon(history, len(data.train_items), tc) > cap:
-        return _decline(msg, history, len(data.train_items), tc, pseudonym(context))
+        return _decline(msg, history, len(data.train_items), tc, pseudonym(context), _identity(context))
     # Seeded by partition (simulation) so runs repeat; by node id on a device. The seed is set
     # before the model is built: a first-round user embedding must not depend on which other
     # clients this worker process served before.
@@ -87,15 +87,25 @@ def train(msg: Message, context: Context) -> Message:
             "declined": 0,
         }
     )
-    privacy = _privacy(result.history, tc, pseudonym(context))
+    privacy = _privacy(result.history, tc, pseudonym(context), _identity(context))
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
 
 
-def _privacy(history, tc, client_id: str) -> ConfigRecord:
+def _identity(context: Context) -> str:
+    """Who this device is to the server, apart from its pseudonym: its simulated partition, or
+    its Flower node id (bound to the key it authenticates with) on a real device. The server
+    keeps spend under it, so a device that lost its state cannot start a fresh budget."""
+    if "partition-id" in context.node_config and "data-dir" not in context.node_config:
+        return f"partition-{int(context.node_config['partition-id'])}"
+    return f"node-{context.node_id}"
+
+
+def _privacy(history, tc, client_id: str, identity: str) -> ConfigRecord:
     """Accounting metadata for the server's privacy ledger (no data)."""
     return ConfigRecord(
         {
             "client-id": client_id,
+            "identity": identity,
             "history": history_to_json(history),
             "noise-multiplier": tc.noise_multiplier if tc.dp else 0.0,
             "clip-norm": tc.clip_norm,
@@ -107,7 +117,7 @@ def _privacy(history, tc, client_id: str) -> ConfigRecord:
     )
 
 
-def _decline(msg: Message, history, n: int, tc, client_id: str) -> Message:
+def _decline(msg: Message, history, n: int, tc, client_id: str, identity: str) -> Message:
     """Reply without training: the next round would push this client past its epsilon cap."""
     rate, _ = planned_round(n, tc)
     metrics = MetricRecord(
@@ -121,7 +131,7 @@ def _decline(msg: Message, history, n: int, tc, client_id: str) -> Message:
             "declined": 1,
         }
     )
-    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc, client_id)}), reply_to=msg)
+    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc, client_id, identity)}), reply_to=msg)
 
 
 @app.evaluate()

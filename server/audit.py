@@ -155,7 +155,10 @@ def audit(run_dir: str | Path) -> AuditReport:
     gaps: list[float] = []
     from server.audit_anchors import audit_anchors
 
+    from server.audit_anchors import audit_identities
+
     audit_anchors(report, run_dir, header, entries)
+    audit_identities(report, header, entries)
     from server.audit_conformance import audit_conformance
 
     audit_conformance(report, header, entries)

@@ -12,6 +12,12 @@ agree with every other record of the run, written at the time, to go unnoticed:
 - simulated device state files (``devices/partition-*/device-state.json``): a device's own
   record of its epsilon is not above the ledger's last claim for its pseudonym.
 
+A second check, ``identity-budget``, reads the ledger alone: each device's authenticated identity
+(its simulated partition, or its node) keeps one pseudonym and a history that never shrinks
+among the replies that counted, and no more pseudonyms counted than the population. A device
+that lost its state and came back under a fresh budget is rejected by the server; a ledger in
+which one counted anyway fails here.
+
 Each file can be forged too, by someone who rewrites them all consistently: so publish the head
 (the run prints it) where the server cannot change it. Rows written before the anchors existed
 are flagged, not failed.
@@ -82,6 +88,34 @@ def audit_anchors(report, run_dir: Path, header: dict[str, Any], entries: list[E
     _clients(report, run_dir, entries)
     _device_states(report, run_dir, entries)
     report.ok(CHECK)
+
+
+def audit_identities(report, header: dict[str, Any], entries: list[Entry]) -> None:
+    check = "identity-budget"
+    counted = [e for e in entries if e.kind == "client-round" and not e.body.get("rejected") and not e.body.get("declined")]
+    if not counted:
+        return
+    seen: dict[str, tuple[str, int, int]] = {}
+    for entry in counted:
+        body = entry.body
+        identity = str(body.get("identity", ""))
+        if not identity:
+            continue
+        steps = sum(int(h[2]) for h in body["history"])
+        if identity in seen:
+            name, before, round_ = seen[identity]
+            if name != str(body["client"]) or steps < before:
+                report.fail(
+                    check,
+                    f"round {entry.round}: {identity} counted as {body['client']} with {steps} DP steps after "
+                    f"{name} with {before} (round {round_}): a fresh budget",
+                )
+        seen[identity] = (str(body["client"]), steps, entry.round)
+    names = {str(e.body["client"]) for e in counted}
+    population = int(header.get("population", 0))
+    if population and len(names) > population:
+        report.fail(check, f"{len(names)} clients counted for a population of {population}")
+    report.ok(check)
 
 
 def _clients(report, run_dir: Path, entries: list[Entry]) -> None:

@@ -57,6 +57,7 @@ def client_entry(reply: Message) -> dict[str, Any]:
     privacy = dict(reply.content.config_records.get("privacy", {}))
     return {
         "client": client_id(reply),
+        "identity": str(privacy.get("identity", "")),
         "num-examples": int(metrics["num-examples"]),
         "sample-rate": float(metrics["sample-rate"]),
         "poisson": bool(privacy.get("poisson", False)),

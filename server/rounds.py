@@ -134,6 +134,12 @@ def run_rounds(
             grid, messages, all_nodes, server_dp is None, rng, arrays, client_config, server_round
         )
         train_seconds = time.time() - train_started
+        for reply in list(batch.trained):
+            problem = book.state_loss(client_entry(reply))
+            if problem:
+                print(f"  client {reply.metadata.src_node_id} rejected: {problem}", flush=True)
+                batch.trained.remove(reply)
+                batch.rejected.append((reply, problem))
         replies, declined = batch.trained, batch.declined
         previous = arrays
         server_entry: dict[str, Any] = {"server-dp": False, "server-noise-std": 0.0, "server-clip-norm": None, "user-level-epsilon": None}
@@ -164,7 +170,9 @@ def run_rounds(
             book.eval_nodes.add(node)
             bytes_sent.append(int(metrics["bytes-sent"]))
             trained.append(node)
-            ledger_entries.append(("client-round", server_round, {**client_entry(reply), **_measured(previous, reply)}))
+            entry = {**client_entry(reply), **_measured(previous, reply)}
+            book.record_identity(entry)
+            ledger_entries.append(("client-round", server_round, entry))
             run_dir.append_client_row(
                 {
                     "round": server_round,

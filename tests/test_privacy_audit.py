@@ -22,7 +22,7 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
     report = audit(run_dir)
     assert report.passed, report.failures
     assert set(report.failures) == {
-        "hash-chain", "ledger-anchored", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
+        "hash-chain", "ledger-anchored", "identity-budget", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
         "no-batchnorm-stats",
     }
     assert report.figures["clients"] == 12 and report.figures["rounds"] == 2

@@ -58,3 +58,36 @@ def test_a_killed_run_resumes_to_the_same_final_round(small_dataset, feature_cac
     report = audit(run_dir)
     assert report.passed, report.failures  # epsilon kept growing across the restart
     assert report.figures["resumed"] == f"after round {done_before}"
+
+
+def _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, run_id: str) -> Path:
+    run_dir = simulate(
+        {
+            "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": run_id,
+            "privacy": "local", "num-server-rounds": 2, "fraction-train": 1.0,
+        }
+    )
+    (run_dir / "devices" / "partition-3" / "device-state.json").unlink()  # the device lost its state
+    simulate({"resume": str(run_dir), "num-server-rounds": 3})
+    return run_dir
+
+
+def test_a_device_that_lost_its_state_cannot_spend_a_fresh_budget(small_dataset, feature_cache, tmp_path):
+    run_dir = _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, "lost")
+    third = [e.body for e in read_entries(run_dir) if e.kind == "client-round" and e.round == 3]
+    rejected = [b for b in third if b.get("rejected")]
+    assert len(rejected) == 1 and rejected[0]["identity"] == "partition-3"
+    assert "lost its state and may not train on a fresh budget" in rejected[0]["rejected"]
+    assert read_metrics(run_dir)[-1]["clients-trained"] == 11
+    report = audit(run_dir)
+    assert report.passed, report.failures
+
+
+def test_a_server_that_lets_it_count_fails_the_audit(small_dataset, feature_cache, tmp_path, monkeypatch):
+    from server.book import RoundBook
+
+    monkeypatch.setattr(RoundBook, "state_loss", lambda self, entry: None)
+    run_dir = _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, "lenient")
+    problems = audit(run_dir).failures["identity-budget"]
+    assert any(p.startswith("round 3: partition-3 counted as") and "a fresh budget" in p for p in problems)
+    assert "13 clients counted for a population of 12" in problems
