@@ -16,7 +16,14 @@ from client.local_data import local_data
 from client.mods import private_state_guard
 from client.statistics import contribution_reply
 from client.statistics import scores as released_model_scores
-from client.state import load_history, load_user_embedding, pseudonym, restore_device_state, save_device_state
+from client.state import (
+    load_history,
+    load_user_embedding,
+    pseudonym,
+    restore_device_state,
+    save_device_state,
+    state_path,
+)
 from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 from shared.models.recommender import Recommender, item_tower_state
@@ -88,7 +95,30 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     privacy = _privacy(result.history, tc, pseudonym(context), _identity(context))
+    _sign_spend(privacy, metrics, context, config)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
+
+
+def _sign_spend(privacy: ConfigRecord, metrics: MetricRecord, context: Context, config: dict) -> None:
+    """Sign this round's spend with the device's key (its SuperNode's ``auth-key``, else a key
+    kept with its state); without either, the reply goes unsigned."""
+    import json
+
+    from shared.spend_signature import KEY_FILE, load_or_create_key, public_pem, sign
+
+    key_path = context.node_config.get("auth-key")
+    if not key_path:
+        state = state_path(context, config)
+        if state is None:
+            return
+        key_path = state.parent / KEY_FILE
+    from pathlib import Path
+
+    key = load_or_create_key(Path(str(key_path)))
+    fields = {**dict(metrics), **dict(privacy), "round": int(config["server-round"]), "client": privacy["client-id"],
+              "history": json.loads(str(privacy["history"]))}
+    privacy["signature"] = sign(key, fields)
+    privacy["public-key"] = public_pem(key)
 
 
 def _identity(context: Context) -> str:

@@ -159,6 +159,9 @@ def audit(run_dir: str | Path) -> AuditReport:
 
     audit_anchors(report, run_dir, header, entries)
     audit_identities(report, header, entries)
+    from server.audit_signatures import audit_signatures
+
+    audit_signatures(report, run_dir, entries)
     from server.audit_conformance import audit_conformance
 
     audit_conformance(report, header, entries)

@@ -68,6 +68,7 @@ def client_entry(reply: Message) -> dict[str, Any]:
         "accountant": str(privacy.get("accountant", "")),
         "history": json.loads(str(privacy.get("history", "[]"))),
         "epsilon": float(metrics["epsilon"]),
+        **{key: str(privacy[key]) for key in ("signature", "public-key") if key in privacy},
     }
 
 

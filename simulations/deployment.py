@@ -172,7 +172,10 @@ class LocalhostDeployment:
         ]
 
     def supernode_command(self, k: int, extra: list[str] | None = None) -> list[str]:
-        node_config = f'data-dir="{self.device_dir(min(k, self.nodes - 1))}" state-dir="{self.state_dir(k)}"'
+        node_config = (
+            f'data-dir="{self.device_dir(min(k, self.nodes - 1))}" state-dir="{self.state_dir(k)}" '
+            f'auth-key="{self.keys / f"supernode-{k}" / "node.key"}"'
+        )
         return [
             "flower-supernode",
             "--superlink", f"127.0.0.1:{self.superlink_port}",

@@ -22,7 +22,7 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
     report = audit(run_dir)
     assert report.passed, report.failures
     assert set(report.failures) == {
-        "hash-chain", "ledger-anchored", "identity-budget", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
+        "hash-chain", "ledger-anchored", "identity-budget", "spend-signed", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
         "no-batchnorm-stats",
     }
     assert report.figures["clients"] == 12 and report.figures["rounds"] == 2
@@ -106,7 +106,33 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
     assert any(p.startswith("summary.json: ledger-head") for p in problems)
     assert any(p.startswith("clients.jsonl round 2 client") and "but the ledger records" in p for p in problems)
     assert any("recorded epsilon" in p and "the ledger claims" in p for p in problems)
+    # ... and no device signed the rewritten spend.
+    unsigned = report.failures["spend-signed"]
+    assert len(unsigned) == 24 and all("signature does not match the spend the ledger records" in p for p in unsigned)
     assert run_audit(run_dir) == 1
+
+
+def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp_path):
+    """A server that rewrites a device's spend and signs it with a key of its own."""
+    from shared.spend_signature import load_or_create_key, public_pem, sign
+
+    source = federated_run[0]
+    run_dir = _copy_run(source, tmp_path)
+    (run_dir / LEDGER_NAME).unlink()
+    forger = load_or_create_key(tmp_path / "server-key.pem")
+    rewritten = Ledger(run_dir)
+    for entry in read_entries(source):
+        body = dict(entry.body)
+        if entry.kind == "client-round" and body["identity"] == "partition-0":
+            body["noise-multiplier"] *= 4
+            body["history"] = [[sigma * 4, rate, steps] for sigma, rate, steps in body["history"]]
+            body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
+            body["public-key"] = public_pem(forger)
+            body["signature"] = sign(forger, {**body, "round": entry.round})
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    problems = audit(run_dir).failures["spend-signed"]
+    assert problems and all("signed with a key that is not simulated device partition-0's own" in p for p in problems)
 
 
 def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tmp_path):

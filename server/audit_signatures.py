@@ -1,0 +1,60 @@
+"""The audit's ``spend-signed`` check: each device's spend in the ledger is what the device signed.
+
+For every counted client-round entry (:mod:`shared.spend_signature`):
+
+- a signed entry must verify against the public key it records, over the fields the ledger
+  holds (a rewritten noise multiplier, history or epsilon breaks it);
+- a device identity keeps one key: a key that changes mid-run is a substitution;
+- an identity that signed once must sign every later entry (no quiet downgrade);
+- in a simulation, the key must be the simulated device's own (``devices/partition-N/
+  device-key.pem``), so a server cannot re-sign with keys of its own; on real devices, compare
+  the recorded keys with the SuperNodes' authorised public keys (``fedmmrec deploy certs`` wrote
+  them) — the audit reports how many distinct keys signed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.ledger import Entry
+from shared.spend_signature import KEY_FILE, load_or_create_key, public_pem, verify
+
+CHECK = "spend-signed"
+
+
+def _device_keys(run_dir: Path) -> dict[str, str]:
+    """Simulated devices' public keys by identity (``partition-N``), from their state folders."""
+    keys = {}
+    for path in sorted((run_dir / "devices").glob(f"partition-*/{KEY_FILE}")):
+        keys[path.parent.name] = public_pem(load_or_create_key(path))
+    return keys
+
+
+def audit_signatures(report, run_dir: Path, entries: list[Entry]) -> None:
+    counted = [e for e in entries if e.kind == "client-round" and not e.body.get("declined") and not e.body.get("rejected")]
+    if not counted:
+        return
+    own_keys = _device_keys(run_dir)
+    first_key: dict[str, str] = {}
+    signed = 0
+    for entry in counted:
+        body = entry.body
+        identity, where = str(body.get("identity", "")), f"client {body['client']} round {entry.round}"
+        signature, key = body.get("signature"), body.get("public-key")
+        if signature is None:
+            if identity in first_key or identity in own_keys:
+                report.fail(CHECK, f"{where}: unsigned, although device {identity} signs its spend")
+            continue
+        signed += 1
+        if not verify(str(key), {**body, "round": entry.round}, str(signature)):
+            report.fail(CHECK, f"{where}: the device's signature does not match the spend the ledger records")
+        if identity in first_key and first_key[identity] != key:
+            report.fail(CHECK, f"{where}: device {identity} signed with another key than in round one")
+        first_key.setdefault(identity, str(key))
+        if identity in own_keys and own_keys[identity] != key:
+            report.fail(CHECK, f"{where}: signed with a key that is not simulated device {identity}'s own")
+    report.ok(CHECK)
+    report.figures["signed spend"] = (
+        f"{signed} of {len(counted)} counted client-round entries signed by {len(set(first_key.values()))} device keys"
+        + (f" ({len(own_keys)} simulated devices' own keys checked)" if own_keys else "")
+    )

@@ -1,0 +1,83 @@
+"""Devices sign their own privacy spend, so the server cannot lower it in the ledger.
+
+Each round a training device signs a record of what it spent (round, pseudonym, identity,
+examples, sample rate, steps, noise multiplier, clip norm, batch size, accountant history,
+epsilon) with its own key: on a real device the key its SuperNode authenticates with
+(``node_config["auth-key"]``), in a simulation a key generated for each simulated device and
+kept with its state. The server records the record's fields, the signature and the public key in
+the ledger; the audit rebuilds the record from the ledger entry and verifies it. A server that
+rewrites a device's spend (a higher noise multiplier, fewer steps) has no key to sign the new
+record with. ECDSA over NIST P-384 with SHA-384, the curve Flower's node authentication uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+KEY_FILE = "device-key.pem"
+SIGNED_FIELDS = (
+    "round", "client", "identity", "num-examples", "sample-rate", "steps", "noise-multiplier", "clip-norm",
+    "batch-size", "history", "epsilon",
+)
+
+
+def spend_record(fields: dict[str, Any]) -> bytes:
+    """The canonical bytes a device signs: the signed fields, sorted, as compact JSON."""
+    missing = [name for name in SIGNED_FIELDS if name not in fields]
+    if missing:
+        raise KeyError(f"spend record lacks {', '.join(missing)}")
+    record = {
+        "round": int(fields["round"]),
+        "client": str(fields["client"]),
+        "identity": str(fields["identity"]),
+        "num-examples": int(fields["num-examples"]),
+        "sample-rate": float(fields["sample-rate"]),
+        "steps": int(fields["steps"]),
+        "noise-multiplier": float(fields["noise-multiplier"]),
+        "clip-norm": float(fields["clip-norm"]),
+        "batch-size": int(fields["batch-size"]),
+        "history": [[float(s), float(q), int(n)] for s, q, n in fields["history"]],
+        "epsilon": float(fields["epsilon"]),
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The device's signing key at ``path``, created (owner-only permissions) on first use."""
+    if path.is_file():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path}: not an elliptic-curve private key")
+        return key
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    return key
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def sign(key: ec.EllipticCurvePrivateKey, fields: dict[str, Any]) -> str:
+    return key.sign(spend_record(fields), ec.ECDSA(hashes.SHA384())).hex()
+
+
+def verify(public_key_pem: str, fields: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` is the holder of ``public_key_pem`` signing exactly ``fields``."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        key.verify(bytes.fromhex(signature), spend_record(fields), ec.ECDSA(hashes.SHA384()))
+        return True
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        return False
