@@ -17,10 +17,23 @@ import numpy as np
 from shared.checksums import file_sha256
 
 
+EXPORTED_FILES = ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")
+
+
 def load_export(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The exported item embeddings, biases and ids, checked against the manifest's SHA-256."""
+    """The exported item embeddings, biases and ids, checked against the manifest's SHA-256.
+
+    Every file the export writes must be listed there: a manifest with a file taken out (so a
+    swapped file would go unchecked) is refused, as is a manifest naming a path outside the
+    folder."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    unlisted = [name for name in EXPORTED_FILES if name not in manifest["files"] and (model_dir / name).exists()]
+    if unlisted:
+        raise ValueError(f"{model_dir / 'manifest.json'}: does not list {', '.join(unlisted)}: the export is incomplete or was altered")
+    outside = [name for name in manifest["files"] if Path(name).name != name]
+    if outside:
+        raise ValueError(f"{model_dir / 'manifest.json'}: file name {outside[0]!r} is not in the export folder")
     for name, digest in manifest["files"].items():
         if file_sha256(model_dir / name) != digest:
             raise ValueError(f"{model_dir / name}: does not match manifest.json (changed or corrupt)")

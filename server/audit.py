@@ -15,7 +15,8 @@ Checks (each named in the report; any failure makes the audit fail):
    round so far (fewer: its accountant forgot rounds). More is flagged, not failed: a round
    whose reply arrived too late is spent on the device but missing from the ledger.
 5. ``sample-rate``: the recorded rate equals 1/ceil(n / batch size), the rate Opacus' Poisson
-   loader uses for n local examples, and the history's latest rate is that rate.
+   loader uses for n local examples, the history's latest rate is that rate, and a round's
+   steps are local-epochs x ceil(n / batch size).
 6. ``no-batchnorm-stats``: the released models carry no BatchNorm running statistics.
 7. ``server-accounting`` (central DP runs): every round is in the ledger, its mechanism
    (clip, noise std, rate, denominator) is the configured one, its history is the composition
@@ -165,7 +166,7 @@ def audit(run_dir: str | Path) -> AuditReport:
     from server.audit_conformance import audit_conformance
 
     audit_conformance(report, header, entries)
-    _audit_clients(report, entries, delta, gaps)
+    _audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
     _check_no_batchnorm(run_dir, report)
     servers = [e for e in entries if e.kind == "server-round"]
     if header.get("privacy-mode") == "user":
@@ -190,7 +191,9 @@ def audit(run_dir: str | Path) -> AuditReport:
     return report
 
 
-def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps: list[float]) -> None:
+def _audit_clients(
+    report: AuditReport, entries: list[Entry], delta: float, gaps: list[float], local_epochs: int | None = None
+) -> None:
     by_client: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
         if entry.kind == "client-round":
@@ -232,7 +235,7 @@ def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps
                 )
                 steps_so_far = total_steps(history)
             if body["poisson"]:
-                _check_sample_rate(report, client, entry, history)
+                _check_sample_rate(report, client, entry, history, local_epochs)
         final = rows[-1].body
         if final["noise-multiplier"] > 0 and final["history"]:
             _cross_check(report, f"client {client}", final["history"], float(final["epsilon"]), delta, gaps)
@@ -250,9 +253,16 @@ def _audit_clients(report: AuditReport, entries: list[Entry], delta: float, gaps
         report.figures["client epsilon min / median / max (example-level)"] = "not applicable: no local DP"
 
 
-def _check_sample_rate(report: AuditReport, client: str, entry: Entry, history) -> None:
+def _check_sample_rate(report: AuditReport, client: str, entry: Entry, history, local_epochs: int | None = None) -> None:
     body = entry.body
     expected_q = 1.0 / math.ceil(body["num-examples"] / body["batch-size"])
+    planned = local_epochs * math.ceil(body["num-examples"] / min(body["batch-size"], body["num-examples"])) if local_epochs else None
+    if planned is not None and not body.get("declined") and int(body["steps"]) not in (0, planned):
+        report.fail(
+            "sample-rate",
+            f"client {client} round {entry.round}: {body['steps']} steps, but local-epochs {local_epochs} x "
+            f"ceil(n={body['num-examples']} / batch {body['batch-size']}) is {planned}",
+        )
     if not math.isclose(body["sample-rate"], expected_q, rel_tol=1e-9) or (
         history and not math.isclose(history[-1][1], expected_q, rel_tol=1e-9)
     ):

@@ -54,3 +54,21 @@ def test_exported_model_matches_the_trained_one_and_ranks(federated_run, tmp_pat
     (out / "item_ids.json").write_text("[]")
     with pytest.raises(ValueError, match="does not match manifest.json"):
         recommend(out, history)
+
+
+def test_recommend_refuses_a_manifest_that_leaves_an_exported_file_unchecked(federated_run, tmp_path):
+    import json
+
+    from server.export import export_run
+
+    out = export_run(federated_run[0], tmp_path / "export")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"]["item_biases.npy"]  # a swapped biases file would now go unchecked
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest.json: does not list item_biases.npy: the export is incomplete or was altered"):
+        recommend(out, ["x"])
+    manifest["files"]["item_biases.npy"] = "0" * 64
+    manifest["files"]["../summary.json"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"file name '../summary.json' is not in the export folder"):
+        recommend(out, ["x"])

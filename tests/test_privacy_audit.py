@@ -151,3 +151,20 @@ def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tm
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="is not the ledger's verified head"):
         export_run(run_dir, tmp_path / "out2")
+
+
+def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tmp_path):
+    source = federated_run[0]
+    run_dir = _copy_run(source, tmp_path)
+    (run_dir / LEDGER_NAME).unlink()
+    rewritten = Ledger(run_dir)
+    for entry in read_entries(source):
+        body = dict(entry.body)
+        if entry.kind == "client-round" and entry.round == 1:
+            body["steps"] = body["steps"] // 3
+            body["history"] = [[sigma, rate, steps // 3] for sigma, rate, steps in body["history"]]
+            body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    problems = audit(run_dir).failures["sample-rate"]
+    assert len(problems) == 12 and all("but local-epochs 3 x ceil(n=" in p for p in problems)
