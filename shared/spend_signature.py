@@ -50,9 +50,14 @@ def spend_record(fields: dict[str, Any]) -> bytes:
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The device's signing key at ``path``, created (owner-only permissions) on first use."""
+    """The device's signing key at ``path`` (PEM, or the OpenSSH format of a SuperNode's auth
+    key), created (owner-only permissions) on first use."""
     if path.is_file():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+        if data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):  # a SuperNode's auth key
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path}: not an elliptic-curve private key")
         return key
