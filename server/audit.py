@@ -132,7 +132,9 @@ def _cross_check(report: AuditReport, who: str, history, claimed: float, delta: 
         report.fail("epsilon-recomputed", f"{who}: claims {claimed:.4f}, below PRV {prv:.4f} / PLD {pld:.4f}")
 
 
-def audit(run_dir: str | Path) -> AuditReport:
+def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditReport:
+    """Check ``run_dir``; ``node_keys``: the folder of the SuperNodes' authorised public keys
+    (``fedmmrec deploy certs`` output), to which every signing key of a deployment must belong."""
     run_dir = Path(run_dir)
     report = AuditReport(run_dir)
     entries = read_entries(run_dir)
@@ -162,7 +164,7 @@ def audit(run_dir: str | Path) -> AuditReport:
     audit_identities(report, header, entries)
     from server.audit_signatures import audit_signatures
 
-    audit_signatures(report, run_dir, entries)
+    audit_signatures(report, run_dir, entries, node_keys)
     from server.audit_conformance import audit_conformance
 
     audit_conformance(report, header, entries)
@@ -377,11 +379,11 @@ def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:
     report.ok("no-batchnorm-stats")
 
 
-def run_audit(run_dir: str | Path) -> int:
+def run_audit(run_dir: str | Path, node_keys: str | Path | None = None) -> int:
     """CLI entry: print the table, write ``audit.md`` and ``audit.html``, exit 0 (pass) or 1."""
     from server.audit_report import to_html, to_markdown
 
-    report = audit(run_dir)
+    report = audit(run_dir, node_keys)
     text = to_markdown(report)
     print(text)
     (Path(run_dir) / "audit.md").write_text(text, encoding="utf-8")

@@ -7,9 +7,9 @@ For every counted client-round entry (:mod:`shared.spend_signature`):
 - a device identity keeps one key: a key that changes mid-run is a substitution;
 - an identity that signed once must sign every later entry (no quiet downgrade);
 - in a simulation, the key must be the simulated device's own (``devices/partition-N/
-  device-key.pem``), so a server cannot re-sign with keys of its own; on real devices, compare
-  the recorded keys with the SuperNodes' authorised public keys (``fedmmrec deploy certs`` wrote
-  them) — the audit reports how many distinct keys signed.
+  device-key.pem``), so a server cannot re-sign with keys of its own; on real devices, with
+  ``--node-keys DIR``, one of the SuperNodes' authorised public keys (``fedmmrec deploy certs``
+  wrote them, ``*/node.pub``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,25 @@ def _device_keys(run_dir: Path) -> dict[str, str]:
     return keys
 
 
-def audit_signatures(report, run_dir: Path, entries: list[Entry]) -> None:
+def authorised_keys(folder: str | Path) -> set[str]:
+    """The SuperNodes' public keys (``*/node.pub``, OpenSSH format) as PEM, as devices record them."""
+    from cryptography.hazmat.primitives import serialization
+
+    keys = set()
+    for path in sorted(Path(folder).glob("*/node.pub")):
+        key = serialization.load_ssh_public_key(path.read_bytes())
+        keys.add(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+    if not keys:
+        raise ValueError(f"{folder}: no */node.pub public keys found")
+    return keys
+
+
+def audit_signatures(report, run_dir: Path, entries: list[Entry], node_keys: str | Path | None = None) -> None:
     counted = [e for e in entries if e.kind == "client-round" and not e.body.get("declined") and not e.body.get("rejected")]
     if not counted:
         return
     own_keys = _device_keys(run_dir)
+    authorised = authorised_keys(node_keys) if node_keys else None
     first_key: dict[str, str] = {}
     signed = 0
     for entry in counted:
@@ -51,6 +65,8 @@ def audit_signatures(report, run_dir: Path, entries: list[Entry]) -> None:
         if identity in first_key and first_key[identity] != key:
             report.fail(CHECK, f"{where}: device {identity} signed with another key than in round one")
         first_key.setdefault(identity, str(key))
+        if authorised is not None and key not in authorised:
+            report.fail(CHECK, f"{where}: signed with a key that is not one of the authorised SuperNodes' in {node_keys}")
         if identity in own_keys and own_keys[identity] != key:
             report.fail(CHECK, f"{where}: signed with a key that is not simulated device {identity}'s own")
     report.ok(CHECK)

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail)")
     audit.add_argument("run_dir")
+    audit.add_argument("--node-keys", default=None, help="folder of the SuperNodes' authorised public keys (*/node.pub): every signing key must be one")
 
     bench = sub.add_parser("bench", help="measure our overheads side by side with their floors (minutes)")
     bench.add_argument("--out", default="bench.json")
@@ -177,7 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "audit":
         from server.audit import run_audit
 
-        return run_audit(args.run_dir)
+        return run_audit(args.run_dir, args.node_keys)
     if args.command == "experiment":
         from simulations.experiment import run_experiment
 

@@ -63,8 +63,14 @@ def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistere
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["dataset"]["users"] == 3 and summary["dataset"]["interactions"] is None
         assert (run_dir / "checkpoints" / "final.pt").is_file()
-        report = audit(run_dir)
+        report = audit(run_dir, node_keys=dep.keys)  # every spend signed by an authorised SuperNode
         assert report.passed, report.failures
+        assert report.figures["signed spend"].startswith("6 of 6 counted client-round entries signed by 3 device keys")
+        from server.certificates import write_deployment_keys
+
+        strangers = write_deployment_keys(dep.work / "other-keys", ["localhost"], 3)
+        problems = audit(run_dir, node_keys=strangers.ca_certificate.parent).failures["spend-signed"]
+        assert len(problems) == 6 and all("not one of the authorised SuperNodes'" in p for p in problems)
         assert all(peak > 0 for peak in result.peak_pss_bytes.values())
 
         # Each device kept its data, features and privacy state in its own folders.
