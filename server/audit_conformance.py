@@ -51,6 +51,19 @@ def _interval(noise_std: float, dimension: int, signal_max: float, tail: float) 
     return noise_low - signal_max, noise_high + signal_max, passing_cut
 
 
+def _check(report, where: str, norm: float, noise_std: float, signal_max: float, body: dict, tail: float, claim: str) -> float:
+    """Fail when ``norm`` is outside what the claim allows; return the noise cut that passes."""
+    dimension = int(body["update-dimension"])
+    low, high, cut = _interval(noise_std, dimension, signal_max, tail)
+    if not low <= norm <= high:
+        report.fail(
+            CHECK,
+            f"{where} {norm:.4g} outside [{max(low, 0):.4g}, {high:.4g}] for {claim} "
+            f"(noise alone {noise_std * math.sqrt(dimension):.4g})",
+        )
+    return cut
+
+
 def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> None:
     config = header.get("config", {})
     devices = [
@@ -73,29 +86,16 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> N
         noise_std = lr * float(body["noise-multiplier"]) * clip * math.sqrt(steps) / expected_batch
         drawn = binomial_upper(n * steps, q, tail)
         signal_max = lr * clip * float(config["item-clip-fraction"]) * drawn / expected_batch
-        low, high, cut = _interval(noise_std, int(body["update-dimension"]), signal_max, tail)
-        device_cuts.append(cut)
-        norm = float(body["update-norm"])
-        if not low <= norm <= high:
-            report.fail(
-                CHECK,
-                f"client {body['client']} round {entry.round}: update norm {norm:.4g} outside [{max(low, 0):.4g}, {high:.4g}] "
-                f"for noise multiplier {body['noise-multiplier']} (noise alone {noise_std * math.sqrt(int(body['update-dimension'])):.4g})",
-            )
+        where = f"client {body['client']} round {entry.round}: update norm"
+        claim = f"noise multiplier {body['noise-multiplier']}"
+        device_cuts.append(_check(report, where, float(body["update-norm"]), noise_std, signal_max, body, tail, claim))
     for entry in servers:
         body = entry.body
         denominator = float(body["denominator"])
         noise_std = float(body["server-noise-std"]) / denominator
         signal_max = int(body["updates-aggregated"]) * float(body["server-clip-norm"]) / denominator
-        low, high, cut = _interval(noise_std, int(body["update-dimension"]), signal_max, tail)
-        server_cuts.append(cut)
-        norm = float(body["released-update-norm"])
-        if not low <= norm <= high:
-            report.fail(
-                CHECK,
-                f"server round {entry.round}: released update norm {norm:.4g} outside [{max(low, 0):.4g}, {high:.4g}] "
-                f"for server noise std {body['server-noise-std']} (noise alone {noise_std * math.sqrt(int(body['update-dimension'])):.4g})",
-            )
+        where, claim = f"server round {entry.round}: released update norm", f"server noise std {body['server-noise-std']}"
+        server_cuts.append(_check(report, where, float(body["released-update-norm"]), noise_std, signal_max, body, tail, claim))
     report.ok(CHECK)
     power = []
     if device_cuts:

@@ -71,6 +71,10 @@ def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistere
         strangers = write_deployment_keys(dep.work / "other-keys", ["localhost"], 3)
         problems = audit(run_dir, node_keys=strangers.ca_certificate.parent).failures["spend-signed"]
         assert len(problems) == 6 and all("not one of the authorised SuperNodes'" in p for p in problems)
+        from simulations.cli import main
+
+        assert main(["audit", str(run_dir), "--node-keys", str(dep.keys)]) == 0
+        assert main(["audit", str(run_dir), "--node-keys", str(strangers.ca_certificate.parent)]) == 1
         assert all(peak > 0 for peak in result.peak_pss_bytes.values())
 
         # Each device kept its data, features and privacy state in its own folders.

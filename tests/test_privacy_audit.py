@@ -11,6 +11,21 @@ from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
 from shared.privacy import epsilon_of
 
 
+def _rewrite_client_entries(source: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the run whose ledger is written anew, every client-round body through ``edit``
+    (body, round) -> body, with a valid hash chain: what a server rewriting its ledger can do."""
+    run_dir = _copy_run(source, tmp_path)
+    (run_dir / LEDGER_NAME).unlink()
+    rewritten = Ledger(run_dir)
+    for entry in read_entries(source):
+        body = dict(entry.body)
+        if entry.kind == "client-round":
+            body = edit(body, entry.round)
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    return run_dir
+
+
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(run_dir, target)
@@ -87,18 +102,13 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
     """Every client entry claims 4x the noise multiplier, with epsilons and the hash chain
     recomputed: the accounting checks agree with it; the metrics, summary, clients.jsonl and
     the devices' own state files do not."""
-    source = federated_run[0]
-    run_dir = _copy_run(source, tmp_path)
-    (run_dir / LEDGER_NAME).unlink()
-    rewritten = Ledger(run_dir)
-    for entry in read_entries(source):
-        body = dict(entry.body)
-        if entry.kind == "client-round":
-            body["noise-multiplier"] *= 4
-            body["history"] = [[sigma * 4, rate, steps] for sigma, rate, steps in body["history"]]
-            body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
-        rewritten.append([(entry.kind, entry.round, body)])
-    rewritten.close()
+    def four_times_the_noise(body, _round):
+        body["noise-multiplier"] *= 4
+        body["history"] = [[sigma * 4, rate, steps] for sigma, rate, steps in body["history"]]
+        body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
+        return body
+
+    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, four_times_the_noise)
     report = audit(run_dir)
     assert not report.failures["hash-chain"] and not report.failures["epsilon-recomputed"]
     problems = report.failures["ledger-anchored"]
@@ -116,21 +126,18 @@ def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp
     """A server that rewrites a device's spend and signs it with a key of its own."""
     from shared.spend_signature import load_or_create_key, public_pem, sign
 
-    source = federated_run[0]
-    run_dir = _copy_run(source, tmp_path)
-    (run_dir / LEDGER_NAME).unlink()
     forger = load_or_create_key(tmp_path / "server-key.pem")
-    rewritten = Ledger(run_dir)
-    for entry in read_entries(source):
-        body = dict(entry.body)
-        if entry.kind == "client-round" and body["identity"] == "partition-0":
+
+    def re_signed(body, round_):
+        if body["identity"] == "partition-0":
             body["noise-multiplier"] *= 4
             body["history"] = [[sigma * 4, rate, steps] for sigma, rate, steps in body["history"]]
             body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
             body["public-key"] = public_pem(forger)
-            body["signature"] = sign(forger, {**body, "round": entry.round})
-        rewritten.append([(entry.kind, entry.round, body)])
-    rewritten.close()
+            body["signature"] = sign(forger, {**body, "round": round_})
+        return body
+
+    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, re_signed)
     problems = audit(run_dir).failures["spend-signed"]
     assert problems and all("signed with a key that is not simulated device partition-0's own" in p for p in problems)
 
@@ -154,17 +161,13 @@ def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tm
 
 
 def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tmp_path):
-    source = federated_run[0]
-    run_dir = _copy_run(source, tmp_path)
-    (run_dir / LEDGER_NAME).unlink()
-    rewritten = Ledger(run_dir)
-    for entry in read_entries(source):
-        body = dict(entry.body)
-        if entry.kind == "client-round" and entry.round == 1:
+    def a_third_of_the_steps(body, round_):
+        if round_ == 1:
             body["steps"] = body["steps"] // 3
             body["history"] = [[sigma, rate, steps // 3] for sigma, rate, steps in body["history"]]
             body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
-        rewritten.append([(entry.kind, entry.round, body)])
-    rewritten.close()
+        return body
+
+    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, a_third_of_the_steps)
     problems = audit(run_dir).failures["sample-rate"]
     assert len(problems) == 12 and all("but local-epochs 3 x ceil(n=" in p for p in problems)
