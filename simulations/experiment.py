@@ -10,7 +10,11 @@ The config::
     num-server-rounds = 30
     [[setting]]
     name = "most-popular"
-    kind = "most-popular"          # federated (default), central or most-popular
+    kind = "most-popular"          # federated (default), central, most-popular or library
+    [[setting]]
+    name = "Cornac EASE"
+    kind = "library"               # a peer model on the same split (simulations/library_baselines.py)
+    model = "ease"                 # bpr, ease, vbpr (Cornac) or content-knn
     [[setting]]
     name = "local DP, noise 0.8"
     noise-multiplier = 0.8
@@ -39,7 +43,7 @@ METRICS = (
     "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm", "recall@20-warm",
     "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
 )
-KINDS = ("federated", "central", "most-popular")
+KINDS = ("federated", "central", "most-popular", "library")
 SAME_USERS_METRICS = ("hr@10-warm", "recall@20-warm", "hr@10-sampled", "rank-percentile-warm")
 
 
@@ -62,6 +66,11 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: a [[setting]] has no name")
         if setting.get("kind", "federated") not in KINDS:
             raise ValueError(f"{path}: setting {setting['name']!r}: kind must be one of {', '.join(KINDS)}")
+        if setting.get("kind") == "library":
+            from simulations.library_baselines import LIBRARY_MODELS
+
+            if setting.get("model") not in LIBRARY_MODELS:
+                raise ValueError(f"{path}: setting {setting['name']!r}: model must be one of {', '.join(LIBRARY_MODELS)}")
     return {
         "name": experiment.get("name", path.stem),
         "out": Path(experiment.get("out", "experiments")),
@@ -83,6 +92,8 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         from simulations.central import train_central
 
         train_central(overrides)
+    elif kind == "library":
+        _run_library(overrides, run_dir)
     else:
         from server.run_directory import RunDirectory
         from shared.baselines import most_popular
@@ -93,6 +104,28 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         config = resolve(None, overrides)
         final = most_popular(split_for(load_dataset(resolve_data_dir(config)), config))
         RunDirectory(run_dir.parent, run_dir.name).write_json("summary.json", {"kind": "most-popular", "final": final})
+
+
+def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
+    """A library model (``model`` key) fitted and evaluated on the run config's split."""
+    from server.run_directory import RunDirectory
+    from shared.baselines import evaluate_scorer
+    from shared.config import resolve
+    from shared.data import load_dataset, split_for
+    from shared.data.prepare import resolve_data_dir
+    from shared.features import load_or_compute_features
+    from simulations.library_baselines import library_scorer
+
+    name = str(overrides.get("model", ""))
+    config = resolve(None, {k: v for k, v in overrides.items() if k != "model"})
+    dataset = load_dataset(resolve_data_dir(config))
+    split = split_for(dataset, config)
+    features = load_or_compute_features(dataset, config["feature-cache"] or None, progress=False)
+    started = time.time()
+    final = evaluate_scorer(split, library_scorer(name, split, features, int(config["seed"])))
+    RunDirectory(run_dir.parent, run_dir.name).write_json(
+        "summary.json", {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1)}
+    )
 
 
 def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:

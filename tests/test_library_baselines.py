@@ -1,0 +1,87 @@
+"""The study's peer rows: Cornac's models on exactly our split, scored by our metrics code."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from shared.baselines import evaluate_scorer
+from shared.data import leave_last_out, load_dataset
+from shared.features import load_or_compute_features
+from simulations.experiment import load_experiment, run_experiment
+from simulations.library_baselines import UNSEEN, content_knn_scorer, library_scorer
+
+
+@pytest.fixture(scope="module")
+def split_and_features(small_dataset, feature_cache):
+    dataset = load_dataset(small_dataset)
+    return leave_last_out(dataset, 0.1, 0), load_or_compute_features(dataset, feature_cache, progress=False)
+
+
+def _ease_by_hand(split, lamb: float = 250.0) -> np.ndarray:
+    """EASE (Steck 2019) in closed form on the split's training matrix, positive weights only."""
+    x = np.zeros((len(split.train_items), split.num_items))
+    for k, items in enumerate(split.train_items):
+        x[k, items] = 1.0
+    gram = x.T @ x + lamb * np.eye(split.num_items)
+    p = np.linalg.inv(gram)
+    b = p / -np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return x @ np.maximum(b, 0.0)
+
+
+def test_cornac_ease_on_our_split_gives_the_metrics_of_a_direct_computation(split_and_features):
+    split, features = split_and_features
+    adapter = library_scorer("ease", split, features)
+    direct = _ease_by_hand(split)
+    seen = np.zeros(split.num_items, dtype=bool)
+    for items in split.train_items:
+        seen[items] = True
+    for k in range(len(split.train_items)):
+        np.testing.assert_allclose(adapter(k)[seen], direct[k][seen], rtol=1e-6, atol=1e-9)
+        assert (adapter(k)[~seen] == UNSEEN).all()  # never trained on: ranked last, like most-popular
+    by_hand = evaluate_scorer(split, lambda k: np.where(seen, direct[k], UNSEEN))
+    assert evaluate_scorer(split, adapter) == by_hand
+
+
+def test_content_knn_sums_the_nearest_history_similarities(split_and_features):
+    split, _ = split_and_features
+    content = np.eye(split.num_items)[:, :8] + 0.0  # items 0-7 one-hot, the rest zero
+    scores = content_knn_scorer(split, content, neighbours=1)(0)
+    history = set(int(i) for i in split.train_items[0])
+    assert scores[:8] == pytest.approx([1.0 if i in history else 0.0 for i in range(8)], abs=1e-6)
+
+
+def test_a_grid_runs_library_rows_beside_the_others(small_dataset, feature_cache, tmp_path):
+    grid = tmp_path / "peers.toml"
+    grid.write_text(
+        f"""
+[experiment]
+name = "peers"
+out = "{tmp_path / 'out'}"
+seeds = [0]
+[experiment.base]
+data-dir = "{small_dataset}"
+feature-cache = "{feature_cache}"
+[[setting]]
+name = "most-popular"
+kind = "most-popular"
+[[setting]]
+name = "Cornac EASE"
+kind = "library"
+model = "ease"
+[[setting]]
+name = "content kNN"
+kind = "library"
+model = "content-knn"
+""",
+        encoding="utf-8",
+    )
+    rows = {r["setting"]: r for r in csv.DictReader((run_experiment(grid) / "results.csv").open())}
+    assert set(rows) == {"most-popular", "Cornac EASE", "content kNN"}
+    assert all(0.0 <= float(r["hr@10-sampled"]) <= 1.0 for r in rows.values())
+    grid.write_text(grid.read_text().replace('model = "ease"', 'model = "slim"'), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"setting 'Cornac EASE': model must be one of bpr, ease, vbpr, content-knn"):
+        load_experiment(grid)
