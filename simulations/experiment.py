@@ -318,7 +318,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any
 
 USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}
 INFINITY_AT = 16.0
-REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")  # where epsilon = inf (no noise) sits on the log axis
+REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")  # where epsilon = inf (no noise) sits on the log axis
 
 
 def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any]], plt) -> None:
@@ -341,10 +341,10 @@ def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dic
         level = statistics.mean(float(r["ndcg@10"]) for r in group)
         epsilon = group[0].get("user-level-epsilon", "")
         if epsilon not in ("", None) and group[0].get("privacy-mode") not in USER_LEVEL_MODES:
-            ax.plot([float(epsilon)], [level], marker="s", markersize=8, linestyle="none", color=REFERENCE_COLOURS[k % 5],
+            ax.plot([float(epsilon)], [level], marker="s", markersize=8, linestyle="none", color=REFERENCE_COLOURS[k % len(REFERENCE_COLOURS)],
                     label=f"{setting} (user-level eps {float(epsilon):.1f})")
         else:
-            ax.axhline(level, linestyle=("--", "-.", ":")[k % 3], linewidth=1.2, color=REFERENCE_COLOURS[k % 5],
+            ax.axhline(level, linestyle=("--", "-.", ":")[k % 3], linewidth=1.2, color=REFERENCE_COLOURS[k % len(REFERENCE_COLOURS)],
                        label=f"reference: {setting}")
     ticks = [1, 3, 8, INFINITY_AT]
     ax.set_xscale("log")
