@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = sub.add_parser("experiment", help="run (or resume) a grid of settings x seeds")
     experiment.add_argument("config")
+    experiment.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="run config key for every setting, over the grid's base (e.g. data-dir=DIR)")
 
     export = sub.add_parser("export", help="write what a device needs to rank items (TorchScript + embeddings)")
     export.add_argument("run_dir")
@@ -182,7 +184,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "experiment":
         from simulations.experiment import run_experiment
 
-        run_experiment(args.config)
+        run_experiment(args.config, base=_overrides(args.set))
         return 0
     if args.command == "export":
         from server.export import export_run

@@ -98,3 +98,25 @@ def test_bad_experiment_config_names_the_file(tmp_path):
     config.write_text('[[setting]]\nname = "x"\nkind = "magic"\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.toml: setting 'x': kind must be one of"):
         load_experiment(config)
+
+
+def test_the_grids_dataset_can_be_given_on_the_command_line(small_dataset, feature_cache, tmp_path):
+    from simulations.cli import main
+
+    grid = tmp_path / "portable.toml"
+    grid.write_text(
+        f"""
+[experiment]
+name = "portable"
+out = "{tmp_path / 'out'}"
+[experiment.base]
+data-dir = "/nowhere/movielens-100k-mm"
+[[setting]]
+name = "most-popular"
+kind = "most-popular"
+""",
+        encoding="utf-8",
+    )
+    assert main(["experiment", str(grid), "--set", f"data-dir={small_dataset}", "--set", f"feature-cache={feature_cache}"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "portable" / "results.csv").open()))
+    assert rows[0]["users"] == "12"
