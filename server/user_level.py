@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -90,7 +91,7 @@ def noise_stds(config: dict[str, Any]) -> list[float]:
 
 
 def gaussian_release(
-    contributions: list[np.ndarray], dimension: int, noise_std: float, rng: np.random.Generator
+    contributions: Iterable[np.ndarray], dimension: int, noise_std: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Sum of contributions clipped to L2 norm 1, plus Gaussian noise of ``noise_std``.
 
@@ -121,23 +122,21 @@ def _ask(grid: Grid, nodes: list[int], task: str, arrays: ArrayRecord, config: d
     return ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
 
 
-def _contributions(replies: list[Message], dimension: int) -> tuple[list[np.ndarray], list[str], int]:
-    """One contribution per device pseudonym, of the right size; also how many bytes each sent.
+def _contributions(replies: list[Message], dimension: int, who: list[str]) -> Iterator[np.ndarray]:
+    """One contribution per device pseudonym, of the right size, converted one at a time as the
+    sum consumes them (943 co-occurrence triangles at float64 would hold 1.4 GB at once); each
+    counted device's pseudonym is appended to ``who``.
 
     A second reply under a pseudonym already counted is dropped: each user is in each sum once,
     which is what the sensitivity of 1 assumes."""
-    vectors, who, seen, sent = [], [], set(), 0
     for reply in replies:
         name = client_id(reply)
         vector = reply.content["arrays"]["contribution"].numpy().astype(np.float64).ravel()
-        if name in seen or vector.size != dimension or not np.all(np.isfinite(vector)):
+        if name in who or vector.size != dimension or not np.all(np.isfinite(vector)):
             print(f"  node {reply.metadata.src_node_id}: contribution dropped (duplicate, wrong size or not finite)", flush=True)
             continue
-        seen.add(name)
-        vectors.append(vector)
         who.append(name)
-        sent = max(sent, int(vector.size * 4))
-    return vectors, who, sent
+        yield vector
 
 
 def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
@@ -170,13 +169,14 @@ def run_user_level(
     for server_round, name in enumerate(names, start=1):
         started, dimension, std = time.time(), dimensions[name], stds[server_round - 1]
         replies = _ask(grid, nodes, name, arrays, config, server_round)
-        vectors, who, sent = _contributions(replies, dimension)
-        noisy, measured = gaussian_release(vectors, dimension, std, rng)
+        who: list[str] = []
+        noisy, measured = gaussian_release(_contributions(replies, dimension, who), dimension, std, rng)
+        sent = dimension * 4 if who else 0  # float32 on the wire
         released[name] = noisy
         epsilon = gaussian_epsilon(stds[:server_round], float(config["delta"]))
         record = ReleaseRecord(
             release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
-            contributions=len(vectors), user_level_epsilon=epsilon,
+            contributions=len(who), user_level_epsilon=epsilon,
             **{key.replace("-", "_"): value for key, value in measured.items()},
         )
         head = ledger.append([("release", server_round, record.ledger_body(who))])
@@ -196,7 +196,7 @@ def run_user_level(
                 "round": server_round,
                 "release": name,
                 "clients-sampled": len(nodes),
-                "clients-trained": len(vectors),
+                "clients-trained": len(who),
                 "bytes-sent-per-client": float(sent),
                 "user-level-epsilon": epsilon,
                 "round-seconds": round(time.time() - started, 3),
@@ -204,7 +204,7 @@ def run_user_level(
             }
         )
         log(
-            f"[round {server_round}/{len(names)}] {name} release: {len(vectors)} devices, noise std {std:.3f} "
+            f"[round {server_round}/{len(names)}] {name} release: {len(who)} devices, noise std {std:.3f} "
             f"over {dimension} values, user-level epsilon {epsilon:.2f} at delta {config['delta']:g}, "
             f"{sent / 1024:.0f} KiB sent per device"
         )
