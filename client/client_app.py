@@ -6,7 +6,9 @@ arrays and metrics only; the user embedding and accountant history stay in the n
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,6 +30,7 @@ from shared.config import model_spec, train_config
 from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy import epsilon_of, history_to_json
+from shared.spend_signature import KEY_FILE, device_key, public_pem, sign
 from shared.training import planned_round, projected_epsilon, refit_user, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
@@ -102,19 +105,13 @@ def train(msg: Message, context: Context) -> Message:
 def _sign_spend(privacy: ConfigRecord, metrics: MetricRecord, context: Context, config: dict) -> None:
     """Sign this round's spend with the device's key (its SuperNode's ``auth-key``, else a key
     kept with its state); without either, the reply goes unsigned."""
-    import json
-
-    from shared.spend_signature import KEY_FILE, load_or_create_key, public_pem, sign
-
     key_path = context.node_config.get("auth-key")
     if not key_path:
         state = state_path(context, config)
         if state is None:
             return
         key_path = state.parent / KEY_FILE
-    from pathlib import Path
-
-    key = load_or_create_key(Path(str(key_path)))
+    key = device_key(Path(str(key_path)))
     fields = {**dict(metrics), **dict(privacy), "round": int(config["server-round"]), "client": privacy["client-id"],
               "history": json.loads(str(privacy["history"]))}
     privacy["signature"] = sign(key, fields)

@@ -129,12 +129,14 @@ def _contributions(replies: list[Message], dimension: int, who: list[str]) -> It
 
     A second reply under a pseudonym already counted is dropped: each user is in each sum once,
     which is what the sensitivity of 1 assumes."""
+    seen: set[str] = set()
     for reply in replies:
         name = client_id(reply)
         vector = reply.content["arrays"]["contribution"].numpy().astype(np.float64).ravel()
-        if name in who or vector.size != dimension or not np.all(np.isfinite(vector)):
+        if name in seen or vector.size != dimension or not np.all(np.isfinite(vector)):
             print(f"  node {reply.metadata.src_node_id}: contribution dropped (duplicate, wrong size or not finite)", flush=True)
             continue
+        seen.add(name)
         who.append(name)
         yield vector
 

@@ -12,6 +12,7 @@ record with. ECDSA over NIST P-384 with SHA-384, the curve Flower's node authent
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -47,6 +48,13 @@ def spend_record(fields: dict[str, Any]) -> bytes:
         "epsilon": float(fields["epsilon"]),
     }
     return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def device_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """:func:`load_or_create_key`, once per process and path: a simulation worker serves many
+    devices for many rounds, and parsing a PEM key each round is work done again."""
+    return load_or_create_key(path)
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
