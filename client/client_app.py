@@ -7,17 +7,14 @@ arrays and metrics only; the user embedding and accountant history stay in the n
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
 from client.mods import private_state_guard
-from client.statistics import contribution_reply
-from client.statistics import scores as released_model_scores
 from client.state import (
     load_history,
     load_user_embedding,
@@ -26,11 +23,31 @@ from client.state import (
     save_device_state,
     state_path,
 )
+from client.statistics import scores as released_model_scores
+from client.statistics import statistic_reply
 from shared.config import model_spec, train_config
-from shared.metrics import metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
+from shared.messages import (
+    ARRAYS,
+    ROUND_KEY,
+    TASK_KEY,
+    PrivacyRecord,
+    TrainMetrics,
+    decline_reply,
+    evaluation_reply,
+    message_config,
+    train_reply,
+    untrained_reply,
+)
+from shared.metrics import (
+    metrics_from_rank,
+    rank_of,
+    rank_percentile,
+    sampled_metrics,
+    sampled_rng,
+)
 from shared.models.recommender import Recommender, item_tower_state
-from shared.privacy import epsilon_of, history_to_json
-from shared.spend_signature import KEY_FILE, device_key, public_pem, sign
+from shared.privacy.accounting import epsilon_of, history_to_json
+from shared.privacy.spend_signature import KEY_FILE, device_key, public_pem, sign
 from shared.training import planned_round, projected_epsilon, refit_user, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
@@ -45,13 +62,13 @@ def _who(context: Context) -> int:
 
 def _seed(config: dict, context: Context) -> int:
     """Seed of this client's work in this round: by run seed, round and client, so runs repeat."""
-    return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 7919 + _who(context)
+    return int(config["seed"]) * 1_000_003 + int(config[ROUND_KEY]) * 7919 + _who(context)
 
 
 def _model(msg: Message, context: Context, config: dict, num_items: int) -> Recommender:
     """Global item tower from the message, this user's embedding from the node state."""
     model = Recommender(model_spec(config, num_items), num_users=1)
-    model.item_tower.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.item_tower.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     user = load_user_embedding(context)
     if user is not None:
         model.users.weight.data.copy_(user)
@@ -60,11 +77,11 @@ def _model(msg: Message, context: Context, config: dict, num_items: int) -> Reco
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = dict(msg.content["config"])
+    config = message_config(msg)
     data = local_data(dict(context.node_config), config)
-    if config.get("task"):  # privacy = user: one bounded statistic per release, no training
+    if config.get(TASK_KEY):  # privacy = user: one bounded statistic per release, no training
         restore_device_state(context, config, data.user_id)
-        return contribution_reply(msg, data, str(config["task"]), pseudonym(context))
+        return statistic_reply(msg, data, str(config[TASK_KEY]), pseudonym(context))
     restore_device_state(context, config, data.user_id)
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
@@ -85,37 +102,34 @@ def train(msg: Message, context: Context) -> Message:
     save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
 
     arrays = ArrayRecord(item_tower_state(model))
-    bytes_sent = sum(int(a.numpy().nbytes) for a in arrays.values())
-    metrics = MetricRecord(
-        {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss if math.isfinite(result.loss) else 0.0,
-            "epsilon": result.epsilon if math.isfinite(result.epsilon) else -1.0,
-            "steps": result.steps,
-            "sample-rate": result.sample_rate,
-            "bytes-sent": bytes_sent,
-            "declined": 0,
-        }
+    metrics = TrainMetrics(
+        num_examples=result.num_examples,
+        train_loss=result.loss,
+        epsilon=result.epsilon,
+        steps=result.steps,
+        sample_rate=result.sample_rate,
+        bytes_sent=sum(int(a.numpy().nbytes) for a in arrays.values()),
     )
     privacy = _privacy(result.history, tc, pseudonym(context), _identity(context))
-    _sign_spend(privacy, metrics, context, config)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
+    return train_reply(msg, arrays, metrics, _signed(privacy, metrics, context, config))
 
 
-def _sign_spend(privacy: ConfigRecord, metrics: MetricRecord, context: Context, config: dict) -> None:
-    """Sign this round's spend with the device's key (its SuperNode's ``auth-key``, else a key
-    kept with its state); without either, the reply goes unsigned."""
+def _signed(privacy: PrivacyRecord, metrics: TrainMetrics, context: Context, config: dict) -> ConfigRecord:
+    """The privacy record, signed with the device's key (its SuperNode's ``auth-key``, else a
+    key kept with its state); without either, it goes unsigned."""
+    record = privacy.record()
     key_path = context.node_config.get("auth-key")
     if not key_path:
         state = state_path(context, config)
         if state is None:
-            return
+            return record
         key_path = state.parent / KEY_FILE
     key = device_key(Path(str(key_path)))
-    fields = {**dict(metrics), **dict(privacy), "round": int(config["server-round"]), "client": privacy["client-id"],
-              "history": json.loads(str(privacy["history"]))}
-    privacy["signature"] = sign(key, fields)
-    privacy["public-key"] = public_pem(key)
+    fields = {**dict(metrics.record()), **dict(record), "round": int(config[ROUND_KEY]), "client": privacy.client_id,
+              "history": json.loads(privacy.history)}
+    record["signature"] = sign(key, fields)
+    record["public-key"] = public_pem(key)
+    return record
 
 
 def _identity(context: Context) -> str:
@@ -127,49 +141,40 @@ def _identity(context: Context) -> str:
     return f"node-{context.node_id}"
 
 
-def _privacy(history, tc, client_id: str, identity: str) -> ConfigRecord:
+def _privacy(history, tc, client_id: str, identity: str) -> PrivacyRecord:
     """Accounting metadata for the server's privacy ledger (no data)."""
-    return ConfigRecord(
-        {
-            "client-id": client_id,
-            "identity": identity,
-            "history": history_to_json(history),
-            "noise-multiplier": tc.noise_multiplier if tc.dp else 0.0,
-            "clip-norm": tc.clip_norm,
-            "batch-size": tc.batch_size,
-            "poisson": bool(tc.dp),
-            "accountant": tc.accountant,
-            "delta": tc.delta,
-        }
+    return PrivacyRecord(
+        client_id=client_id,
+        identity=identity,
+        history=history_to_json(history),
+        noise_multiplier=tc.noise_multiplier if tc.dp else 0.0,
+        clip_norm=tc.clip_norm,
+        batch_size=tc.batch_size,
+        poisson=bool(tc.dp),
+        accountant=tc.accountant,
+        delta=tc.delta,
     )
 
 
 def _decline(msg: Message, history, n: int, tc, client_id: str, identity: str) -> Message:
     """Reply without training: the next round would push this client past its epsilon cap."""
     rate, _ = planned_round(n, tc)
-    metrics = MetricRecord(
-        {
-            "num-examples": n,
-            "train-loss": 0.0,
-            "epsilon": epsilon_of(history, tc.delta, tc.accountant),
-            "steps": 0,
-            "sample-rate": rate,
-            "bytes-sent": 0,
-            "declined": 1,
-        }
+    metrics = TrainMetrics(
+        num_examples=n, train_loss=0.0, epsilon=epsilon_of(history, tc.delta, tc.accountant), steps=0,
+        sample_rate=rate, bytes_sent=0, declined=True,
     )
-    return Message(RecordDict({"metrics": metrics, "privacy": _privacy(history, tc, client_id, identity)}), reply_to=msg)
+    return decline_reply(msg, metrics, _privacy(history, tc, client_id, identity))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    config = dict(msg.content["config"])
+    config = message_config(msg)
     data = local_data(dict(context.node_config), config)
     if config["privacy"] == "user":  # the released model and this device's own history
         return _ranking_reply(msg, context, data, released_model_scores(msg, data))
     restore_device_state(context, config, data.user_id)
     if load_user_embedding(context) is None:  # never trained: no user representation to rank with
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)
+        return untrained_reply(msg)
     model = _model(msg, context, config, data.num_items).eval()
     refit_steps = int(config["eval-refit-steps"])
     if refit_steps:
@@ -186,15 +191,13 @@ def _ranking_reply(msg: Message, context: Context, data, scores) -> Message:
     rank = rank_of(scores, data.test_item, data.train_items)
     sampled = sampled_metrics(scores, data.test_item, data.train_items, sampled_rng(_who(context)))
     cold = data.test_item in data.cold_items
-    metrics = MetricRecord(
+    return evaluation_reply(
+        msg,
         {
-            "num-examples": 1,
             "rank": rank,
             "rank-percentile": rank_percentile(rank, data.num_items, data.train_items, data.test_item),
             "cold": int(cold),
-            "trained": 1,
             **metrics_from_rank(rank),
             **sampled,
-        }
+        },
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -16,7 +16,6 @@ import numpy as np
 
 from shared.checksums import file_sha256
 
-
 EXPORTED_FILES = ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
-from shared.privacy import History, history_from_json, history_to_json
+from shared.privacy.accounting import History, history_from_json, history_to_json
+from shared.run_directory import DEVICE_STATE_FILE as STATE_FILE
+from shared.run_directory import simulated_device_folder
 
 USER_KEY = "private-user"
 PRIVACY_KEY = "privacy"
-STATE_FILE = "device-state.json"
 STATE_FORMAT = "fedmmrec-device-state/1"
 
 
@@ -39,7 +40,7 @@ def state_path(context: Context, config: dict) -> Path | None:
     if folder:
         return Path(str(folder)) / STATE_FILE
     if config.get("device-state-dir") and "partition-id" in context.node_config:
-        return Path(str(config["device-state-dir"])) / f"partition-{int(context.node_config['partition-id'])}" / STATE_FILE
+        return simulated_device_folder(str(config["device-state-dir"]), int(context.node_config["partition-id"])) / STATE_FILE
     return None
 
 

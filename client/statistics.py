@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message
 
 from client.local_data import LocalData
 from shared.cooccurrence import (
@@ -20,6 +20,7 @@ from shared.cooccurrence import (
     popularity_contribution,
     selection_contribution,
 )
+from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply
 
 TASKS = ("popularity", "cooccurrence", "selection")
 _CONTENT: dict[int, np.ndarray] = {}
@@ -40,22 +41,21 @@ def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
     if task == "popularity":
         return popularity_contribution(data.train_items, data.num_items)
     if task == "cooccurrence":
-        return cooccurrence_contribution(data.train_items, msg.content["arrays"]["top-items"].numpy())
+        return cooccurrence_contribution(data.train_items, msg.content[ARRAYS]["top-items"].numpy())
     if task == "selection":
         return selection_contribution(released_model(msg), data.train_items, data.validation_item, catalog_content(data))
     raise ValueError(f"unknown release task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def contribution_reply(msg: Message, data: LocalData, task: str, client_id: str) -> Message:
+def statistic_reply(msg: Message, data: LocalData, task: str, client_id: str) -> Message:
+    """The reply carrying this device's contribution to release ``task``."""
     vector = contribution(msg, data, task).astype(np.float32)
-    arrays = ArrayRecord({"contribution": torch.from_numpy(vector)})
-    metrics = MetricRecord({"num-examples": len(data.train_items), "bytes-sent": int(vector.nbytes)})
-    privacy = ConfigRecord({"client-id": client_id, "release": task})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
+    arrays = ArrayRecord({CONTRIBUTION_KEY: torch.from_numpy(vector)})
+    return contribution_reply(msg, arrays, len(data.train_items), int(vector.nbytes), client_id, task)
 
 
 def released_model(msg: Message) -> CooccurrenceModel:
-    return CooccurrenceModel.from_arrays({key: value.numpy() for key, value in msg.content["arrays"].items()})
+    return CooccurrenceModel.from_arrays({key: value.numpy() for key, value in msg.content[ARRAYS].items()})
 
 
 def scores(msg: Message, data: LocalData) -> np.ndarray:

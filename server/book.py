@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import Strategy
 
 
 @dataclass
@@ -65,21 +63,6 @@ class RoundBook:
         if not values:
             return {"epsilon-max": 0.0, "epsilon-mean": 0.0}
         return {"epsilon-max": float(max(values)), "epsilon-mean": float(np.mean(values))}
-
-
-def strategy_state(strategy: Strategy) -> dict[str, Any]:
-    """The server optimiser's moments (FedAdam and other FedOpt strategies); {} for FedAvg."""
-    state = {}
-    for name in ("m_t", "v_t"):
-        value = getattr(strategy, name, None)
-        if value:
-            state[name] = {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}
-    return state
-
-
-def restore_strategy(strategy: Strategy, state: dict[str, Any]) -> None:
-    for name, value in state.items():
-        setattr(strategy, name, {k: v.numpy() for k, v in value.items()})
 
 
 @dataclass

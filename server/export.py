@@ -21,19 +21,20 @@ import torch
 from torch import nn
 
 from shared.checksums import file_sha256
-from shared.ledger import LEDGER_NAME, read_entries, verify_chain
 from shared.config import model_spec
 from shared.data import load_catalog
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, catalog_tensors
+from shared.privacy.ledger import verify_chain
+from shared.run_directory import MODEL_FILE, RunDirectory
 
 
-def verified_ledger_head(run_dir: Path) -> str:
+def verified_ledger_head(run: RunDirectory) -> str:
     """The hash of the ledger's last entry, after its chain verifies (never a copy of it)."""
-    entries = read_entries(run_dir)
+    entries = run.read_ledger()
     problems = verify_chain(entries)
     if problems or not entries:
-        raise ValueError(f"{run_dir / LEDGER_NAME}: the ledger does not verify: {problems[0] if problems else 'empty'}")
+        raise ValueError(f"{run.ledger_path}: the ledger does not verify: {problems[0] if problems else 'empty'}")
     return entries[-1].hash
 
 
@@ -53,23 +54,22 @@ class _TowerOnTensors(nn.Module):
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
     run_dir, out = Path(run_dir), Path(out)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path}: not found: {run_dir} is not a run directory")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        run = RunDirectory.open(run_dir)
+        config = run.read_config()
+    except FileNotFoundError as exc:
+        raise ValueError(f"{exc}: {run_dir} is not a run directory") from exc
     if config.get("privacy") == "user":
         raise ValueError(
-            f"{run_dir}: a privacy = user run trains no item tower; its served model is {run_dir / 'model.npz'} "
+            f"{run_dir}: a privacy = user run trains no item tower; its served model is {run.file(MODEL_FILE)} "
             "(numpy: top-items, factors, popularity), which a device loads as it is"
         )
-    checkpoint = run_dir / "checkpoints" / "final.pt"
-    if not checkpoint.is_file():
-        checkpoint = run_dir / "checkpoints" / "latest.pt"
-    if not checkpoint.is_file():
-        raise ValueError(f"{run_dir / 'checkpoints'}: no final.pt or latest.pt to export")
+    checkpoint = run.final_checkpoint()
+    if checkpoint is None:
+        raise ValueError(f"{run.checkpoints}: no final.pt or latest.pt to export")
     dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
     tower = ItemTower(model_spec(config, dataset.num_items))
-    tower.load_state_dict(torch.load(checkpoint, map_location="cpu")["item_tower"])
+    tower.load_state_dict(run.load_checkpoint(checkpoint)["item_tower"])
     tower.eval()
     catalog = catalog_tensors(load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False))
     inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
@@ -83,9 +83,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     np.save(out / "item_embeddings.npy", embeddings)
     np.save(out / "item_biases.npy", biases)
     (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    head = verified_ledger_head(run_dir)
+    summary_path = run.summary_path
+    summary = run.read_summary() if run.has_summary() else {}
+    head = verified_ledger_head(run)
     if summary.get("ledger-head") not in (None, head):
         raise ValueError(
             f"{summary_path}: ledger-head {summary['ledger-head'][:16]}... is not the ledger's verified head "

@@ -3,17 +3,16 @@ reply into its ledger entry."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from server.validation import train_reply_problem
-from shared.ledger import canonical
+from shared.messages import is_decline, server_messages, spend_entry
+from shared.privacy.ledger import canonical
 
 MESSAGE_TIMEOUT_S = 3600.0
 
@@ -28,69 +27,16 @@ def ok_replies(replies) -> list[Message]:
     return good
 
 
-def trace_received(reply: Message, server_round: int) -> None:
-    """With FEDMMREC_TRACE_DIR set (tests): record what arrays the server received."""
-    trace_dir = os.environ.get("FEDMMREC_TRACE_DIR")
-    if not trace_dir:
-        return
-    from client.mods import array_sha256
-
-    arrays = {
-        f"{name}/{key}": array_sha256(array.numpy())
-        for name, record in reply.content.array_records.items()
-        for key, array in record.items()
-    }
-    row = {"round": server_round, "node": reply.metadata.src_node_id, "arrays": arrays}
-    with open(os.path.join(trace_dir, "server-received.jsonl"), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
-def client_id(reply: Message) -> str:
-    """The device's pseudonym (its Flower node id when it sent none)."""
-    privacy = reply.content.config_records.get("privacy", {})
-    return str(privacy.get("client-id", "") or reply.metadata.src_node_id)
-
-
-def client_entry(reply: Message) -> dict[str, Any]:
-    """The ledger's client-round entry from a train reply."""
-    metrics = reply.content["metrics"]
-    privacy = dict(reply.content.config_records.get("privacy", {}))
-    return {
-        "client": client_id(reply),
-        "identity": str(privacy.get("identity", "")),
-        "num-examples": int(metrics["num-examples"]),
-        "sample-rate": float(metrics["sample-rate"]),
-        "poisson": bool(privacy.get("poisson", False)),
-        "steps": int(metrics["steps"]),
-        "noise-multiplier": float(privacy.get("noise-multiplier", 0.0)),
-        "clip-norm": float(privacy.get("clip-norm", 0.0)),
-        "batch-size": int(privacy.get("batch-size", 0)),
-        "accountant": str(privacy.get("accountant", "")),
-        "history": json.loads(str(privacy.get("history", "[]"))),
-        "epsilon": float(metrics["epsilon"]),
-        **{key: str(privacy[key]) for key in ("signature", "public-key") if key in privacy},
-    }
-
-
 def rejected_entry(reply: Message, reason: str, server_round: int) -> tuple[str, int, dict[str, Any]]:
     """A rejected reply's ledger entry. Its privacy spend is real (the client trained), so it
     is a client-round entry when its accounting fields are readable; else a bare record."""
     node = reply.metadata.src_node_id
     try:
-        entry = {**client_entry(reply), "rejected": reason}
+        entry = {**spend_entry(reply), "rejected": reason}
         canonical(entry)  # finite and serialisable, or the whole round's transaction would fail
         return ("client-round", server_round, entry)
     except (KeyError, TypeError, ValueError):
         return ("client-rejected", server_round, {"client": node, "reason": reason})
-
-
-def train_messages(nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, server_round: int) -> list[Message]:
-    """TRAIN messages as Flower's strategies build them (``arrays`` + ``config`` with the round)."""
-    config = ConfigRecord({**dict(config), "server-round": server_round})
-    return [
-        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.TRAIN)
-        for node in nodes
-    ]
 
 
 @dataclass
@@ -114,7 +60,7 @@ class TrainReplies:
         self.failed += len(messages) - len(answered)
         if len(received) < len(messages):
             print(f"  {len(messages) - len(received)} clients did not answer within {self.timeout:g} s: dropped", flush=True)
-        declined = [r for r in answered if int(r.content.metric_records.get("metrics", {}).get("declined", 0))]
+        declined = [r for r in answered if is_decline(r)]
         for reply in declined:
             print(f"  client {reply.metadata.src_node_id} declined: its next round would exceed epsilon-cap", flush=True)
         self.declined += declined
@@ -137,7 +83,7 @@ def collect_train(
     replace_declined: bool,
     rng: random.Random,
     arrays: ArrayRecord,
-    config: ConfigRecord,
+    config: dict[str, Any],
     server_round: int,
 ) -> TrainReplies:
     """Send the round's messages; in place of each client that declines, ask one not yet asked.
@@ -153,5 +99,5 @@ def collect_train(
             break
         substitutes = rng.sample(pool, min(len(declined), len(pool)))
         print(f"  asking {len(substitutes)} other clients in place of those that declined", flush=True)
-        declined = replies.add(grid, train_messages(substitutes, arrays, config, server_round))
+        declined = replies.add(grid, server_messages(substitutes, arrays, config, server_round))
     return replies

@@ -32,12 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from server.central_dp import clip, gaussian_noise
-from server.replies import MESSAGE_TIMEOUT_S, client_id, ok_replies
-from server.run_directory import RunDirectory
+from server.replies import MESSAGE_TIMEOUT_S, ok_replies
 from shared.cooccurrence import (
     CANDIDATES,
     CooccurrenceModel,
@@ -47,11 +45,18 @@ from shared.cooccurrence import (
     top_items,
     triangle_size,
 )
-from shared.ledger import Ledger
-from shared.privacy import gaussian_epsilon, split_budget
+from shared.messages import (
+    CONTRIBUTION_KEY,
+    TASK_KEY,
+    client_id,
+    server_messages,
+    update_of,
+)
+from shared.privacy.accounting import gaussian_epsilon, split_budget
+from shared.privacy.dp_fedavg import clip, gaussian_noise
+from shared.privacy.ledger import Ledger
+from shared.run_directory import MODEL_FILE, RELEASES_FILE, RunDirectory
 
-RELEASES_FILE = "releases.npz"
-MODEL_FILE = "model.npz"
 SENSITIVITY = 1.0
 
 
@@ -114,11 +119,7 @@ def gaussian_release(
 
 
 def _ask(grid: Grid, nodes: list[int], task: str, arrays: ArrayRecord, config: dict[str, Any], server_round: int):
-    record = ConfigRecord({**config, "task": task, "server-round": server_round})
-    messages = [
-        Message(RecordDict({"arrays": arrays, "config": record}), dst_node_id=node, message_type=MessageType.TRAIN)
-        for node in nodes
-    ]
+    messages = server_messages(nodes, arrays, {**config, TASK_KEY: task}, server_round)
     return ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
 
 
@@ -132,7 +133,7 @@ def _contributions(replies: list[Message], dimension: int, who: list[str]) -> It
     seen: set[str] = set()
     for reply in replies:
         name = client_id(reply)
-        vector = reply.content["arrays"]["contribution"].numpy().astype(np.float64).ravel()
+        vector = update_of(reply)[CONTRIBUTION_KEY].numpy().astype(np.float64).ravel()
         if name in seen or vector.size != dimension or not np.all(np.isfinite(vector)):
             print(f"  node {reply.metadata.src_node_id}: contribution dropped (duplicate, wrong size or not finite)", flush=True)
             continue

@@ -12,24 +12,24 @@ import math
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-REQUIRED_METRICS = ("num-examples", "steps", "sample-rate", "epsilon", "train-loss", "bytes-sent")
+from shared.messages import ARRAYS, METRICS, REQUIRED_METRICS
 
 
 def train_reply_problem(reply: Message, expected: ArrayRecord) -> str | None:
     """Why ``reply`` cannot be aggregated into a model shaped like ``expected`` (None: it can)."""
     content = reply.content
-    if "metrics" not in content.metric_records:
+    if METRICS not in content.metric_records:
         return "no metrics record"
-    metrics = content.metric_records["metrics"]
+    metrics = content.metric_records[METRICS]
     missing_metrics = [key for key in REQUIRED_METRICS if key not in metrics]
     if missing_metrics:
         return f"metrics lack {', '.join(missing_metrics)}"
     examples = float(metrics["num-examples"])
     if not math.isfinite(examples) or examples <= 0:
         return f"num-examples is {examples}"
-    if "arrays" not in content.array_records:
+    if ARRAYS not in content.array_records:
         return "no arrays record"
-    arrays = content.array_records["arrays"]
+    arrays = content.array_records[ARRAYS]
     missing = sorted(set(expected.keys()) - set(arrays.keys()))
     extra = sorted(set(arrays.keys()) - set(expected.keys()))
     if missing:

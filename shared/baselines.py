@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from shared.data.split import LeaveLastOutSplit
-from shared.metrics import mean_metrics_by_coldness, metrics_from_rank, rank_of, rank_percentile, sampled_metrics, sampled_rng
+from shared.metrics import (
+    mean_metrics_by_coldness,
+    metrics_from_rank,
+    rank_of,
+    rank_percentile,
+    sampled_metrics,
+    sampled_rng,
+)
 
 
 def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] | None = None) -> dict[str, float]:

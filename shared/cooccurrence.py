@@ -20,7 +20,7 @@ interactions:
 Adding or removing one user changes each sum by at most 1 in L2, so each release is a Gaussian
 mechanism of sensitivity 1 (user-level). The server adds the noise; Gaussian releases compose
 (adaptively) to one Gaussian mechanism with ``1 / sigma^2 = sum 1 / sigma_i^2`` (mu-GDP, Dong,
-Roth and Su 2019), which :mod:`shared.privacy` turns into epsilon at delta exactly.
+Roth and Su 2019), which :mod:`shared.privacy.accounting` turns into epsilon at delta exactly.
 
 Everything after the releases is post-processing and costs no privacy:
 - the top eigenvectors of the noisy co-occurrence matrix are the item factors (PureSVD,
@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 
 def one_blas_thread(function):
     """Run ``function`` with OpenBLAS/MKL limited to one thread. Why: called from the

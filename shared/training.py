@@ -33,7 +33,13 @@ from torch import nn
 
 from shared.models.recommender import Recommender, item_inputs
 from shared.per_example import PerExampleClipping
-from shared.privacy import History, epsilon_of, make_accountant, merged, total_steps
+from shared.privacy.accounting import (
+    History,
+    epsilon_of,
+    make_accountant,
+    merged,
+    total_steps,
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from shared.run_directory import read_summary
+
 GIB = 2**30
 
 
@@ -54,7 +56,7 @@ def _run(overrides: dict[str, Any], client_app=None) -> tuple[Path, float]:
 
 def _per_update_seconds(run_dir: Path) -> float:
     """Median over rounds 2.. of train-phase seconds per client update (round 1 warms up)."""
-    from server.run_directory import read_metrics
+    from shared.run_directory import read_metrics
 
     rows = read_metrics(run_dir)[1:]
     return statistics.median(r["train-seconds"] / max(1, r["clients-trained"] + r.get("clients-rejected", 0)) for r in rows)
@@ -162,7 +164,7 @@ def communication(run_dir: Path) -> dict[str, Any]:
 
     from shared.features.text import text_model_path
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     sent = float(summary["communication"]["bytes-sent-per-client-per-round"])
     received = float(summary["communication"]["item-tower-bytes"])
     text = AutoModel.from_pretrained(text_model_path())
@@ -211,7 +213,7 @@ def scale(work: Path, cache: Path) -> dict[str, Any]:
 
 def quality(work: Path) -> tuple[dict[str, Any], Path]:
     run_dir, wall = _run({"run-dir": str(work / "runs"), "run-id": "main-job"})
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     ndcg = summary["final"]["ndcg@10"]
     return {"ndcg@10": ndcg, "wall-minutes": wall / 60, "ndcg-per-minute": ndcg / (wall / 60)}, run_dir
 

@@ -1,7 +1,7 @@
 """The ``fedmmrec`` command line.
 
     fedmmrec run [--set KEY=VALUE ...]        federated DP simulation (one client per user)
-    fedmmrec train-central [--set KEY=VALUE]  the same model, central and not private
+    fedmmrec train-pooled [--set KEY=VALUE]   the same model on pooled data, not private
     fedmmrec baseline most-popular [--set ...]
     fedmmrec data synth --out DIR [--users N --items M --seed S]
     fedmmrec data movielens-100k --zip ml-100k.zip --out DIR [--posters DIR] [--plots CSV]
@@ -51,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's own log")
 
-    central = sub.add_parser("train-central", help="train the same model centrally, without DP")
-    _add_set(central)
-    central.add_argument("--epochs", type=int, default=10)
-    central.add_argument("--lr", type=float, default=0.005)
+    for name, text in (("train-pooled", "train the same model on all users' data pooled, without DP (baseline)"),
+                       ("train-central", "old name of train-pooled (deprecated)")):
+        pooled = sub.add_parser(name, help=text)
+        _add_set(pooled)
+        pooled.add_argument("--epochs", type=int, default=10)
+        pooled.add_argument("--lr", type=float, default=0.005)
 
     baseline = sub.add_parser("baseline", help="non-learned baselines")
     baseline.add_argument("name", choices=["most-popular"])
@@ -137,10 +139,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         simulate(_overrides(args.set), quiet=not args.verbose)
         return 0
-    if args.command == "train-central":
-        from simulations.central import train_central
+    if args.command in ("train-pooled", "train-central"):
+        from simulations.pooled import train_pooled
 
-        train_central(_overrides(args.set), epochs=args.epochs, lr=args.lr)
+        if args.command == "train-central":
+            print("fedmmrec: train-central is now train-pooled (central means central DP); running train-pooled",
+                  file=sys.stderr)
+        train_pooled(_overrides(args.set), epochs=args.epochs, lr=args.lr)
         return 0
     if args.command == "baseline":
         from shared.baselines import most_popular

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from server.run_directory import read_jsonl
+from shared.run_directory import RunDirectory
 from simulations.deployment import LocalhostDeployment
 
 
@@ -51,12 +51,13 @@ def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", ov
 
 def _traffic(runs: Path) -> dict[str, Any]:
     """Payload bytes per client per round of the newest run (TLS and HTTP framing excluded)."""
-    metrics = sorted(runs.glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not metrics:
+    found = [RunDirectory.open(p) for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
+    found = sorted((run for run in found if run.metrics_path.is_file()), key=lambda run: run.metrics_path.stat().st_mtime)
+    if not found:
         return {}
-    rows = read_jsonl(metrics[-1])
+    rows = found[-1].read_metrics()
     return {
-        "run-dir": str(metrics[-1].parent),
+        "run-dir": str(found[-1].path),
         "bytes-sent-per-client-per-round": rows[-1].get("bytes-sent-per-client") if rows else None,
         "bytes-received-per-client-per-round": rows[-1].get("bytes-received-per-client") if rows else None,
     }

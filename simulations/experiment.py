@@ -30,25 +30,50 @@ client epsilon, and HR@10 on cold against warm items.
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 import re
 import statistics
+import sys
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from shared.run_directory import RunDirectory
+
 METRICS = (
     "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm", "recall@20-warm",
     "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
 )
-KINDS = ("federated", "central", "most-popular", "library")
+KINDS = ("federated", "pooled", "most-popular", "library")
+KIND_ALIASES = {"central": "pooled"}  # old name: "central" now means only central DP
 SAME_USERS_METRICS = ("hr@10-warm", "recall@20-warm", "hr@10-sampled", "rank-percentile-warm")
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(value: Any, where: str) -> Any:
+    """``${NAME}`` or ``${NAME:-default}`` in a grid's string value, from the environment: a grid
+    names where its dataset usually is and the user points elsewhere without editing it
+    (``FEDMMREC_MOVIELENS=/data/ml fedmmrec experiment ...``)."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ValueError(f"{where}: ${{{name}}} is not set in the environment and has no default")
+        return default
+
+    return ENV_REFERENCE.sub(lookup, value)
 
 
 def load_experiment(path: str | Path) -> dict[str, Any]:
@@ -61,9 +86,15 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     settings = raw.get("setting", [])
     if not settings:
         raise ValueError(f"{path}: no [[setting]] tables")
+    base = {key: expand_environment(value, f"{path}: {key}") for key, value in experiment.get("base", {}).items()}
     for setting in settings:
+        setting.update({key: expand_environment(value, f"{path}: {key}") for key, value in setting.items()})
         if "name" not in setting:
             raise ValueError(f"{path}: a [[setting]] has no name")
+        if setting.get("kind") in KIND_ALIASES:
+            new = KIND_ALIASES[setting["kind"]]
+            print(f"fedmmrec: {path}: setting {setting['name']!r}: kind {setting['kind']!r} is now {new!r}", file=sys.stderr)
+            setting["kind"] = new
         if setting.get("kind", "federated") not in KINDS:
             raise ValueError(f"{path}: setting {setting['name']!r}: kind must be one of {', '.join(KINDS)}")
         if setting.get("kind") == "library":
@@ -75,7 +106,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         "name": experiment.get("name", path.stem),
         "out": Path(experiment.get("out", "experiments")),
         "seeds": list(experiment.get("seeds", [0])),
-        "base": dict(experiment.get("base", {})),
+        "base": base,
         "settings": settings,
         # Rows of another study's results.csv drawn in this one's plot (measured, not typed in).
         "reference-results": experiment.get("reference-results", ""),
@@ -88,14 +119,13 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
         from simulations.simulate import simulate
 
         simulate(overrides)
-    elif kind == "central":
-        from simulations.central import train_central
+    elif kind == "pooled":
+        from simulations.pooled import train_pooled
 
-        train_central(overrides)
+        train_pooled(overrides)
     elif kind == "library":
         _run_library(overrides, run_dir)
     else:
-        from server.run_directory import RunDirectory
         from shared.baselines import most_popular
         from shared.config import resolve
         from shared.data import load_dataset, split_for
@@ -103,12 +133,11 @@ def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
 
         config = resolve(None, overrides)
         final = most_popular(split_for(load_dataset(resolve_data_dir(config)), config))
-        RunDirectory(run_dir.parent, run_dir.name).write_json("summary.json", {"kind": "most-popular", "final": final})
+        RunDirectory(run_dir.parent, run_dir.name).write_summary({"kind": "most-popular", "final": final})
 
 
 def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
     """A library model (``model`` key) fitted and evaluated on the run config's split."""
-    from server.run_directory import RunDirectory
     from shared.baselines import evaluate_scorer
     from shared.config import resolve
     from shared.data import load_dataset, split_for
@@ -123,20 +152,20 @@ def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
     features = load_or_compute_features(dataset, config["feature-cache"] or None, progress=False)
     started = time.time()
     final = evaluate_scorer(split, library_scorer(name, split, features, int(config["seed"])))
-    RunDirectory(run_dir.parent, run_dir.name).write_json(
-        "summary.json", {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1)}
+    RunDirectory(run_dir.parent, run_dir.name).write_summary(
+        {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1)}
     )
 
 
 def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:
     """A finished run is reused only if it ran with what the grid asks now: a changed key
     (more rounds, another noise) would otherwise mix old results into the new table."""
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():  # most-popular runs save no config
+    run = RunDirectory.open(run_dir)
+    if not run.config_path.is_file():  # most-popular runs save no config
         return
     from shared.config import resolve
 
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    saved = run.read_config()
     wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id")})
     changed = [f"{k}: ran with {saved[k]!r}, the grid asks {wanted[k]!r}" for k in overrides
                if k in saved and k not in ("run-dir", "run-id") and not _same_value(saved[k], wanted[k])]
@@ -156,11 +185,6 @@ def _same_value(saved: Any, wanted: Any) -> bool:
     )
 
 
-def _trained_partitions(run_dir: Path) -> list[int]:
-    """Simulated partitions that trained at least once: those with a device state file."""
-    return [int(p.parent.name.split("-", 1)[1]) for p in (run_dir / "devices").glob("partition-*/device-state.json")]
-
-
 def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
     """Most-popular over exactly the users a federated run evaluated.
 
@@ -172,13 +196,14 @@ def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
     from shared.config import DEFAULTS, resolve
     from shared.data import load_dataset, split_for
 
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    config = resolve(None, {k: v for k, v in config.items() if k in DEFAULTS})
-    return most_popular(split_for(load_dataset(config["data-dir"]), config), _trained_partitions(run_dir))
+    run = RunDirectory.open(run_dir)
+    config = resolve(None, {k: v for k, v in run.read_config().items() if k in DEFAULTS})
+    return most_popular(split_for(load_dataset(config["data-dir"]), config), run.trained_partitions())
 
 
 def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) -> dict[str, Any]:
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    run = RunDirectory.open(run_dir)
+    summary = run.read_summary()
     privacy = summary.get("privacy", {})
     row = {"setting": setting, "kind": kind, "seed": seed, "run-dir": str(run_dir)}
     row.update({m: summary["final"].get(m, float("nan")) for m in METRICS})
@@ -187,7 +212,7 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     row["privacy-mode"] = privacy.get("mode", "")
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")
     row["users"] = summary["final"].get("clients-evaluated", summary["final"].get("users", ""))
-    if kind == "federated" and (run_dir / "devices").is_dir():
+    if kind == "federated" and run.device_folders():
         same = most_popular_on_same_users(run_dir)
         row.update({f"most-popular-same-users-{m}": same[m] for m in SAME_USERS_METRICS})
     return row
@@ -209,7 +234,7 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
             run_dir = runs / run_id
             wall = None
             overrides = {**spec["base"], **keys, "seed": seed, "run-dir": str(runs), "run-id": run_id}
-            if (run_dir / "summary.json").is_file():
+            if run_dir.is_dir() and RunDirectory.open(run_dir).has_summary():
                 _check_same_config(run_dir, overrides)
             else:
                 print(f"fedmmrec: experiment {spec['name']}: {setting['name']}, seed {seed}", flush=True)
@@ -282,12 +307,11 @@ def _plots(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from server.run_directory import read_jsonl
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for setting in dict.fromkeys(r["setting"] for r in rows):
         run = next(r for r in rows if r["setting"] == setting)
-        curve = [(m["round"], m["ndcg@10"]) for m in read_jsonl(Path(run["run-dir"]) / "metrics.jsonl") if "ndcg@10" in m and "round" in m]
+        curve = [(m["round"], m["ndcg@10"]) for m in RunDirectory.open(run["run-dir"]).read_metrics() if "ndcg@10" in m and "round" in m]
         if curve:
             ax.plot(*zip(*curve), marker=".", label=setting)
     ax.set(xlabel="round", ylabel="NDCG@10", title="NDCG@10 over rounds (first seed)")

@@ -34,6 +34,7 @@ from client.client_app import evaluate as honest_evaluate
 from client.client_app import train as honest_train
 from client.mods import private_state_guard
 from shared.faults import parse_faults
+from shared.run_directory import RunDirectory
 
 FAULT_SCALE = 1000.0
 FAULT_SLOW_S = 20.0
@@ -63,7 +64,7 @@ def _wait_for_round_to_close(config: dict) -> None:
     """A straggler that misses its round whatever the machine's load: it answers only once the
     server has closed the round without it (the round's line is in ``metrics.jsonl``), or after
     ``FAULT_SLOW_S`` when the run has no round timeout. An event, not a race against a clock."""
-    metrics = Path(str(config["run-dir"])) / str(config["run-id"]) / "metrics.jsonl"
+    metrics = RunDirectory.open(Path(str(config["run-dir"])) / str(config["run-id"])).metrics_path
     this_round = int(config["server-round"])
     deadline = time.time() + (FAULT_SLOW_S if float(config["round-timeout"]) <= 0 else 3600.0)
     while time.time() < deadline:
@@ -85,7 +86,7 @@ def _lying(engine, noise_factor: float, clip_factor: float):
     def run(model, optimizer, positives, loss_of, config, clip_norms, history, generator, mode):
         from dataclasses import replace
 
-        from shared.privacy import merged
+        from shared.privacy.accounting import merged
         from shared.training import planned_round
 
         quiet = replace(config, noise_multiplier=config.noise_multiplier * noise_factor)

@@ -7,31 +7,31 @@ same validation, aggregation and bookkeeping as in a real run.
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+
+from shared.messages import (
+    PrivacyRecord,
+    TrainMetrics,
+    train_reply,
+    untrained_reply,
+    update_of,
+)
 
 app = ClientApp()
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    arrays = msg.content["arrays"]
-    metrics = MetricRecord(
-        {
-            "num-examples": 30,
-            "train-loss": 0.0,
-            "epsilon": 0.0,
-            "steps": 0,
-            "sample-rate": 0.25,
-            "bytes-sent": sum(int(a.numpy().nbytes) for a in arrays.values()),
-            "declined": 0,
-        }
+    arrays = update_of(msg)
+    metrics = TrainMetrics(
+        num_examples=30, train_loss=0.0, epsilon=0.0, steps=0, sample_rate=0.25,
+        bytes_sent=sum(int(a.numpy().nbytes) for a in arrays.values()),
     )
-    privacy = ConfigRecord({"client-id": str(context.node_id), "history": "[]", "noise-multiplier": 0.0, "clip-norm": 1.0,
-                            "batch-size": 8, "poisson": False, "accountant": "rdp", "delta": 1e-5})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "privacy": privacy}), reply_to=msg)
+    privacy = PrivacyRecord(client_id=str(context.node_id), clip_norm=1.0, batch_size=8, accountant="rdp", delta=1e-5)
+    return train_reply(msg, arrays, metrics, privacy.record())
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)
+    return untrained_reply(msg)

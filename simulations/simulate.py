@@ -7,7 +7,6 @@ directly, and knows the number of users before it starts the SuperNodes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from shared.config import resolve
 from shared.data import load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
+from shared.run_directory import RunDirectory
 
 
 def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None) -> Path:
@@ -33,7 +33,7 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     config = resolve(None, overrides)
     if config["resume"]:  # continue a run directory: its saved config names the data and the id
         resume_dir = Path(config["resume"]).resolve()
-        saved = json.loads((resume_dir / "config.json").read_text(encoding="utf-8"))
+        saved = RunDirectory.open(resume_dir).read_config()
         config.update({"data-dir": saved["data-dir"], "run-dir": str(resume_dir.parent), "run-id": resume_dir.name})
         config.update({key: saved[key] for key in ("cold-start-items", "seed") if key in saved})
     data_dir = resolve_data_dir(config)
@@ -47,7 +47,9 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     if config["faults"]:
-        from simulations.faults import app as client_app  # the real client, made to misbehave
+        from simulations.faults import (
+            app as client_app,  # the real client, made to misbehave
+        )
     run_simulation(
         server_app=build_server_app(config),
         client_app=client_app,
@@ -55,10 +57,10 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
     )
     run_dir = Path(config["run-dir"]) / config["run-id"]
-    if not (run_dir / "summary.json").is_file():
+    if not run_dir.is_dir() or not RunDirectory.open(run_dir).has_summary():
         raise RuntimeError(f"{run_dir}: the simulation ended without a summary; see the log above")
     return run_dir
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    return RunDirectory.open(run_dir).read_summary()

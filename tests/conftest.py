@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -28,21 +27,15 @@ def federated_run(small_dataset, feature_cache, tmp_path_factory):
     """A real 2-round Flower simulation of the 12-user dataset, all clients training each round."""
     from simulations.simulate import simulate
 
-    trace = tmp_path_factory.mktemp("trace")
-    os.environ["FEDMMREC_TRACE_DIR"] = str(trace)
-    try:
-        run_dir = simulate(
-            {
-                "data-dir": str(small_dataset),
-                "feature-cache": str(feature_cache),
-                "run-dir": str(tmp_path_factory.mktemp("runs")),
-                "run-id": "test-run",
-                "privacy": "local",
-                "num-server-rounds": 2,
-                "fraction-train": 1.0,
-                "local-epochs": 3,
-            }
-        )
-    finally:
-        del os.environ["FEDMMREC_TRACE_DIR"]
-    return run_dir, trace
+    return simulate(
+        {
+            "data-dir": str(small_dataset),
+            "feature-cache": str(feature_cache),
+            "run-dir": str(tmp_path_factory.mktemp("runs")),
+            "run-id": "test-run",
+            "privacy": "local",
+            "num-server-rounds": 2,
+            "fraction-train": 1.0,
+            "local-epochs": 3,
+        }
+    )

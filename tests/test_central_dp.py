@@ -10,11 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-import server.central_dp
+import shared.privacy.dp_fedavg
 from server.audit import audit, run_audit
-from server.canaries import CANARY_FILE
-from server.central_dp import CentralDP, aggregate, flatten, poisson_sample
-from shared.ledger import read_entries
+from shared.privacy.dp_fedavg import CentralDP, aggregate, flatten, poisson_sample
+from shared.run_directory import RunDirectory, read_ledger
 from simulations.simulate import read_summary, simulate
 
 NOISE, CLIP, ROUNDS = 5.0, 0.05, 3
@@ -43,7 +42,7 @@ def canary_run(small_dataset, feature_cache, tmp_path_factory):
 
 
 def test_central_dp_run_is_recorded_and_passes_the_audit(canary_run):
-    entries = read_entries(canary_run)
+    entries = read_ledger(canary_run)
     header = entries[0].body
     assert header["server-dp"] and header["privacy-mode"] == "central" and header["canaries"] == 500
     rounds = [e.body for e in entries if e.kind == "server-round"]
@@ -70,15 +69,15 @@ def test_central_dp_run_is_recorded_and_passes_the_audit(canary_run):
 def test_a_canary_file_changed_after_the_run_fails_the_audit(canary_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(canary_run, run_dir)
-    payload = json.loads((run_dir / CANARY_FILE).read_text())
+    payload = json.loads(RunDirectory.open(run_dir).canaries_path.read_text())
     payload["included"][0] = 1 - payload["included"][0]
-    (run_dir / CANARY_FILE).write_text(json.dumps(payload, sort_keys=True))
+    RunDirectory.open(run_dir).canaries_path.write_text(json.dumps(payload, sort_keys=True))
     report = audit(run_dir)
     assert "does not match the ledger header's commitment" in report.failures["empirical-lower-bound"][0]
 
 
 def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(server.central_dp, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))
     report = audit(run_dir)
     # Everything the ledger claims is internally consistent ...
@@ -92,8 +91,8 @@ def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_datase
 
 
 def test_server_noise_cut_to_a_tenth_is_caught_from_the_released_norms(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.central_dp.gaussian_noise
-    monkeypatch.setattr(server.central_dp, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
+    real = shared.privacy.dp_fedavg.gaussian_noise
+    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
     problems = audit(run_dir).failures["noise-conformance"]
     assert len(problems) == ROUNDS and all("released update norm" in p for p in problems)
@@ -105,7 +104,7 @@ def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, featur
     run_dir = simulate(
         _central(small_dataset, feature_cache, tmp_path, "capped", **{"num-server-rounds": 5, "server-epsilon-cap": cap})
     )
-    entries = read_entries(run_dir)
+    entries = read_ledger(run_dir)
     assert [e.round for e in entries if e.kind == "server-round"] == [1, 2]
     stop = [e for e in entries if e.kind == "stop"]
     assert len(stop) == 1 and stop[0].round == 3 and stop[0].body["epsilon-if-run"] > cap
@@ -116,8 +115,8 @@ def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, featur
 
 
 def test_dp_fedavg_clips_weighs_equally_and_divides_by_the_expected_count():
-    from flwr.app import ArrayRecord
     import torch
+    from flwr.app import ArrayRecord
 
     zero = ArrayRecord({"w": torch.zeros(4)})
     big = ArrayRecord({"w": torch.tensor([3.0, 4.0, 0.0, 0.0])})  # norm 5: clipped to 1
@@ -133,7 +132,7 @@ def test_dp_fedavg_clips_weighs_equally_and_divides_by_the_expected_count():
 def test_a_canary_check_that_could_not_fail_says_inconclusive_not_pass(small_dataset, feature_cache, tmp_path):
     """100 canaries bound epsilon at about ln(100) even when every guess is right: far below
     the claim of z = 0.5 over 3 rounds, so the check is INCONCLUSIVE and names what would do."""
-    from server.audit_report import to_markdown
+    from server.audit.report import to_markdown
 
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "weak", canaries=100, **{"server-noise-multiplier": 0.5}))
     report = audit(run_dir)

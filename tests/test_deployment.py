@@ -12,7 +12,7 @@ import pytest
 from client.state import STATE_FILE
 from server.audit import audit
 from server.certificates import write_deployment_keys
-from shared.privacy import total_steps
+from shared.privacy.accounting import total_steps
 from simulations.deployment import LocalhostDeployment, _alive
 
 

@@ -13,7 +13,7 @@ from client.client_app import train
 from client.state import STATE_FILE, DeviceStateError
 from shared.config import model_spec, resolve
 from shared.models.recommender import ItemTower
-from shared.privacy import total_steps
+from shared.privacy.accounting import total_steps
 
 
 def _context(small_dataset, state_dir, partition: int = 0) -> Context:

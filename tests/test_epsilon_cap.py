@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 
 from server.audit import audit
-from server.run_directory import read_metrics
 from shared.config import model_spec, resolve
-from shared.ledger import read_entries
 from shared.models.recommender import ItemTower
+from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
 
 
@@ -29,7 +28,7 @@ def test_clients_at_their_cap_decline_and_the_run_stops_cleanly(small_dataset, f
     rows = read_metrics(run_dir)
     assert len(rows) == 1  # stopped after the first round: nobody could train
     assert rows[0]["clients-declined"] == 12 and rows[0]["clients-trained"] == 0
-    declined = [e for e in read_entries(run_dir) if e.kind == "client-round"]
+    declined = [e for e in read_ledger(run_dir) if e.kind == "client-round"]
     assert len(declined) == 12 and all(e.body["declined"] and e.body["steps"] == 0 for e in declined)
     assert all(e.body["epsilon"] == 0.0 for e in declined)
     assert audit(run_dir).passed

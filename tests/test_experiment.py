@@ -120,3 +120,26 @@ kind = "most-popular"
     assert main(["experiment", str(grid), "--set", f"data-dir={small_dataset}", "--set", f"feature-cache={feature_cache}"]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "portable" / "results.csv").open()))
     assert rows[0]["users"] == "12"
+
+
+def test_a_grid_reads_its_dataset_from_the_environment_with_a_default(tmp_path, monkeypatch):
+    grid = tmp_path / "env.toml"
+    grid.write_text(
+        '[experiment.base]\ndata-dir = "${FEDMMREC_TEST_DATA:-../shared/data/pack}"\n[[setting]]\nname = "m"\nkind = "most-popular"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("FEDMMREC_TEST_DATA", raising=False)
+    assert load_experiment(grid)["base"]["data-dir"] == "../shared/data/pack"
+    monkeypatch.setenv("FEDMMREC_TEST_DATA", "/data/my-movielens")
+    assert load_experiment(grid)["base"]["data-dir"] == "/data/my-movielens"
+    grid.write_text('[experiment.base]\ndata-dir = "${FEDMMREC_TEST_UNSET}"\n[[setting]]\nname = "m"\n', encoding="utf-8")
+    monkeypatch.delenv("FEDMMREC_TEST_UNSET", raising=False)
+    with pytest.raises(ValueError, match=r"env\.toml: data-dir: \$\{FEDMMREC_TEST_UNSET\} is not set"):
+        load_experiment(grid)
+
+
+def test_the_old_central_kind_is_read_as_pooled(tmp_path, capsys):
+    grid = tmp_path / "old.toml"
+    grid.write_text('[[setting]]\nname = "c"\nkind = "central"\n', encoding="utf-8")
+    assert load_experiment(grid)["settings"][0]["kind"] == "pooled"
+    assert "kind 'central' is now 'pooled'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from shared.models.recommender import ItemTower, Recommender, catalog_tensors
 
 
 def test_exported_model_matches_the_trained_one_and_ranks(federated_run, tmp_path, capsys):
-    run_dir = federated_run[0]
+    run_dir = federated_run
     out = export_run(run_dir, tmp_path / "export")
     config = json.loads((run_dir / "config.json").read_text())
     dataset = load_dataset(config["data-dir"])
@@ -61,7 +61,7 @@ def test_recommend_refuses_a_manifest_that_leaves_an_exported_file_unchecked(fed
 
     from server.export import export_run
 
-    out = export_run(federated_run[0], tmp_path / "export")
+    out = export_run(federated_run, tmp_path / "export")
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["files"]["item_biases.npy"]  # a swapped biases file would now go unchecked
     (out / "manifest.json").write_text(json.dumps(manifest))

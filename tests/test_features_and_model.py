@@ -12,7 +12,12 @@ from shared.data import load_dataset
 from shared.features import cache as cache_module
 from shared.features import load_or_compute_features
 from shared.models.fusion import FUSION_HEADS
-from shared.models.recommender import ModelSpec, Recommender, catalog_tensors, item_inputs
+from shared.models.recommender import (
+    ModelSpec,
+    Recommender,
+    catalog_tensors,
+    item_inputs,
+)
 
 
 def test_features_are_computed_once_then_read_from_cache(small_dataset, feature_cache, monkeypatch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from server.audit import audit, run_audit
-from shared.ledger import read_entries
+from shared.run_directory import read_ledger
 from simulations.simulate import simulate
 
 
@@ -25,7 +25,7 @@ def _local(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
 @pytest.mark.parametrize("engine", ["fast", "opacus"])
 def test_devices_without_or_with_a_tenth_of_the_noise_fail_the_audit(small_dataset, feature_cache, tmp_path, engine):
     run_dir = _local(small_dataset, feature_cache, tmp_path, f"lying-{engine}", faults="nonoise:1 lownoise:2", **{"dp-engine": engine})
-    entries = [e.body for e in read_entries(run_dir) if e.kind == "client-round"]
+    entries = [e.body for e in read_ledger(run_dir) if e.kind == "client-round"]
     assert len(entries) == 12 and {e["noise-multiplier"] for e in entries} == {0.8}  # every claim the same
     report = audit(run_dir)
     problems = report.failures["noise-conformance"]

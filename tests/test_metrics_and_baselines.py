@@ -1,4 +1,4 @@
-"""Ranking metrics, baselines and the central trainer on the same split."""
+"""Ranking metrics, baselines and the pooled (non-private) trainer on the same split."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 from shared.baselines import most_popular
 from shared.data import leave_last_out, load_dataset, split_for
 from shared.metrics import metrics_from_rank, rank_of
-from simulations.central import train_central
 from simulations.cli import main as cli
+from simulations.pooled import train_pooled
 
 
 def test_rank_excludes_training_items_and_breaks_ties_pessimistically():
@@ -34,13 +34,13 @@ def test_most_popular_never_recommends_cold_items(small_dataset):
     assert result["hr@10-cold"] == 0.0 or result["users-cold"] == 0
 
 
-def test_central_trainer_writes_a_run_directory(small_dataset, feature_cache, tmp_path):
-    run_dir = train_central(
-        {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": "central"},
+def test_pooled_trainer_writes_a_run_directory(small_dataset, feature_cache, tmp_path):
+    run_dir = train_pooled(
+        {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": "pooled"},
         epochs=2,
     )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["kind"] == "central, not private"
+    assert summary["kind"] == "pooled, not private"
     assert summary["final"]["users"] == 12 and 0.0 <= summary["final"]["hr@10"] <= 1.0
     assert (run_dir / "checkpoints" / "final.pt").is_file()
 
@@ -107,3 +107,11 @@ def test_rank_percentile_runs_from_best_to_worst_candidate():
     assert rank_percentile(0, 10, train, test=5) == 0.0
     assert rank_percentile(7, 10, train, test=5) == 1.0
     assert rank_percentile(3, 10, train, test=5) == 3 / 7
+
+
+def test_train_central_is_an_alias_of_train_pooled_that_warns(small_dataset, feature_cache, tmp_path, capsys):
+    """"Central" means central DP only; the old command still runs the pooled trainer, and says so."""
+    sets = ["--set", f"data-dir={small_dataset}", "--set", f"feature-cache={feature_cache}", "--set", f"run-dir={tmp_path}"]
+    assert cli(["train-central", *sets, "--set", "run-id=old-name", "--epochs", "1"]) == 0
+    assert "train-central is now train-pooled" in capsys.readouterr().err
+    assert json.loads((tmp_path / "old-name" / "summary.json").read_text())["kind"] == "pooled, not private"

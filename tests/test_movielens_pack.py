@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import MOVIELENS
 
 from shared.data import leave_last_out, load_dataset
-from conftest import MOVIELENS
 
 pytestmark = pytest.mark.skipif(
     not (MOVIELENS / "items.csv").is_file(),

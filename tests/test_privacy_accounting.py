@@ -8,7 +8,12 @@ import torch
 from shared.data import leave_last_out, load_dataset
 from shared.features import load_or_compute_features
 from shared.models.recommender import ModelSpec, Recommender, catalog_tensors
-from shared.privacy import epsilon_of, history_from_json, history_to_json, total_steps
+from shared.privacy.accounting import (
+    epsilon_of,
+    history_from_json,
+    history_to_json,
+    total_steps,
+)
 from shared.training import TrainConfig, train_local
 
 

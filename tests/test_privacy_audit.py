@@ -7,17 +7,18 @@ import sqlite3
 from pathlib import Path
 
 from server.audit import audit, run_audit
-from shared.ledger import LEDGER_NAME, Ledger, read_entries, verify_chain
-from shared.privacy import epsilon_of
+from shared.privacy.accounting import epsilon_of
+from shared.privacy.ledger import verify_chain
+from shared.run_directory import RunDirectory, read_ledger
 
 
 def _rewrite_client_entries(source: Path, tmp_path: Path, edit) -> Path:
     """A copy of the run whose ledger is written anew, every client-round body through ``edit``
     (body, round) -> body, with a valid hash chain: what a server rewriting its ledger can do."""
     run_dir = _copy_run(source, tmp_path)
-    (run_dir / LEDGER_NAME).unlink()
-    rewritten = Ledger(run_dir)
-    for entry in read_entries(source):
+    RunDirectory.open(run_dir).ledger_path.unlink()
+    rewritten = RunDirectory.open(run_dir).open_ledger()
+    for entry in read_ledger(source):
         body = dict(entry.body)
         if entry.kind == "client-round":
             body = edit(body, entry.round)
@@ -33,7 +34,7 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_real_run_passes_every_check(federated_run, tmp_path):
-    run_dir = _copy_run(federated_run[0], tmp_path)
+    run_dir = _copy_run(federated_run, tmp_path)
     report = audit(run_dir)
     assert report.passed, report.failures
     assert set(report.failures) == {
@@ -45,8 +46,8 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
 
 
 def test_ledger_refuses_updates_and_deletes(federated_run, tmp_path):
-    run_dir = _copy_run(federated_run[0], tmp_path)
-    db = sqlite3.connect(run_dir / LEDGER_NAME)
+    run_dir = _copy_run(federated_run, tmp_path)
+    db = sqlite3.connect(RunDirectory.open(run_dir).ledger_path)
     for statement in ("UPDATE entries SET body = '{}' WHERE seq = 2", "DELETE FROM entries WHERE seq = 2"):
         try:
             db.execute(statement)
@@ -57,15 +58,15 @@ def test_ledger_refuses_updates_and_deletes(federated_run, tmp_path):
 
 
 def test_edited_entry_breaks_the_chain_and_fails_the_audit(federated_run, tmp_path):
-    run_dir = _copy_run(federated_run[0], tmp_path)
-    db = sqlite3.connect(run_dir / LEDGER_NAME)
+    run_dir = _copy_run(federated_run, tmp_path)
+    db = sqlite3.connect(RunDirectory.open(run_dir).ledger_path)
     db.execute("DROP TRIGGER entries_no_update")  # a determined editor gets past the trigger
     body = db.execute("SELECT body FROM entries WHERE kind = 'client-round' LIMIT 1").fetchone()[0]
     edited = body.replace('"epsilon":', '"epsilon":0.5,"was":', 1)
     db.execute("UPDATE entries SET body = ? WHERE body = ?", (edited, body))
     db.commit()
     db.close()
-    problems = verify_chain(read_entries(run_dir))
+    problems = verify_chain(read_ledger(run_dir))
     assert len(problems) == 1 and "does not match its hash (edited)" in problems[0]
     assert run_audit(run_dir) == 1
     assert audit(run_dir).failures["hash-chain"]
@@ -74,12 +75,12 @@ def test_edited_entry_breaks_the_chain_and_fails_the_audit(federated_run, tmp_pa
 def test_accountant_reset_between_rounds_is_caught(federated_run, tmp_path):
     """A writer whose accountant restarts each round (Flower's Opacus example) writes a valid
     chain, but its epsilon falls and its history misses the first round's steps."""
-    source = federated_run[0]
+    source = federated_run
     run_dir = _copy_run(source, tmp_path)
-    (run_dir / LEDGER_NAME).unlink()
-    entries = read_entries(source)
+    RunDirectory.open(run_dir).ledger_path.unlink()
+    entries = read_ledger(source)
     first_round_steps: dict[int, int] = {}
-    rewritten = Ledger(run_dir)
+    rewritten = RunDirectory.open(run_dir).open_ledger()
     for entry in entries:
         body = dict(entry.body)
         if entry.kind == "client-round":
@@ -108,7 +109,7 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
         body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
         return body
 
-    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, four_times_the_noise)
+    run_dir = _rewrite_client_entries(federated_run, tmp_path, four_times_the_noise)
     report = audit(run_dir)
     assert not report.failures["hash-chain"] and not report.failures["epsilon-recomputed"]
     problems = report.failures["ledger-anchored"]
@@ -124,7 +125,7 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
 
 def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp_path):
     """A server that rewrites a device's spend and signs it with a key of its own."""
-    from shared.spend_signature import load_or_create_key, public_pem, sign
+    from shared.privacy.spend_signature import load_or_create_key, public_pem, sign
 
     forger = load_or_create_key(tmp_path / "server-key.pem")
 
@@ -137,7 +138,7 @@ def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp
             body["signature"] = sign(forger, {**body, "round": round_})
         return body
 
-    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, re_signed)
+    run_dir = _rewrite_client_entries(federated_run, tmp_path, re_signed)
     problems = audit(run_dir).failures["spend-signed"]
     assert problems and all("signed with a key that is not simulated device partition-0's own" in p for p in problems)
 
@@ -149,8 +150,8 @@ def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tm
 
     from server.export import export_run
 
-    run_dir = _copy_run(federated_run[0], tmp_path)
-    head = read_entries(run_dir)[-1].hash
+    run_dir = _copy_run(federated_run, tmp_path)
+    head = read_ledger(run_dir)[-1].hash
     manifest = json.loads((export_run(run_dir, tmp_path / "out") / "manifest.json").read_text())
     assert manifest["ledger-head"] == head
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -168,6 +169,6 @@ def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tm
             body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
         return body
 
-    run_dir = _rewrite_client_entries(federated_run[0], tmp_path, a_third_of_the_steps)
+    run_dir = _rewrite_client_entries(federated_run, tmp_path, a_third_of_the_steps)
     problems = audit(run_dir).failures["sample-rate"]
     assert len(problems) == 12 and all("but local-epochs 3 x ceil(n=" in p for p in problems)

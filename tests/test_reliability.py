@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from server.audit import audit
-from server.run_directory import read_metrics
-from shared.ledger import read_entries
+from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
 
 
@@ -36,7 +35,7 @@ def test_broken_and_crashed_clients_are_dropped_and_the_run_goes_on(small_datase
     for row in rows:
         assert row["clients-trained"] == 7 and row["clients-rejected"] == 4 and row["clients-failed"] == 1
         assert not row["round-skipped"]
-    reasons = sorted(e.body["rejected"] for e in read_entries(run_dir) if e.kind == "client-round" and "rejected" in e.body)
+    reasons = sorted(e.body["rejected"] for e in read_ledger(run_dir) if e.kind == "client-round" and "rejected" in e.body)
     assert len(reasons) == 8
     assert any("holds NaN or Inf" in r for r in reasons) and any("has shape" in r for r in reasons)
     assert any("missing arrays" in r for r in reasons) and any("unexpected arrays: injected.weight" in r for r in reasons)

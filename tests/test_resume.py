@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from server.audit import audit
-from server.run_directory import read_metrics
-from shared.ledger import read_entries, verify_chain
+from shared.privacy.ledger import verify_chain
+from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +44,12 @@ def test_a_killed_run_resumes_to_the_same_final_round(small_dataset, feature_cac
         command += ["--set", f"{key}={value}"]
     _kill_after_round(command, run_dir / "metrics.jsonl", rounds=2)
     assert not (run_dir / "summary.json").exists()
-    done_before = max(e.round for e in read_entries(run_dir) if e.kind == "server-round")
+    done_before = max(e.round for e in read_ledger(run_dir) if e.kind == "server-round")
     assert 2 <= done_before < 4
 
     simulate({"resume": str(run_dir)})
 
-    entries = read_entries(run_dir)
+    entries = read_ledger(run_dir)
     assert not verify_chain(entries)
     assert [e.round for e in entries if e.kind == "server-round"] == [1, 2, 3, 4]
     assert [e.body["after-round"] for e in entries if e.kind == "resume"] == [done_before]
@@ -74,7 +74,7 @@ def _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, run_id: str)
 
 def test_a_device_that_lost_its_state_cannot_spend_a_fresh_budget(small_dataset, feature_cache, tmp_path):
     run_dir = _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, "lost")
-    third = [e.body for e in read_entries(run_dir) if e.kind == "client-round" and e.round == 3]
+    third = [e.body for e in read_ledger(run_dir) if e.kind == "client-round" and e.round == 3]
     rejected = [b for b in third if b.get("rejected")]
     assert len(rejected) == 1 and rejected[0]["identity"] == "partition-3"
     assert "lost its state and may not train on a fresh budget" in rejected[0]["rejected"]

@@ -14,20 +14,23 @@ import pytest
 
 import server.user_level
 from server.audit import audit, run_audit
-from server.audit_user_level import chi_square_interval
-from server.run_directory import read_metrics
+from server.audit.user_level import chi_square_interval
 from shared.cooccurrence import (
     CANDIDATES,
     CooccurrenceModel,
     content_similarity,
-    selection_contribution,
     cooccurrence_contribution,
     matrix_from_triangle,
     popularity_contribution,
+    selection_contribution,
     triangle_size,
 )
-from shared.ledger import read_entries
-from shared.privacy import dp_accounting_gaussian_epsilon, gaussian_epsilon, split_budget
+from shared.privacy.accounting import (
+    dp_accounting_gaussian_epsilon,
+    gaussian_epsilon,
+    split_budget,
+)
+from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
 
 
@@ -122,7 +125,7 @@ def test_user_level_run_is_recorded_and_passes_the_audit(honest_run):
     assert summary["privacy"]["mode"] == "user"
     assert summary["privacy"]["user-level-epsilon"] == pytest.approx(3.0, abs=1e-6)
     assert summary["final"]["clients-evaluated"] == 12
-    releases = [e for e in read_entries(honest_run) if e.kind == "release"]
+    releases = [e for e in read_ledger(honest_run) if e.kind == "release"]
     assert [(e.round, e.body["release"], e.body["contributions"]) for e in releases] == [
         (1, "popularity", 12), (2, "cooccurrence", 12), (3, "selection", 12)
     ]
@@ -212,7 +215,7 @@ def test_without_selection_the_configured_weights_serve_and_the_sizes_follow_the
         small_dataset, feature_cache, tmp_path, "no-selection",
         **{"selection-budget-share": 0.0, "popularity-weight": 0.7, "cooccurrence-items": 30, "max-factors": 2},
     )
-    releases = [e.body for e in read_entries(run) if e.kind == "release"]
+    releases = [e.body for e in read_ledger(run) if e.kind == "release"]
     assert [b["release"] for b in releases] == ["popularity", "cooccurrence"]
     assert releases[1]["dimension"] == triangle_size(30)
     with np.load(run / "model.npz") as model:

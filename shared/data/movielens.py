@@ -23,7 +23,12 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from shared.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS, DatasetError, load_dataset
+from shared.data.schema import (
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    DatasetError,
+    load_dataset,
+)
 
 OFFICIAL_MD5 = "0e33842e24a9c977be4e0107933c0723"  # files.grouplens.org/datasets/movielens/ml-100k.zip.md5
 POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -86,13 +86,17 @@ def _load(path: Path, num_items: int, dim: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _encode_texts(texts: list[str], progress: bool) -> np.ndarray:
-    from shared.features import text  # imported late: transformers is only needed on a miss
+    from shared.features import (
+        text,  # imported late: transformers is only needed on a miss
+    )
 
     return text.encode_texts(texts, progress=progress)
 
 
 def _encode_images(paths: list[Path], progress: bool) -> np.ndarray:
-    from shared.features import image  # imported late: torchvision is only needed on a miss
+    from shared.features import (
+        image,  # imported late: torchvision is only needed on a miss
+    )
 
     return image.encode_images(paths, progress=progress)
 

@@ -1,6 +1,6 @@
 """The audit's ``spend-signed`` check: each device's spend in the ledger is what the device signed.
 
-For every counted client-round entry (:mod:`shared.spend_signature`):
+For every counted client-round entry (:mod:`shared.privacy.spend_signature`):
 
 - a signed entry must verify against the public key it records, over the fields the ledger
   holds (a rewritten noise multiplier, history or epsilon breaks it);
@@ -16,17 +16,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.ledger import Entry
-from shared.spend_signature import KEY_FILE, load_or_create_key, public_pem, verify
+from shared.privacy.ledger import Entry
+from shared.privacy.spend_signature import (
+    KEY_FILE,
+    load_or_create_key,
+    public_pem,
+    verify,
+)
+from shared.run_directory import RunDirectory
 
 CHECK = "spend-signed"
 
 
-def _device_keys(run_dir: Path) -> dict[str, str]:
+def _device_keys(run: RunDirectory) -> dict[str, str]:
     """Simulated devices' public keys by identity (``partition-N``), from their state folders."""
     keys = {}
-    for path in sorted((run_dir / "devices").glob(f"partition-*/{KEY_FILE}")):
-        keys[path.parent.name] = public_pem(load_or_create_key(path))
+    for folder in run.device_folders().values():
+        if (folder / KEY_FILE).is_file():
+            keys[folder.name] = public_pem(load_or_create_key(folder / KEY_FILE))
     return keys
 
 
@@ -43,11 +50,11 @@ def authorised_keys(folder: str | Path) -> set[str]:
     return keys
 
 
-def audit_signatures(report, run_dir: Path, entries: list[Entry], node_keys: str | Path | None = None) -> None:
+def audit_signatures(report, run: RunDirectory, entries: list[Entry], node_keys: str | Path | None = None) -> None:
     counted = [e for e in entries if e.kind == "client-round" and not e.body.get("declined") and not e.body.get("rejected")]
     if not counted:
         return
-    own_keys = _device_keys(run_dir)
+    own_keys = _device_keys(run)
     authorised = authorised_keys(node_keys) if node_keys else None
     first_key: dict[str, str] = {}
     signed = 0

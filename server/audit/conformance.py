@@ -26,8 +26,8 @@ import math
 import statistics
 from typing import Any
 
-from server.audit_user_level import chi_square_interval
-from shared.ledger import Entry
+from server.audit.user_level import chi_square_interval
+from shared.privacy.ledger import Entry
 
 CHECK = "noise-conformance"
 FALSE_ALARM_PER_RUN = 1e-6

@@ -8,7 +8,7 @@ SHA-256 before training starts). An included canary is sampled each round like a
 direction scaled to the clip norm. After training, each canary's score is the projection of
 the total model change (final minus initial model) on its direction. The auditor guesses
 "included" for the highest scores and "excluded" for the lowest, and
-:mod:`shared.empirical_privacy` turns the correct guesses into an epsilon lower bound
+:mod:`shared.privacy.empirical` turns the correct guesses into an epsilon lower bound
 (Steinke, Nasr and Jagielski, 2023).
 
 Directions are regenerated from the secret seed, so the file stays small. Canaries never reach
@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-CANARY_FILE = "canaries.json"
 
 
 @dataclass(frozen=True)
@@ -60,19 +58,18 @@ class CanarySet:
             raise ValueError(f"model change has {model_change.size} values, canaries {self.dimension}")
         return np.array([float(self.direction(i) @ model_change) for i in range(self.count)])
 
-    def write(self, run_dir: Path) -> str:
-        """Write ``canaries.json``; return its SHA-256 (the ledger header's commitment)."""
+    def write(self, path: Path) -> str:
+        """Write the canary file ``path``; return its SHA-256 (the ledger header's commitment)."""
         payload = json.dumps(
             {"seed": self.seed, "dimension": self.dimension, "included": [int(c) for c in self.included]},
             sort_keys=True,
         ).encode()
-        (run_dir / CANARY_FILE).write_bytes(payload)
+        Path(path).write_bytes(payload)
         return hashlib.sha256(payload).hexdigest()
 
 
-def read_canaries(run_dir: Path) -> tuple[CanarySet, str]:
-    """The run's canaries and the SHA-256 of their file (to check against the ledger)."""
-    path = run_dir / CANARY_FILE
+def read_canaries(path: Path) -> tuple[CanarySet, str]:
+    """The canaries in file ``path`` and the file's SHA-256 (to check against the ledger)."""
     payload = path.read_bytes()
     try:
         raw = json.loads(payload)

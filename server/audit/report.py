@@ -10,8 +10,32 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from server.audit import AuditReport
+
+@dataclass
+class AuditReport:
+    run_dir: Path
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+    # Series for the report's plots.
+    client_epsilons: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    server_epsilons: list[tuple[int, float]] = field(default_factory=list)
+    canary_scores: dict[str, list[float]] = field(default_factory=dict)
+    # Checks that ran but could not have failed at the claim: never shown as a pass.
+    inconclusive: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.failures.values())
+
+    def fail(self, check: str, problem: str) -> None:
+        self.failures.setdefault(check, []).append(problem)
+
+    def ok(self, check: str) -> None:
+        self.failures.setdefault(check, [])
 
 
 def to_markdown(report: AuditReport) -> str:

@@ -2,7 +2,7 @@
 
 Checks (each named in the report; any failure makes the audit fail):
 1. ``hash-chain``: the ledger's entries are intact, complete and in order; ``ledger-anchored``
-   (:mod:`server.audit_anchors`): it agrees with the metrics, summary, config, clients and
+   (:mod:`server.audit.anchors`): it agrees with the metrics, summary, config, clients and
    device-state files, so a ledger rewritten whole with its hashes recomputed is caught.
 2. ``epsilon-recomputed``: every client-round's claimed epsilon is at least the epsilon
    recomputed from its recorded accountant history by the accountant it names. Each client's
@@ -22,7 +22,7 @@ Checks (each named in the report; any failure makes the audit fail):
    (clip, noise std, rate, denominator) is the configured one, its history is the composition
    of the rounds so far, and its user-level epsilon is not below RDP, PRV or PLD.
 8. ``release-accounting``, ``release-noise``, ``release-clipping`` (``privacy = user``):
-   :mod:`server.audit_user_level`.
+   :mod:`server.audit.user_level`.
 9. ``empirical-lower-bound`` (runs with canaries): the canary file matches the ledger's
    commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the claimed
    user-level epsilon.
@@ -35,19 +35,26 @@ import math
 import statistics
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from server.canaries import read_canaries
-from server.central_dp import flatten
-from shared.empirical_privacy import one_run_audit
-from shared.ledger import Entry, read_entries, verify_chain
-from shared.privacy import dp_accounting_epsilon, make_accountant, merged, opacus_epsilon, total_steps, trivial_epsilon
+from server.audit.report import AuditReport, to_html, to_markdown
+from shared.privacy.accounting import (
+    dp_accounting_epsilon,
+    make_accountant,
+    merged,
+    opacus_epsilon,
+    total_steps,
+    trivial_epsilon,
+)
+from shared.privacy.canaries import read_canaries
+from shared.privacy.dp_fedavg import flatten
+from shared.privacy.empirical import one_run_audit
+from shared.privacy.ledger import Entry, verify_chain
+from shared.run_directory import RunDirectory
 
 PRV_EPS_ERROR = 0.01
 REL_TOL = 1e-6
@@ -59,30 +66,6 @@ CHECKS = (
 def tight_tolerance(epsilon: float) -> float:
     """How far two tight accountants (PRV, PLD) may differ: their discretisation errors."""
     return 0.01 * max(1.0, epsilon) + 0.02
-
-
-@dataclass
-class AuditReport:
-    run_dir: Path
-    failures: dict[str, list[str]] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
-    figures: dict[str, object] = field(default_factory=dict)
-    # Series for the report's plots.
-    client_epsilons: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    server_epsilons: list[tuple[int, float]] = field(default_factory=list)
-    canary_scores: dict[str, list[float]] = field(default_factory=dict)
-    # Checks that ran but could not have failed at the claim: never shown as a pass.
-    inconclusive: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return not any(self.failures.values())
-
-    def fail(self, check: str, problem: str) -> None:
-        self.failures.setdefault(check, []).append(problem)
-
-    def ok(self, check: str) -> None:
-        self.failures.setdefault(check, [])
 
 
 TIGHT_ACCOUNTANT_LIMIT = 100.0
@@ -135,9 +118,9 @@ def _cross_check(report: AuditReport, who: str, history, claimed: float, delta: 
 def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditReport:
     """Check ``run_dir``; ``node_keys``: the folder of the SuperNodes' authorised public keys
     (``fedmmrec deploy certs`` output), to which every signing key of a deployment must belong."""
-    run_dir = Path(run_dir)
-    report = AuditReport(run_dir)
-    entries = read_entries(run_dir)
+    run = RunDirectory.open(run_dir)
+    report = AuditReport(run.path)
+    entries = run.read_ledger()
     for problem in verify_chain(entries):
         report.fail("hash-chain", problem)
     report.ok("hash-chain")
@@ -156,28 +139,26 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
         }
     )
     gaps: list[float] = []
-    from server.audit_anchors import audit_anchors
+    from server.audit.anchors import audit_anchors, audit_identities
 
-    from server.audit_anchors import audit_identities
-
-    audit_anchors(report, run_dir, header, entries)
+    audit_anchors(report, run, header, entries)
     audit_identities(report, header, entries)
-    from server.audit_signatures import audit_signatures
+    from server.audit.signatures import audit_signatures
 
-    audit_signatures(report, run_dir, entries, node_keys)
-    from server.audit_conformance import audit_conformance
+    audit_signatures(report, run, entries, node_keys)
+    from server.audit.conformance import audit_conformance
 
     audit_conformance(report, header, entries)
     _audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
-    _check_no_batchnorm(run_dir, report)
+    _check_no_batchnorm(run, report)
     servers = [e for e in entries if e.kind == "server-round"]
     if header.get("privacy-mode") == "user":
-        from server.audit_user_level import audit_user_level
+        from server.audit.user_level import audit_user_level
 
-        audit_user_level(report, run_dir, header, entries, delta)
+        audit_user_level(report, run, header, entries, delta)
     elif header.get("server-dp"):
         _audit_server(report, header, servers, delta, gaps)
-        _audit_canaries(report, run_dir, header, servers, delta)
+        _audit_canaries(report, run, header, servers, delta)
     else:
         report.figures["server epsilon (user-level)"] = "not applicable: no server-side DP"
         report.figures["empirical lower bound"] = "not run: canaries audit the server-side (central DP) mechanism"
@@ -312,19 +293,17 @@ def _audit_server(report: AuditReport, header: dict[str, Any], servers: list[Ent
     )
 
 
-def _audit_canaries(report: AuditReport, run_dir: Path, header: dict[str, Any], servers: list[Entry], delta: float) -> None:
+def _audit_canaries(report: AuditReport, run: RunDirectory, header: dict[str, Any], servers: list[Entry], delta: float) -> None:
     check = "empirical-lower-bound"
     if not header.get("canaries"):
         report.figures["empirical lower bound"] = "not run: the run had no canaries (run config `canaries`)"
         return
-    canaries, digest = read_canaries(run_dir)
+    canaries, digest = read_canaries(run.canaries_path)
     if digest != header.get("canary-commitment"):
         report.fail(check, "canaries.json does not match the ledger header's commitment (changed after the run started)")
         return
-    checkpoints = run_dir / "checkpoints"
-    final_path = checkpoints / "final.pt" if (checkpoints / "final.pt").is_file() else checkpoints / "latest.pt"
-    initial = torch.load(checkpoints / "initial.pt", map_location="cpu")["item_tower"]
-    final = torch.load(final_path, map_location="cpu")["item_tower"]
+    initial = run.load_checkpoint(run.round_checkpoint(0))["item_tower"]
+    final = run.load_checkpoint(run.final_checkpoint())["item_tower"]
     scores = canaries.scores(flatten(final) - flatten(initial))
     included = np.array(canaries.included)
     result = one_run_audit(scores, included, delta)
@@ -370,9 +349,9 @@ def canaries_for_ceiling(claimed: float, delta: float, limit: int = 1_000_000) -
     return f"more than {limit:,}"
 
 
-def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:
-    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
-        state = torch.load(path, map_location="cpu")["item_tower"]
+def _check_no_batchnorm(run: RunDirectory, report: AuditReport) -> None:
+    for path in sorted(run.checkpoints.glob("*.pt")):
+        state = run.load_checkpoint(path)["item_tower"]
         leaked = [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
         if leaked:
             report.fail("no-batchnorm-stats", f"{path.name}: BatchNorm statistics released: {', '.join(leaked[:3])}")
@@ -381,12 +360,10 @@ def _check_no_batchnorm(run_dir: Path, report: AuditReport) -> None:
 
 def run_audit(run_dir: str | Path, node_keys: str | Path | None = None) -> int:
     """CLI entry: print the table, write ``audit.md`` and ``audit.html``, exit 0 (pass) or 1."""
-    from server.audit_report import to_html, to_markdown
-
     report = audit(run_dir, node_keys)
     text = to_markdown(report)
     print(text)
-    (Path(run_dir) / "audit.md").write_text(text, encoding="utf-8")
-    (Path(run_dir) / "audit.html").write_text(to_html(report), encoding="utf-8")
-    print(f"fedmmrec: wrote {Path(run_dir) / 'audit.md'} and audit.html")
+    run = RunDirectory.open(run_dir)
+    run.write_audit(text, to_html(report))
+    print(f"fedmmrec: wrote {run.audit_markdown_path} and {run.audit_html_path.name}")
     return 0 if report.passed else 1

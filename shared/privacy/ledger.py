@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LEDGER_NAME = "ledger.sqlite"
 GENESIS = "0" * 64
 
 SCHEMA = """
@@ -72,8 +71,8 @@ class Entry:
 class Ledger:
     """Appender for one run's ledger; an existing ledger is continued, never truncated."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LEDGER_NAME
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -107,9 +106,9 @@ class Ledger:
         self._db.close()
 
 
-def read_entries(run_dir: str | Path) -> list[Entry]:
-    """All entries in sequence order (read-only; the file is not modified)."""
-    path = Path(run_dir) / LEDGER_NAME
+def read_entries(path: str | Path) -> list[Entry]:
+    """All entries of the ledger file ``path`` in sequence order (read-only; never modified)."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no privacy ledger in this run directory")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

@@ -24,16 +24,19 @@ not run for these releases: it is INCONCLUSIVE here, never PASS.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from shared.ledger import Entry
-from shared.privacy import dp_accounting_gaussian_epsilon, gaussian_epsilon, split_budget
+from shared.privacy.accounting import (
+    dp_accounting_gaussian_epsilon,
+    gaussian_epsilon,
+    split_budget,
+)
+from shared.privacy.ledger import Entry
+from shared.run_directory import RELEASES_FILE, RunDirectory
 
 FALSE_ALARM_PER_RUN = 1e-6
 EPSILON_TOLERANCE = 1e-6  # relative; the closed form is exact, PLD within its discretisation
@@ -55,7 +58,7 @@ def _claim(value: float) -> float:
     return math.inf if value < 0 else float(value)
 
 
-def audit_user_level(report, run_dir: Path, header: dict[str, Any], entries: list[Entry], delta: float) -> None:
+def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float) -> None:
     releases = [e for e in entries if e.kind == "release"]
     planned = header.get("user-level-releases", [])
     config = header["config"]
@@ -63,16 +66,16 @@ def audit_user_level(report, run_dir: Path, header: dict[str, Any], entries: lis
     popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
     shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
     expected_stds = split_budget(budget, delta, shares)
-    _accounting(report, releases, planned, expected_stds, budget, delta, run_dir)
+    _accounting(report, releases, planned, expected_stds, budget, delta, run)
     _noise(report, releases)
-    _clipping(report, releases, int(header["population"]), run_dir)
+    _clipping(report, releases, int(header["population"]), run)
     report.figures["empirical lower bound"] = (
         "INCONCLUSIVE: no canaries are inserted into the user-level releases; the noise and clipping "
         "checks above are this mode's evidence"
     )
 
 
-def _accounting(report, releases, planned, expected_stds, budget, delta, run_dir: Path) -> None:
+def _accounting(report, releases, planned, expected_stds, budget, delta, run: RunDirectory) -> None:
     check = "release-accounting"
     names = [p["release"] for p in planned]
     if [e.body.get("release") for e in releases] != names or [e.round for e in releases] != list(range(1, len(names) + 1)):
@@ -103,9 +106,8 @@ def _accounting(report, releases, planned, expected_stds, budget, delta, run_dir
         report.server_epsilons.append((entry.round, claimed))
     if stds and gaussian_epsilon(stds, delta) > budget * (1 + EPSILON_TOLERANCE):
         report.fail(check, f"the releases spend {gaussian_epsilon(stds, delta):.4f}, above user-epsilon {budget:g}")
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file() and releases:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if run.has_summary() and releases:
+        summary = run.read_summary()
         said = summary.get("privacy", {}).get("user-level-epsilon")
         said = math.inf if said is None or said == "inf" else float(said)
         if not math.isclose(said, last, rel_tol=1e-9) and not (math.isinf(said) and math.isinf(last)):
@@ -145,13 +147,12 @@ def _noise(report, releases) -> None:
     )
 
 
-def _clipping(report, releases, population: int, run_dir: Path) -> None:
+def _clipping(report, releases, population: int, run: RunDirectory) -> None:
     check = "release-clipping"
     stored = {}
-    path = run_dir / "releases.npz"
+    path = run.file(RELEASES_FILE)
     if path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
+        stored = run.load_arrays(RELEASES_FILE)
     elif releases:
         report.fail(check, f"{path}: missing: the released statistics are not in the run directory")
     for entry in releases:

@@ -9,7 +9,7 @@ clients ``q * N`` (not the number that replied). Adding or removing one user cha
 by at most ``C``, so each round is a sampled Gaussian mechanism with noise multiplier ``z`` and
 rate ``q``; a client that drops out or declines only removes a term and never weakens the
 guarantee. The user-level epsilon is that mechanism composed over the rounds run
-(``shared.privacy`` history ``[(z, q, rounds)]``).
+(``shared.privacy.accounting`` history ``[(z, q, rounds)]``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from server.canaries import CanarySet
-from shared.privacy import History, epsilon_of
+from shared.privacy.accounting import History, epsilon_of
+from shared.privacy.canaries import CanarySet
 
 
 @dataclass(frozen=True)

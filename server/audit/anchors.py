@@ -27,18 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from shared.ledger import Entry
+from shared.privacy.ledger import Entry
+from shared.run_directory import DEVICE_STATE_FILE, RunDirectory
 
 CHECK = "ledger-anchored"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from server.run_directory import read_jsonl
-
-    return read_jsonl(path, lenient_tail=True)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -56,13 +50,13 @@ def _epsilon(value) -> float:
     return math.inf if value < 0 else value
 
 
-def audit_anchors(report, run_dir: Path, header: dict[str, Any], entries: list[Entry]) -> None:
+def audit_anchors(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry]) -> None:
     last_of_round: dict[int, str] = {}
     for entry in entries:
         last_of_round[entry.round] = entry.hash
     hashes = {entry.hash: entry for entry in entries}
     unanchored = 0
-    for row in _read_jsonl(run_dir / "metrics.jsonl"):
+    for row in run.read_metrics(lenient_tail=True):
         head = row.get("ledger-head")
         if head is None:
             unanchored += 1
@@ -73,20 +67,18 @@ def audit_anchors(report, run_dir: Path, header: dict[str, Any], entries: list[E
             report.fail(CHECK, f"metrics.jsonl round {row['round']}: ledger head {head[:16]} belongs to round {hashes[head].round}")
     if unanchored:
         report.flags.append(f"{unanchored} metrics rows carry no ledger head (written before anchoring existed)")
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file() and entries:
-        said = json.loads(summary_path.read_text(encoding="utf-8")).get("ledger-head")
+    if run.has_summary() and entries:
+        said = run.read_summary().get("ledger-head")
         if said != entries[-1].hash:
             report.fail(CHECK, f"summary.json: ledger-head {str(said)[:16]} is not the ledger's last hash {entries[-1].hash[:16]}")
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    if run.config_path.is_file():
+        saved = run.read_config()
         recorded = header.get("config", {})
         changed = [key for key, value in saved.items() if key in recorded and not _same(recorded[key], value)]
         if changed:
             report.fail(CHECK, f"ledger header's config differs from config.json on {', '.join(sorted(changed))}")
-    _clients(report, run_dir, entries)
-    _device_states(report, run_dir, entries)
+    _clients(report, run, entries)
+    _device_states(report, run, entries)
     report.ok(CHECK)
 
 
@@ -118,9 +110,9 @@ def audit_identities(report, header: dict[str, Any], entries: list[Entry]) -> No
     report.ok(check)
 
 
-def _clients(report, run_dir: Path, entries: list[Entry]) -> None:
+def _clients(report, run: RunDirectory, entries: list[Entry]) -> None:
     spent = {(e.round, str(e.body["client"])): e.body for e in entries if e.kind == "client-round"}
-    for row in _read_jsonl(run_dir / "clients.jsonl"):
+    for row in run.read_clients(lenient_tail=True):
         body = spent.get((int(row["round"]), str(row["client"])))
         where = f"clients.jsonl round {row['round']} client {row['client']}"
         if body is None:
@@ -136,7 +128,7 @@ def _clients(report, run_dir: Path, entries: list[Entry]) -> None:
 def _is_prefix(ledger: list, device: list) -> bool:
     """Whether the ledger's (merged) history is the start of the device's: the same noise and rate
     segment by segment, the device perhaps with more steps after (rounds the server never got)."""
-    from shared.privacy import merged
+    from shared.privacy.accounting import merged
 
     ledger = merged([tuple(h) for h in ledger])
     device = merged([tuple(h) for h in device])
@@ -150,12 +142,14 @@ def _is_prefix(ledger: list, device: list) -> bool:
     return True
 
 
-def _device_states(report, run_dir: Path, entries: list[Entry]) -> None:
+def _device_states(report, run: RunDirectory, entries: list[Entry]) -> None:
     claims: dict[str, tuple[float, list]] = {}
     for entry in entries:
         if entry.kind == "client-round":
             claims[str(entry.body["client"])] = (_epsilon(entry.body["epsilon"]), entry.body["history"])
-    for path in sorted((run_dir / "devices").glob("partition-*/device-state.json")):
+    for path in [folder / DEVICE_STATE_FILE for folder in run.device_folders().values()]:
+        if not path.is_file():
+            continue
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             name, epsilon, history = str(state["pseudonym"]), _epsilon(state["epsilon"]), list(state["history"])

@@ -1,4 +1,7 @@
-"""Central, non-private baseline: the same model trained on all users' data in one place.
+"""Pooled, non-private baseline: the same model trained on all users' data in one place.
+
+("Central" in this project means only central DP, noise added by the server; this baseline
+has no DP at all. ``train-central`` and ``kind = "central"`` remain as aliases that warn.)
 
 It answers "what does federation plus DP cost?": same split, same item tower, same metrics,
 but every user's embedding trained jointly with full-batch access and no noise.
@@ -13,17 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.run_directory import RunDirectory, library_versions
 from shared.baselines import evaluate_scorer, most_popular
 from shared.config import model_spec, resolve
 from shared.data import load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
 from shared.models.recommender import Recommender, catalog_tensors
+from shared.run_directory import RunDirectory, library_versions
 from shared.training import bpr_loss, negative_pool, sample_negatives
 
 
-def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: float = 0.005, batch_size: int = 128) -> Path:
+def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: float = 0.005, batch_size: int = 128) -> Path:
     """Train centrally (Adam, no DP) and write a run directory with summary.json."""
     started = time.time()
     config = resolve(None, overrides)
@@ -32,7 +35,7 @@ def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr:
     dataset = load_dataset(data_dir)
     split = split_for(dataset, config)
     catalog = catalog_tensors(load_or_compute_features(dataset, config["feature-cache"] or None), split.held_out_items)
-    run_dir = RunDirectory(config["run-dir"], config["run-id"] or time.strftime("central-%Y%m%d-%H%M%S"))
+    run_dir = RunDirectory(config["run-dir"], config["run-id"] or time.strftime("pooled-%Y%m%d-%H%M%S"))
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
     model = Recommender(model_spec(config, dataset.num_items), num_users=len(split.users))
@@ -56,12 +59,12 @@ def train_central(overrides: dict[str, Any] | None = None, epochs: int = 10, lr:
         run_dir.append_metrics({"epoch": epoch, "train-loss": float(np.mean(losses))})
     model.eval()
     final = evaluate_scorer(split, lambda k: model.score_all(k, catalog).numpy())
-    run_dir.save_checkpoint("final.pt", model.item_tower.state_dict(), {"config": config, "central": True})
+    run_dir.save_checkpoint("final.pt", model.item_tower.state_dict(), {"config": config, "pooled": True})
     run_dir.write_json(
         "summary.json",
         {
             "run-id": run_dir.run_id,
-            "kind": "central, not private",
+            "kind": "pooled, not private",
             "final": final,
             "baselines": {"most-popular": most_popular(split)},
             "epochs": epochs,

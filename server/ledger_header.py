@@ -1,0 +1,91 @@
+"""The ledger's header: what a run protects, against which neighbour, under which assumptions.
+
+It is the first ledger entry, so the audit and a reader of the ledger alone know the privacy
+unit, delta, the mechanisms and the trust model the run's figures are stated under.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shared.config import central_dp, local_dp
+from shared.run_directory import library_versions
+
+PRIVACY_UNITS = {
+    "user": "user (all of one device's interactions), at the server",
+    "local": "example (one interaction) on each device",
+    "central": "user (all of one device's interactions), at the server",
+    "both": "example (one interaction) on each device, and user (all of a device's interactions) at the server",
+    "none": "none: NOT PRIVATE",
+}
+
+
+NEIGHBOURS = {
+    "user": "add or remove one user (a device and all its data) from the population",
+    "local": "add or remove one interaction of one device's local dataset",
+    "central": "add or remove one user (a device and all its data) from the population",
+    "both": "local DP: add or remove one interaction of one device; central DP: add or remove one user",
+    "none": "none",
+}
+
+
+def ledger_header(config: dict[str, Any], population: int, canary_commitment: str | None) -> dict[str, Any]:
+    """The ledger's header: what is protected, against which neighbour, under which assumptions."""
+    header = {
+        "privacy-mode": config["privacy"],
+        "privacy-unit": PRIVACY_UNITS[config["privacy"]],
+        "neighbouring-relation": NEIGHBOURS[config["privacy"]],
+        "delta": config["delta"],
+        "delta-rationale": f"fixed by the run config; below 1/population (1/{population}) and below 1/n for every device's n",
+        "population": population,
+        "client-sampling": (
+            f"Poisson: each client independently with probability {config['fraction-train']} each round (OS entropy)"
+            if central_dp(config)
+            else f"each round a uniform fraction {config['fraction-train']} of clients, without replacement; "
+            "clients at their cap are replaced by others not yet asked"
+        ),
+        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if local_dp(config) else "shuffled batches",
+        "accountant": config["accountant"],
+        "epsilon-cap": config["epsilon-cap"] or None,
+        "server-dp": central_dp(config),
+        "versions": library_versions(),
+        "config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in config.items()},
+    }
+    if config["privacy"] == "user":
+        from server.user_level import noise_stds, planned_releases
+
+        header.update(
+            {
+                "client-sampling": "every device, once per release (full participation)",
+                "local-sampling": "none: each device sends one statistic of all its interactions per release",
+                "user-level-mechanism": "Gaussian releases of sensitivity 1: (1) the sum of unit-norm interaction "
+                "vectors, (2) the sum of unit-Frobenius co-occurrence matrices over the cooccurrence-items most "
+                "popular items of release 1, (3) with selection-budget-share > 0, the sum of unit-norm vectors of "
+                "reciprocal ranks of each device's most recent interaction under candidate weightings; each "
+                "contribution clipped to L2 norm 1 by the server",
+                "user-level-releases": [
+                    {"release": n, "noise-std": std} for n, std in zip(planned_releases(config), noise_stds(config))
+                ],
+                "user-level-accounting": "composition of Gaussian mechanisms, exact in mu-GDP (mu^2 = sum 1/std^2), "
+                "cross-checked by dp-accounting PLD",
+                "user-epsilon": config["user-epsilon"] if config["user-epsilon"] != float("inf") else -1.0,
+                "trust": "the server adds the noise and sees each contribution (central DP); contributions are "
+                "fixed-size vectors that secure aggregation could sum",
+            }
+        )
+    if central_dp(config):
+        header.update(
+            {
+                "server-mechanism": "DP-FedAvg: clip each update to server-clip-norm, equal weights, Gaussian noise "
+                "std server-noise-multiplier * server-clip-norm on the sum, divided by the expected count "
+                "fraction-train * population",
+                "server-accounting": "sampled Gaussian mechanism (Poisson rate fraction-train, noise multiplier "
+                "server-noise-multiplier) composed over the rounds run",
+                "server-epsilon-cap": config["server-epsilon-cap"] or None,
+                "canaries": config["canaries"],
+                "canary-commitment": canary_commitment,
+            }
+        )
+    return header

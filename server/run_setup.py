@@ -1,0 +1,124 @@
+"""Everything a run decides before its first round: the config (a resumed run's saved one),
+the data and population, the run directory, the ledger and its header, the initial model,
+and the aggregation mechanism, chosen once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from server.aggregation import Aggregator, make_aggregator
+from server.book import ResumePoint
+from server.ledger_header import ledger_header
+from server.resume import resume_point, resumed_config
+from shared.config import model_spec
+from shared.data import (
+    Dataset,
+    LeaveLastOutSplit,
+    load_catalog,
+    load_dataset,
+    split_for,
+)
+from shared.data.prepare import resolve_data_dir
+from shared.features import load_or_compute_features
+from shared.models.recommender import ItemTower
+from shared.privacy.canaries import read_canaries
+from shared.privacy.ledger import Ledger
+from shared.run_directory import RunDirectory
+
+NODE_WAIT_S = 600.0
+
+
+@dataclass
+class RunSetup:
+    config: dict[str, Any]
+    dataset: Dataset
+    split: LeaveLastOutSplit | None  # None in a deployment: the server holds no interactions
+    population: int
+    run_dir: RunDirectory
+    ledger: Ledger
+    initial: ArrayRecord
+    aggregator: Aggregator | None  # None for privacy = user (releases, not rounds)
+    resume: ResumePoint | None
+
+
+def population(grid: Grid, config: dict[str, Any], data_dir: Path) -> tuple[Dataset, LeaveLastOutSplit | None, int]:
+    """The catalog, the split (simulation only) and the number of clients.
+
+    Simulation: the server's dataset holds every user, one SuperNode each. Deployment: the
+    server holds only the public catalog; the clients are the SuperNodes connected when the
+    run starts (at least ``min-nodes``), and what they hold never reaches the server.
+    """
+    if config["deployment"]:
+        dataset = load_catalog(data_dir)
+        deadline = time.time() + NODE_WAIT_S
+        while (num_nodes := len(list(grid.get_node_ids()))) < config["min-nodes"]:
+            if time.time() > deadline:
+                raise RuntimeError(f"only {num_nodes} SuperNode(s) connected after {NODE_WAIT_S:.0f} s; min-nodes = {config['min-nodes']}")
+            time.sleep(1.0)
+        print(f"fedmmrec: deployment: {num_nodes} SuperNodes connected", flush=True)
+        return dataset, None, num_nodes
+    dataset = load_dataset(data_dir)
+    split = split_for(dataset, config)
+    num_nodes = len(list(grid.get_node_ids()))
+    if num_nodes and num_nodes != len(split.users):
+        raise ValueError(
+            f"{data_dir}: {len(split.users)} users but {num_nodes} SuperNodes; one client per user: "
+            f"run with --federation-config \"num-supernodes={len(split.users)}\" (or deployment = true)"
+        )
+    return dataset, split, len(split.users)
+
+
+def open_run_directory(config: dict[str, Any]) -> tuple[RunDirectory, dict[str, Any]]:
+    """A new run directory, or the one ``resume`` names; the config with its location."""
+    if not config["resume"]:
+        return RunDirectory(config["run-dir"], config["run-id"]), config
+    resume_dir = Path(config["resume"]).resolve()
+    run_dir = RunDirectory(resume_dir.parent, resume_dir.name, resume=True)
+    return run_dir, {**config, "run-dir": str(resume_dir.parent), "run-id": resume_dir.name}
+
+
+def set_up(grid: Grid, config: dict[str, Any]) -> RunSetup:
+    if config["resume"]:
+        config = resumed_config(config)
+        if config["privacy"] == "user":
+            raise ValueError("privacy = user: a run of releases is not resumed; start a new run (it spends a new budget)")
+    data_dir = resolve_data_dir(config)
+    config = {**config, "data-dir": str(data_dir)}
+    dataset, split, num_clients = population(grid, config, data_dir)
+    load_or_compute_features(dataset, config["feature-cache"] or None)  # warm the cache once
+    run_dir, config = open_run_directory(config)
+    # Simulated devices keep their state (accountant history, embedding) on disk, so a resumed
+    # run continues every client's spend; a real device uses its node config's state-dir.
+    config["device-state-dir"] = config["device-state-dir"] or str(run_dir.devices)
+    if not config["resume"]:
+        run_dir.write_config(config)
+    print(f"fedmmrec: run directory {run_dir.path}", flush=True)
+    if config["privacy"] == "none":
+        print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
+    torch.manual_seed(config["seed"])
+    initial = ArrayRecord(ItemTower(model_spec(config, dataset.num_items)).state_dict())
+    ledger, resume, aggregator = run_dir.open_ledger(), None, None
+    if config["resume"]:
+        resume = resume_point(run_dir)
+        initial = resume.arrays
+        canaries = read_canaries(run_dir.canaries_path)[0] if config["canaries"] else None
+        ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config["num-server-rounds"]})])
+        print(f"fedmmrec: resuming after round {resume.round} of {config['num-server-rounds']}", flush=True)
+    if config["privacy"] != "user":
+        aggregator = make_aggregator(config, num_clients, initial, canaries if resume else None)
+    if resume and aggregator:
+        aggregator.restore(resume.strategy_state)
+    if not resume:
+        if aggregator:
+            run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
+        canaries = getattr(aggregator, "canaries", None)
+        commitment = canaries.write(run_dir.canaries_path) if canaries else None
+        ledger.append([("header", 0, ledger_header(config, num_clients, commitment))])
+    return RunSetup(config, dataset, split, num_clients, run_dir, ledger, initial, aggregator, resume)
