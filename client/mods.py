@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
+
 from client.state import USER_KEY
 
 

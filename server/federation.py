@@ -14,10 +14,11 @@ from server.recorder import RoundRecorder
 from server.rounds import evaluate_nodes, run_rounds
 from server.run_setup import RunSetup, set_up
 from server.summary import final_line, run_summary
+from shared.config import RunConfig
 from shared.features import load_or_compute_features
 
 
-def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
+def run_federated(grid: Grid, config: RunConfig) -> dict[str, Any]:
     """Run the configured federation and write ``runs/<run-id>/``; return the summary.
 
     With ``resume`` set, continue that run directory from the last round its ledger committed.
@@ -35,8 +36,8 @@ def run_federated(grid: Grid, config: dict[str, Any]) -> dict[str, Any]:
     ledger_head = setup.ledger.head()[1]
     setup.ledger.close()
     if setup.aggregator is not None:
-        final_eval = evaluate_nodes(grid, book.evaluation_pool(list(grid.get_node_ids())), final_arrays, config, 0)
-        run_dir.save_checkpoint("final.pt", final_arrays.to_torch_state_dict(), {"config": config})
+        final_eval = evaluate_nodes(grid, book.evaluation_pool(list(grid.get_node_ids())), final_arrays, config.device_settings(), 0)
+        run_dir.save_checkpoint("final.pt", final_arrays.to_torch_state_dict(), {"config": config.flat()})
     model_bytes = sum(a.numpy().nbytes for a in final_arrays.values())
     summary = run_summary(
         run_dir.run_id, config, final_eval, rows, book, user_epsilon, setup.dataset, setup.split, setup.population,
@@ -56,10 +57,10 @@ def _run_user_level(grid: Grid, setup: RunSetup):
     known = np.ones(setup.dataset.num_items, dtype=bool)
     if split is not None:
         known[split.held_out_items] = False  # items that do not exist yet (cold-start protocol)
-    features = load_or_compute_features(setup.dataset, config["feature-cache"] or None, progress=False)
+    features = load_or_compute_features(setup.dataset, config.data.feature_cache or None, progress=False)
     nodes = sorted(grid.get_node_ids())
 
     def evaluate(arrays: ArrayRecord, server_round: int) -> dict[str, float]:
-        return evaluate_nodes(grid, nodes, arrays, config, server_round)
+        return evaluate_nodes(grid, nodes, arrays, config.device_settings(), server_round)
 
     return run_user_level(grid, config, features, known, setup.run_dir, setup.ledger, evaluate)

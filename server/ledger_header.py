@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import central_dp, local_dp
+from shared.config import RunConfig
 from shared.run_directory import library_versions
 
 PRIVACY_UNITS = {
@@ -31,29 +31,29 @@ NEIGHBOURS = {
 }
 
 
-def ledger_header(config: dict[str, Any], population: int, canary_commitment: str | None) -> dict[str, Any]:
+def ledger_header(config: RunConfig, population: int, canary_commitment: str | None) -> dict[str, Any]:
     """The ledger's header: what is protected, against which neighbour, under which assumptions."""
     header = {
-        "privacy-mode": config["privacy"],
-        "privacy-unit": PRIVACY_UNITS[config["privacy"]],
-        "neighbouring-relation": NEIGHBOURS[config["privacy"]],
-        "delta": config["delta"],
+        "privacy-mode": config.privacy.privacy,
+        "privacy-unit": PRIVACY_UNITS[config.privacy.privacy],
+        "neighbouring-relation": NEIGHBOURS[config.privacy.privacy],
+        "delta": config.privacy.delta,
         "delta-rationale": f"fixed by the run config; below 1/population (1/{population}) and below 1/n for every device's n",
         "population": population,
         "client-sampling": (
-            f"Poisson: each client independently with probability {config['fraction-train']} each round (OS entropy)"
-            if central_dp(config)
-            else f"each round a uniform fraction {config['fraction-train']} of clients, without replacement; "
+            f"Poisson: each client independently with probability {config.federation.fraction_train} each round (OS entropy)"
+            if config.privacy.central_dp
+            else f"each round a uniform fraction {config.federation.fraction_train} of clients, without replacement; "
             "clients at their cap are replaced by others not yet asked"
         ),
-        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if local_dp(config) else "shuffled batches",
-        "accountant": config["accountant"],
-        "epsilon-cap": config["epsilon-cap"] or None,
-        "server-dp": central_dp(config),
+        "local-sampling": "Poisson, rate 1/ceil(n / batch-size) (Opacus DPDataLoader)" if config.privacy.local_dp else "shuffled batches",
+        "accountant": config.privacy.accountant,
+        "epsilon-cap": config.privacy.epsilon_cap or None,
+        "server-dp": config.privacy.central_dp,
         "versions": library_versions(),
         "config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in config.items()},
     }
-    if config["privacy"] == "user":
+    if config.privacy.privacy == "user":
         from server.user_level import noise_stds, planned_releases
 
         header.update(
@@ -70,12 +70,12 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
                 ],
                 "user-level-accounting": "composition of Gaussian mechanisms, exact in mu-GDP (mu^2 = sum 1/std^2), "
                 "cross-checked by dp-accounting PLD",
-                "user-epsilon": config["user-epsilon"] if config["user-epsilon"] != float("inf") else -1.0,
+                "user-epsilon": config.privacy.user_epsilon if config.privacy.user_epsilon != float("inf") else -1.0,
                 "trust": "the server adds the noise and sees each contribution (central DP); contributions are "
                 "fixed-size vectors that secure aggregation could sum",
             }
         )
-    if central_dp(config):
+    if config.privacy.central_dp:
         header.update(
             {
                 "server-mechanism": "DP-FedAvg: clip each update to server-clip-norm, equal weights, Gaussian noise "
@@ -83,8 +83,8 @@ def ledger_header(config: dict[str, Any], population: int, canary_commitment: st
                 "fraction-train * population",
                 "server-accounting": "sampled Gaussian mechanism (Poisson rate fraction-train, noise multiplier "
                 "server-noise-multiplier) composed over the rounds run",
-                "server-epsilon-cap": config["server-epsilon-cap"] or None,
-                "canaries": config["canaries"],
+                "server-epsilon-cap": config.privacy.server_epsilon_cap or None,
+                "canaries": config.privacy.canaries,
                 "canary-commitment": canary_commitment,
             }
         )

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Message
 from server.aggregation import Aggregate, Aggregator
 from server.book import RoundBook
 from server.replies import TrainReplies, rejected_entry
-from shared.config import local_dp
+from shared.config import RunConfig
 from shared.messages import client_id, client_row, metrics_of, spend_entry, update_of
 from shared.privacy.ledger import Ledger
 from shared.run_directory import RunDirectory
@@ -52,7 +52,7 @@ class RoundTiming:
 class RoundRecorder:
     """Writes each round of a run: the book, ``clients.jsonl``, checkpoint, ledger, metrics, log."""
 
-    def __init__(self, run_dir: RunDirectory, ledger: Ledger, book: RoundBook, config: dict[str, Any], log=print) -> None:
+    def __init__(self, run_dir: RunDirectory, ledger: Ledger, book: RoundBook, config: RunConfig, log=print) -> None:
         self.run_dir, self.ledger, self.book, self.config, self.log = run_dir, ledger, book, config, log
 
     def stop(self, server_round: int, reason: str, body: dict[str, Any]) -> None:
@@ -140,11 +140,11 @@ class RoundRecorder:
         return entry
 
     def _log(self, row: dict[str, Any], aggregator: Aggregator) -> None:
-        spent = [f"example-level epsilon max {row['epsilon-max']:.2f}"] if local_dp(self.config) else []
+        spent = [f"example-level epsilon max {row['epsilon-max']:.2f}"] if self.config.privacy.local_dp else []
         if aggregator.spends_user_level:
             spent.append(f"user-level epsilon {row['user-level-epsilon']:.2f}")
         self.log(
-            f"[round {row['round']}/{self.config['num-server-rounds']}] trained {row['clients-trained']} clients, "
+            f"[round {row['round']}/{self.config.federation.num_server_rounds}] trained {row['clients-trained']} clients, "
             f"loss {row['train-loss']:.4f}, HR@10 {row.get('hr@10', float('nan')):.3f}, "
             f"NDCG@10 {row.get('ndcg@10', float('nan')):.3f} ({row.get('clients-evaluated', 0)} clients), "
             f"{', '.join(spent) or 'NOT PRIVATE'}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "

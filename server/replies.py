@@ -83,15 +83,16 @@ def collect_train(
     replace_declined: bool,
     rng: random.Random,
     arrays: ArrayRecord,
-    config: dict[str, Any],
+    settings: dict[str, Any],
     server_round: int,
+    timeout: float = 0.0,
 ) -> TrainReplies:
     """Send the round's messages; in place of each client that declines, ask one not yet asked.
 
     Replacement keeps the round's size when clients run out of budget. It is off under central
     DP, whose accounting assumes Poisson sampling and no second draw.
     """
-    replies = TrainReplies(expected=arrays, timeout=float(config.get("round-timeout", 0.0)) or MESSAGE_TIMEOUT_S)
+    replies = TrainReplies(expected=arrays, timeout=float(timeout) or MESSAGE_TIMEOUT_S)
     declined = replies.add(grid, messages)
     while replace_declined and declined:
         pool = sorted(set(all_nodes) - set(replies.asked))
@@ -99,5 +100,5 @@ def collect_train(
             break
         substitutes = rng.sample(pool, min(len(declined), len(pool)))
         print(f"  asking {len(substitutes)} other clients in place of those that declined", flush=True)
-        declined = replies.add(grid, server_messages(substitutes, arrays, config, server_round))
+        declined = replies.add(grid, server_messages(substitutes, arrays, settings, server_round))
     return replies

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.app import ArrayRecord
 
 from server.book import ResumePoint, RoundBook
-from shared.config import DEFAULTS
+from shared.config import DEFAULTS, RunConfig, resolve
 from shared.privacy.ledger import Entry, verify_chain
 from shared.run_directory import RunDirectory
 
 
-def resumed_config(config: dict[str, Any]) -> dict[str, Any]:
+def resumed_config(config: RunConfig) -> RunConfig:
     """A resumed run keeps its saved config; only ``num-server-rounds`` may change (a value
     other than the default raises or lowers the total)."""
     try:
-        saved = RunDirectory.open(config["resume"]).read_config()
+        saved = RunDirectory.open(config.run.resume).read_config()
     except FileNotFoundError as exc:
         raise ValueError(f"resume: {exc}: not a run directory") from exc
-    rounds = config["num-server-rounds"]
+    rounds = config.federation.num_server_rounds
     if rounds == DEFAULTS["num-server-rounds"]:
         rounds = saved["num-server-rounds"]
-    return {**saved, "num-server-rounds": rounds, "resume": config["resume"]}
+    known = {key: value for key, value in saved.items() if key in DEFAULTS}
+    return resolve(None, {**known, "num-server-rounds": rounds, "resume": config.run.resume})
 
 
 def resume_point(run_dir: RunDirectory) -> ResumePoint:

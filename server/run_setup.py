@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord
@@ -17,7 +16,7 @@ from server.aggregation import Aggregator, make_aggregator
 from server.book import ResumePoint
 from server.ledger_header import ledger_header
 from server.resume import resume_point, resumed_config
-from shared.config import model_spec
+from shared.config import RunConfig, model_spec
 from shared.data import (
     Dataset,
     LeaveLastOutSplit,
@@ -37,7 +36,7 @@ NODE_WAIT_S = 600.0
 
 @dataclass
 class RunSetup:
-    config: dict[str, Any]
+    config: RunConfig
     dataset: Dataset
     split: LeaveLastOutSplit | None  # None in a deployment: the server holds no interactions
     population: int
@@ -48,19 +47,19 @@ class RunSetup:
     resume: ResumePoint | None
 
 
-def population(grid: Grid, config: dict[str, Any], data_dir: Path) -> tuple[Dataset, LeaveLastOutSplit | None, int]:
+def population(grid: Grid, config: RunConfig, data_dir: Path) -> tuple[Dataset, LeaveLastOutSplit | None, int]:
     """The catalog, the split (simulation only) and the number of clients.
 
     Simulation: the server's dataset holds every user, one SuperNode each. Deployment: the
     server holds only the public catalog; the clients are the SuperNodes connected when the
     run starts (at least ``min-nodes``), and what they hold never reaches the server.
     """
-    if config["deployment"]:
+    if config.federation.deployment:
         dataset = load_catalog(data_dir)
         deadline = time.time() + NODE_WAIT_S
-        while (num_nodes := len(list(grid.get_node_ids()))) < config["min-nodes"]:
+        while (num_nodes := len(list(grid.get_node_ids()))) < config.federation.min_nodes:
             if time.time() > deadline:
-                raise RuntimeError(f"only {num_nodes} SuperNode(s) connected after {NODE_WAIT_S:.0f} s; min-nodes = {config['min-nodes']}")
+                raise RuntimeError(f"only {num_nodes} SuperNode(s) connected after {NODE_WAIT_S:.0f} s; min-nodes = {config.federation.min_nodes}")
             time.sleep(1.0)
         print(f"fedmmrec: deployment: {num_nodes} SuperNodes connected", flush=True)
         return dataset, None, num_nodes
@@ -75,43 +74,43 @@ def population(grid: Grid, config: dict[str, Any], data_dir: Path) -> tuple[Data
     return dataset, split, len(split.users)
 
 
-def open_run_directory(config: dict[str, Any]) -> tuple[RunDirectory, dict[str, Any]]:
+def open_run_directory(config: RunConfig) -> tuple[RunDirectory, RunConfig]:
     """A new run directory, or the one ``resume`` names; the config with its location."""
-    if not config["resume"]:
-        return RunDirectory(config["run-dir"], config["run-id"]), config
-    resume_dir = Path(config["resume"]).resolve()
+    if not config.run.resume:
+        return RunDirectory(config.run.run_dir, config.run.run_id), config
+    resume_dir = Path(config.run.resume).resolve()
     run_dir = RunDirectory(resume_dir.parent, resume_dir.name, resume=True)
-    return run_dir, {**config, "run-dir": str(resume_dir.parent), "run-id": resume_dir.name}
+    return run_dir, config.replace(run_dir=str(resume_dir.parent), run_id=resume_dir.name)
 
 
-def set_up(grid: Grid, config: dict[str, Any]) -> RunSetup:
-    if config["resume"]:
+def set_up(grid: Grid, config: RunConfig) -> RunSetup:
+    if config.run.resume:
         config = resumed_config(config)
-        if config["privacy"] == "user":
+        if config.privacy.privacy == "user":
             raise ValueError("privacy = user: a run of releases is not resumed; start a new run (it spends a new budget)")
     data_dir = resolve_data_dir(config)
-    config = {**config, "data-dir": str(data_dir)}
+    config = config.replace(data_dir=str(data_dir))
     dataset, split, num_clients = population(grid, config, data_dir)
-    load_or_compute_features(dataset, config["feature-cache"] or None)  # warm the cache once
+    load_or_compute_features(dataset, config.data.feature_cache or None)  # warm the cache once
     run_dir, config = open_run_directory(config)
     # Simulated devices keep their state (accountant history, embedding) on disk, so a resumed
     # run continues every client's spend; a real device uses its node config's state-dir.
-    config["device-state-dir"] = config["device-state-dir"] or str(run_dir.devices)
-    if not config["resume"]:
-        run_dir.write_config(config)
+    config = config.replace(device_state_dir=config.run.device_state_dir or str(run_dir.devices))
+    if not config.run.resume:
+        run_dir.write_config(config.flat())
     print(f"fedmmrec: run directory {run_dir.path}", flush=True)
-    if config["privacy"] == "none":
+    if config.privacy.privacy == "none":
         print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.run.seed)
     initial = ArrayRecord(ItemTower(model_spec(config, dataset.num_items)).state_dict())
     ledger, resume, aggregator = run_dir.open_ledger(), None, None
-    if config["resume"]:
+    if config.run.resume:
         resume = resume_point(run_dir)
         initial = resume.arrays
-        canaries = read_canaries(run_dir.canaries_path)[0] if config["canaries"] else None
-        ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config["num-server-rounds"]})])
-        print(f"fedmmrec: resuming after round {resume.round} of {config['num-server-rounds']}", flush=True)
-    if config["privacy"] != "user":
+        canaries = read_canaries(run_dir.canaries_path)[0] if config.privacy.canaries else None
+        ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config.federation.num_server_rounds})])
+        print(f"fedmmrec: resuming after round {resume.round} of {config.federation.num_server_rounds}", flush=True)
+    if config.privacy.privacy != "user":
         aggregator = make_aggregator(config, num_clients, initial, canaries if resume else None)
     if resume and aggregator:
         aggregator.restore(resume.strategy_state)

@@ -9,14 +9,14 @@ from typing import Any
 from server.book import RoundBook
 from server.ledger_header import PRIVACY_UNITS
 from shared.baselines import most_popular
-from shared.config import central_dp, local_dp
+from shared.config import RunConfig
 from shared.data import Dataset, LeaveLastOutSplit
 from shared.run_directory import library_versions
 
 
 def run_summary(
     run_id: str,
-    config: dict[str, Any],
+    config: RunConfig,
     final_eval: dict[str, float],
     rows: list[dict[str, Any]],
     book: RoundBook,
@@ -28,16 +28,16 @@ def run_summary(
     ledger_head: str,
     wall_seconds: float,
 ) -> dict[str, Any]:
-    user_level = config["privacy"] == "user"
+    user_level = config.privacy.privacy == "user"
     return {
         "run-id": run_id,
         "final": final_eval,
         "baselines": {"most-popular": most_popular(split)} if split else {},
         "privacy": {
-            "mode": config["privacy"],
-            "unit": PRIVACY_UNITS[config["privacy"]],
-            "delta": config["delta"],
-            "accountant": config["accountant"],
+            "mode": config.privacy.privacy,
+            "unit": PRIVACY_UNITS[config.privacy.privacy],
+            "delta": config.privacy.delta,
+            "accountant": config.privacy.accountant,
             **book.epsilon_stats(),
             "user-level-epsilon": user_epsilon,
             "clients-trained": rows[-1]["clients-trained"] if user_level else len(book.rounds_trained),
@@ -47,7 +47,7 @@ def run_summary(
             "item-tower-bytes": model_bytes,
         },
         "dataset": {
-            "path": str(Path(config["data-dir"])),
+            "path": str(Path(config.data.data_dir)),
             "users": population,
             "items": dataset.num_items,
             "interactions": dataset.num_interactions if split else None,
@@ -56,12 +56,12 @@ def run_summary(
         "ledger-head": ledger_head,
         "rounds": len(rows),
         "wall-seconds": round(wall_seconds, 1),
-        "config": config,
+        "config": config.flat(),
         "versions": library_versions(),
     }
 
 
-def final_line(summary: dict[str, Any], config: dict[str, Any]) -> str:
+def final_line(summary: dict[str, Any], config: RunConfig) -> str:
     """The run's last line on the console: quality against most-popular, privacy, traffic."""
     final, pop = summary["final"], summary["baselines"].get("most-popular")
     return (
@@ -73,18 +73,18 @@ def final_line(summary: dict[str, Any], config: dict[str, Any]) -> str:
     )
 
 
-def privacy_line(privacy: dict[str, Any], config: dict[str, Any]) -> str:
+def privacy_line(privacy: dict[str, Any], config: RunConfig) -> str:
     """What the run spent, with its unit and delta ("NOT PRIVATE" when nothing protects it)."""
     parts = []
-    if config["privacy"] == "user" and privacy["user-level-epsilon"] is not None:
+    if config.privacy.privacy == "user" and privacy["user-level-epsilon"] is not None:
         epsilon = privacy["user-level-epsilon"]
         return ("NOT PRIVATE (user-epsilon = inf)" if epsilon == float("inf") else f"user-level epsilon {epsilon:.2f}") + (
-            f" at delta {config['delta']:g}"
+            f" at delta {config.privacy.delta:g}"
         )
-    if local_dp(config):
+    if config.privacy.local_dp:
         parts.append(f"example-level epsilon max {privacy['epsilon-max']:.2f}")
-    if central_dp(config) and privacy["user-level-epsilon"] is not None:
+    if config.privacy.central_dp and privacy["user-level-epsilon"] is not None:
         parts.append(f"user-level epsilon {privacy['user-level-epsilon']:.2f}")
     if not parts:
         return "NOT PRIVATE"
-    return " and ".join(parts) + f" at delta {config['delta']:g}"
+    return " and ".join(parts) + f" at delta {config.privacy.delta:g}"

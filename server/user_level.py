@@ -36,6 +36,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from server.replies import MESSAGE_TIMEOUT_S, ok_replies
+from shared.config import RunConfig
 from shared.cooccurrence import (
     CANDIDATES,
     CooccurrenceModel,
@@ -83,16 +84,16 @@ class ReleaseRecord:
         return body
 
 
-def planned_releases(config: dict[str, Any]) -> list[str]:
+def planned_releases(config: RunConfig) -> list[str]:
     """The releases a run makes, in order (the selection release only with a budget share)."""
-    return ["popularity", "cooccurrence"] + (["selection"] if float(config["selection-budget-share"]) > 0 else [])
+    return ["popularity", "cooccurrence"] + (["selection"] if float(config.privacy.selection_budget_share) > 0 else [])
 
 
-def noise_stds(config: dict[str, Any]) -> list[float]:
+def noise_stds(config: RunConfig) -> list[float]:
     """The releases' noise stds (of the sum) for the configured budget, in release order."""
-    popularity, selection = float(config["popularity-budget-share"]), float(config["selection-budget-share"])
+    popularity, selection = float(config.privacy.popularity_budget_share), float(config.privacy.selection_budget_share)
     shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
-    return split_budget(float(config["user-epsilon"]), float(config["delta"]), shares)
+    return split_budget(float(config.privacy.user_epsilon), float(config.privacy.delta), shares)
 
 
 def gaussian_release(
@@ -118,8 +119,8 @@ def gaussian_release(
     }
 
 
-def _ask(grid: Grid, nodes: list[int], task: str, arrays: ArrayRecord, config: dict[str, Any], server_round: int):
-    messages = server_messages(nodes, arrays, {**config, TASK_KEY: task}, server_round)
+def _ask(grid: Grid, nodes: list[int], task: str, arrays: ArrayRecord, config: RunConfig, server_round: int):
+    messages = server_messages(nodes, arrays, {**config.device_settings(), TASK_KEY: task}, server_round)
     return ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
 
 
@@ -148,7 +149,7 @@ def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
 
 def run_user_level(
     grid: Grid,
-    config: dict[str, Any],
+    config: RunConfig,
     features,
     known: np.ndarray,
     run_dir: RunDirectory,
@@ -162,7 +163,7 @@ def run_user_level(
     rng = np.random.default_rng(secrets.randbits(128))  # noise from OS entropy, never the run seed
     names, stds = planned_releases(config), noise_stds(config)
     num_items = len(known)
-    m = min(int(config["cooccurrence-items"]), int(known.sum()))
+    m = min(int(config.privacy.cooccurrence_items), int(known.sum()))
     dimensions = {"popularity": num_items, "cooccurrence": triangle_size(m), "selection": len(CANDIDATES)}
     content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
     released: dict[str, np.ndarray] = {}
@@ -176,7 +177,7 @@ def run_user_level(
         noisy, measured = gaussian_release(_contributions(replies, dimension, who), dimension, std, rng)
         sent = dimension * 4 if who else 0  # float32 on the wire
         released[name] = noisy
-        epsilon = gaussian_epsilon(stds[:server_round], float(config["delta"]))
+        epsilon = gaussian_epsilon(stds[:server_round], float(config.privacy.delta))
         record = ReleaseRecord(
             release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
             contributions=len(who), user_level_epsilon=epsilon,
@@ -189,7 +190,7 @@ def run_user_level(
         elif name == "cooccurrence":
             model, rank = fit_model(
                 released["popularity"], stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
-                content, known, int(config["max-factors"]), float(config["popularity-weight"]),
+                content, known, int(config.privacy.max_factors), float(config.privacy.popularity_weight),
             )
             arrays = _model_arrays(model)
         else:
@@ -208,7 +209,7 @@ def run_user_level(
         )
         log(
             f"[round {server_round}/{len(names)}] {name} release: {len(who)} devices, noise std {std:.3f} "
-            f"over {dimension} values, user-level epsilon {epsilon:.2f} at delta {config['delta']:g}, "
+            f"over {dimension} values, user-level epsilon {epsilon:.2f} at delta {config.privacy.delta:g}, "
             f"{sent / 1024:.0f} KiB sent per device"
         )
     run_dir.save_arrays(RELEASES_FILE, released)

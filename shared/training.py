@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.config import DEFAULTS
 from shared.models.recommender import Recommender, item_inputs
 from shared.per_example import PerExampleClipping
 from shared.privacy.accounting import (
@@ -44,20 +45,21 @@ from shared.privacy.accounting import (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training settings (the ``[tool.flwr.app.config]`` keys of the same names)."""
+    """Local training settings: the run-config keys of the same names, with the run config's
+    defaults (:data:`shared.config.RUN_CONFIG` is their one home)."""
 
-    local_epochs: int = 1
-    batch_size: int = 8
-    lr: float = 0.5
-    item_lr: float = 0.05
-    negatives: int = 8
+    local_epochs: int = DEFAULTS["local-epochs"]
+    batch_size: int = DEFAULTS["batch-size"]
+    lr: float = DEFAULTS["lr"]
+    item_lr: float = DEFAULTS["item-lr"]
+    negatives: int = DEFAULTS["negatives"]
     dp: bool = True
-    noise_multiplier: float = 0.8
-    clip_norm: float = 1.0
-    item_clip_fraction: float = 0.3
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    dp_engine: str = "fast"
+    noise_multiplier: float = DEFAULTS["noise-multiplier"]
+    clip_norm: float = DEFAULTS["clip-norm"]
+    item_clip_fraction: float = DEFAULTS["item-clip-fraction"]
+    delta: float = DEFAULTS["delta"]
+    accountant: str = DEFAULTS["accountant"]
+    dp_engine: str = DEFAULTS["dp-engine"]
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def dp_overhead(repeats: int) -> dict[str, Any]:
     items = split.train_items[0]
 
     def per_step(privacy: str, engine: str = "fast", mode: str = "hooks") -> float:
-        tc = train_config({**config, "privacy": privacy, "dp-engine": engine})
+        tc = train_config({**config.flat(), "privacy": privacy, "dp-engine": engine})
 
         def once() -> None:
             model = Recommender(model_spec(config, dataset.num_items), num_users=1)

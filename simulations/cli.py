@@ -215,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from shared.features import load_or_compute_features
 
         config = resolve(None, _overrides(args.set))
-        features = load_or_compute_features(load_dataset(resolve_data_dir(config)), config["feature-cache"] or None)
+        features = load_or_compute_features(load_dataset(resolve_data_dir(config)), config.data.feature_cache or None)
         print(f"fedmmrec: features for {features.num_items} items cached")
         return 0
     raise SystemExit(f"fedmmrec: unknown command {args.command}")

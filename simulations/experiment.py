@@ -149,9 +149,9 @@ def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
     config = resolve(None, {k: v for k, v in overrides.items() if k != "model"})
     dataset = load_dataset(resolve_data_dir(config))
     split = split_for(dataset, config)
-    features = load_or_compute_features(dataset, config["feature-cache"] or None, progress=False)
+    features = load_or_compute_features(dataset, config.data.feature_cache or None, progress=False)
     started = time.time()
-    final = evaluate_scorer(split, library_scorer(name, split, features, int(config["seed"])))
+    final = evaluate_scorer(split, library_scorer(name, split, features, int(config.run.seed)))
     RunDirectory(run_dir.parent, run_dir.name).write_summary(
         {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1)}
     )
@@ -198,7 +198,7 @@ def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
 
     run = RunDirectory.open(run_dir)
     config = resolve(None, {k: v for k, v in run.read_config().items() if k in DEFAULTS})
-    return most_popular(split_for(load_dataset(config["data-dir"]), config), run.trained_partitions())
+    return most_popular(split_for(load_dataset(config.data.data_dir), config), run.trained_partitions())
 
 
 def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) -> dict[str, Any]:

@@ -31,13 +31,13 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
     started = time.time()
     config = resolve(None, overrides)
     data_dir = resolve_data_dir(config)
-    config["data-dir"] = str(data_dir)
+    config = config.replace(data_dir=str(data_dir))
     dataset = load_dataset(data_dir)
     split = split_for(dataset, config)
-    catalog = catalog_tensors(load_or_compute_features(dataset, config["feature-cache"] or None), split.held_out_items)
-    run_dir = RunDirectory(config["run-dir"], config["run-id"] or time.strftime("pooled-%Y%m%d-%H%M%S"))
-    torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
+    catalog = catalog_tensors(load_or_compute_features(dataset, config.data.feature_cache or None), split.held_out_items)
+    run_dir = RunDirectory(config.run.run_dir, config.run.run_id or time.strftime("pooled-%Y%m%d-%H%M%S"))
+    torch.manual_seed(config.run.seed)
+    rng = np.random.default_rng(config.run.seed)
     model = Recommender(model_spec(config, dataset.num_items), num_users=len(split.users))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     users = np.concatenate([np.full(len(items), k) for k, items in enumerate(split.train_items)])
@@ -49,7 +49,7 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             negatives = np.stack(
-                [sample_negatives(rng, pools[users[j]], (config["negatives"],)) for j in batch]
+                [sample_negatives(rng, pools[users[j]], (config.training.negatives,)) for j in batch]
             )
             loss = bpr_loss(model, torch.as_tensor(users[batch]), torch.as_tensor(items[batch]), torch.as_tensor(negatives), catalog)
             optimizer.zero_grad()
@@ -59,7 +59,7 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
         run_dir.append_metrics({"epoch": epoch, "train-loss": float(np.mean(losses))})
     model.eval()
     final = evaluate_scorer(split, lambda k: model.score_all(k, catalog).numpy())
-    run_dir.save_checkpoint("final.pt", model.item_tower.state_dict(), {"config": config, "pooled": True})
+    run_dir.save_checkpoint("final.pt", model.item_tower.state_dict(), {"config": config.flat(), "pooled": True})
     run_dir.write_json(
         "summary.json",
         {
@@ -69,7 +69,7 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
             "baselines": {"most-popular": most_popular(split)},
             "epochs": epochs,
             "wall-seconds": round(time.time() - started, 1),
-            "config": config,
+            "config": config.flat(),
             "versions": library_versions(),
         },
     )

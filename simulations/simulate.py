@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +32,33 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     from server.server_app import build_server_app
 
     config = resolve(None, overrides)
-    if config["resume"]:  # continue a run directory: its saved config names the data and the id
-        resume_dir = Path(config["resume"]).resolve()
+    if config.run.resume:  # continue a run directory: its saved config names the data and the id
+        resume_dir = Path(config.run.resume).resolve()
         saved = RunDirectory.open(resume_dir).read_config()
-        config.update({"data-dir": saved["data-dir"], "run-dir": str(resume_dir.parent), "run-id": resume_dir.name})
-        config.update({key: saved[key] for key in ("cold-start-items", "seed") if key in saved})
+        config = config.replace(
+            data_dir=saved["data-dir"], run_dir=str(resume_dir.parent), run_id=resume_dir.name,
+            **{key.replace("-", "_"): saved[key] for key in ("cold-start-items", "seed") if key in saved},
+        )
     data_dir = resolve_data_dir(config)
     users = len(split_for(load_dataset(data_dir), config).users)
-    if not config["run-id"]:
-        import time
-
-        config["run-id"] = time.strftime("%Y%m%d-%H%M%S")
-    config["data-dir"] = str(data_dir)
-    config["run-dir"] = str(Path(config["run-dir"]).resolve())
+    config = config.replace(
+        run_id=config.run.run_id or time.strftime("%Y%m%d-%H%M%S"),
+        data_dir=str(data_dir),
+        run_dir=str(Path(config.run.run_dir).resolve()),
+    )
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    if config["faults"]:
+    if config.run.faults:
         from simulations.faults import (
             app as client_app,  # the real client, made to misbehave
         )
     run_simulation(
-        server_app=build_server_app(config),
+        server_app=build_server_app(config.flat()),
         client_app=client_app,
         num_supernodes=users,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
     )
-    run_dir = Path(config["run-dir"]) / config["run-id"]
+    run_dir = Path(config.run.run_dir) / config.run.run_id
     if not run_dir.is_dir() or not RunDirectory.open(run_dir).has_summary():
         raise RuntimeError(f"{run_dir}: the simulation ended without a summary; see the log above")
     return run_dir

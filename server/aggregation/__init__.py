@@ -7,14 +7,13 @@ of device statistics) and has its own driver, :mod:`server.user_level`.
 
 from __future__ import annotations
 
-from typing import Any
 
 from flwr.app import ArrayRecord
 
 from server.aggregation.base import Aggregate, Aggregator
 from server.aggregation.dp_fedavg import DPFedAvgAggregator
 from server.aggregation.flower_strategy import StrategyAggregator
-from shared.config import central_dp
+from shared.config import RunConfig
 from shared.privacy.canaries import CanarySet
 
 # name -> factory(config, population, initial arrays, canaries)
@@ -24,13 +23,13 @@ AGGREGATORS = {
 }
 
 
-def aggregator_name(config: dict[str, Any]) -> str:
+def aggregator_name(config: RunConfig) -> str:
     """Which mechanism a run config asks for: DP-FedAvg under central DP, else the Flower strategy."""
-    return "dp-fedavg" if central_dp(config) else "flower-strategy"
+    return "dp-fedavg" if config.privacy.central_dp else "flower-strategy"
 
 
 def make_aggregator(
-    config: dict[str, Any], population: int, initial: ArrayRecord, canaries: CanarySet | None = None
+    config: RunConfig, population: int, initial: ArrayRecord, canaries: CanarySet | None = None
 ) -> Aggregator:
     return AGGREGATORS[aggregator_name(config)](config, population, initial, canaries)
 

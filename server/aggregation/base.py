@@ -45,9 +45,9 @@ class Aggregator(ABC):
 
     @abstractmethod
     def train_messages(
-        self, server_round: int, arrays: ArrayRecord, config: dict[str, Any], grid: Grid, nodes: list[int]
+        self, server_round: int, arrays: ArrayRecord, settings: dict[str, Any], grid: Grid, nodes: list[int]
     ) -> list[Message]:
-        """The round's TRAIN messages: who is sampled, what they receive."""
+        """The round's TRAIN messages: who is sampled; they receive ``arrays`` and ``settings``."""
 
     @abstractmethod
     def aggregate(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> Aggregate:

@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from server.aggregation.base import Aggregate, Aggregator
+from shared.config import RunConfig
 from shared.messages import metrics_of, server_messages, update_of
 from shared.privacy.canaries import CanarySet
 from shared.privacy.dp_fedavg import CentralDP, ServerDP, flatten
@@ -27,16 +28,16 @@ class DPFedAvgAggregator(Aggregator):
     replace_declined = False  # the accounting assumes one Poisson draw per round
     spends_user_level = True
 
-    def __init__(self, config: dict[str, Any], population: int, initial: ArrayRecord, canaries: CanarySet | None = None) -> None:
+    def __init__(self, config: RunConfig, population: int, initial: ArrayRecord, canaries: CanarySet | None = None) -> None:
         mechanism = CentralDP(
-            clip_norm=config["server-clip-norm"],
-            noise_multiplier=config["server-noise-multiplier"],
-            sample_rate=config["fraction-train"],
+            clip_norm=config.privacy.server_clip_norm,
+            noise_multiplier=config.privacy.server_noise_multiplier,
+            sample_rate=config.federation.fraction_train,
             population=population,
         )
-        if canaries is None and config["canaries"]:
-            canaries = CanarySet.draw(config["canaries"], flatten(initial).size)
-        self.server_dp = ServerDP(mechanism, config["delta"], config["accountant"], config["server-epsilon-cap"], canaries)
+        if canaries is None and config.privacy.canaries:
+            canaries = CanarySet.draw(config.privacy.canaries, flatten(initial).size)
+        self.server_dp = ServerDP(mechanism, config.privacy.delta, config.privacy.accountant, config.privacy.server_epsilon_cap, canaries)
 
     @property
     def canaries(self) -> CanarySet | None:
@@ -51,8 +52,8 @@ class DPFedAvgAggregator(Aggregator):
             {"reason": "server-epsilon-cap", "epsilon-if-run": epsilon},
         )
 
-    def train_messages(self, server_round, arrays, config, grid: Grid, nodes) -> list[Message]:
-        return server_messages(self.server_dp.sample(nodes), arrays, config, server_round)
+    def train_messages(self, server_round, arrays, settings, grid: Grid, nodes) -> list[Message]:
+        return server_messages(self.server_dp.sample(nodes), arrays, settings, server_round)
 
     def aggregate(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> Aggregate:
         noisy, canaries = self.server_dp.release(arrays, [update_of(r) for r in replies])

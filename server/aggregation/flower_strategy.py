@@ -19,25 +19,26 @@ from flwr.serverapp.strategy import (
 )
 
 from server.aggregation.base import Aggregate, Aggregator
+from shared.config import RunConfig
 
 
-def make_strategy(config: dict[str, Any], num_nodes: int) -> Strategy:
-    """The Flower strategy ``config["strategy"]`` names, sampling ``fraction-train`` of ``num_nodes``."""
+def make_strategy(config: RunConfig, num_nodes: int) -> Strategy:
+    """The Flower strategy ``config.federation.strategy`` names, sampling ``fraction-train`` of ``num_nodes``."""
     common = dict(
-        fraction_train=config["fraction-train"],
+        fraction_train=config.federation.fraction_train,
         fraction_evaluate=0.0,  # evaluation is sent by server.rounds to clients that trained
         min_train_nodes=1,
         min_available_nodes=num_nodes,
     )
-    expected = max(1, int(config["fraction-train"] * num_nodes))
-    if config["strategy"] == "fedadam":
-        return FedAdam(**common, eta=config["server-lr"], eta_l=config["lr"], tau=config["server-tau"])
-    if config["strategy"] == "fedmedian":
+    expected = max(1, int(config.federation.fraction_train * num_nodes))
+    if config.federation.strategy == "fedadam":
+        return FedAdam(**common, eta=config.federation.server_lr, eta_l=config.training.lr, tau=config.federation.server_tau)
+    if config.federation.strategy == "fedmedian":
         return FedMedian(**common)
-    if config["strategy"] == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=config["byzantine-fraction"])
-    if config["strategy"] == "krum":
-        return Krum(**common, num_malicious_nodes=int(config["byzantine-fraction"] * expected))
+    if config.federation.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=config.federation.byzantine_fraction)
+    if config.federation.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=int(config.federation.byzantine_fraction * expected))
     return FedAvg(**common)
 
 
@@ -52,15 +53,15 @@ class StrategyAggregator(Aggregator):
     """A Flower strategy behind the aggregation interface; a round with fewer than
     ``min-replies`` valid replies leaves the model unchanged."""
 
-    def __init__(self, config: dict[str, Any], population: int) -> None:
+    def __init__(self, config: RunConfig, population: int) -> None:
         self.strategy = make_strategy(config, population)
-        self.min_replies = int(config["min-replies"])
+        self.min_replies = int(config.federation.min_replies)
 
     def stop_before(self, server_round: int) -> None:
         return None
 
-    def train_messages(self, server_round, arrays, config, grid: Grid, nodes) -> list[Message]:
-        return list(self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
+    def train_messages(self, server_round, arrays, settings, grid: Grid, nodes) -> list[Message]:
+        return list(self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(settings)), grid))
 
     def aggregate(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> Aggregate:
         if len(replies) < self.min_replies:

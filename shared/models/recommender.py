@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.config import DEFAULTS
 from shared.features.cache import ItemFeatures
 from shared.features.image import IMAGE_DIM
 from shared.features.text import TEXT_DIM
@@ -34,10 +35,11 @@ MODALITY_DIMS = {"text": TEXT_DIM, "image": IMAGE_DIM}
 class ModelSpec:
     """Architecture choices; identical on every client and the server (sent in the config)."""
 
-    modalities: tuple[str, ...] = ("text", "image")
-    dim: int = 32
-    hidden: int = 64
-    fusion: str = "attention"
+    # Defaults: the run config's (shared.config.RUN_CONFIG is their one home).
+    modalities: tuple[str, ...] = tuple(DEFAULTS["modalities"].split(","))
+    dim: int = DEFAULTS["dim"]
+    hidden: int = DEFAULTS["hidden"]
+    fusion: str = DEFAULTS["fusion"]
     id_items: int = 0  # catalog size when items also get learned id offsets and biases; 0: content only
 
     def __post_init__(self) -> None:
