@@ -1,14 +1,23 @@
-"""``fedmmrec export RUN_DIR --out DIR``: what a device needs to rank items without the training
-stack, from the run directory alone.
+"""``fedmmrec export RUN_DIR --out DIR``: what a device needs to rank items, and explain them,
+without the training stack, from the run directory alone.
+
+An item-tower run (``privacy = local``, ``central``, ``both``, ``none``):
 
 - ``item_tower.pt``: the trained item tower as TorchScript (encoders + fusion), taking the
   four feature tensors (text, text mask, image, image mask) and returning item embeddings from
   content alone, so a device can embed a new item from its backbone features (cold start);
-- ``item_embeddings.npy`` [N, dim] float32, ``item_biases.npy`` [N] float32 and
-  ``item_ids.json``: the catalog precomputed, id parts included (biases are zero for a
-  content-only model); a user's score is ``embedding @ user + bias``;
-- ``manifest.json``: run id, model spec, SHA-256 of each file, the ledger head and the privacy
-  summary of the run the model came from.
+- ``item_embeddings.npy`` [N, dim] float32, ``item_biases.npy`` [N] float32: the catalog
+  precomputed, id parts included (biases are zero for a content-only model); a user's score is
+  ``embedding @ user + bias``;
+- ``item_base.npy`` [N, dim], ``item_parts.npy`` [N, players, dim]: the embeddings' exact
+  Shapley split over the players (modalities, and ids) for ``recommend --explain``
+  (:mod:`shared.explain`).
+
+A ``privacy = user`` run: ``model.npz`` (the released model as the run saved it) and
+``content.npy`` (the public catalog's content matrix).
+
+Both: ``item_ids.json``, ``item_titles.json`` (for readable explanations) and ``manifest.json`` (kind, run id, SHA-256 of each file, the verified
+ledger head and the privacy summary of the run the model came from).
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from torch import nn
 
 from shared.checksums import file_sha256
 from shared.config import model_spec
+from shared.cooccurrence import content_matrix
 from shared.data import load_catalog
+from shared.explain import tower_shapley
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, catalog_tensors
 from shared.privacy.ledger import verify_chain
@@ -53,52 +64,83 @@ class _TowerOnTensors(nn.Module):
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Write what a device needs to rank (and explain) with numpy alone, and a manifest with
+    every file's SHA-256, the verified ledger head and the privacy summary."""
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunDirectory.open(run_dir)
         config = run.read_config()
     except FileNotFoundError as exc:
         raise ValueError(f"{exc}: {run_dir} is not a run directory") from exc
-    if config.get("privacy") == "user":
-        raise ValueError(
-            f"{run_dir}: a privacy = user run trains no item tower; its served model is {run.file(MODEL_FILE)} "
-            "(numpy: top-items, factors, popularity), which a device loads as it is"
-        )
-    checkpoint = run.final_checkpoint()
-    if checkpoint is None:
-        raise ValueError(f"{run.checkpoints}: no final.pt or latest.pt to export")
-    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
-    tower = ItemTower(model_spec(config, dataset.num_items))
-    tower.load_state_dict(run.load_checkpoint(checkpoint)["item_tower"])
-    tower.eval()
-    catalog = catalog_tensors(load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False))
-    inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
-
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        scripted = torch.jit.trace(_TowerOnTensors(tower).eval(), tuple(t[:2] for t in inputs))
-        embeddings = tower(catalog).numpy().astype(np.float32)
-        biases = tower.bias(catalog).numpy().astype(np.float32)
-    scripted.save(str(out / "item_tower.pt"))
-    np.save(out / "item_embeddings.npy", embeddings)
-    np.save(out / "item_biases.npy", biases)
-    (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
-    summary_path = run.summary_path
     summary = run.read_summary() if run.has_summary() else {}
     head = verified_ledger_head(run)
     if summary.get("ledger-head") not in (None, head):
         raise ValueError(
-            f"{summary_path}: ledger-head {summary['ledger-head'][:16]}... is not the ledger's verified head "
+            f"{run.summary_path}: ledger-head {summary['ledger-head'][:16]}... is not the ledger's verified head "
             f"{head[:16]}...: the ledger or the summary was changed; run fedmmrec audit {run_dir}"
         )
+    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
+    features = load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.get("privacy") == "user":
+        kind, written, extra = "user-level", _export_user_level(run, features, out), {}
+    else:
+        kind, (written, extra) = "item-tower", _export_tower(run, config, dataset, features, out)
+    (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
+    titles = dict(zip(dataset.item_ids, dataset.titles))
+    (out / "item_titles.json").write_text(json.dumps(titles, ensure_ascii=False), encoding="utf-8")
     manifest = {
+        "kind": kind,
         "run-id": run_dir.name,
-        "checkpoint": checkpoint.name,
-        "model-spec": {k: config.get(k, False) for k in ("modalities", "dim", "hidden", "fusion", "item-ids")},
         "items": len(dataset.item_ids),
-        "files": {name: file_sha256(out / name) for name in ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_ids.json")},
+        "files": {name: file_sha256(out / name) for name in (*written, "item_ids.json", "item_titles.json")},
         "ledger-head": head,
         "privacy": summary.get("privacy"),
+        **extra,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _export_user_level(run: RunDirectory, features, out: Path) -> tuple[str, ...]:
+    """``privacy = user``: the released model as the run saved it, and the public catalog's
+    content matrix (the device's content similarity and its explanation need it)."""
+    model_path = run.file(MODEL_FILE)
+    if not model_path.is_file():
+        raise ValueError(f"{model_path}: missing: the run did not finish its releases")
+    (out / MODEL_FILE).write_bytes(model_path.read_bytes())
+    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
+    np.save(out / "content.npy", content.astype(np.float32))
+    return (MODEL_FILE, "content.npy")
+
+
+def _export_tower(run: RunDirectory, config: dict, dataset, features, out: Path) -> tuple[tuple[str, ...], dict]:
+    """The item tower as TorchScript (embeds new items from their features), the catalog's
+    embeddings and biases, and their exact Shapley split over the players (modalities, ids)."""
+    checkpoint = run.final_checkpoint()
+    if checkpoint is None:
+        raise ValueError(f"{run.checkpoints}: no final.pt or latest.pt to export")
+    tower = ItemTower(model_spec(config, dataset.num_items))
+    tower.load_state_dict(run.load_checkpoint(checkpoint)["item_tower"])
+    tower.eval()
+    catalog = catalog_tensors(features)
+    inputs = (catalog["text"], catalog["text_mask"], catalog["image"], catalog["image_mask"])
+    with torch.no_grad():
+        scripted = torch.jit.trace(_TowerOnTensors(tower).eval(), tuple(t[:2] for t in inputs))
+        embeddings = tower(catalog).numpy().astype(np.float32)
+        biases = tower.bias(catalog).numpy().astype(np.float32)
+    base, parts, players = tower_shapley(tower, catalog)
+    gap = float(np.abs(base + parts.sum(1) - embeddings).max())
+    if gap > 1e-4:  # Shapley efficiency: the parts must add up to the embedding
+        raise RuntimeError(f"the Shapley parts miss the embeddings by {gap:.2e}")
+    scripted.save(str(out / "item_tower.pt"))
+    np.save(out / "item_embeddings.npy", embeddings)
+    np.save(out / "item_biases.npy", biases)
+    np.save(out / "item_base.npy", base.astype(np.float32))
+    np.save(out / "item_parts.npy", parts.astype(np.float32))
+    extra = {
+        "checkpoint": checkpoint.name,
+        "model-spec": {k: config.get(k, False) for k in ("modalities", "dim", "hidden", "fusion", "item-ids")},
+        "explanation-players": players,
+    }
+    return ("item_tower.pt", "item_embeddings.npy", "item_biases.npy", "item_base.npy", "item_parts.npy"), extra

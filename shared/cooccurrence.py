@@ -41,6 +41,7 @@ validation items (each user's second-to-last interaction) of MovieLens-100K, nev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -177,6 +178,12 @@ class CooccurrenceModel:
     popularity: np.ndarray
     popularity_weight: float
     content_weight: float = 0.0
+    # How items unknown at release time were placed (post-processing of the releases, public):
+    # their factors are ``content @ factor_map`` and their popularity ``content @ popularity_map``
+    # (None in models saved before these were kept). ``from_content`` marks those items.
+    factor_map: np.ndarray | None = None
+    popularity_map: np.ndarray | None = None
+    from_content: np.ndarray | None = None
 
     def user_vector(self, train_items: np.ndarray) -> np.ndarray:
         """The user's private representation ``x_M V`` [k], computed on the device only."""
@@ -185,14 +192,20 @@ class CooccurrenceModel:
         top_factors = self.factors[self.top_items]
         return top_factors[rows].sum(0) if rows else np.zeros(self.factors.shape[1])
 
+    def scales(self, train_items: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(user vector, the personal term's scale, the popularity term's scale): what
+        :meth:`score_parts` divides by (1 where a scale is 0), for exact explanations."""
+        user = self.user_vector(train_items)
+        top_factors = self.factors[self.top_items]
+        scale = float(np.abs(top_factors @ user).max()) if len(self.top_items) else 0.0
+        top_popularity = float(self.popularity[self.top_items].max()) if len(self.top_items) else 0.0
+        return user, (scale if scale > 0 else 1.0), (top_popularity if top_popularity > 0 else 1.0)
+
     def score_parts(self, train_items: np.ndarray, content: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """(personal, popularity, content) terms [N] each, on comparable scales."""
-        personal = self.factors @ self.user_vector(train_items)
-        scale = np.abs(personal[self.top_items]).max() if len(self.top_items) else 0.0
-        if scale > 0:
-            personal = personal / scale
-        top_popularity = self.popularity[self.top_items].max() if len(self.top_items) else 0.0
-        popularity = self.popularity / top_popularity if top_popularity > 0 else self.popularity
+        user, scale, top_popularity = self.scales(train_items)
+        personal = self.factors @ user / scale
+        popularity = self.popularity / top_popularity
         similarity = content_similarity(content, train_items) if content is not None else np.zeros_like(personal)
         return personal, popularity, similarity
 
@@ -205,16 +218,21 @@ class CooccurrenceModel:
         return personal + self.popularity_weight * popularity + self.content_weight * similarity
 
     def with_weights(self, popularity_weight: float, content_weight: float) -> "CooccurrenceModel":
-        return CooccurrenceModel(self.top_items, self.factors, self.popularity, popularity_weight, content_weight)
+        return dataclasses.replace(self, popularity_weight=popularity_weight, content_weight=content_weight)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "top-items": self.top_items.astype(np.int64),
             "factors": self.factors.astype(np.float32),
             "popularity": self.popularity.astype(np.float32),
             "popularity-weight": np.asarray([self.popularity_weight], dtype=np.float64),
             "content-weight": np.asarray([self.content_weight], dtype=np.float64),
         }
+        if self.factor_map is not None:
+            arrays["factor-map"] = self.factor_map.astype(np.float64)
+            arrays["popularity-map"] = self.popularity_map.astype(np.float64)
+            arrays["from-content"] = self.from_content.astype(bool)
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "CooccurrenceModel":
@@ -224,6 +242,9 @@ class CooccurrenceModel:
             popularity=np.asarray(arrays["popularity"], dtype=np.float64),
             popularity_weight=float(np.asarray(arrays["popularity-weight"]).ravel()[0]),
             content_weight=float(np.asarray(arrays.get("content-weight", [0.0])).ravel()[0]),
+            factor_map=np.asarray(arrays["factor-map"], dtype=np.float64) if "factor-map" in arrays else None,
+            popularity_map=np.asarray(arrays["popularity-map"], dtype=np.float64) if "popularity-map" in arrays else None,
+            from_content=np.asarray(arrays["from-content"], dtype=bool) if "from-content" in arrays else None,
         )
 
 
@@ -253,16 +274,20 @@ def top_items(noisy_popularity: np.ndarray, known: np.ndarray, m: int) -> np.nda
     return np.sort(order[: min(m, len(order))])
 
 
-def shrunk_popularity(noisy: np.ndarray, noise_std: float, content: np.ndarray, known: np.ndarray) -> np.ndarray:
+def shrunk_popularity(
+    noisy: np.ndarray, noise_std: float, content: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Empirical-Bayes popularity: the noisy counts shrunk toward a content prediction by the
-    ratio of signal to noise variance; items unknown at release time get the prediction."""
+    ratio of signal to noise variance; items unknown at release time get the prediction. Also
+    the content-to-popularity map of that prediction."""
     known_idx = np.flatnonzero(known)
-    prior = content @ _ridge(content[known_idx], noisy[known_idx])
+    popularity_map = _ridge(content[known_idx], noisy[known_idx])
+    prior = content @ popularity_map
     residual = float(np.var(noisy[known_idx] - prior[known_idx]))
     signal = max(residual - noise_std**2, 1e-9)
     out = prior.copy()
     out[known_idx] = prior[known_idx] + signal / (signal + noise_std**2) * (noisy[known_idx] - prior[known_idx])
-    return out
+    return out, popularity_map
 
 
 @one_blas_thread
@@ -287,8 +312,14 @@ def fit_model(
     top_factors = vectors[:, :rank]
     factors = np.zeros((len(noisy_popularity), rank))
     unknown = ~np.asarray(known, dtype=bool)
+    factor_map = _ridge(content[top], top_factors)
     if unknown.any():
-        factors[unknown] = content[unknown] @ _ridge(content[top], top_factors)
+        factors[unknown] = content[unknown] @ factor_map
     factors[top] = top_factors
-    popularity = shrunk_popularity(noisy_popularity, popularity_noise_std, content, known)
-    return CooccurrenceModel(top, factors, popularity, popularity_weight, content_weight), rank
+    popularity, popularity_map = shrunk_popularity(noisy_popularity, popularity_noise_std, content, known)
+    from_content = unknown.copy()
+    from_content[top] = False  # the releases' own items keep their eigenvectors
+    model = CooccurrenceModel(
+        top, factors, popularity, popularity_weight, content_weight, factor_map, popularity_map, from_content
+    )
+    return model, rank

@@ -7,10 +7,11 @@
     fedmmrec data movielens-100k --zip ml-100k.zip --out DIR [--posters DIR] [--plots CSV]
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
+    fedmmrec explanations RUN_DIR [--users N]  what drives the recommendations; deletion check
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
-    fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE]
+    fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE] [--explain] [--json]
     fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
     fedmmrec deploy devices --data DIR --out DIR --devices N             one dataset folder per device
     fedmmrec deploy localhost --work DIR [--nodes 3] [--set KEY=VALUE]   TLS SuperLink + N SuperNodes here
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--history", default="", help="comma-separated item ids the user interacted with")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--user-state", default=None, help="the device's device-state.json (its trained embedding)")
+    rec.add_argument("--explain", action="store_true", help="split each score into its exact parts and name the history items behind it")
+    rec.add_argument("--json", action="store_true", help="print the recommendations (and explanations) as JSON")
+
+    explanations = sub.add_parser("explanations", help="mean share of each part of the recommendations' scores, and a deletion check")
+    explanations.add_argument("run_dir")
+    explanations.add_argument("--users", type=int, default=0, help="first N users of the split (0: all)")
 
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
@@ -197,11 +204,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"fedmmrec: wrote {export_run(args.run_dir, args.out)}")
         return 0
     if args.command == "recommend":
-        from client.recommend import recommend
+        from client.recommend import explanation_lines, load_export, rank
 
         history = [item.strip() for item in args.history.split(",") if item.strip()]
-        for rank, (item, score) in enumerate(recommend(args.model, history, args.k, args.user_state), start=1):
-            print(f"{rank:3d}  {item}  {score:.4f}")
+        items = rank(args.model, history, args.k, args.user_state, explain=args.explain)
+        if args.json:
+            print(json.dumps([item.to_json() if args.explain else {"item": item.item, "score": item.score} for item in items], indent=2))
+        else:
+            print("\n".join(explanation_lines(items, load_export(args.model).titles if args.explain else None)))
+        return 0
+    if args.command == "explanations":
+        from simulations.explanations import run_explanations, to_markdown
+
+        print(to_markdown(run_explanations(args.run_dir, args.users)), end="")
         return 0
     if args.command == "bench":
         from simulations.bench import run_bench

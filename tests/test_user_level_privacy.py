@@ -202,12 +202,22 @@ def test_chi_square_interval_brackets_the_noise_norm():
     assert math.sqrt(low / 10_000) > 0.96  # a noise std cut by 4% over 10,000 values is caught
 
 
-def test_export_refuses_a_user_level_run_with_the_reason(honest_run, tmp_path):
+def test_export_of_a_user_level_run_is_its_released_model_and_the_public_content(honest_run, tmp_path):
+    import shutil
+
     from server.export import export_run
 
-    with pytest.raises(ValueError, match="a privacy = user run trains no item tower; its served model is"):
-        export_run(honest_run, tmp_path / "out")
-    assert json.loads((honest_run / "config.json").read_text())["privacy"] == "user"
+    out = export_run(honest_run, tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "user-level" and sorted(manifest["files"]) == [
+        "content.npy", "item_ids.json", "item_titles.json", "model.npz"]
+    assert (out / "model.npz").read_bytes() == (honest_run / "model.npz").read_bytes()
+    assert manifest["privacy"]["user-level-epsilon"] == pytest.approx(3.0, abs=1e-6)  # the run's user-epsilon
+    broken = tmp_path / "broken"
+    shutil.copytree(honest_run, broken)
+    (broken / "model.npz").unlink()
+    with pytest.raises(ValueError, match="model.npz: missing: the run did not finish its releases"):
+        export_run(broken, tmp_path / "out2")
 
 
 def test_without_selection_the_configured_weights_serve_and_the_sizes_follow_the_config(small_dataset, feature_cache, tmp_path):

@@ -7,7 +7,6 @@ of device statistics) and has its own driver, :mod:`server.user_level`.
 
 from __future__ import annotations
 
-
 from flwr.app import ArrayRecord
 
 from server.aggregation.base import Aggregate, Aggregator

@@ -1,0 +1,227 @@
+"""Why an item is recommended: an exact split of its score into parts, and the history items
+closest to it.
+
+Two models, two exact decompositions:
+
+- **The item tower** (``privacy = local``, ``central``, ``both``, ``none``). The fusion heads are
+  not additive (``concat`` mixes its modality tokens through a GELU MLP; ``gated`` and
+  ``attention`` weigh them by input-dependent softmaxes), so no per-modality term can be read off
+  a weight matrix. The Shapley value is exact for any head: with players text, image (and the
+  learned id part with ``item-ids``), an item's embedding is ``e(none) + sum_m phi_m`` where
+  ``phi_m`` averages what adding ``m`` changes over the orders in which the players can arrive,
+  and "without a modality" is the model's own missing-modality placeholder (its mask off).
+  Two or three players need four or eight passes of the tower over the catalog, once, at
+  export. A user's score ``u . e + b`` is linear in ``e``, so its parts are ``u . phi_m`` (and
+  the id part also takes the item's bias).
+- **The user-level model** (``privacy = user``). The score is already a sum: collaborative
+  (``f_i . sum_h f_h`` over the user's history, scaled), popularity, and the content
+  similarity, whose cosine splits exactly into its text and its image columns (the z-score over
+  the catalog is linear).
+
+Both run on the device with numpy from what ``fedmmrec export`` wrote (Shapley parts are
+precomputed there with torch). "Because you watched" names the history items most similar to
+the recommended one: under the user-level model, the ones whose own terms add most to its
+score (exact); under the tower, the nearest in embedding cosine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TEXT_COLUMNS = 384  # MiniLM's dimension: the first columns of shared.cooccurrence.content_matrix
+
+
+@dataclass
+class Explanation:
+    """One recommended item's score, split into named parts that sum to it exactly."""
+
+    item: str
+    score: float
+    parts: dict[str, float]  # e.g. collaborative, popularity, text, image, id; sum + baseline == score
+    baseline: float = 0.0  # the score with every player absent (the tower's placeholders); 0 otherwise
+    because: list[tuple[str, float]] = field(default_factory=list)  # (history item, similarity or contribution)
+
+    def shares(self) -> dict[str, float]:
+        """Each part's share of the parts' total absolute size (signed)."""
+        total = sum(abs(v) for v in self.parts.values())
+        return {k: (v / total if total > 0 else 0.0) for k, v in self.parts.items()}
+
+    def largest(self) -> str:
+        return max(self.parts, key=lambda k: self.parts[k])
+
+    def smallest(self) -> str:
+        return min(self.parts, key=lambda k: self.parts[k])
+
+    def to_json(self) -> dict:
+        return {
+            "item": self.item,
+            "score": self.score,
+            "baseline": self.baseline,
+            "parts": self.parts,
+            "shares": self.shares(),
+            "because-you-interacted-with": [{"item": i, "weight": w} for i, w in self.because],
+        }
+
+
+# --- the item tower: Shapley parts, computed at export -------------------------------------
+
+
+def shapley_weights(players: int) -> dict[tuple[int, ...], dict[int, float]]:
+    """For each coalition S (sorted tuple) and player m not in S: the weight of
+    ``f(S + m) - f(S)`` in ``phi_m``: |S|! (P - |S| - 1)! / P!."""
+    out: dict[tuple[int, ...], dict[int, float]] = {}
+    for size in range(players):
+        for coalition in itertools.combinations(range(players), size):
+            weight = math.factorial(size) * math.factorial(players - size - 1) / math.factorial(players)
+            out[coalition] = {m: weight for m in range(players) if m not in coalition}
+    return out
+
+
+def tower_players(spec) -> list[str]:
+    """The tower's players: its modalities, and ``id`` when items have learned id parts."""
+    return list(spec.modalities) + (["id"] if spec.id_items else [])
+
+
+def tower_shapley(tower, catalog: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(base [N, d], parts [N, P, d], players)``: ``base + parts.sum(1)`` is every item's
+    embedding; ``base`` is the embedding with every player absent (masks off, ids unknown)."""
+    import torch
+
+    players = tower_players(tower.spec)
+
+    @torch.no_grad()
+    def embed(coalition: tuple[int, ...]) -> np.ndarray:
+        inputs = dict(catalog)
+        for m, name in enumerate(players):
+            if m in coalition:
+                continue
+            if name == "id":
+                inputs["item_known"] = torch.zeros_like(catalog["item_known"])
+            else:
+                inputs[f"{name}_mask"] = torch.zeros_like(catalog[f"{name}_mask"])
+        return tower(inputs).numpy().astype(np.float64)
+
+    values = {c: embed(c) for size in range(len(players) + 1) for c in itertools.combinations(range(len(players)), size)}
+    base = values[()]
+    parts = np.zeros((base.shape[0], len(players), base.shape[1]))
+    for coalition, weights in shapley_weights(len(players)).items():
+        for m, weight in weights.items():
+            parts[:, m] += weight * (values[tuple(sorted(coalition + (m,)))] - values[coalition])
+    return base, parts, players
+
+
+def explain_tower(
+    item_index: int, user: np.ndarray, base: np.ndarray, parts: np.ndarray, biases: np.ndarray, players: list[str]
+) -> tuple[float, dict[str, float]]:
+    """``(baseline, parts)`` of one item's score ``u . e + b`` under the tower's Shapley split."""
+    split = {name: float(parts[item_index, m] @ user) for m, name in enumerate(players)}
+    bias = float(biases[item_index])
+    if "id" in split:
+        split["id"] += bias  # the bias exists only with the id part
+        bias = 0.0
+    return float(base[item_index] @ user) + bias, split
+
+
+def nearest_in_history(item_index: int, vectors: np.ndarray, seen: list[int], ids: list[str], k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` history items whose vectors are most cosine-similar to the item's."""
+    if not seen:
+        return []
+    unit = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
+    similarity = unit[seen] @ unit[item_index]
+    order = np.argsort(-similarity, kind="stable")[:k]
+    return [(ids[seen[j]], float(similarity[j])) for j in order]
+
+
+# --- the user-level model: exact terms ----------------------------------------------------
+
+
+def _unit_content(content: np.ndarray) -> np.ndarray:
+    vectors = content[:, :-3]  # without the presence flags and the constant (as content_similarity)
+    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
+
+
+def content_blocks(columns: int) -> dict[str, slice]:
+    """The content matrix's column blocks: MiniLM text, image principal directions, and the
+    presence flags with the constant (``prior``: what any item gets, whatever its content)."""
+    return {"text": slice(0, TEXT_COLUMNS), "image": slice(TEXT_COLUMNS, columns - 3), "prior": slice(columns - 3, columns)}
+
+
+def user_level_terms(model, history: np.ndarray, content: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Every catalog item's score split into named terms [N] each; their sum is
+    :meth:`CooccurrenceModel.scores` exactly.
+
+    ``collaborative`` (the item's factors against the user's) and ``popularity`` for items the
+    releases saw; for items placed from their content (unknown at release time, cold start)
+    those two terms are linear in the content, so they split by its column blocks into
+    ``text``, ``image`` and ``prior``. The content similarity's cosine splits into ``text`` and
+    ``image`` for every item."""
+    history = np.asarray(history, dtype=np.int64)
+    user, scale, top_popularity = model.scales(history)
+    n = len(model.factors)
+    terms = {
+        "collaborative": model.factors @ user / scale,
+        "popularity": model.popularity_weight * model.popularity / top_popularity,
+        "text": np.zeros(n),
+        "image": np.zeros(n),
+    }
+    if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content.any():
+        cold = model.from_content
+        terms["prior"] = np.zeros(n)
+        for name, columns in content_blocks(content.shape[1]).items():
+            block = content[cold][:, columns]
+            terms[name][cold] += block @ model.factor_map[columns] @ user / scale
+            terms[name][cold] += model.popularity_weight * (block @ model.popularity_map[columns]) / top_popularity
+        terms["collaborative"][cold] = 0.0
+        terms["popularity"][cold] = 0.0
+    if model.content_weight and content is not None and len(history):
+        vectors = _unit_content(content)
+        profile = vectors[history].mean(0)
+        norm = np.linalg.norm(profile) + 1e-9
+        text = vectors[:, :TEXT_COLUMNS] @ profile[:TEXT_COLUMNS] / norm
+        image = vectors[:, TEXT_COLUMNS:] @ profile[TEXT_COLUMNS:] / norm
+        spread = (text + image).std() + 1e-9
+        terms["text"] += model.content_weight * (text - text.mean()) / spread
+        terms["image"] += model.content_weight * (image - image.mean()) / spread
+    return {name: values for name, values in terms.items() if np.any(values)}
+
+
+def user_level_because(model, history: np.ndarray, content: np.ndarray | None, item_index: int, k: int = 3) -> list[tuple[int, float]]:
+    """The ``k`` history items whose own terms add most to the item's score: their share of the
+    collaborative term (``f_i . f_h``, scaled as the score is) and of the content term."""
+    history = np.asarray(history, dtype=np.int64)
+    if len(history) == 0:
+        return []
+    _, scale, _ = model.scales(history)
+    factor = model.factors[item_index]
+    if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content[item_index]:
+        factor = content[item_index] @ model.factor_map
+    in_top = np.isin(history, model.top_items)
+    contribution = np.where(in_top, model.factors[history] @ factor, 0.0) / scale
+    if model.content_weight and content is not None:
+        vectors = _unit_content(content)
+        profile = vectors[history].mean(0)
+        similarity = vectors @ profile / (np.linalg.norm(profile) + 1e-9)
+        per_item = vectors[history] @ vectors[item_index] - (vectors[history] @ vectors.T).mean(1)
+        contribution = contribution + model.content_weight * per_item / (len(history) * (np.linalg.norm(profile) + 1e-9)) / (
+            similarity.std() + 1e-9
+        )
+    order = np.argsort(-contribution, kind="stable")[:k]
+    return [(int(history[j]), float(contribution[j])) for j in order]
+
+
+def without_modality(content: np.ndarray, modality: str, rows: np.ndarray | list[int] | None = None) -> np.ndarray:
+    """The content matrix with one modality's columns zeroed in ``rows`` (every row when None):
+    the item as the model would see it had that modality never been there."""
+    if modality not in ("text", "image"):
+        raise ValueError(f"unknown modality {modality!r}: text or image")
+    out = np.array(content, copy=True)
+    columns = content_blocks(content.shape[1])[modality]
+    if rows is None:
+        out[:, columns] = 0.0
+    else:
+        out[np.asarray(rows, dtype=np.int64)[:, None], np.arange(content.shape[1])[columns]] = 0.0
+    return out

@@ -1,0 +1,162 @@
+"""``fedmmrec recommend --explain``: exact score parts from the real exported models, "because
+you interacted with", and the deletion check of ``fedmmrec explanations``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from client.recommend import load_export, rank
+from server.export import export_run
+from shared.config import resolve
+from shared.cooccurrence import CooccurrenceModel, content_matrix
+from shared.data import load_dataset, split_for
+from shared.explain import tower_shapley
+from shared.features import load_or_compute_features
+from shared.models.recommender import ItemTower, ModelSpec, catalog_tensors
+from shared.run_directory import RunDirectory
+from simulations.cli import main as cli
+from simulations.explanations import run_explanations
+from simulations.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def user_run(small_dataset, feature_cache, tmp_path_factory):
+    return simulate({"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "cooccurrence-items": 60,
+                     "run-dir": str(tmp_path_factory.mktemp("user")), "run-id": "explained"})
+
+
+def _user(small_dataset, k: int):
+    dataset = load_dataset(small_dataset)
+    split = split_for(dataset, resolve())
+    return dataset, split.train_items[k]
+
+
+def test_user_level_parts_add_up_to_the_devices_own_score(user_run, small_dataset, feature_cache, tmp_path):
+    out = export_run(user_run, tmp_path / "export")
+    assert load_export(out).kind == "user-level"
+    dataset, train = _user(small_dataset, 3)
+    features = load_or_compute_features(dataset, str(feature_cache), progress=False)
+    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
+    model = CooccurrenceModel.from_arrays(RunDirectory.open(user_run).load_arrays("model.npz"))
+    reference = model.scores(train, content if model.content_weight else None)  # what the device ranks by
+    reference[train] = -np.inf
+    top = np.argsort(-reference, kind="stable")[:10]
+    items = rank(out, [dataset.item_ids[i] for i in train], k=10, explain=True)
+    assert [item.item for item in items] == [dataset.item_ids[i] for i in top]
+    for item, i in zip(items, top):
+        assert item.score == pytest.approx(reference[i], abs=1e-4)
+        assert sum(item.parts.values()) == pytest.approx(item.score, abs=1e-9)
+        assert {"collaborative", "popularity"} <= set(item.parts) <= {"collaborative", "popularity", "text", "image"}
+        assert ("text" in item.parts) == bool(model.content_weight)
+        assert len(item.because) == 3 and all(h in {dataset.item_ids[j] for j in train} for h, _ in item.because)
+
+
+def test_because_you_interacted_with_is_an_exact_split_of_the_personal_terms(user_run, small_dataset, tmp_path):
+    out = export_run(user_run, tmp_path / "export")
+    dataset, train = _user(small_dataset, 5)
+    everyone = rank(out, [dataset.item_ids[i] for i in train], k=1, explain=True)[0]
+    from client.recommend import _released_model
+    from shared.explain import user_level_because
+
+    export = load_export(out)
+    index = export.ids.index(everyone.item)
+    all_history = user_level_because(_released_model(export), train, export.arrays["content.npy"].astype(float), index, k=len(train))
+    personal = everyone.parts["collaborative"] + everyone.parts.get("text", 0.0) + everyone.parts.get("image", 0.0)
+    assert sum(w for _, w in all_history) == pytest.approx(personal, abs=1e-6)
+    assert [dataset.item_ids[h] for h, _ in all_history[:3]] == [h for h, _ in everyone.because]
+
+
+def test_recommend_explain_prints_parts_and_json(user_run, small_dataset, tmp_path, capsys):
+    out = export_run(user_run, tmp_path / "export")
+    dataset, train = _user(small_dataset, 0)
+    history = ",".join(dataset.item_ids[i] for i in train)
+    assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].strip().startswith("why: collaborative") and lines[2].strip().startswith("because you interacted with: ")
+    assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain", "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert len(parsed) == 2 and sum(parsed[0]["parts"].values()) == pytest.approx(parsed[0]["score"], abs=1e-9)
+    assert len(parsed[0]["because-you-interacted-with"]) == 3
+
+
+def test_tower_shapley_parts_are_the_shapley_values_by_every_arrival_order(small_dataset, feature_cache):
+    """Against the definition: the mean over the 3! orders in which text, image and the id part
+    arrive of what each adds, with masks off and ids unknown for the absent ones."""
+    dataset = load_dataset(small_dataset)
+    torch.manual_seed(0)
+    tower = ItemTower(ModelSpec(fusion="gated", id_items=dataset.num_items)).eval()
+    torch.nn.init.normal_(tower.id_offsets.weight, std=0.3)
+    catalog = catalog_tensors(load_or_compute_features(dataset, str(feature_cache), progress=False))
+    base, parts, players = tower_shapley(tower, catalog)
+    assert players == ["text", "image", "id"]
+
+    def embed(present: set[str]) -> np.ndarray:
+        inputs = dict(catalog)
+        if "id" not in present:
+            inputs["item_known"] = torch.zeros_like(catalog["item_known"])
+        for m in ("text", "image"):
+            if m not in present:
+                inputs[f"{m}_mask"] = torch.zeros_like(catalog[f"{m}_mask"])
+        with torch.no_grad():
+            return tower(inputs).numpy().astype(np.float64)
+
+    expected = np.zeros_like(parts)
+    orders = list(itertools.permutations(players))
+    for order in orders:
+        present: set[str] = set()
+        for name in order:
+            before = embed(present)
+            present.add(name)
+            expected[:, players.index(name)] += (embed(present) - before) / len(orders)
+    assert np.abs(parts - expected).max() < 1e-5
+    with torch.no_grad():
+        assert np.abs(base + parts.sum(1) - tower(catalog).numpy()).max() < 1e-5
+    assert np.abs(parts).mean() > 1e-3  # every player matters in this tower
+
+
+def test_the_deletion_check_on_real_runs(federated_run, user_run):
+    """Two modality players: the Shapley order is the deletion order exactly (phi_text - phi_image =
+    f(text) - f(image) = drop(text) - drop(image)), so the tower's share is 1. The user-level
+    content terms are renormalised and re-standardised when a modality goes, so there it is a
+    measurement."""
+    tower = run_explanations(federated_run)
+    assert tower["kind"] == "item-tower" and tower["users"] == 12
+    assert tower["faithfulness-cases"] == 120 and tower["faithful-share"] == 1.0
+    assert set(tower["mean-share"]["warm"]) == {"text", "image"}
+    user = run_explanations(user_run, users=6)
+    assert user["kind"] == "user-level" and user["users"] == 6 and sum(user["items"].values()) == 60
+    assert (RunDirectory.open(user_run).path / "explanations.md").read_text().startswith("# Explanations of")
+
+
+def test_a_cold_items_score_splits_into_its_content_blocks_exactly():
+    """Items unknown at release time are placed from their content (factors and popularity
+    linear in it), so their terms split by the content's column blocks; deleting a block from
+    the item's own content moves its score by exactly that block's part (no content
+    similarity here: content weight 0)."""
+    from shared.cooccurrence import fit_model
+    from shared.explain import user_level_terms, without_modality
+
+    rng = np.random.default_rng(0)
+    n, m = 40, 12
+    content = np.hstack([rng.normal(size=(n, 384)) / 20, rng.normal(size=(n, 8)) / 3, np.ones((n, 3))])
+    known = np.ones(n, dtype=bool)
+    known[[5, 17, 33]] = False
+    top = np.arange(m)
+    counts = rng.poisson(3.0, size=(m, m)).astype(float)
+    model, _ = fit_model(rng.poisson(5.0, size=n).astype(float), 0.5, top, counts + counts.T, 0.1, content, known, 4, 0.3)
+    assert np.flatnonzero(model.from_content).tolist() == [17, 33]  # 5 is a released item: its own factors
+    history = np.array([0, 2, 3, 7])
+    terms = user_level_terms(model, history, content)
+    np.testing.assert_allclose(sum(terms.values()), model.scores(history), atol=1e-9)
+    for cold in (17, 33):
+        assert terms["collaborative"][cold] == 0.0 and terms["popularity"][cold] == 0.0
+        for modality in ("text", "image"):
+            stripped = without_modality(content, modality, rows=[cold])
+            after = sum(user_level_terms(model, history, stripped).values())[cold]
+            assert sum(terms.values())[cold] - after == pytest.approx(terms[modality][cold], abs=1e-9)
+    assert terms["text"][0] == 0.0 and terms["prior"][0] == 0.0  # a warm item: collaborative and popularity only
