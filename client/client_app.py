@@ -15,8 +15,10 @@ from flwr.clientapp import ClientApp
 
 from client.local_data import local_data
 from client.mods import private_state_guard
+from client.online import round_examples
 from client.state import (
     load_history,
+    load_trained_items,
     load_user_embedding,
     pseudonym,
     restore_device_state,
@@ -96,10 +98,9 @@ def train(msg: Message, context: Context) -> Message:
     # DP noise: seeded in a simulation (runs repeat); from OS entropy on a real device, where
     # the server knows every seed above and could otherwise regenerate the noise.
     noise_seed = None if data.on_device else seed
-    result = train_local(
-        model, data.catalog, data.train_items, tc, history, seed, unavailable=data.held_out_items, noise_seed=noise_seed
-    )
-    save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon)
+    examples = round_examples(data.train_items, load_trained_items(context), int(context.node_config.get("replay-buffer", 0)), seed)
+    result = train_local(model, data.catalog, examples, tc, history, seed, unavailable=data.held_out_items, noise_seed=noise_seed)
+    save_device_state(context, config, data.user_id, model.users.weight, result.history, result.epsilon, set(examples.tolist()))
 
     arrays = ArrayRecord(item_tower_state(model))
     metrics = TrainMetrics(

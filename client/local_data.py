@@ -43,8 +43,26 @@ class LocalData:
         return int(self.catalog["text"].shape[0])
 
 
-@lru_cache(maxsize=4)
+def _data_version(data_dir: str) -> tuple:
+    """What tells the cache that the data has grown: the CSVs' sizes and modification times
+    (a device appends new interactions between rounds; a simulated one may be continued on
+    grown data in the same worker process)."""
+    out = []
+    for name in ("items.csv", "interactions.csv"):
+        try:
+            stat = (Path(data_dir) / name).stat()
+            out.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def _load_split(data_dir: str, cache_dir: str, cold_fraction: float = 0.0, seed: int = 0):
+    return _load_split_version(data_dir, cache_dir, cold_fraction, seed, _data_version(data_dir))
+
+
+@lru_cache(maxsize=4)
+def _load_split_version(data_dir: str, cache_dir: str, cold_fraction: float, seed: int, version: tuple):
     dataset = load_dataset(data_dir)
     split = leave_last_out(dataset, cold_fraction, seed)
     features = load_or_compute_features(dataset, cache_dir or None, progress=False)

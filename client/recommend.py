@@ -145,9 +145,23 @@ def _rank_user_level(export: Export, seen: list[int], k: int, explain: bool) -> 
     for i in np.argsort(-scores, kind="stable")[:k]:
         item = Explanation(export.ids[i], float(scores[i]), {})
         if explain:
-            item.parts = {name: float(values[i]) for name, values in terms.items()}
+            item.parts = {name: float(values[i]) for name, values in terms.items() if values[i] != 0.0}
             item.because = [(export.ids[h], w) for h, w in user_level_because(model, history, content, int(i))]
         out.append(item)
+    return out
+
+
+def catalog_parts(export: Export, seen: list[int]) -> dict[str, np.ndarray]:
+    """Every catalog item's score parts [N] each for a user with history ``seen`` (indices),
+    ranked as :func:`rank` ranks without a device state."""
+    if export.kind == "user-level":
+        content = export.arrays["content.npy"].astype(np.float64)
+        return user_level_terms(_released_model(export), np.asarray(seen, dtype=np.int64), content)
+    user = export.arrays["item_embeddings.npy"][seen].mean(axis=0)
+    parts = export.arrays["item_parts.npy"] @ user  # [N, players]
+    out = {name: parts[:, m] for m, name in enumerate(export.manifest["explanation-players"])}
+    if "id" in out:
+        out["id"] = out["id"] + export.arrays["item_biases.npy"]
     return out
 
 

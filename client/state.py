@@ -26,6 +26,7 @@ from shared.run_directory import simulated_device_folder
 
 USER_KEY = "private-user"
 PRIVACY_KEY = "privacy"
+TRAINED_KEY = "trained"  # the items this device has trained on (its replay memory's population)
 STATE_FORMAT = "fedmmrec-device-state/1"
 
 
@@ -74,6 +75,7 @@ def restore_device_state(context: Context, config: dict, user_id: str) -> None:
     if owner != user_id:
         raise DeviceStateError(f"{path}: state of user {owner!r}, but this device's data is user {user_id!r}")
     context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": epsilon, "pseudonym": name})
+    context.state[TRAINED_KEY] = ConfigRecord({"items": json.dumps([int(i) for i in raw.get("trained-items", [])])})
     if weight is not None:
         context.state[USER_KEY] = ArrayRecord({"weight": weight})
 
@@ -85,6 +87,13 @@ def load_user_embedding(context: Context):
     return context.state.array_records[USER_KEY].to_torch_state_dict()["weight"]
 
 
+def load_trained_items(context: Context) -> set[int]:
+    """The catalog indices this device trained on in earlier rounds (empty before its first)."""
+    if TRAINED_KEY not in context.state.config_records:
+        return set()
+    return set(json.loads(str(context.state.config_records[TRAINED_KEY]["items"])))
+
+
 def load_history(context: Context) -> History:
     if PRIVACY_KEY not in context.state.config_records:
         return []
@@ -92,10 +101,14 @@ def load_history(context: Context) -> History:
 
 
 def save_device_state(
-    context: Context, config: dict, user_id: str, weight: torch.Tensor, history: History, epsilon: float
+    context: Context, config: dict, user_id: str, weight: torch.Tensor, history: History, epsilon: float,
+    trained_items: set[int] | None = None,
 ) -> None:
-    """Store the embedding and history in the node state and, with a state dir, on disk."""
+    """Store the embedding, history and the items trained on in the node state and, with a
+    state dir, on disk."""
     name = pseudonym(context)
+    trained = sorted(load_trained_items(context) | set(int(i) for i in (trained_items or ())))
+    context.state[TRAINED_KEY] = ConfigRecord({"items": json.dumps(trained)})
     context.state[USER_KEY] = ArrayRecord({"weight": weight.detach().clone()})
     context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": float(epsilon), "pseudonym": name})
     path = state_path(context, config)
@@ -109,6 +122,7 @@ def save_device_state(
         "history": json.loads(history_to_json(history)),
         "epsilon": float(epsilon) if epsilon == epsilon and abs(epsilon) != float("inf") else -1.0,
         "user-embedding": weight.detach().cpu().tolist(),
+        "trained-items": trained,
     }
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from server.resume import current_data_dir
 from shared.checksums import file_sha256
 from shared.config import model_spec
 from shared.cooccurrence import content_matrix
@@ -79,7 +80,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
             f"{run.summary_path}: ledger-head {summary['ledger-head'][:16]}... is not the ledger's verified head "
             f"{head[:16]}...: the ledger or the summary was changed; run fedmmrec audit {run_dir}"
         )
-    dataset = load_catalog(config["data-dir"])  # only the public catalog: a deployed server has no interactions
+    # Only the public catalog (a deployed server has no interactions), as the run has it now.
+    dataset = load_catalog(current_data_dir(run, config))
     features = load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     if config.get("privacy") == "user":

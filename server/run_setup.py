@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from server.aggregation import Aggregator, make_aggregator
 from server.book import ResumePoint
 from server.ledger_header import ledger_header
-from server.resume import resume_point, resumed_config
+from server.resume import data_change, grown_arrays, resume_point, resumed_config
 from shared.config import RunConfig, model_spec
 from shared.data import (
     Dataset,
@@ -106,9 +106,14 @@ def set_up(grid: Grid, config: RunConfig) -> RunSetup:
     ledger, resume, aggregator = run_dir.open_ledger(), None, None
     if config.run.resume:
         resume = resume_point(run_dir)
-        initial = resume.arrays
+        change = data_change(run_dir, config, dataset, num_clients)
+        initial = grown_arrays(resume.arrays, dataset.num_items) if change else resume.arrays
         canaries = read_canaries(run_dir.canaries_path)[0] if config.privacy.canaries else None
-        ledger.append([("resume", resume.round, {"after-round": resume.round, "rounds-total": config.federation.num_server_rounds})])
+        entries = [("resume", resume.round, {"after-round": resume.round, "rounds-total": config.federation.num_server_rounds})]
+        ledger.append(entries + ([("data", resume.round, change)] if change else []))
+        if change:
+            print(f"fedmmrec: continuing on {config.data.data_dir}: {change['new-items']} new items, "
+                  f"{change['new-interactions']} new interactions, {change['new-users']} new users", flush=True)
         print(f"fedmmrec: resuming after round {resume.round} of {config.federation.num_server_rounds}", flush=True)
     if config.privacy.privacy != "user":
         aggregator = make_aggregator(config, num_clients, initial, canaries if resume else None)

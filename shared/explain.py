@@ -15,8 +15,10 @@ Two models, two exact decompositions:
   the id part also takes the item's bias).
 - **The user-level model** (``privacy = user``). The score is already a sum: collaborative
   (``f_i . sum_h f_h`` over the user's history, scaled), popularity, and the content
-  similarity, whose cosine splits exactly into its text and its image columns (the z-score over
-  the catalog is linear).
+  similarity. That last is a cosine, so an item without a modality is renormalised over the
+  other: its text and image parts are the two-player Shapley values of the item's own
+  modalities, and what every item gets (the catalog mean) is ``prior``. Items placed from their
+  content (cold start) have factors and popularity linear in it, split by content block.
 
 Both run on the device with numpy from what ``fedmmrec export`` wrote (Shapley parts are
 precomputed there with torch). "Because you watched" names the history items most similar to
@@ -178,14 +180,24 @@ def user_level_terms(model, history: np.ndarray, content: np.ndarray | None) -> 
         terms["collaborative"][cold] = 0.0
         terms["popularity"][cold] = 0.0
     if model.content_weight and content is not None and len(history):
+        # The content similarity is a cosine over unit vectors, so a modality's share is not its
+        # columns' share of the dot product: an item without a modality is renormalised over the
+        # other. Its parts are the two-player Shapley values of the item's own modalities (text
+        # only, image only, both, none: a zero vector), the catalog's mean going to ``prior``.
+        raw = content[:, :-3]
+        text_only, image_only = np.zeros_like(raw), np.zeros_like(raw)
+        text_only[:, :TEXT_COLUMNS], image_only[:, TEXT_COLUMNS:] = raw[:, :TEXT_COLUMNS], raw[:, TEXT_COLUMNS:]
         vectors = _unit_content(content)
         profile = vectors[history].mean(0)
-        norm = np.linalg.norm(profile) + 1e-9
-        text = vectors[:, :TEXT_COLUMNS] @ profile[:TEXT_COLUMNS] / norm
-        image = vectors[:, TEXT_COLUMNS:] @ profile[TEXT_COLUMNS:] / norm
-        spread = (text + image).std() + 1e-9
-        terms["text"] += model.content_weight * (text - text.mean()) / spread
-        terms["image"] += model.content_weight * (image - image.mean()) / spread
+        profile = profile / (np.linalg.norm(profile) + 1e-9)
+        full = vectors @ profile
+        with_text = text_only @ profile / (np.linalg.norm(text_only, axis=1) + 1e-9)
+        with_image = image_only @ profile / (np.linalg.norm(image_only, axis=1) + 1e-9)
+        scale = model.content_weight / (full.std() + 1e-9)
+        terms["text"] += scale * (with_text + full - with_image) / 2
+        terms["image"] += scale * (with_image + full - with_text) / 2
+        terms.setdefault("prior", np.zeros(n))
+        terms["prior"] -= scale * full.mean()
     return {name: values for name, values in terms.items() if np.any(values)}
 
 

@@ -10,7 +10,10 @@ Every figure is a ratio or rate measured in the same run, with repeats and the m
 4. feature extraction: items per second per backbone, and the cache hit against the first run;
 5. scale: 100 clients (10 per round) against 1,000 clients (100 per round), wall time and peak
    memory, and peak memory of 3 rounds against 6 (it must not grow with rounds);
-6. quality at speed: NDCG@10 of the main job per minute of its wall time.
+6. quality at speed: NDCG@10 of the main job per minute of its wall time;
+7. online response on the device: milliseconds from a new interaction to the next top-10
+   (the user's vector updated, the catalog ranked) on an exported model, p50 and p99, for the
+   user-level model and for the item tower, beside the time of a top-10 alone.
 
 Prints a table and writes ``bench.json``. Not part of the test run.
 """
@@ -241,8 +244,50 @@ def movielens_quick_grid(work: Path) -> dict[str, Any]:
     return figures
 
 
+def online_latency(work: Path, cache: Path, events: int = 200) -> dict[str, Any]:
+    """p50 / p99 milliseconds of ``observe`` + ``top(10)`` on exports of a user-level run and of
+    an item-tower run of the default data, each new interaction an item the user had not seen;
+    beside them the same percentiles of ``top(10)`` alone (the floor)."""
+    import numpy as np
+
+    from client.online import OnlineUser
+    from server.export import export_run
+    from shared.config import DEFAULTS, resolve
+    from shared.data import load_dataset, split_for
+    from shared.run_directory import RunDirectory
+    from simulations.simulate import simulate
+
+    out: dict[str, Any] = {}
+    for kind, privacy in (("user-level", "user"), ("item-tower", "none")):
+        run_dir = simulate({"privacy": privacy, "num-server-rounds": 3, "feature-cache": str(cache),
+                            "run-dir": str(work / "online-runs"), "run-id": kind})
+        export = export_run(run_dir, work / f"online-{kind}")
+        saved = RunDirectory.open(run_dir).read_config()
+        config = resolve(None, {key: value for key, value in saved.items() if key in DEFAULTS})
+        dataset = load_dataset(config.data.data_dir)
+        split = split_for(dataset, config)
+        rng = np.random.default_rng(0)
+        update, alone = [], []
+        for event in range(events):
+            k = event % len(split.users)
+            user = OnlineUser(export, [dataset.item_ids[i] for i in split.train_items[k]])
+            new = dataset.item_ids[int(rng.choice(np.setdiff1d(np.arange(dataset.num_items), split.train_items[k])))]
+            started = time.perf_counter()
+            user.top(10)
+            alone.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            user.observe(new)
+            user.top(10)
+            update.append(time.perf_counter() - started)
+        for name, times in (("update-and-top10", update), ("top10-alone", alone)):
+            ms = np.asarray(times) * 1000
+            out[f"{kind}-{name}-ms-p50"] = float(np.percentile(ms, 50))
+            out[f"{kind}-{name}-ms-p99"] = float(np.percentile(ms, 99))
+    return out
+
+
 def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str, ...] = ()) -> dict[str, Any]:
-    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale", "movielens")
+    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale", "movielens", "online")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedmmrec-bench-") as tmp:
         work = Path(tmp)
@@ -262,6 +307,8 @@ def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str
             results["scale"] = scale(work, cache)
         if "movielens" in parts:
             results["movielens-quick-grid"] = movielens_quick_grid(work)
+        if "online" in parts:
+            results["online-response"] = online_latency(work, cache)
     Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
     print(format_table(results))
     print(f"fedmmrec: wrote {out}")

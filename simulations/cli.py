@@ -8,6 +8,7 @@
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
     fedmmrec explanations RUN_DIR [--users N]  what drives the recommendations; deletion check
+    fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure our overheads side by side with their floors (minutes)")
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale,movielens")
+    bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale,movielens,online")
 
     experiment = sub.add_parser("experiment", help="run (or resume) a grid of settings x seeds")
     experiment.add_argument("config")
@@ -104,10 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--user-state", default=None, help="the device's device-state.json (its trained embedding)")
     rec.add_argument("--explain", action="store_true", help="split each score into its exact parts and name the history items behind it")
     rec.add_argument("--json", action="store_true", help="print the recommendations (and explanations) as JSON")
+    rec.add_argument("--new", default="", help="comma-separated item ids the user just interacted with: the user's vector is updated on the device first")
+    rec.add_argument("--replay-buffer", type=int, default=200, help="past interactions the device replays with a new one (item tower)")
 
     explanations = sub.add_parser("explanations", help="mean share of each part of the recommendations' scores, and a deletion check")
     explanations.add_argument("run_dir")
     explanations.add_argument("--users", type=int, default=0, help="first N users of the split (0: all)")
+
+    stream = sub.add_parser("streaming-study", help="the user-level mechanism week by week on a timeline: frozen, retrain, online")
+    stream.add_argument("--data", default="", help="dataset folder (default: $FEDMMREC_MOVIELENS or ../shared/data/movielens-100k-mm)")
+    stream.add_argument("--out", required=True)
+    stream.add_argument("--epsilon", type=float, default=8.0, help="total user-level epsilon over the whole timeline")
+    stream.add_argument("--weeks", type=int, default=0, help="weeks to advance (0: to the end of the data)")
+    stream.add_argument("--seeds", default="0,1,2")
+    stream.add_argument("--feature-cache", default="")
 
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
@@ -207,11 +218,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         from client.recommend import explanation_lines, load_export, rank
 
         history = [item.strip() for item in args.history.split(",") if item.strip()]
-        items = rank(args.model, history, args.k, args.user_state, explain=args.explain)
+        new = [item.strip() for item in args.new.split(",") if item.strip()]
+        if new:
+            from client.online import OnlineUser
+
+            if args.explain:
+                raise ValueError("--new ranks with the updated vector; --explain explains the exported model: give one of them")
+            user = OnlineUser(args.model, history, args.user_state, replay=args.replay_buffer)
+            for item in new:
+                user.observe(item)
+            items = user.top(args.k)
+        else:
+            items = rank(args.model, history, args.k, args.user_state, explain=args.explain)
         if args.json:
             print(json.dumps([item.to_json() if args.explain else {"item": item.item, "score": item.score} for item in items], indent=2))
         else:
-            print("\n".join(explanation_lines(items, load_export(args.model).titles if args.explain else None)))
+            print("\n".join(explanation_lines(items, load_export(args.model).titles)))
+        return 0
+    if args.command == "streaming-study":
+        import os
+
+        from simulations.streaming import run_streaming
+
+        data = args.data or os.environ.get("FEDMMREC_MOVIELENS", "../shared/data/movielens-100k-mm")
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        run_streaming(data, args.out, epsilon=args.epsilon, weeks=args.weeks, seeds=seeds, feature_cache=args.feature_cache or None)
+        print(f"fedmmrec: wrote {args.out}/results.csv, results.md, streaming.png")
         return 0
     if args.command == "explanations":
         from simulations.explanations import run_explanations, to_markdown

@@ -4,9 +4,10 @@ whether the explanations are faithful.
 For every user of the run's split (or the first ``users``), the device-side code ranks the
 catalog from the run's export with the user's training history and explains its top 10:
 
-- **contributions**: the mean share of each part (collaborative, popularity, text, image, id)
-  of the recommended items' scores, for warm items and for cold ones (items held out of
-  training, scored from content alone);
+- **contributions**: the mean share of each part (collaborative, popularity, text, image,
+  prior, id) in the size of the recommended items' scores (|part| / sum of |parts|), for warm
+  items and for cold ones (no training interaction: scored from content alone), and the same
+  for every cold item's score whether recommended or not;
 - **faithfulness, by deletion**: for each recommended item, the modality the explanation names
   as its largest contributor and the one it names as its smallest are each removed (the
   model's own missing-modality placeholder for the tower; the modality's content columns for
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from client.recommend import load_export, rank
+from client.recommend import catalog_parts, load_export, rank
 from server.export import export_run
 from shared.config import DEFAULTS, resolve
 from shared.data import load_dataset, split_for
@@ -38,7 +39,10 @@ MODALITIES = ("text", "image")
 def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[str, Any]:
     run = RunDirectory.open(run_dir)
     saved = run.read_config()
-    config = resolve(None, {key: value for key, value in saved.items() if key in DEFAULTS})
+    from server.resume import current_data_dir
+
+    config = resolve(None, {**{key: value for key, value in saved.items() if key in DEFAULTS},
+                            "data-dir": current_data_dir(run, saved)})
     dataset = load_dataset(config.data.data_dir)
     split = split_for(dataset, config)
     cold = set(int(i) for i in split.cold_items)  # no training interaction: content alone ranks them
@@ -46,16 +50,25 @@ def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[s
         export_dir = export_run(run.path, Path(tmp) / "export")
         export = load_export(export_dir)
         deletion = _deletion(export, run, config, dataset)
-        shares: dict[str, dict[str, list[float]]] = {"warm": {}, "cold": {}}
+        shares: dict[str, dict[str, list[float]]] = {"warm": {}, "cold": {}, "every cold item": {}}
+        cold_rows = np.asarray(sorted(cold), dtype=np.int64)
+        counts = {group: 0 for group in shares}
         held, total = 0, 0
         chosen = range(min(users, len(split.users)) if users else len(split.users))
         for u in chosen:
             history = [dataset.item_ids[i] for i in split.train_items[u]]
+            if len(cold_rows):  # every cold item's score, recommended or not: what content does for them
+                parts = catalog_parts(export, [int(i) for i in split.train_items[u]])
+                size = sum(np.abs(values[cold_rows]) for values in parts.values()) + 1e-12
+                counts["every cold item"] += len(cold_rows)
+                for name, values in parts.items():
+                    shares["every cold item"].setdefault(name, []).append(float(np.mean(np.abs(values[cold_rows]) / size)))
             for item in rank(export_dir, history, k, explain=True):
                 index = export.ids.index(item.item)
                 group = "cold" if index in cold else "warm"
+                counts[group] += 1
                 for name, share in item.shares().items():
-                    shares[group].setdefault(name, []).append(share)
+                    shares[group].setdefault(name, []).append(abs(share))
                 named = {m: item.parts[m] for m in MODALITIES if m in item.parts}
                 if len(named) == 2 and named["text"] != named["image"]:
                     largest, smallest = max(named, key=named.get), min(named, key=named.get)
@@ -67,10 +80,13 @@ def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[s
         "kind": export.kind,
         "users": len(chosen),
         "top-k": k,
+        # A part an item lacks is a share of 0: divide by every item (every user, for the cold catalog).
         "mean-share": {
-            group: {name: float(np.mean(values)) for name, values in parts.items()} for group, parts in shares.items()
+            group: {name: float(np.sum(values)) / max(1, len(chosen) if group == "every cold item" else counts[group])
+                    for name, values in parts.items()}
+            for group, parts in shares.items()
         },
-        "items": {group: len(next(iter(parts.values()), [])) for group, parts in shares.items()},
+        "items": counts,
         "faithful-share": held / total if total else None,
         "faithfulness-cases": total,
     }
@@ -123,13 +139,14 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Explanations of `{result['run']}` ({result['kind']} model)",
         "",
-        f"Top {result['top-k']} of {result['users']} users; mean signed share of each part of the score.",
+        f"Top {result['top-k']} of {result['users']} users (and every cold item's score for each of them): mean share of "
+        "each part in the size of the score's parts (|part| / sum of |parts|).",
         "",
         "| items | count | " + " | ".join(names) + " |",
         "| --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
     for group, parts in result["mean-share"].items():
-        lines.append(f"| {group} | {result['items'][group]} | " + " | ".join(f"{parts.get(n, 0.0):+.2f}" for n in names) + " |")
+        lines.append(f"| {group} | {result['items'][group]} | " + " | ".join(f"{parts.get(n, 0.0):.2f}" for n in names) + " |")
     faithful = result["faithful-share"]
     lines += [
         "",

@@ -60,8 +60,7 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
     model.eval()
     final = evaluate_scorer(split, lambda k: model.score_all(k, catalog).numpy())
     run_dir.save_checkpoint("final.pt", model.item_tower.state_dict(), {"config": config.flat(), "pooled": True})
-    run_dir.write_json(
-        "summary.json",
+    run_dir.write_summary(
         {
             "run-id": run_dir.run_id,
             "kind": "pooled, not private",
@@ -74,7 +73,7 @@ def train_pooled(overrides: dict[str, Any] | None = None, epochs: int = 10, lr: 
         },
     )
     print(
-        f"fedmmrec: central (not private) HR@10 {final['hr@10']:.3f} NDCG@10 {final['ndcg@10']:.3f} "
+        f"fedmmrec: pooled (not private) HR@10 {final['hr@10']:.3f} NDCG@10 {final['ndcg@10']:.3f} "
         f"over {final['users']} users; run directory {run_dir.path}",
         flush=True,
     )

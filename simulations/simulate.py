@@ -35,8 +35,11 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     if config.run.resume:  # continue a run directory: its saved config names the data and the id
         resume_dir = Path(config.run.resume).resolve()
         saved = RunDirectory.open(resume_dir).read_config()
-        config = config.replace(
-            data_dir=saved["data-dir"], run_dir=str(resume_dir.parent), run_id=resume_dir.name,
+        from server.resume import current_data_dir
+
+        config = config.replace(  # the data the run trains on now, unless new data is given
+            data_dir=config.data.data_dir or current_data_dir(RunDirectory.open(resume_dir), saved),
+            run_dir=str(resume_dir.parent), run_id=resume_dir.name,
             **{key.replace("-", "_"): saved[key] for key in ("cold-start-items", "seed") if key in saved},
         )
     data_dir = resolve_data_dir(config)

@@ -19,3 +19,14 @@ def test_bench_dp_part_reports_both_engines_and_every_grad_sample_mode(tmp_path,
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(results, default=float))
     assert "| dp-overhead: ratio-dp-fast |" in capsys.readouterr().out
     assert format_table({"x": {"y": 1.0}}) == "| measure | figure |\n| --- | --- |\n| x: y | 1 |"
+
+
+def test_bench_online_part_times_a_new_interaction_to_the_next_top10_on_both_exports(tmp_path, monkeypatch):
+    import simulations.bench as bench
+
+    original = bench.online_latency
+    monkeypatch.setattr(bench, "online_latency", lambda work, cache: original(work, cache, events=5))
+    figures = run_bench(tmp_path / "bench.json", repeats=1, parts=("online",))["online-response"]
+    for kind in ("user-level", "item-tower"):
+        for name in ("update-and-top10", "top10-alone"):
+            assert figures[f"{kind}-{name}-ms-p99"] >= figures[f"{kind}-{name}-ms-p50"] > 0

@@ -3,6 +3,7 @@ you interacted with", and the deletion check of ``fedmmrec explanations``."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 
@@ -51,8 +52,8 @@ def test_user_level_parts_add_up_to_the_devices_own_score(user_run, small_datase
     for item, i in zip(items, top):
         assert item.score == pytest.approx(reference[i], abs=1e-4)
         assert sum(item.parts.values()) == pytest.approx(item.score, abs=1e-9)
-        assert {"collaborative", "popularity"} <= set(item.parts) <= {"collaborative", "popularity", "text", "image"}
-        assert ("text" in item.parts) == bool(model.content_weight)
+        assert item.parts and set(item.parts) <= {"collaborative", "popularity", "text", "image", "prior"}  # nonzero ones
+        assert not model.content_weight or "text" in item.parts
         assert len(item.because) == 3 and all(h in {dataset.item_ids[j] for j in train} for h, _ in item.because)
 
 
@@ -66,7 +67,7 @@ def test_because_you_interacted_with_is_an_exact_split_of_the_personal_terms(use
     export = load_export(out)
     index = export.ids.index(everyone.item)
     all_history = user_level_because(_released_model(export), train, export.arrays["content.npy"].astype(float), index, k=len(train))
-    personal = everyone.parts["collaborative"] + everyone.parts.get("text", 0.0) + everyone.parts.get("image", 0.0)
+    personal = sum(everyone.parts.get(name, 0.0) for name in ("collaborative", "text", "image", "prior"))
     assert sum(w for _, w in all_history) == pytest.approx(personal, abs=1e-6)
     assert [dataset.item_ids[h] for h, _ in all_history[:3]] == [h for h, _ in everyone.because]
 
@@ -77,7 +78,7 @@ def test_recommend_explain_prints_parts_and_json(user_run, small_dataset, tmp_pa
     history = ",".join(dataset.item_ids[i] for i in train)
     assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].strip().startswith("why: collaborative") and lines[2].strip().startswith("because you interacted with: ")
+    assert lines[1].strip().startswith("why: ") and "%" in lines[1] and lines[2].strip().startswith("because you interacted with: ")
     assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain", "--json"]) == 0
     parsed = json.loads(capsys.readouterr().out)
     assert len(parsed) == 2 and sum(parsed[0]["parts"].values()) == pytest.approx(parsed[0]["score"], abs=1e-9)
@@ -124,12 +125,13 @@ def test_the_deletion_check_on_real_runs(federated_run, user_run):
     f(text) - f(image) = drop(text) - drop(image)), so the tower's share is 1. The user-level
     content terms are renormalised and re-standardised when a modality goes, so there it is a
     measurement."""
+    assert cli(["explanations", str(federated_run), "--users", "2"]) == 0  # the command, on two users
     tower = run_explanations(federated_run)
     assert tower["kind"] == "item-tower" and tower["users"] == 12
     assert tower["faithfulness-cases"] == 120 and tower["faithful-share"] == 1.0
     assert set(tower["mean-share"]["warm"]) == {"text", "image"}
     user = run_explanations(user_run, users=6)
-    assert user["kind"] == "user-level" and user["users"] == 6 and sum(user["items"].values()) == 60
+    assert user["kind"] == "user-level" and user["users"] == 6 and user["items"]["warm"] + user["items"]["cold"] == 60
     assert (RunDirectory.open(user_run).path / "explanations.md").read_text().startswith("# Explanations of")
 
 
@@ -160,3 +162,66 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly():
             after = sum(user_level_terms(model, history, stripped).values())[cold]
             assert sum(terms.values())[cold] - after == pytest.approx(terms[modality][cold], abs=1e-9)
     assert terms["text"][0] == 0.0 and terms["prior"][0] == 0.0  # a warm item: collaborative and popularity only
+
+
+def test_the_replay_buffer_is_bounded_keeps_the_recent_and_samples_the_older_uniformly():
+    from client.online import ReplayBuffer
+
+    buffer = ReplayBuffer(20, rng=np.random.default_rng(1))
+    for item in range(1000):
+        buffer.add(item)
+    assert len(buffer) == 20 and buffer.recent == list(range(990, 1000))
+    assert len(set(buffer.reservoir)) == 10 and max(buffer.reservoir) < 990
+    counts = np.zeros(90)
+    for trial in range(3000):
+        buffer = ReplayBuffer(20, rng=np.random.default_rng(trial))
+        for item in range(100):
+            buffer.add(item)
+        counts[buffer.reservoir] += 1
+    # Each of the 90 older items stays with probability 10/90: 333 of 3000, sd about 17.
+    assert counts.min() > 333 - 6 * 17 and counts.max() < 333 + 6 * 17
+    with pytest.raises(ValueError, match="replay-buffer must be at least 2"):
+        ReplayBuffer(1)
+
+
+def test_a_new_interaction_updates_the_users_vector_on_the_device_at_once(user_run, federated_run, small_dataset, tmp_path, capsys):
+    from client.online import OnlineUser
+
+    dataset, train = _user(small_dataset, 2)
+    history = [dataset.item_ids[i] for i in train]
+    new = next(item for item in dataset.item_ids if item not in history)
+    user_level = export_run(user_run, tmp_path / "user")
+    online = OnlineUser(user_level, history)
+    online.observe(new)  # the user-level vector is exact: the same as ranking with the longer history
+    assert [i.item for i in online.top(10)] == [i.item for i in rank(user_level, history + [new], k=10)]
+
+    tower = export_run(federated_run, tmp_path / "tower")
+    online = OnlineUser(tower, history, replay=50)
+    export = load_export(tower)
+    index = export.ids.index(new)
+    before = float(export.arrays["item_embeddings.npy"][index] @ online.user)
+    online.observe(new)
+    assert float(export.arrays["item_embeddings.npy"][index] @ online.user) > before  # BPR moved toward it
+    assert len(online.buffer) == len(history) + 1 and new not in [i.item for i in online.top(10)]
+
+    assert cli(["recommend", "--model", str(user_level), "--history", ",".join(history), "--new", new, "--k", "3",
+                "--replay-buffer", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == [i.item for i in rank(user_level, history + [new], k=3)]
+
+
+def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget(small_dataset, feature_cache, tmp_path, capsys):
+    """Three ways to follow time under one total user-level budget: frozen spends it at once,
+    retrain and online spend equal weekly shares that compose to exactly the budget."""
+    out = tmp_path / "stream"
+    assert cli(["streaming-study", "--data", str(small_dataset), "--out", str(out), "--weeks", "2", "--seeds", "0",
+                "--feature-cache", str(feature_cache), "--epsilon", "3"]) == 0
+    assert "week 2/2" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["week"], r["mode"]) for r in rows] == [(str(w), m) for w in (0, 1) for m in ("frozen", "retrain", "online")]
+    epsilon = {(r["week"], r["mode"]): float(r["user-level-epsilon"]) for r in rows}
+    assert epsilon[("0", "frozen")] == pytest.approx(3.0, abs=1e-6) and epsilon[("1", "frozen")] == epsilon[("0", "frozen")]
+    for mode in ("retrain", "online"):
+        assert epsilon[("0", mode)] < 3.0 and epsilon[("1", mode)] == pytest.approx(3.0, abs=1e-6)
+    assert all(int(r["users"]) > 0 and 0.0 <= float(r["hr@10"]) <= 1.0 for r in rows)
+    assert (out / "streaming.png").stat().st_size > 10_000 and "| online | 2 |" in (out / "results.md").read_text()

@@ -104,7 +104,8 @@ def audit_identities(report, header: dict[str, Any], entries: list[Entry]) -> No
                 )
         seen[identity] = (str(body["client"]), steps, entry.round)
     names = {str(e.body["client"]) for e in counted}
-    population = int(header.get("population", 0))
+    # A run continued on grown data records its new population in a ``data`` entry.
+    population = max([int(header.get("population", 0))] + [int(e.body["population"]) for e in entries if e.kind == "data"])
     if population and len(names) > population:
         report.fail(check, f"{len(names)} clients counted for a population of {population}")
     report.ok(check)
