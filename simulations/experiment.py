@@ -143,17 +143,22 @@ def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
     from shared.data import load_dataset, split_for
     from shared.data.prepare import resolve_data_dir
     from shared.features import load_or_compute_features
-    from simulations.library_baselines import library_scorer
+    from simulations.library_baselines import library_scorer, tuned_scorer
 
-    name = str(overrides.get("model", ""))
-    config = resolve(None, {k: v for k, v in overrides.items() if k != "model"})
+    name, tune = str(overrides.get("model", "")), bool(overrides.get("tune", False))
+    config = resolve(None, {k: v for k, v in overrides.items() if k not in ("model", "tune")})
     dataset = load_dataset(resolve_data_dir(config))
     split = split_for(dataset, config)
     features = load_or_compute_features(dataset, config.data.feature_cache or None, progress=False)
     started = time.time()
-    final = evaluate_scorer(split, library_scorer(name, split, features, int(config.run.seed)))
+    if tune:
+        scorer, tuning = tuned_scorer(name, split, features, int(config.run.seed))
+    else:
+        scorer, tuning = library_scorer(name, split, features, int(config.run.seed)), None
+    final = evaluate_scorer(split, scorer)
     RunDirectory(run_dir.parent, run_dir.name).write_summary(
-        {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1)}
+        {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1),
+         **({"tuning": tuning} if tuning else {})}
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -76,12 +77,37 @@ model = "ease"
 name = "content kNN"
 kind = "library"
 model = "content-knn"
+tune = true
 """,
         encoding="utf-8",
     )
-    rows = {r["setting"]: r for r in csv.DictReader((run_experiment(grid) / "results.csv").open())}
+    out = run_experiment(grid)
+    rows = {r["setting"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert set(rows) == {"most-popular", "Cornac EASE", "content kNN"}
+    tuning = json.loads((out / "runs" / "content-knn-s0" / "summary.json").read_text())["tuning"]
+    assert len(tuning["tried"]) == 4 and set(tuning["chosen"]) == {"neighbours"}
     assert all(0.0 <= float(r["hr@10-sampled"]) <= 1.0 for r in rows.values())
     grid.write_text(grid.read_text().replace('model = "ease"', 'model = "slim"'), encoding="utf-8")
     with pytest.raises(ValueError, match=r"setting 'Cornac EASE': model must be one of bpr, ease, vbpr, content-knn"):
         load_experiment(grid)
+
+
+@pytest.mark.parametrize("name", ["ease", "content-knn"])
+def test_peers_are_tuned_on_validation_items_and_never_see_the_test_items(split_and_features, name):
+    import dataclasses
+
+    from simulations.library_baselines import GRIDS, tuned_scorer, validation_split
+
+    split, features = split_and_features
+    validation, scored = validation_split(split)
+    assert scored and all(validation.test_item[k] == split.validation_item[k] for k in scored)
+    assert all(split.validation_item[k] not in validation.train_items[k] for k in scored)
+    scorer, tuning = tuned_scorer(name, split, features)
+    assert len(tuning["tried"]) == len(GRIDS[name])
+    best = max(tuning["tried"], key=lambda row: row["validation-ndcg@10"])
+    assert tuning["chosen"] == {k: v for k, v in best.items() if k != "validation-ndcg@10"}
+    # Other test items change nothing in the choice: they are never looked at.
+    shuffled = dataclasses.replace(split, test_item=np.roll(split.test_item, 1))
+    assert tuned_scorer(name, shuffled, features)[1] == tuning
+    refit = library_scorer(name, split, features, 0, tuning["chosen"])
+    assert all(np.array_equal(scorer(k), refit(k)) for k in range(3))
