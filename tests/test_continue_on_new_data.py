@@ -66,6 +66,16 @@ def test_a_run_continues_on_grown_data_and_its_spend_composes(small_dataset, fea
     assert summary["rounds"] == 4 and summary["dataset"]["items"] == 122 and summary["dataset"]["users"] == 13
     report = audit(run_dir)
     assert report.passed, report.failures
+    # The new population comes from the ledger's data entry: a ledger that claims the old one
+    # (its chain recomputed) has more clients counted than its population.
+    lied = tmp_path / "lied"
+    shutil.copytree(run_dir, lied)
+    RunDirectory.open(lied).ledger_path.unlink()
+    rewritten = RunDirectory.open(lied).open_ledger()
+    for entry in entries:
+        rewritten.append([(entry.kind, entry.round, {**entry.body, "population": 12} if entry.kind == "data" else entry.body)])
+    rewritten.close()
+    assert audit(lied).failures["identity-budget"] == ["13 clients counted for a population of 12"]
     out = export_run(run_dir, tmp_path / "export")
     assert np.load(out / "item_embeddings.npy").shape[0] == 122  # the new items, embedded from their content
 
