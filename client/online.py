@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.recommend import Export, _released_model, load_export
+from client.recommend import Export, exported_model, load_export
 from shared.explain import Explanation
 
 DEFAULT_REPLAY = 200  # node config "replay-buffer" overrides it
@@ -106,7 +106,7 @@ class OnlineUser:
         for item in history:
             self._remember(self._lookup(item))
         if self.export.kind == "user-level":
-            self.model = _released_model(self.export)
+            self.model = exported_model(self.export)
             self.content = self.export.arrays["content.npy"].astype(np.float64)
             self.user = self.model.user_vector(np.asarray(self.history, dtype=np.int64))
         else:

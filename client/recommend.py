@@ -84,7 +84,8 @@ def load_export(model_dir: str | Path) -> Export:
     return Export(kind, ids, manifest, arrays, titles)
 
 
-def _released_model(export: Export):
+def exported_model(export: Export):
+    """The released model of a user-level export (numpy; the arrays the manifest checked)."""
     from shared.cooccurrence import CooccurrenceModel
 
     prefix = "model.npz:"
@@ -134,7 +135,7 @@ def _rank_tower(export: Export, seen: list[int], k: int, user_state, explain: bo
 
 
 def _rank_user_level(export: Export, seen: list[int], k: int, explain: bool) -> list[Explanation]:
-    model, content = _released_model(export), export.arrays["content.npy"].astype(np.float64)
+    model, content = exported_model(export), export.arrays["content.npy"].astype(np.float64)
     history = np.asarray(seen, dtype=np.int64)
     if not len(history):
         raise ValueError("give --history (item ids): a user-level model ranks from the user's own history")
@@ -156,7 +157,7 @@ def catalog_parts(export: Export, seen: list[int]) -> dict[str, np.ndarray]:
     ranked as :func:`rank` ranks without a device state."""
     if export.kind == "user-level":
         content = export.arrays["content.npy"].astype(np.float64)
-        return user_level_terms(_released_model(export), np.asarray(seen, dtype=np.int64), content)
+        return user_level_terms(exported_model(export), np.asarray(seen, dtype=np.int64), content)
     user = export.arrays["item_embeddings.npy"][seen].mean(axis=0)
     parts = export.arrays["item_parts.npy"] @ user  # [N, players]
     out = {name: parts[:, m] for m, name in enumerate(export.manifest["explanation-players"])}

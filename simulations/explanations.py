@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from client.recommend import catalog_parts, load_export, rank
+from client.recommend import catalog_parts, exported_model, load_export, rank
 from server.export import export_run
 from shared.config import DEFAULTS, resolve
 from shared.data import load_dataset, split_for
@@ -98,9 +98,7 @@ def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[s
 def _deletion(export, run: RunDirectory, config, dataset):
     """``score(item index, user's training items, modality removed)`` under the exported model."""
     if export.kind == "user-level":
-        from client.recommend import _released_model
-
-        model, content = _released_model(export), export.arrays["content.npy"].astype(np.float64)
+        model, content = exported_model(export), export.arrays["content.npy"].astype(np.float64)
 
         def user_level(index: int, history, modality: str) -> float:
             stripped = without_modality(content, modality, rows=[index])  # this item only, as if it never had it

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.recommend import load_export, rank
+from client.recommend import exported_model, load_export, rank
 from server.export import export_run
 from shared.config import resolve
 from shared.cooccurrence import CooccurrenceModel, content_matrix
@@ -61,12 +61,11 @@ def test_because_you_interacted_with_is_an_exact_split_of_the_personal_terms(use
     out = export_run(user_run, tmp_path / "export")
     dataset, train = _user(small_dataset, 5)
     everyone = rank(out, [dataset.item_ids[i] for i in train], k=1, explain=True)[0]
-    from client.recommend import _released_model
     from shared.explain import user_level_because
 
     export = load_export(out)
     index = export.ids.index(everyone.item)
-    all_history = user_level_because(_released_model(export), train, export.arrays["content.npy"].astype(float), index, k=len(train))
+    all_history = user_level_because(exported_model(export), train, export.arrays["content.npy"].astype(float), index, k=len(train))
     personal = sum(everyone.parts.get(name, 0.0) for name in ("collaborative", "text", "image", "prior"))
     assert sum(w for _, w in all_history) == pytest.approx(personal, abs=1e-6)
     assert [dataset.item_ids[h] for h, _ in all_history[:3]] == [h for h, _ in everyone.because]
