@@ -89,7 +89,7 @@ class OnlineUser:
 
     def __init__(
         self,
-        model_dir: str | Path,
+        model_dir: "str | Path | Export",
         history: list[str],
         user_state: str | Path | None = None,
         replay: int = DEFAULT_REPLAY,
@@ -97,7 +97,7 @@ class OnlineUser:
         lr: float = 0.05,
         seed: int = 0,
     ) -> None:
-        self.export: Export = load_export(model_dir)
+        self.export: Export = model_dir if isinstance(model_dir, Export) else load_export(model_dir)
         self.index = {item: i for i, item in enumerate(self.export.ids)}
         self.history: list[int] = []
         self.buffer = ReplayBuffer(replay, rng=np.random.default_rng(seed))

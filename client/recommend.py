@@ -22,7 +22,7 @@ from shared.explain import (
     Explanation,
     explain_tower,
     nearest_in_history,
-    user_level_because,
+    user_level_because_many,
     user_level_terms,
 )
 
@@ -93,11 +93,11 @@ def exported_model(export: Export):
 
 
 def rank(
-    model_dir: str | Path, history: list[str], k: int = 10, user_state: str | Path | None = None, explain: bool = False
+    model_dir: "str | Path | Export", history: list[str], k: int = 10, user_state: str | Path | None = None, explain: bool = False
 ) -> list[Explanation]:
     """The top ``k`` items for a user with ``history``, each with its score and, with
     ``explain``, the exact parts of its score and the history items behind it."""
-    export = load_export(model_dir)
+    export = model_dir if isinstance(model_dir, Export) else load_export(model_dir)  # verified once by a caller that ranks many users
     index = {item: i for i, item in enumerate(export.ids)}
     unknown = [item for item in history if item not in index]
     if unknown:
@@ -142,12 +142,14 @@ def _rank_user_level(export: Export, seen: list[int], k: int, explain: bool) -> 
     terms = user_level_terms(model, history, content)
     scores = sum(terms.values())
     scores[history] = -np.inf
+    top = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+    because = user_level_because_many(model, history, content, top) if explain else [[] for _ in top]
     out = []
-    for i in np.argsort(-scores, kind="stable")[:k]:
+    for i, behind in zip(top, because):
         item = Explanation(export.ids[i], float(scores[i]), {})
         if explain:
             item.parts = {name: float(values[i]) for name, values in terms.items() if values[i] != 0.0}
-            item.because = [(export.ids[h], w) for h, w in user_level_because(model, history, content, int(i))]
+            item.because = [(export.ids[h], w) for h, w in behind]
         out.append(item)
     return out
 

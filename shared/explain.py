@@ -204,25 +204,37 @@ def user_level_terms(model, history: np.ndarray, content: np.ndarray | None) -> 
 def user_level_because(model, history: np.ndarray, content: np.ndarray | None, item_index: int, k: int = 3) -> list[tuple[int, float]]:
     """The ``k`` history items whose own terms add most to the item's score: their share of the
     collaborative term (``f_i . f_h``, scaled as the score is) and of the content term."""
+    return user_level_because_many(model, history, content, [item_index], k)[0]
+
+
+def user_level_because_many(
+    model, history: np.ndarray, content: np.ndarray | None, items: list[int], k: int = 3
+) -> list[list[tuple[int, float]]]:
+    """:func:`user_level_because` for several items of one user: what depends on the user alone
+    (the scale, the unit content, the history's similarity to the catalog) is computed once."""
     history = np.asarray(history, dtype=np.int64)
     if len(history) == 0:
-        return []
+        return [[] for _ in items]
     _, scale, _ = model.scales(history)
-    factor = model.factors[item_index]
-    if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content[item_index]:
-        factor = content[item_index] @ model.factor_map
     in_top = np.isin(history, model.top_items)
-    contribution = np.where(in_top, model.factors[history] @ factor, 0.0) / scale
-    if model.content_weight and content is not None:
+    with_content = model.content_weight and content is not None
+    if with_content:
         vectors = _unit_content(content)
         profile = vectors[history].mean(0)
         similarity = vectors @ profile / (np.linalg.norm(profile) + 1e-9)
-        per_item = vectors[history] @ vectors[item_index] - (vectors[history] @ vectors.T).mean(1)
-        contribution = contribution + model.content_weight * per_item / (len(history) * (np.linalg.norm(profile) + 1e-9)) / (
-            similarity.std() + 1e-9
-        )
-    order = np.argsort(-contribution, kind="stable")[:k]
-    return [(int(history[j]), float(contribution[j])) for j in order]
+        history_mean = (vectors[history] @ vectors.T).mean(1)
+        content_scale = model.content_weight / (len(history) * (np.linalg.norm(profile) + 1e-9)) / (similarity.std() + 1e-9)
+    out = []
+    for item_index in items:
+        factor = model.factors[item_index]
+        if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content[item_index]:
+            factor = content[item_index] @ model.factor_map
+        contribution = np.where(in_top, model.factors[history] @ factor, 0.0) / scale
+        if with_content:
+            contribution = contribution + content_scale * (vectors[history] @ vectors[item_index] - history_mean)
+        order = np.argsort(-contribution, kind="stable")[:k]
+        out.append([(int(history[j]), float(contribution[j])) for j in order])
+    return out
 
 
 def without_modality(content: np.ndarray, modality: str, rows: np.ndarray | list[int] | None = None) -> np.ndarray:

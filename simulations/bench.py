@@ -251,6 +251,7 @@ def online_latency(work: Path, cache: Path, events: int = 200) -> dict[str, Any]
     import numpy as np
 
     from client.online import OnlineUser
+    from client.recommend import load_export
     from server.export import export_run
     from shared.config import DEFAULTS, resolve
     from shared.data import load_dataset, split_for
@@ -261,7 +262,7 @@ def online_latency(work: Path, cache: Path, events: int = 200) -> dict[str, Any]
     for kind, privacy in (("user-level", "user"), ("item-tower", "none")):
         run_dir = simulate({"privacy": privacy, "num-server-rounds": 3, "feature-cache": str(cache),
                             "run-dir": str(work / "online-runs"), "run-id": kind})
-        export = export_run(run_dir, work / f"online-{kind}")
+        export = load_export(export_run(run_dir, work / f"online-{kind}"))  # verified once, not per event
         saved = RunDirectory.open(run_dir).read_config()
         config = resolve(None, {key: value for key, value in saved.items() if key in DEFAULTS})
         dataset = load_dataset(config.data.data_dir)

@@ -63,7 +63,7 @@ def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[s
                 counts["every cold item"] += len(cold_rows)
                 for name, values in parts.items():
                     shares["every cold item"].setdefault(name, []).append(float(np.mean(np.abs(values[cold_rows]) / size)))
-            for item in rank(export_dir, history, k, explain=True):
+            for item in rank(export, history, k, explain=True):  # the export verified once, not per user
                 index = export.ids.index(item.item)
                 group = "cold" if index in cold else "warm"
                 counts[group] += 1
