@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, Message
 
 from client.local_data import LocalData
+from shared.config import parse_modalities
 from shared.cooccurrence import (
     CooccurrenceModel,
     content_matrix,
@@ -20,20 +21,27 @@ from shared.cooccurrence import (
     popularity_contribution,
     selection_contribution,
 )
-from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply
+from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
 
 TASKS = ("popularity", "cooccurrence", "selection")
 _CONTENT: dict[int, np.ndarray] = {}
 
 
-def catalog_content(data: LocalData) -> np.ndarray:
-    """The public catalog's content matrix, computed on the device from its cached features
-    (once per process: the catalog tensors are shared by every partition it serves)."""
-    key = id(data.catalog["text"])
+def catalog_content(data: LocalData, modalities: tuple[str, ...]) -> np.ndarray:
+    """The public catalog's content matrix over the run's ``modalities``, computed on the
+    device from its cached features (once per process: the catalog tensors are shared by every
+    partition it serves)."""
+    key = (id(data.catalog["text"]), modalities)
     if key not in _CONTENT:
         c = data.catalog
-        _CONTENT[key] = content_matrix(c["text"].numpy(), c["text_mask"].numpy(), c["image"].numpy(), c["image_mask"].numpy())
+        _CONTENT[key] = content_matrix(
+            c["text"].numpy(), c["text_mask"].numpy(), c["image"].numpy(), c["image_mask"].numpy(), modalities
+        )
     return _CONTENT[key]
+
+
+def run_modalities(msg: Message) -> tuple[str, ...]:
+    return parse_modalities(message_config(msg).get("modalities", "text,image"))
 
 
 def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
@@ -43,7 +51,9 @@ def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
     if task == "cooccurrence":
         return cooccurrence_contribution(data.train_items, msg.content[ARRAYS]["top-items"].numpy())
     if task == "selection":
-        return selection_contribution(released_model(msg), data.train_items, data.validation_item, catalog_content(data))
+        return selection_contribution(
+            released_model(msg), data.train_items, data.validation_item, catalog_content(data, run_modalities(msg))
+        )
     raise ValueError(f"unknown release task {task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -61,4 +71,4 @@ def released_model(msg: Message) -> CooccurrenceModel:
 def scores(msg: Message, data: LocalData) -> np.ndarray:
     """Every catalog item's score for this device's user under the released model."""
     model = released_model(msg)
-    return model.scores(data.train_items, catalog_content(data) if model.content_weight else None)
+    return model.scores(data.train_items, catalog_content(data, run_modalities(msg)) if model.content_weight else None)

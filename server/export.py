@@ -31,7 +31,7 @@ from torch import nn
 
 from server.resume import current_data_dir
 from shared.checksums import file_sha256
-from shared.config import model_spec
+from shared.config import model_spec, parse_modalities
 from shared.cooccurrence import content_matrix
 from shared.data import load_catalog
 from shared.explain import tower_shapley
@@ -85,7 +85,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     features = load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     if config.get("privacy") == "user":
-        kind, written, extra = "user-level", _export_user_level(run, features, out), {}
+        kind, written, extra = "user-level", _export_user_level(run, config, features, out), {}
     else:
         kind, (written, extra) = "item-tower", _export_tower(run, config, dataset, features, out)
     (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
@@ -104,14 +104,16 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def _export_user_level(run: RunDirectory, features, out: Path) -> tuple[str, ...]:
+def _export_user_level(run: RunDirectory, config: dict, features, out: Path) -> tuple[str, ...]:
     """``privacy = user``: the released model as the run saved it, and the public catalog's
     content matrix (the device's content similarity and its explanation need it)."""
     model_path = run.file(MODEL_FILE)
     if not model_path.is_file():
         raise ValueError(f"{model_path}: missing: the run did not finish its releases")
     (out / MODEL_FILE).write_bytes(model_path.read_bytes())
-    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
+    content = content_matrix(
+        features.text, features.text_mask, features.image, features.image_mask, parse_modalities(config.get("modalities", "text,image"))
+    )
     np.save(out / "content.npy", content.astype(np.float32))
     return (MODEL_FILE, "content.npy")
 

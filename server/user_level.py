@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from server.replies import MESSAGE_TIMEOUT_S, ok_replies
-from shared.config import RunConfig
+from shared.config import RunConfig, parse_modalities
 from shared.cooccurrence import (
     CANDIDATES,
     CooccurrenceModel,
@@ -165,7 +165,9 @@ def run_user_level(
     num_items = len(known)
     m = min(int(config.privacy.cooccurrence_items), int(known.sum()))
     dimensions = {"popularity": num_items, "cooccurrence": triangle_size(m), "selection": len(CANDIDATES)}
-    content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
+    content = content_matrix(
+        features.text, features.text_mask, features.image, features.image_mask, parse_modalities(config.model.modalities)
+    )
     released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
@@ -191,6 +193,8 @@ def run_user_level(
             model, rank = fit_model(
                 released["popularity"], stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
                 content, known, int(config.privacy.max_factors), float(config.privacy.popularity_weight),
+                item_model=config.privacy.item_model, ease_lambda=float(config.privacy.ease_lambda),
+                cold_weight=float(config.privacy.cold_weight),
             )
             arrays = _model_arrays(model)
         else:
@@ -221,7 +225,8 @@ def run_user_level(
     for row in rows:
         run_dir.append_metrics(row)
     log(
-        f"fedmmrec: model: {rank} factors over {m} items, popularity weight {model.popularity_weight:g}, content "
+        f"fedmmrec: model: {'EASE item-to-item weights' if model.item_item else f'{rank} factors'} over {m} items, "
+        f"cold weight {config.privacy.cold_weight:g}, popularity weight {model.popularity_weight:g}, content "
         f"weight {model.content_weight:g}; HR@10 {evaluation.get('hr@10', float('nan')):.3f} "
         f"NDCG@10 {evaluation.get('ndcg@10', float('nan')):.3f} ({evaluation.get('clients-evaluated', 0)} devices)"
     )

@@ -47,6 +47,9 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "selection-budget-share": (0.1, "`privacy = user`: share for the selection release, in which each device scores 15 candidate (popularity, content) weightings on its own most recent interaction; 0: no selection (`popularity-weight`, no content). The co-occurrence release gets the rest"),
     "cooccurrence-items": (600, "`privacy = user`: the M most popular items (by the popularity release) whose co-occurrence is released (M(M+1)/2 values, 704 KiB per device at 600)"),
     "max-factors": (24, "`privacy = user`: most item factors kept; fewer when the noise is larger (eigenvalues below the noise's spectral norm are dropped)"),
+    "item-model": ("factors", "`privacy = user`: what the co-occurrence release becomes: `factors` (its top eigenvectors; the private default) or `ease` (item-to-item weights in closed form, EASE; the best without noise, `user-epsilon = inf`, weaker than `factors` under noise)"),
+    "ease-lambda": (2.0, "`item-model = ease`: the ridge penalty added to the released co-occurrence of rows at unit norm (2: chosen on validation items of MovieLens-100K without noise)"),
+    "cold-weight": (1.0, "`privacy = user`: multiplier on the personal term of items placed from their content (cold start); higher puts cold items in top-10 lists more often at the cost of warm hits (docs/movielens-100k.md measures the trade)"),
     "popularity-weight": (0.3, "`privacy = user` with `selection-budget-share = 0`: weight of the normalised DP popularity in each score"),
     "noise-multiplier": (0.8, "DP-SGD noise std / clip norm"),
     "clip-norm": (1.0, "DP-SGD per-example gradient clip norm (L2, total over all parameters)"),
@@ -90,7 +93,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "training": ("local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine"),
     "privacy": (
         "privacy", "user-epsilon", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
-        "popularity-weight", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap",
+        "item-model", "ease-lambda", "cold-weight", "popularity-weight", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap",
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
     "model": ("fusion", "modalities", "item-ids", "dim", "hidden"),
@@ -148,6 +151,9 @@ class PrivacyConfig:
     selection_budget_share: float
     cooccurrence_items: int
     max_factors: int
+    item_model: str
+    ease_lambda: float
+    cold_weight: float
     popularity_weight: float
     noise_multiplier: float
     clip_norm: float
@@ -300,10 +306,21 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
             )
         if merged["cooccurrence-items"] < 1 or merged["max-factors"] < 1:
             raise ValueError("cooccurrence-items and max-factors must be at least 1")
+        from shared.cooccurrence import ITEM_MODELS
+
+        if merged["item-model"] not in ITEM_MODELS:
+            raise ValueError(f"item-model {merged['item-model']!r}: choose one of {', '.join(ITEM_MODELS)}")
+        if not merged["ease-lambda"] > 0 or not merged["cold-weight"] >= 0:
+            raise ValueError("ease-lambda must be positive and cold-weight at least 0")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     model_spec(merged, num_items=1)  # validates fusion and modalities
     return RunConfig.from_flat(merged)
+
+
+def parse_modalities(value: Any) -> tuple[str, ...]:
+    """``"text,image"`` -> ``("text", "image")``."""
+    return tuple(m.strip() for m in str(value).split(",") if m.strip())
 
 
 def model_spec(config: Mapping[str, Any], num_items: int = 0) -> "ModelSpec":
@@ -313,7 +330,7 @@ def model_spec(config: Mapping[str, Any], num_items: int = 0) -> "ModelSpec":
 
     if config["fusion"] not in FUSION_HEADS:
         raise ValueError(f"fusion {config['fusion']!r}: choose one of {', '.join(FUSION_HEADS)}")
-    modalities = tuple(m.strip() for m in str(config["modalities"]).split(",") if m.strip())
+    modalities = parse_modalities(config["modalities"])
     id_items = int(num_items) if config.get("item-ids") else 0
     if config.get("item-ids") and id_items <= 0:
         raise ValueError("item-ids: the model needs the catalog size (num_items) to size its id parts")

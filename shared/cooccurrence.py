@@ -23,12 +23,21 @@ mechanism of sensitivity 1 (user-level). The server adds the noise; Gaussian rel
 Roth and Su 2019), which :mod:`shared.privacy.accounting` turns into epsilon at delta exactly.
 
 Everything after the releases is post-processing and costs no privacy:
-- the top eigenvectors of the noisy co-occurrence matrix are the item factors (PureSVD,
-  Cremonesi et al. 2010); only eigenvalues above the noise's spectral norm
-  ``2 * std_offdiag * sqrt(M)`` are kept (at most ``max-factors``), so the rank follows the noise;
+- ``item-model = factors`` (the default): the top eigenvectors of the noisy co-occurrence matrix
+  are the item factors (PureSVD, Cremonesi et al. 2010); only eigenvalues above the noise's
+  spectral norm ``2 * std_offdiag * sqrt(M)`` are kept (at most ``max-factors``), so the rank
+  follows the noise;
+- ``item-model = ease``: item-to-item weights in closed form from the same matrix (EASE, Steck
+  2019): ``B = I - P diag(1/diag P)`` with ``P = (G + lambda I)^-1``; the user vector is the
+  history itself over the M items and item ``j``'s "factors" are B's column ``j``. Without noise
+  (``user-epsilon = inf``) the federated sum is the pooled matrix exactly, so this is EASE on
+  rows at unit norm, the strongest of the library peers; under noise it loses to the factors
+  (measured, docs/movielens-100k.md), so it is not the private default;
 - the public catalog content (MiniLM text and MobileNetV2 image features) is a prior: a ridge
   map from content to popularity shrinks the noisy counts (empirical Bayes), and a ridge map
-  from content to the factors embeds items that did not exist at release time (cold start);
+  from content to the factors embeds items that did not exist at release time (cold start),
+  scaled by ``cold-weight`` (a ridge prediction is shrunk toward zero, so at 1 a cold item rarely
+  outscores the warm ones; the weight trades warm hits for cold ones);
 - the user's own vector ``x_M V`` and its content profile are computed on the device from its
   own history and never leave it (as in FedRecon, Singhal et al. 2021). Score of item ``i``:
   ``<x_M V, e_i> / max_j |<x_M V, e_j>| + w_pop * pop_i / max pop + w_content * z(cos(c_i, profile))``.
@@ -65,6 +74,10 @@ def one_blas_thread(function):
 
 
 CONTENT_RIDGE = 10.0
+# EASE's columns are M-dimensional and noisier targets than 24 factors: a stronger ridge
+# (chosen on pseudo-cold validation items of MovieLens-100K, docs/movielens-100k.md).
+EASE_CONTENT_RIDGE = 100.0
+ITEM_MODELS = ("factors", "ease")
 IMAGE_COMPONENTS = 64
 
 
@@ -116,9 +129,21 @@ def matrix_from_triangle(vector: np.ndarray, m: int) -> np.ndarray:
 
 
 @one_blas_thread
-def content_matrix(text: np.ndarray, text_mask: np.ndarray, image: np.ndarray, image_mask: np.ndarray) -> np.ndarray:
+def content_matrix(
+    text: np.ndarray,
+    text_mask: np.ndarray,
+    image: np.ndarray,
+    image_mask: np.ndarray,
+    modalities: tuple[str, ...] = ("text", "image"),
+) -> np.ndarray:
     """Public item content as ridge inputs [N, 384 + 64 + 3]: the unit-norm MiniLM text
-    vector, the image features' top principal directions (unit norm), presence flags, 1."""
+    vector, the image features' top principal directions (unit norm), presence flags, 1.
+    A modality left out of ``modalities`` is absent for every item (zeros, flag 0): the
+    modality ablations of the study."""
+    if "text" not in modalities:
+        text_mask = np.zeros_like(np.asarray(text_mask))
+    if "image" not in modalities:
+        image_mask = np.zeros_like(np.asarray(image_mask))
     text = np.asarray(text, dtype=np.float64) * np.asarray(text_mask)[:, None]
     image = np.asarray(image, dtype=np.float64) * np.asarray(image_mask)[:, None]
     present = np.asarray(image_mask, dtype=bool)
@@ -184,13 +209,30 @@ class CooccurrenceModel:
     factor_map: np.ndarray | None = None
     popularity_map: np.ndarray | None = None
     from_content: np.ndarray | None = None
+    # EASE (item_item): the user vector is the history's indicator over the M top items and
+    # ``factors[j]`` holds the weights from each top item to item j; otherwise (PureSVD) a top
+    # item adds its own factors to the user vector.
+    item_item: bool = False
+
+    def history_rows(self, train_items: np.ndarray) -> np.ndarray:
+        """What each history item adds to the user vector [len(history), k]: its own factors
+        (PureSVD) or its indicator (EASE); zeros for items outside the top M."""
+        index = {int(item): k for k, item in enumerate(self.top_items.tolist())}
+        items = np.asarray(train_items, dtype=np.int64).tolist()
+        rows = np.zeros((len(items), self.factors.shape[1]))
+        for r, item in enumerate(items):
+            k = index.get(int(item))
+            if k is not None:
+                if self.item_item:
+                    rows[r, k] = 1.0
+                else:
+                    rows[r] = self.factors[self.top_items[k]]
+        return rows
 
     def user_vector(self, train_items: np.ndarray) -> np.ndarray:
-        """The user's private representation ``x_M V`` [k], computed on the device only."""
-        index = {int(item): k for k, item in enumerate(self.top_items.tolist())}
-        rows = [index[int(i)] for i in np.asarray(train_items).tolist() if int(i) in index]
-        top_factors = self.factors[self.top_items]
-        return top_factors[rows].sum(0) if rows else np.zeros(self.factors.shape[1])
+        """The user's private representation ``x_M V`` (PureSVD) or ``x_M`` (EASE) [k],
+        computed on the device only."""
+        return self.history_rows(train_items).sum(0)
 
     def scales(self, train_items: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(user vector, the personal term's scale, the popularity term's scale): what
@@ -227,6 +269,7 @@ class CooccurrenceModel:
             "popularity": self.popularity.astype(np.float32),
             "popularity-weight": np.asarray([self.popularity_weight], dtype=np.float64),
             "content-weight": np.asarray([self.content_weight], dtype=np.float64),
+            "item-item": np.asarray([self.item_item]),
         }
         if self.factor_map is not None:
             arrays["factor-map"] = self.factor_map.astype(np.float64)
@@ -245,6 +288,7 @@ class CooccurrenceModel:
             factor_map=np.asarray(arrays["factor-map"], dtype=np.float64) if "factor-map" in arrays else None,
             popularity_map=np.asarray(arrays["popularity-map"], dtype=np.float64) if "popularity-map" in arrays else None,
             from_content=np.asarray(arrays["from-content"], dtype=bool) if "from-content" in arrays else None,
+            item_item=bool(np.asarray(arrays.get("item-item", [False])).ravel()[0]),
         )
 
 
@@ -290,6 +334,16 @@ def shrunk_popularity(
     return out, popularity_map
 
 
+def ease_weights(gram: np.ndarray, penalty: float) -> np.ndarray:
+    """EASE's item-to-item weights [M, M] from a (noisy) item Gram matrix (Steck 2019):
+    ``B = I - P diag(1/diag P)``, ``P = (G + penalty I)^-1``; zero diagonal (an item never
+    recommends itself). ``B[i, j]`` is how much having item i says about item j."""
+    inverse = np.linalg.inv(gram + penalty * np.eye(len(gram)))
+    weights = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
 @one_blas_thread
 def fit_model(
     noisy_popularity: np.ndarray,
@@ -302,17 +356,27 @@ def fit_model(
     max_factors: int,
     popularity_weight: float = 0.3,
     content_weight: float = 0.0,
+    item_model: str = "factors",
+    ease_lambda: float = 2.0,
+    cold_weight: float = 1.0,
 ) -> tuple[CooccurrenceModel, int]:
-    """Post-process the two releases into the served model; also the rank kept."""
+    """Post-process the two releases into the served model; also its rank (factors kept, or M
+    for EASE)."""
     m = len(top)
-    eigenvalues, vectors = np.linalg.eigh(noisy_cooccurrence)
-    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
-    above_noise = int((eigenvalues > noise_spectral_norm(cooccurrence_noise_std, m)).sum())
-    rank = max(1, min(max_factors, above_noise))
-    top_factors = vectors[:, :rank]
+    if item_model == "ease":
+        top_factors = ease_weights(noisy_cooccurrence, ease_lambda).T  # row j: B's column j
+        rank, ridge = m, EASE_CONTENT_RIDGE
+    elif item_model == "factors":
+        eigenvalues, vectors = np.linalg.eigh(noisy_cooccurrence)
+        eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+        above_noise = int((eigenvalues > noise_spectral_norm(cooccurrence_noise_std, m)).sum())
+        rank = max(1, min(max_factors, above_noise))
+        top_factors, ridge = vectors[:, :rank], CONTENT_RIDGE
+    else:
+        raise ValueError(f"item-model {item_model!r}: choose one of {', '.join(ITEM_MODELS)}")
     factors = np.zeros((len(noisy_popularity), rank))
     unknown = ~np.asarray(known, dtype=bool)
-    factor_map = _ridge(content[top], top_factors)
+    factor_map = cold_weight * _ridge(content[top], top_factors, ridge)
     if unknown.any():
         factors[unknown] = content[unknown] @ factor_map
     factors[top] = top_factors
@@ -320,6 +384,7 @@ def fit_model(
     from_content = unknown.copy()
     from_content[top] = False  # the releases' own items keep their eigenvectors
     model = CooccurrenceModel(
-        top, factors, popularity, popularity_weight, content_weight, factor_map, popularity_map, from_content
+        top, factors, popularity, popularity_weight, content_weight, factor_map, popularity_map, from_content,
+        item_item=item_model == "ease",
     )
     return model, rank

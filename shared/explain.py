@@ -203,7 +203,7 @@ def user_level_terms(model, history: np.ndarray, content: np.ndarray | None) -> 
 
 def user_level_because(model, history: np.ndarray, content: np.ndarray | None, item_index: int, k: int = 3) -> list[tuple[int, float]]:
     """The ``k`` history items whose own terms add most to the item's score: their share of the
-    collaborative term (``f_i . f_h``, scaled as the score is) and of the content term."""
+    collaborative term (``f_i . f_h``, or EASE's weight ``B[h, i]``, scaled as the score is) and of the content term."""
     return user_level_because_many(model, history, content, [item_index], k)[0]
 
 
@@ -216,7 +216,7 @@ def user_level_because_many(
     if len(history) == 0:
         return [[] for _ in items]
     _, scale, _ = model.scales(history)
-    in_top = np.isin(history, model.top_items)
+    rows = model.history_rows(history)  # what each history item adds to the user vector
     with_content = model.content_weight and content is not None
     if with_content:
         vectors = _unit_content(content)
@@ -229,7 +229,7 @@ def user_level_because_many(
         factor = model.factors[item_index]
         if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content[item_index]:
             factor = content[item_index] @ model.factor_map
-        contribution = np.where(in_top, model.factors[history] @ factor, 0.0) / scale
+        contribution = rows @ factor / scale
         if with_content:
             contribution = contribution + content_scale * (vectors[history] @ vectors[item_index] - history_mean)
         order = np.argsort(-contribution, kind="stable")[:k]

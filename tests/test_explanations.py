@@ -134,7 +134,8 @@ def test_the_deletion_check_on_real_runs(federated_run, user_run):
     assert (RunDirectory.open(user_run).path / "explanations.md").read_text().startswith("# Explanations of")
 
 
-def test_a_cold_items_score_splits_into_its_content_blocks_exactly():
+@pytest.mark.parametrize("item_model", ["factors", "ease"])
+def test_a_cold_items_score_splits_into_its_content_blocks_exactly(item_model):
     """Items unknown at release time are placed from their content (factors and popularity
     linear in it), so their terms split by the content's column blocks; deleting a block from
     the item's own content moves its score by exactly that block's part (no content
@@ -149,7 +150,10 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly():
     known[[5, 17, 33]] = False
     top = np.arange(m)
     counts = rng.poisson(3.0, size=(m, m)).astype(float)
-    model, _ = fit_model(rng.poisson(5.0, size=n).astype(float), 0.5, top, counts + counts.T, 0.1, content, known, 4, 0.3)
+    model, _ = fit_model(
+        rng.poisson(5.0, size=n).astype(float), 0.5, top, counts + counts.T, 0.1, content, known, 4, 0.3,
+        item_model=item_model, ease_lambda=3.0, cold_weight=2.0,
+    )
     assert np.flatnonzero(model.from_content).tolist() == [17, 33]  # 5 is a released item: its own factors
     history = np.array([0, 2, 3, 7])
     terms = user_level_terms(model, history, content)
@@ -161,6 +165,13 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly():
             after = sum(user_level_terms(model, history, stripped).values())[cold]
             assert sum(terms.values())[cold] - after == pytest.approx(terms[modality][cold], abs=1e-9)
     assert terms["text"][0] == 0.0 and terms["prior"][0] == 0.0  # a warm item: collaborative and popularity only
+    if item_model == "ease":  # "because": each history item's own weight to the item, scaled as the score is
+        from shared.explain import user_level_because
+
+        _, scale, _ = model.scales(history)
+        because = dict(user_level_because(model, history, None, 9, k=4))
+        weights = model.factors[model.top_items].T  # B[i, j]
+        assert because == pytest.approx({int(h): weights[h, 9] / scale for h in history})
 
 
 def test_the_replay_buffer_is_bounded_keeps_the_recent_and_samples_the_older_uniformly():
