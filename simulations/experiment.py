@@ -343,6 +343,23 @@ def _plots(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any
     ax.legend()
     fig.savefig(out / "cold_vs_warm.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    _hits_plot(out, rows, names, plt)
+
+
+def _hits_plot(out: Path, rows: list[dict[str, Any]], names: list[str], plt) -> None:
+    """HR@10 on warm against cold test items, one point per setting (mean over seeds, bars one
+    standard deviation): a model that puts new items in top-10 lists pays in warm hits, and
+    this shows who pays how much for how many."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for index, name in enumerate(names):
+        group = [r for r in rows if r["setting"] == name]
+        warm, cold = ([float(r[m]) for r in group] for m in ("hr@10-warm", "hr@10-cold"))
+        spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        ax.errorbar(statistics.mean(warm), statistics.mean(cold), xerr=spread(warm), yerr=spread(cold), fmt="osD^v<>"[index // 10 % 7], label=name)
+    ax.set(xlabel="HR@10, warm test items", ylabel="HR@10, cold test items", title="Warm against cold hits")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.savefig(out / "warm_vs_cold_hits.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}

@@ -46,7 +46,7 @@ seeds = [1]
     assert float(rows[2]["most-popular-same-users-recall@20-warm"]) == pytest.approx(float(rows[0]["recall@20-warm"]))
     table = (out / "results.md").read_text()
     assert "| federated, local DP | 1 |" in table and "| most-popular | 2 |" in table and " ± " in table
-    for plot in ("ndcg_over_rounds.png", "privacy_utility.png", "cold_vs_warm.png"):
+    for plot in ("ndcg_over_rounds.png", "privacy_utility.png", "cold_vs_warm.png", "warm_vs_cold_hits.png"):
         assert (out / plot).stat().st_size > 1000
 
     capsys.readouterr()
