@@ -253,18 +253,20 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
 
 
 def _reference_rows(spec: dict[str, Any], grid_path: Path) -> list[dict[str, Any]]:
-    """The ``references`` settings' rows from ``reference-results`` (a path relative to the
-    repository root or to the grid file)."""
+    """The ``references`` settings' rows from ``reference-results`` (one results.csv or a list
+    of them; each a path relative to the repository root or to the grid file)."""
     if not spec["references"]:
         return []
-    name = Path(spec["reference-results"])
-    path = name if name.is_file() else grid_path.parent / name
-    if not path.is_file():
-        raise ValueError(f"{grid_path}: reference-results {name} not found")
-    rows = [r for r in csv.DictReader(path.open(encoding="utf-8")) if r["setting"] in spec["references"]]
+    names = spec["reference-results"] if isinstance(spec["reference-results"], list) else [spec["reference-results"]]
+    rows: list[dict[str, Any]] = []
+    for name in map(Path, names):
+        path = name if name.is_file() else grid_path.parent / name
+        if not path.is_file():
+            raise ValueError(f"{grid_path}: reference-results {name} not found")
+        rows += [r for r in csv.DictReader(path.open(encoding="utf-8")) if r["setting"] in spec["references"]]
     missing = set(spec["references"]) - {r["setting"] for r in rows}
     if missing:
-        raise ValueError(f"{path}: no rows for reference setting(s) {', '.join(sorted(missing))}")
+        raise ValueError(f"{grid_path}: no reference-results rows for setting(s) {', '.join(sorted(missing))}")
     return rows
 
 
@@ -364,7 +366,7 @@ def _hits_plot(out: Path, rows: list[dict[str, Any]], names: list[str], plt) -> 
 
 USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}
 INFINITY_AT = 16.0
-REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")  # where epsilon = inf (no noise) sits on the log axis
+REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "navy", "gold")  # where epsilon = inf (no noise) sits on the log axis
 
 
 def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any]], plt) -> None:

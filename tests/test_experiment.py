@@ -143,3 +143,21 @@ def test_the_old_central_kind_is_read_as_pooled(tmp_path, capsys):
     grid.write_text('[[setting]]\nname = "c"\nkind = "central"\n', encoding="utf-8")
     assert load_experiment(grid)["settings"][0]["kind"] == "pooled"
     assert "kind 'central' is now 'pooled'" in capsys.readouterr().err
+
+
+def test_reference_rows_come_from_every_named_results_file(tmp_path):
+    from simulations.experiment import _reference_rows
+
+    for name, setting in (("a.csv", "tower"), ("b.csv", "ease")):
+        (tmp_path / name).write_text(f"setting,ndcg@10\n{setting},0.05\nother,0.01\n", encoding="utf-8")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[experiment]\nreference-results = ["a.csv", "b.csv"]\nreferences = ["tower", "ease"]\n'
+        '[[setting]]\nname = "most-popular"\nkind = "most-popular"\n',
+        encoding="utf-8",
+    )
+    rows = _reference_rows(load_experiment(grid), grid)
+    assert [(r["setting"], r["ndcg@10"]) for r in rows] == [("tower", "0.05"), ("ease", "0.05")]
+    grid.write_text(grid.read_text().replace('"ease"]', '"ease", "gone"]'), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"grid\.toml: no reference-results rows for setting\(s\) gone"):
+        _reference_rows(load_experiment(grid), grid)
