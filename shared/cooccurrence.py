@@ -31,8 +31,9 @@ Everything after the releases is post-processing and costs no privacy:
   2019): ``B = I - P diag(1/diag P)`` with ``P = (G + lambda I)^-1``; the user vector is the
   history itself over the M items and item ``j``'s "factors" are B's column ``j``. Without noise
   (``user-epsilon = inf``) the federated sum is the pooled matrix exactly, so this is EASE on
-  rows at unit norm, the strongest of the library peers; under noise it loses to the factors
-  (measured, docs/movielens-100k.md), so it is not the private default;
+  rows at unit norm, level with or ahead of the library peers; under noise it gains nothing over
+  the factors at 25 times the download (measured, docs/movielens-100k.md), so it is not the
+  private default;
 - the public catalog content (MiniLM text and MobileNetV2 image features) is a prior: a ridge
   map from content to popularity shrinks the noisy counts (empirical Bayes), and a ridge map
   from content to the factors embeds items that did not exist at release time (cold start),
