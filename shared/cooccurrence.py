@@ -345,6 +345,22 @@ def ease_weights(gram: np.ndarray, penalty: float) -> np.ndarray:
     return weights
 
 
+def collaborative_factors(
+    noisy_cooccurrence: np.ndarray, noise_std: float, item_model: str, max_factors: int, ease_lambda: float
+) -> np.ndarray:
+    """The top items' rows of the served factors [M, k], from the co-occurrence release alone:
+    its eigenvectors above the noise (PureSVD) or EASE's columns. The audit recomputes them
+    from the recorded release (``release-model``)."""
+    if item_model == "ease":
+        return ease_weights(noisy_cooccurrence, ease_lambda).T  # row j: B's column j
+    if item_model != "factors":
+        raise ValueError(f"item-model {item_model!r}: choose one of {', '.join(ITEM_MODELS)}")
+    eigenvalues, vectors = np.linalg.eigh(noisy_cooccurrence)
+    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+    above_noise = int((eigenvalues > noise_spectral_norm(noise_std, len(noisy_cooccurrence))).sum())
+    return vectors[:, : max(1, min(max_factors, above_noise))]
+
+
 @one_blas_thread
 def fit_model(
     noisy_popularity: np.ndarray,
@@ -363,18 +379,8 @@ def fit_model(
 ) -> tuple[CooccurrenceModel, int]:
     """Post-process the two releases into the served model; also its rank (factors kept, or M
     for EASE)."""
-    m = len(top)
-    if item_model == "ease":
-        top_factors = ease_weights(noisy_cooccurrence, ease_lambda).T  # row j: B's column j
-        rank, ridge = m, EASE_CONTENT_RIDGE
-    elif item_model == "factors":
-        eigenvalues, vectors = np.linalg.eigh(noisy_cooccurrence)
-        eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
-        above_noise = int((eigenvalues > noise_spectral_norm(cooccurrence_noise_std, m)).sum())
-        rank = max(1, min(max_factors, above_noise))
-        top_factors, ridge = vectors[:, :rank], CONTENT_RIDGE
-    else:
-        raise ValueError(f"item-model {item_model!r}: choose one of {', '.join(ITEM_MODELS)}")
+    top_factors = collaborative_factors(noisy_cooccurrence, cooccurrence_noise_std, item_model, max_factors, ease_lambda)
+    rank, ridge = top_factors.shape[1], EASE_CONTENT_RIDGE if item_model == "ease" else CONTENT_RIDGE
     factors = np.zeros((len(noisy_popularity), rank))
     unknown = ~np.asarray(known, dtype=bool)
     factor_map = cold_weight * _ridge(content[top], top_factors, ridge)

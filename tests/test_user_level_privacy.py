@@ -187,6 +187,39 @@ def test_audit_fails_when_the_claimed_epsilon_is_too_low(small_dataset, feature_
     assert any("claims user-level epsilon" in p and "< recomputed" in p for p in problems)
 
 
+@pytest.mark.parametrize(
+    "item_model,shift,problem",
+    [
+        ("factors", 1.0, "4 factors per item; the co-occurrence release gives 1"),  # more eigenvalues above the noise
+        ("factors", 0.05, "the served factors differ from those of the recorded co-occurrence release"),  # same rank, other vectors
+        ("ease", 1.0, "the served ease differ from those of the recorded co-occurrence release"),
+    ],
+)
+def test_audit_fails_when_the_served_model_is_not_fitted_to_the_release(
+    small_dataset, feature_cache, tmp_path, monkeypatch, item_model, shift, problem
+):
+    """A server that releases one co-occurrence and serves a model fitted to another matrix
+    (here the release plus a symmetric perturbation, standing for statistics it kept back)."""
+    real = server.user_level.fit_model
+
+    def fitted_elsewhere(popularity, popularity_std, top, matrix, std, *args, **kwargs):
+        other = matrix + np.random.default_rng(0).normal(0.0, shift, matrix.shape)
+        return real(popularity, popularity_std, top, (other + other.T) / 2, std, *args, **kwargs)
+
+    monkeypatch.setattr(server.user_level, "fit_model", fitted_elsewhere)
+    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
+    run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
+    problems = _audit_failure(run, "release-model")
+    assert len(problems) == 1 and problems[0].startswith(f"{run / 'model.npz'}: {problem}")
+
+
+def test_audit_fails_when_the_served_weights_are_not_the_selections(small_dataset, feature_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(server.user_level, "CANDIDATES", tuple(reversed(server.user_level.CANDIDATES)))
+    run = _user_run(small_dataset, feature_cache, tmp_path, "other-weights")
+    problems = _audit_failure(run, "release-model")
+    assert len(problems) == 1 and "the selection gives" in problems[0]
+
+
 def test_no_noise_pipeline_claims_no_privacy(small_dataset, feature_cache, tmp_path):
     run = _user_run(small_dataset, feature_cache, tmp_path, "no-noise", **{"user-epsilon": math.inf})
     assert read_summary(run)["privacy"]["user-level-epsilon"] == math.inf

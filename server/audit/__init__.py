@@ -21,7 +21,8 @@ Checks (each named in the report; any failure makes the audit fail):
 7. ``server-accounting`` (central DP runs): every round is in the ledger, its mechanism
    (clip, noise std, rate, denominator) is the configured one, its history is the composition
    of the rounds so far, and its user-level epsilon is not below RDP, PRV or PLD.
-8. ``release-accounting``, ``release-noise``, ``release-clipping`` (``privacy = user``):
+8. ``release-accounting``, ``release-noise``, ``release-clipping``, ``release-model``
+   (``privacy = user``):
    :mod:`server.audit.user_level`.
 9. ``empirical-lower-bound`` (runs with canaries): the canary file matches the ledger's
    commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the claimed

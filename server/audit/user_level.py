@@ -17,6 +17,15 @@ Each check reads only the run directory and fails with a line naming the release
   sensitivity 1; each device (pseudonym) is in each sum at most once; no release has more
   contributions than the population; ``releases.npz`` holds vectors of the recorded norms.
 
+- ``release-model``: the served model (``model.npz``) is post-processing of the recorded
+  releases: it serves the top items ``releases.npz`` names; its top items' factors are what the
+  configured ``item-model`` makes of the recorded co-occurrence release (the same eigenvectors
+  up to sign and rotation, compared as projections, or the same EASE weights), and its weights
+  are the candidate the selection release voted for (or the configured ones without it). A
+  server that serves a model fitted to anything but what it released (the raw, un-noised
+  statistics, say) fails. The content-placed items and the shrunk popularity also read the
+  public catalog, which the run directory does not hold; they are not recomputed.
+
 What it cannot see: a server that lies in its own measurements (the ledger is its word), and
 noise that is Gaussian of the right size but reused or predictable. The canary lower bound is
 not run for these releases: it is INCONCLUSIVE here, never PASS.
@@ -30,18 +39,25 @@ from typing import Any
 
 import numpy as np
 
+from shared.cooccurrence import (
+    CANDIDATES,
+    CooccurrenceModel,
+    collaborative_factors,
+    matrix_from_triangle,
+)
 from shared.privacy.accounting import (
     dp_accounting_gaussian_epsilon,
     gaussian_epsilon,
     split_budget,
 )
 from shared.privacy.ledger import Entry
-from shared.run_directory import RELEASES_FILE, RunDirectory
+from shared.run_directory import MODEL_FILE, RELEASES_FILE, RunDirectory
 
 FALSE_ALARM_PER_RUN = 1e-6
 EPSILON_TOLERANCE = 1e-6  # relative; the closed form is exact, PLD within its discretisation
 PLD_TOLERANCE = 0.01
-CHECKS = ("release-accounting", "release-noise", "release-clipping")
+CHECKS = ("release-accounting", "release-noise", "release-clipping", "release-model")
+MODEL_TOLERANCE = 1e-4  # the served factors travel as float32
 
 
 def chi_square_interval(dimension: int, tail: float) -> tuple[float, float]:
@@ -69,6 +85,7 @@ def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries:
     _accounting(report, releases, planned, expected_stds, budget, delta, run)
     _noise(report, releases)
     _clipping(report, releases, int(header["population"]), run)
+    _model(report, releases, config, run)
     report.figures["empirical lower bound"] = (
         "INCONCLUSIVE: no canaries are inserted into the user-level releases; the noise and clipping "
         "checks above are this mode's evidence"
@@ -171,4 +188,42 @@ def _clipping(report, releases, population: int, run: RunDirectory) -> None:
         name = str(body.get("release"))
         if name in stored and not math.isclose(float(np.linalg.norm(stored[name])), float(body["released-norm"]), rel_tol=1e-9):
             report.fail(check, f"{where}: releases.npz does not hold the released vector the ledger recorded")
+    report.ok(check)
+
+
+def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
+    """``release-model``: recompute what the served model owes to the releases alone."""
+    check = "release-model"
+    model_path, releases_path = run.file(MODEL_FILE), run.file(RELEASES_FILE)
+    if not model_path.is_file() or not releases_path.is_file():
+        report.fail(check, f"{model_path if not model_path.is_file() else releases_path}: missing: the served model cannot be traced to the releases")
+        return
+    stored = run.load_arrays(RELEASES_FILE)
+    model = CooccurrenceModel.from_arrays(run.load_arrays(MODEL_FILE))
+    noise = {str(e.body.get("release")): float(e.body["noise-std"]) for e in releases}
+    top = np.asarray(stored.get("top-items", []), dtype=np.int64)
+    if "cooccurrence" not in stored or not np.array_equal(model.top_items, top):
+        report.fail(check, f"{model_path}: serves factors for other items than the {len(top)} the popularity release ranked highest")
+        return
+    item_model = str(config.get("item-model", "factors"))
+    expected = collaborative_factors(
+        matrix_from_triangle(np.asarray(stored["cooccurrence"], dtype=np.float64), len(top)), noise.get("cooccurrence", 0.0),
+        item_model, int(config["max-factors"]), float(config.get("ease-lambda", 2.0)),
+    )
+    served = model.factors[top]
+    if served.shape != expected.shape:
+        report.fail(check, f"{model_path}: {served.shape[1]} factors per item; the co-occurrence release gives {expected.shape[1]}")
+        return
+    # Eigenvectors are defined up to sign (and rotation within a repeated eigenvalue): compare
+    # the projections they span. EASE's weights are unique: compare them as they are.
+    pair = (served @ served.T, expected @ expected.T) if item_model == "factors" else (served, expected)
+    gap = float(np.abs(pair[0] - pair[1]).max())
+    if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(pair[1]).max())):
+        report.fail(check, f"{model_path}: the served {item_model} differ from those of the recorded co-occurrence release by up to {gap:.3g}: the model was not fitted to what was released")
+    if "selection" in stored:
+        wanted = CANDIDATES[int(np.argmax(stored["selection"]))]
+    else:
+        wanted = (float(config.get("popularity-weight", 0.3)), 0.0)
+    if (model.popularity_weight, model.content_weight) != tuple(map(float, wanted)):
+        report.fail(check, f"{model_path}: weights {model.popularity_weight:g} / {model.content_weight:g}; the selection gives {wanted[0]:g} / {wanted[1]:g}")
     report.ok(check)
