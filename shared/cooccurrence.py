@@ -239,8 +239,8 @@ class CooccurrenceModel:
         """(user vector, the personal term's scale, the popularity term's scale): what
         :meth:`score_parts` divides by (1 where a scale is 0), for exact explanations."""
         user = self.user_vector(train_items)
-        top_factors = self.factors[self.top_items]
-        scale = float(np.abs(top_factors @ user).max()) if len(self.top_items) else 0.0
+        # Index after the product: EASE's top rows are an M x M matrix, not worth a copy per user.
+        scale = float(np.abs(self.factors @ user)[self.top_items].max()) if len(self.top_items) else 0.0
         top_popularity = float(self.popularity[self.top_items].max()) if len(self.top_items) else 0.0
         return user, (scale if scale > 0 else 1.0), (top_popularity if top_popularity > 0 else 1.0)
 

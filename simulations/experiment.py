@@ -352,11 +352,14 @@ def _hits_plot(out: Path, rows: list[dict[str, Any]], names: list[str], plt) -> 
     """HR@10 on warm against cold test items, one point per setting (mean over seeds, bars one
     standard deviation): a model that puts new items in top-10 lists pays in warm hits, and
     this shows who pays how much for how many."""
+    def spread(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for index, name in enumerate(names):
         group = [r for r in rows if r["setting"] == name]
         warm, cold = ([float(r[m]) for r in group] for m in ("hr@10-warm", "hr@10-cold"))
-        spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+        # Matplotlib's ten colours repeat: the marker changes with each round of them.
         ax.errorbar(statistics.mean(warm), statistics.mean(cold), xerr=spread(warm), yerr=spread(cold), fmt="osD^v<>"[index // 10 % 7], label=name)
     ax.set(xlabel="HR@10, warm test items", ylabel="HR@10, cold test items", title="Warm against cold hits")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
