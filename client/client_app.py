@@ -7,7 +7,6 @@ arrays and metrics only; the user embedding and accountant history stay in the n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -23,14 +22,16 @@ from client.state import (
     pseudonym,
     restore_device_state,
     save_device_state,
-    state_path,
+    signing_key_path,
 )
+from client.secure_sum import stage_reply
 from client.statistics import scores as released_model_scores
 from client.statistics import statistic_reply
 from shared.config import model_spec, train_config
 from shared.messages import (
     ARRAYS,
     ROUND_KEY,
+    SECURE_STAGES,
     TASK_KEY,
     PrivacyRecord,
     TrainMetrics,
@@ -49,7 +50,7 @@ from shared.metrics import (
 )
 from shared.models.recommender import Recommender, item_tower_state
 from shared.privacy.accounting import epsilon_of, history_to_json
-from shared.privacy.spend_signature import KEY_FILE, device_key, public_pem, sign
+from shared.privacy.spend_signature import device_key, public_pem, sign
 from shared.training import planned_round, projected_epsilon, refit_user, train_local
 
 torch.set_num_threads(1)  # one simulated client per core; no oversubscription
@@ -83,7 +84,12 @@ def train(msg: Message, context: Context) -> Message:
     data = local_data(dict(context.node_config), config)
     if config.get(TASK_KEY):  # privacy = user: one bounded statistic per release, no training
         restore_device_state(context, config, data.user_id)
-        return statistic_reply(msg, data, str(config[TASK_KEY]), pseudonym(context))
+        task = str(config[TASK_KEY])
+        if task in SECURE_STAGES:  # user-noise = distributed: masked, with this device's noise share
+            key_path = signing_key_path(context, config)
+            key = device_key(key_path) if key_path is not None else None
+            return stage_reply(msg, context, data, task, pseudonym(context), _identity(context), key)
+        return statistic_reply(msg, data, task, pseudonym(context))
     restore_device_state(context, config, data.user_id)
     tc, history = train_config(config), load_history(context)
     cap = float(config["epsilon-cap"])
@@ -119,13 +125,10 @@ def _signed(privacy: PrivacyRecord, metrics: TrainMetrics, context: Context, con
     """The privacy record, signed with the device's key (its SuperNode's ``auth-key``, else a
     key kept with its state); without either, it goes unsigned."""
     record = privacy.record()
-    key_path = context.node_config.get("auth-key")
-    if not key_path:
-        state = state_path(context, config)
-        if state is None:
-            return record
-        key_path = state.parent / KEY_FILE
-    key = device_key(Path(str(key_path)))
+    key_path = signing_key_path(context, config)
+    if key_path is None:
+        return record
+    key = device_key(key_path)
     fields = {**dict(metrics.record()), **dict(record), "round": int(config[ROUND_KEY]), "client": privacy.client_id,
               "history": json.loads(privacy.history)}
     record["signature"] = sign(key, fields)

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from shared.privacy.accounting import History, history_from_json, history_to_json
 from shared.run_directory import DEVICE_STATE_FILE as STATE_FILE
+from shared.privacy.spend_signature import KEY_FILE as SIGNING_KEY_FILE
 from shared.run_directory import simulated_device_folder
 
 USER_KEY = "private-user"
@@ -43,6 +44,16 @@ def state_path(context: Context, config: dict) -> Path | None:
     if config.get("device-state-dir") and "partition-id" in context.node_config:
         return simulated_device_folder(str(config["device-state-dir"]), int(context.node_config["partition-id"])) / STATE_FILE
     return None
+
+
+def signing_key_path(context: Context, config: dict) -> Path | None:
+    """The key this device signs with: its SuperNode's ``auth-key``, else a key kept beside
+    its state (a simulated device); None when it has neither (nothing is signed)."""
+    key = context.node_config.get("auth-key")
+    if key:
+        return Path(str(key))
+    state = state_path(context, config)
+    return None if state is None else state.parent / SIGNING_KEY_FILE
 
 
 def pseudonym(context: Context) -> str:

@@ -31,6 +31,27 @@ NEIGHBOURS = {
 }
 
 
+def secure_header(config: RunConfig) -> dict[str, Any]:
+    """``user-noise = distributed``: the devices add the noise, the server sees only the masked sum."""
+    p = config.privacy
+    return {
+        "client-sampling": "every device, once per release (full participation)",
+        "local-sampling": "none: each device sends one statistic of all its interactions per release",
+        "user-level-mechanism": "distributed Skellam mechanism under secure aggregation: each device clips its statistic "
+        "(the same three as the central mechanism) to L2 norm 1, scales and rounds it (conditional randomised rounding, "
+        "the rounded norm bound is the sensitivity), adds its share of Skellam noise, and masks it modulo 2^32 (pairwise "
+        "X25519 masks expanded by ChaCha20, Shamir-shared with its neighbours); the server unmasks only the sum",
+        "user-level-accounting": "Skellam RDP (Agarwal, Kairouz, Liu 2021, Theorem 3.5) at the noise of the devices that "
+        "sent their input less the tolerated colluders, composed over the releases, converted as Opacus' RDP accountant",
+        "user-epsilon": p.user_epsilon if p.user_epsilon != float("inf") else -1.0,
+        "trust": "no single party: the server sees each device's statistic only masked (uniform modulo 2^32) and unmasks only "
+        f"sums over at least {1 - p.secure_dropout:.0%} of the devices, which already carry the devices' noise. Assumed: an "
+        f"honest-but-curious server that follows the protocol, and at most {p.secure_colluders:.0%} of devices colluding "
+        "with it (their noise is not counted). A malicious server could lie about who dropped out to two groups of "
+        "devices, or forge public keys (no PKI); devices are not checked to clip (no zero-knowledge proofs)",
+    }
+
+
 def ledger_header(config: RunConfig, population: int, canary_commitment: str | None) -> dict[str, Any]:
     """The ledger's header: what is protected, against which neighbour, under which assumptions."""
     header = {
@@ -53,7 +74,9 @@ def ledger_header(config: RunConfig, population: int, canary_commitment: str | N
         "versions": library_versions(),
         "config": {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in config.items()},
     }
-    if config.privacy.privacy == "user":
+    if config.privacy.privacy == "user" and config.privacy.user_noise == "distributed":
+        header.update(secure_header(config))
+    elif config.privacy.privacy == "user":
         from server.user_level import noise_stds, planned_releases
 
         header.update(

@@ -56,7 +56,10 @@ from shared.messages import (
 from shared.privacy.accounting import gaussian_epsilon, split_budget
 from shared.privacy.dp_fedavg import clip, gaussian_noise
 from shared.privacy.ledger import Ledger
-from shared.run_directory import MODEL_FILE, RELEASES_FILE, RunDirectory
+from server.secure_release import SecureAggregation, SecureAggregationAborted, SecureRelease
+from shared.run_directory import MODEL_FILE, RELEASES_FILE, SECURE_FILE, RunDirectory
+from shared.secure_sum.plan import ReleasePlan, SecurePlan
+from shared.user_releases import budget_shares, planned_releases
 
 SENSITIVITY = 1.0
 
@@ -84,16 +87,9 @@ class ReleaseRecord:
         return body
 
 
-def planned_releases(config: RunConfig) -> list[str]:
-    """The releases a run makes, in order (the selection release only with a budget share)."""
-    return ["popularity", "cooccurrence"] + (["selection"] if float(config.privacy.selection_budget_share) > 0 else [])
-
-
 def noise_stds(config: RunConfig) -> list[float]:
     """The releases' noise stds (of the sum) for the configured budget, in release order."""
-    popularity, selection = float(config.privacy.popularity_budget_share), float(config.privacy.selection_budget_share)
-    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
-    return split_budget(float(config.privacy.user_epsilon), float(config.privacy.delta), shares)
+    return split_budget(float(config.privacy.user_epsilon), float(config.privacy.delta), budget_shares(config))
 
 
 def gaussian_release(
@@ -116,6 +112,33 @@ def gaussian_release(
         "contribution-norm-max": largest,
         "noise-norm": float(np.linalg.norm(released - total)),
         "released-norm": float(np.linalg.norm(released)),
+    }
+
+
+def secure_ledger_body(plan: SecurePlan, release: ReleasePlan, result: SecureRelease, epsilon: float) -> dict[str, Any]:
+    """A secure release's ledger entry: the plan it ran under, who took part, what each device
+    signed it added, and the epsilon at the honest noise the signed shares realised."""
+    return {
+        "release": release.name,
+        "mechanism": "secure sum, distributed Skellam noise",
+        "dimension": release.dimension,
+        "sensitivity": SENSITIVITY,
+        "scale": release.scale,
+        "rounding-bound": release.bound,
+        "field-bits": 32,
+        "share-variance": release.share_variance,
+        "devices": plan.devices,
+        "min-survivors": plan.min_survivors,
+        "threshold": plan.threshold,
+        "colluders": plan.colluders,
+        "participants": len(result.participants),
+        "contributions": len(result.survivors),
+        "dropped": len(result.dropped),
+        "honest-variance": result.honest_variance,
+        "noise-std": float(np.sqrt(result.honest_variance)) / release.scale,
+        "user-level-epsilon": epsilon if np.isfinite(epsilon) else -1.0,
+        "contributors": [str(r["client"]) for r in result.records],
+        "signed": result.records,
     }
 
 
@@ -172,26 +195,54 @@ def run_user_level(
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
     arrays = ArrayRecord({"known": torch.from_numpy(known.astype(np.int64))})
+    secure = None
+    if config.privacy.user_noise == "distributed":
+        secure = SecureAggregation(grid, nodes, config, [dimensions[name] for name in names], log)
+        secure.setup(server_round=1)
+        log(
+            f"[secure aggregation] {len(secure.participants)} of {len(nodes)} devices shared their keys with "
+            f"{secure.plan.neighbours} neighbours each (threshold {secure.plan.threshold}); a release needs "
+            f"{secure.plan.min_survivors} devices, {secure.plan.colluders} may collude"
+        )
+    honest: list[float] = []
+    fitted_stds: list[float] = []
+    evidence: dict[str, np.ndarray] = {}
     for server_round, name in enumerate(names, start=1):
         started, dimension, std = time.time(), dimensions[name], stds[server_round - 1]
-        replies = _ask(grid, nodes, name, arrays, config, server_round)
         who: list[str] = []
-        noisy, measured = gaussian_release(_contributions(replies, dimension, who), dimension, std, rng)
-        sent = dimension * 4 if who else 0  # float32 on the wire
+        if secure is None:
+            replies = _ask(grid, nodes, name, arrays, config, server_round)
+            noisy, measured = gaussian_release(_contributions(replies, dimension, who), dimension, std, rng)
+            epsilon = gaussian_epsilon(stds[:server_round], float(config.privacy.delta))
+            record = ReleaseRecord(
+                release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
+                contributions=len(who), user_level_epsilon=epsilon,
+                **{key.replace("-", "_"): value for key, value in measured.items()},
+            )
+            body = record.ledger_body(who)
+        else:
+            try:
+                result = secure.release(name, arrays, server_round)
+            except SecureAggregationAborted as exc:
+                ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
+                raise
+            noisy, who = result.noisy, [str(r["client"]) for r in result.records]
+            honest.append(result.honest_variance)
+            epsilon = secure.plan.epsilon(honest)
+            plan = secure.plan.release(name)
+            std = float(np.sqrt(result.total_variance)) / plan.scale  # the noise in the sum, for the model's fit
+            evidence.update(result.evidence)
+            body = {**secure_ledger_body(secure.plan, plan, result, epsilon), "fitted-noise-std": std}
+        fitted_stds.append(std)
+        sent = dimension * 4 if who else 0  # float32 (central) or uint32 (secure) on the wire
         released[name] = noisy
-        epsilon = gaussian_epsilon(stds[:server_round], float(config.privacy.delta))
-        record = ReleaseRecord(
-            release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
-            contributions=len(who), user_level_epsilon=epsilon,
-            **{key.replace("-", "_"): value for key, value in measured.items()},
-        )
-        head = ledger.append([("release", server_round, record.ledger_body(who))])
+        head = ledger.append([("release", server_round, body)])
         if name == "popularity":
             released["top-items"] = top_items(noisy, known, m)
             arrays = ArrayRecord({"top-items": torch.from_numpy(released["top-items"])})
         elif name == "cooccurrence":
             model, rank = fit_model(
-                released["popularity"], stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
+                released["popularity"], fitted_stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
                 content, known, int(config.privacy.max_factors), float(config.privacy.popularity_weight),
                 item_model=config.privacy.item_model, ease_lambda=float(config.privacy.ease_lambda),
                 cold_weight=float(config.privacy.cold_weight),
@@ -217,6 +268,8 @@ def run_user_level(
             f"{sent / 1024:.0f} KiB sent per device"
         )
     run_dir.save_arrays(RELEASES_FILE, released)
+    if secure is not None:
+        run_dir.save_arrays(SECURE_FILE, {**evidence, **secure.key_evidence()})
     run_dir.save_arrays(MODEL_FILE, model.to_arrays())
     evaluation = evaluate(_model_arrays(model), len(names))
     rows[-1].update(

@@ -43,6 +43,10 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "negatives": (8, "BPR negatives per positive, drawn from the catalog on the device"),
     "privacy": ("user", "where DP applies: `user` (user-level DP from three noisy releases of bounded device statistics; see \"Privacy, stated plainly\"), `local` (DP-SGD on each device, per interaction), `central` (DP-FedAvg at the server, per user), `both`, or `none` (not private, loudly marked)"),
     "user-epsilon": (8.0, "`privacy = user`: the user-level epsilon budget at `delta`, spent by the releases; `inf`: the same pipeline without noise (NOT PRIVATE, the utility reference)"),
+    "user-noise": ("distributed", "`privacy = user`: who adds the noise. `distributed`: each device adds its share of Skellam noise and masks its statistic, and secure aggregation lets the server unmask only the noisy sum over at least `secure-dropout` of the devices (no single party is trusted). `central`: devices send their statistics in the clear and the server adds Gaussian noise (the server is trusted)"),
+    "secure-neighbours": (32, "`user-noise = distributed`: each device's neighbours in the secure-aggregation graph (pairwise masks and Shamir shares; any half of them plus one rebuild a dropped device's masks)"),
+    "secure-dropout": (0.1, "`user-noise = distributed`: fraction of devices that may drop out of a release; the noise shares are sized so the claim holds at the rest, and a release with fewer survivors is aborted"),
+    "secure-colluders": (0.05, "`user-noise = distributed`: fraction of devices that may reveal their own noise to the server; their shares are not counted as noise"),
     "popularity-budget-share": (0.1, "`privacy = user`: share of the budget (of mu^2 in Gaussian DP) for the popularity release"),
     "selection-budget-share": (0.1, "`privacy = user`: share for the selection release, in which each device scores 15 candidate (popularity, content) weightings on its own most recent interaction; 0: no selection (`popularity-weight`, no content). The co-occurrence release gets the rest"),
     "cooccurrence-items": (600, "`privacy = user`: the M most popular items (by the popularity release) whose co-occurrence is released (M(M+1)/2 values, 704 KiB per device at 600)"),
@@ -92,7 +96,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "training": ("local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine"),
     "privacy": (
-        "privacy", "user-epsilon", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
+        "privacy", "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
         "item-model", "ease-lambda", "cold-weight", "popularity-weight", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap",
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
@@ -108,6 +112,9 @@ DEVICE_KEYS: frozenset[str] = frozenset(
     GROUPS["data"] + GROUPS["model"] + GROUPS["training"]
     + ("privacy", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap", "accountant")
     + ("seed", "device-state-dir")
+    # user-noise = distributed: each device recomputes the secure plan (its noise share, the
+    # threshold, the minimum) from the budget itself, so the server cannot talk it down
+    + ("user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "popularity-budget-share", "selection-budget-share")
 )
 # Simulated faults (simulations/faults.py) also need to see the server's round closing.
 FAULT_KEYS: frozenset[str] = frozenset(("faults", "run-dir", "run-id", "round-timeout"))
@@ -147,6 +154,10 @@ class TrainingConfig:
 class PrivacyConfig:
     privacy: str  # user, local, central, both or none
     user_epsilon: float
+    user_noise: str  # distributed (secure aggregation, device noise) or central (the server's)
+    secure_neighbours: int
+    secure_dropout: float
+    secure_colluders: float
     popularity_budget_share: float
     selection_budget_share: float
     cooccurrence_items: int
@@ -256,6 +267,7 @@ class RunConfig(Mapping):
         return {key: self[key] for key in RUN_CONFIG if key in keys}
 
 PRIVACY_MODES = ("user", "local", "central", "both", "none")
+USER_NOISE = ("distributed", "central")
 DP_ENGINES = ("fast", "opacus")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -304,6 +316,10 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
                 "popularity-budget-share must be in (0, 1), selection-budget-share in [0, 1), and their sum below 1 "
                 "(the rest is the co-occurrence release's)"
             )
+        if merged["user-noise"] not in USER_NOISE:
+            raise ValueError(f"user-noise {merged['user-noise']!r}: choose one of {', '.join(USER_NOISE)}")
+        if merged["secure-neighbours"] < 2 or not 0.0 <= merged["secure-dropout"] < 1.0 or not 0.0 <= merged["secure-colluders"] < 1.0:
+            raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
         if merged["cooccurrence-items"] < 1 or merged["max-factors"] < 1:
             raise ValueError("cooccurrence-items and max-factors must be at least 1")
         from shared.cooccurrence import ITEM_MODELS

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-FAULT_KINDS = ("nan", "shape", "missing", "extra", "scale", "flip", "crash", "slow", "nonoise", "lownoise", "noclip")
+FAULT_KINDS = ("nan", "shape", "missing", "extra", "scale", "flip", "crash", "slow", "nonoise", "lownoise", "noclip",
+               "noshare", "dropshare", "dropinput", "dropunmask")
 
 
 def parse_faults(spec: str) -> dict[int, str]:

@@ -159,3 +159,30 @@ def client_row(reply: Message, server_round: int) -> dict[str, Any]:
     """A train reply's line in ``clients.jsonl``: the pseudonym (never the user id) and its spend."""
     metrics = metrics_of(reply)
     return {"round": server_round, "client": client_id(reply), **{key: metrics[key] for key in REQUIRED_METRICS}}
+
+
+# user-noise = distributed: the secure-aggregation stages (shared.secure_sum.device). A stage's
+# protocol fields travel in the SECURE record, the masked vector in ARRAYS under MASKED_KEY.
+SECURE = "secure"
+SECURE_KEYS, SECURE_SHARE, SECURE_INPUT, SECURE_UNMASK = "secure-keys", "secure-share", "secure-input", "secure-unmask"
+SECURE_STAGES = (SECURE_KEYS, SECURE_SHARE, SECURE_INPUT, SECURE_UNMASK)
+MASKED_KEY = "masked"
+
+
+def secure_message(node: int, stage: str, fields: dict[str, Any], arrays: ArrayRecord, config: dict[str, Any], server_round: int) -> Message:
+    """One secure-aggregation stage's TRAIN message to ``node``."""
+    record = ConfigRecord({**dict(config), ROUND_KEY: server_round, TASK_KEY: stage})
+    return Message(
+        RecordDict({ARRAYS: arrays, CONFIG: record, SECURE: ConfigRecord(fields)}), dst_node_id=node, message_type=MessageType.TRAIN
+    )
+
+
+def secure_reply(msg: Message, fields: dict[str, Any], arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({SECURE: ConfigRecord(fields)})
+    if arrays is not None:
+        content[ARRAYS] = arrays
+    return Message(content, reply_to=msg)
+
+
+def secure_fields(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records.get(SECURE, {}))

@@ -12,6 +12,10 @@
 - ``nonoise``, ``lownoise``, ``noclip``: a device whose DP-SGD lies (for the audit's
   conformance check): it adds no noise, a tenth of the noise, or does not clip (noise as
   claimed), on either engine, while its reply and the ledger claim the configured mechanism;
+- ``noshare`` (``user-noise = distributed``): the device adds no Skellam share and signs what it
+  did (a noise variance of 0): the audit's ``secure-shares`` check fails, naming it;
+- ``dropshare``, ``dropinput``, ``dropunmask``: the device drops out of secure aggregation at
+  that stage (after sending its keys; after sharing them; after sending its masked input);
 - ``slow``: a straggler: the client answers only after the server has closed the round without
   it (with a ``round-timeout``), or after ``FAULT_SLOW_S`` seconds (without one).
 
@@ -34,6 +38,7 @@ from client.client_app import evaluate as honest_evaluate
 from client.client_app import train as honest_train
 from client.mods import private_state_guard
 from shared.faults import parse_faults
+from shared.messages import SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
 from shared.run_directory import RunDirectory
 
 FAULT_SCALE = 1000.0
@@ -97,9 +102,22 @@ def _lying(engine, noise_factor: float, clip_factor: float):
     return run
 
 
+SECURE_DROPS = {"dropshare": SECURE_SHARE, "dropinput": SECURE_INPUT, "dropunmask": SECURE_UNMASK}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     kind = parse_faults(str(msg.content["config"]["faults"])).get(int(context.node_config["partition-id"]))
+    if kind in SECURE_DROPS and msg.content["config"].get(TASK_KEY) == SECURE_DROPS[kind]:
+        raise RuntimeError(f"injected fault: device dropped out at {SECURE_DROPS[kind]}")
+    if kind == "noshare":
+        import client.secure_sum as secure
+
+        secure.NOISE["add"] = False
+        try:
+            return honest_train(msg, context)
+        finally:
+            secure.NOISE["add"] = True
     if kind in LYING_MECHANISMS:
         import shared.training as training
 

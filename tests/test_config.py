@@ -57,7 +57,9 @@ def test_devices_receive_only_what_they_need():
          "fusion", "modalities", "item-ids", "dim", "hidden",
          "local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine",
          "privacy", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap", "accountant",
-         "seed", "device-state-dir"]
+         "seed", "device-state-dir",
+         "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders",
+         "popularity-budget-share", "selection-budget-share"]
     )
     with_faults = resolve(None, {"faults": "slow:1"}).device_settings()
     assert sorted(set(with_faults) - set(settings)) == ["faults", "round-timeout", "run-dir", "run-id"]

@@ -78,6 +78,15 @@ def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries:
     releases = [e for e in entries if e.kind == "release"]
     planned = header.get("user-level-releases", [])
     config = header["config"]
+    if config.get("user-noise") == "distributed":
+        from server.audit.secure_sum import audit_secure
+
+        audit_secure(report, run, header, releases, delta)
+        _model(report, releases, config, run)
+        report.figures["empirical lower bound"] = (
+            "INCONCLUSIVE: no canaries are inserted into the user-level releases; the devices' signed shares are this mode's evidence"
+        )
+        return
     budget = float(config["user-epsilon"])
     popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
     shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
@@ -200,7 +209,7 @@ def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
         return
     stored = run.load_arrays(RELEASES_FILE)
     model = CooccurrenceModel.from_arrays(run.load_arrays(MODEL_FILE))
-    noise = {str(e.body.get("release")): float(e.body["noise-std"]) for e in releases}
+    noise = {str(e.body.get("release")): float(e.body.get("fitted-noise-std", e.body["noise-std"])) for e in releases}
     top = np.asarray(stored.get("top-items", []), dtype=np.int64)
     if "cooccurrence" not in stored or not np.array_equal(model.top_items, top):
         report.fail(check, f"{model_path}: serves factors for other items than the {len(top)} the popularity release ranked highest")

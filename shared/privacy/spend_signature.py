@@ -94,3 +94,22 @@ def verify(public_key_pem: str, fields: dict[str, Any], signature: str) -> bool:
         return True
     except (InvalidSignature, ValueError, KeyError, TypeError):
         return False
+
+
+def canonical_record(record: dict[str, Any]) -> bytes:
+    """Any signed record (a secure-aggregation share, say) as the canonical bytes signed."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def sign_record(key: ec.EllipticCurvePrivateKey, record: dict[str, Any]) -> str:
+    return key.sign(canonical_record(record), ec.ECDSA(hashes.SHA384())).hex()
+
+
+def verify_record(public_key_pem: str, record: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` is the holder of ``public_key_pem`` signing exactly ``record``."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        key.verify(bytes.fromhex(signature), canonical_record(record), ec.ECDSA(hashes.SHA384()))
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False

@@ -1,0 +1,87 @@
+"""``user-noise = distributed`` on the device: the secure-aggregation stages, one per message.
+
+The device's secrets (mask and channel keys, self-mask seeds, the shares it holds for its
+neighbours) live in the node's ``context.state`` for the run, never in a reply. The plan (noise
+share, threshold, minimum) is recomputed here from the device's own settings; the server only
+says how many devices take part and how large each release is.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+
+from client.local_data import LocalData
+from client.statistics import contribution
+from shared.config import resolve
+from shared.messages import (
+    MASKED_KEY,
+    SECURE_INPUT,
+    SECURE_KEYS,
+    SECURE_SHARE,
+    SECURE_UNMASK,
+    message_config,
+    secure_fields,
+    secure_reply,
+)
+from shared.privacy.spend_signature import public_pem, sign_record
+from shared.secure_sum.device import DeviceSession, ProtocolRefusal
+from shared.secure_sum.plan import SecurePlan
+from shared.user_releases import secure_plan
+
+SESSION_KEY = "secure-sum"
+NOISE = {"add": True}  # the fault hook of simulations/faults.py turns a device's share off
+
+
+def _session(context: Context) -> DeviceSession:
+    if SESSION_KEY not in context.state.config_records:
+        raise ProtocolRefusal("no secure-aggregation session on this device: the key stage did not run")
+    return DeviceSession.from_record(dict(context.state.config_records[SESSION_KEY]))
+
+
+def _keep(context: Context, session: DeviceSession) -> None:
+    context.state[SESSION_KEY] = ConfigRecord(session.to_record())
+
+
+def _plan(msg: Message, session: DeviceSession, fields: dict) -> SecurePlan:
+    settings = {k: v for k, v in message_config(msg).items() if k in ("user-epsilon", "delta", "popularity-budget-share", "selection-budget-share", "secure-neighbours", "secure-dropout", "secure-colluders")}
+    return secure_plan(resolve(None, {"privacy": "user", **settings}), session.devices, [int(d) for d in fields["dimensions"]])
+
+
+def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, client_id: str, identity: str, key) -> Message:
+    """This device's reply to one stage of the protocol."""
+    fields = secure_fields(msg)
+    if stage == SECURE_KEYS:
+        if int(fields["dimensions"][0]) != data.num_items:
+            raise ProtocolRefusal(f"a popularity release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
+        session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]))
+        _keep(context, session)
+        mask_public, channel_public = session.public_keys()
+        return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"])})
+    session = _session(context)
+    if stage == SECURE_SHARE:
+        plan = _plan(msg, session, fields)
+        ciphertexts = session.share_keys(plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]))
+        _keep(context, session)
+        return secure_reply(msg, {"ciphertexts": ciphertexts})
+    if stage == SECURE_INPUT:
+        plan = _plan(msg, session, fields)
+        release = plan.release(str(fields["release"]))
+        if not session.held:
+            session.hold(list(fields["held"]))
+        statistic = contribution(msg, data, release.name)
+        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"])
+        _keep(context, session)
+        record.update({"client": client_id, "identity": identity})
+        signed = dict(record)
+        if key is not None:
+            signed.update({"signature": sign_record(key, record), "public-key": public_pem(key)})
+        return secure_reply(msg, signed, ArrayRecord({MASKED_KEY: Array(masked)}))
+    if stage == SECURE_UNMASK:
+        plan = _plan(msg, session, fields)
+        seeds, keys = session.unmask(plan, str(fields["release"]), [int(v) for v in fields["survivors"]], [int(v) for v in fields["dropped"]])
+        _keep(context, session)
+        return secure_reply(
+            msg,
+            {"seed-owners": list(seeds), "seed-shares": list(seeds.values()), "key-owners": list(keys), "key-shares": list(keys.values())},
+        )
+    raise ProtocolRefusal(f"unknown secure-aggregation stage {stage!r}")

@@ -1,0 +1,191 @@
+"""The audit's checks for ``user-noise = distributed`` runs: the evidence rests on the devices.
+
+The server never measures the noise here (it cannot: it never sees a contribution), so the
+claim is rebuilt from what each device signed it added:
+
+- ``secure-plan``: each release ran under the plan the config gives (scale, rounding bound,
+  share variance, threshold, minimum, colluders), recomputed here as every device recomputed it.
+- ``secure-shares``: every counted contribution carries a valid signature of its device over
+  its record (release, noise variance added, scale, bound, field, dimension, participants, the
+  masked vector's SHA-256 and sketch); one contribution per device; no release below the
+  minimum; every share at least the planned variance (a device that added no share, or less,
+  fails by name). The epsilon is recomputed (Skellam RDP) from the signed shares less the
+  ``colluders`` largest, and the ledger's claim must not be below it, nor the budget.
+- ``secure-sum``: the recorded masked sum is the sum of the signed masked vectors (a random
+  linear sketch over Z_{2^32} that each device signed: a sum missing or adding a vector fails
+  but with probability about 2^-16 for the worst-placed difference); unmasking it with the
+  recorded seeds and dropped devices' keys gives the recorded integer sum, and
+  ``releases.npz`` holds that sum over the scale.
+
+What it cannot see: a device that signs a share it did not add (no zero-knowledge proof), or a
+server that deviates from the protocol towards the devices in ways they cannot detect (a
+malicious server telling two groups different survivor sets). These are the threat model's
+stated limits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from shared.privacy.ledger import Entry
+from shared.privacy.spend_signature import verify_record
+from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
+from shared.secure_sum import masks
+from shared.secure_sum.device import sketch_seed
+from shared.secure_sum.plan import make_plan
+from shared.secure_sum.quantise import from_field, to_field
+from shared.secure_sum.unmask import unmasked_sum
+
+CHECKS = ("secure-plan", "secure-shares", "secure-sum")
+SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
+               "masked-sha256", "sketch", "client", "identity")
+
+
+def _number(value: Any) -> float:
+    return math.inf if value in ("inf", None) else float(value)
+
+
+def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: list[Entry], delta: float) -> None:
+    config = header["config"]
+    names = [str(e.body.get("release")) for e in releases]
+    if not releases:
+        report.fail("secure-plan", "no release in the ledger")
+        return
+    budget = _number(config["user-epsilon"])
+    popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
+    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
+    first = releases[0].body
+    try:
+        plan = make_plan(
+            int(first["devices"]), names, [int(e.body["dimension"]) for e in releases], shares[: len(names)], budget, delta,
+            int(config["secure-neighbours"]), float(config["secure-dropout"]), float(config["secure-colluders"]),
+        )
+    except (KeyError, ValueError) as exc:
+        report.fail("secure-plan", f"the plan cannot be recomputed from config and ledger: {exc}")
+        return
+    _plan(report, plan, releases)
+    _shares(report, plan, releases, int(header["population"]), budget, delta, run)
+    _sums(report, run, releases)
+
+
+def _plan(report, plan, releases) -> None:
+    check = "secure-plan"
+    for entry in releases:
+        body, where = entry.body, f"release {entry.round} ({entry.body.get('release')})"
+        wanted = plan.release(str(body["release"]))
+        pairs = {
+            "scale": (float(body["scale"]), wanted.scale), "rounding-bound": (float(body["rounding-bound"]), wanted.bound),
+            "share-variance": (float(body["share-variance"]), wanted.share_variance),
+            "min-survivors": (int(body["min-survivors"]), plan.min_survivors), "threshold": (int(body["threshold"]), plan.threshold),
+            "colluders": (int(body["colluders"]), plan.colluders),
+        }
+        for key, (recorded, expected) in pairs.items():
+            if not math.isclose(recorded, expected, rel_tol=1e-9, abs_tol=1e-12):
+                report.fail(check, f"{where}: {key} {recorded:.6g} is not the plan's {expected:.6g}")
+    report.ok(check)
+    report.figures["secure plan"] = (
+        f"{plan.devices} devices, {plan.neighbours} neighbours each, threshold {plan.threshold}, a release needs "
+        f"{plan.min_survivors}, {plan.colluders} may collude; field 2^32"
+    )
+
+
+def _shares(report, plan, releases, population: int, budget: float, delta: float, run: RunDirectory) -> None:
+    check = "secure-shares"
+    honest: list[float] = []
+    last = 0.0
+    for entry in releases:
+        body, where = entry.body, f"release {entry.round} ({entry.body.get('release')})"
+        wanted = plan.release(str(body["release"]))
+        signed = list(body.get("signed", []))
+        contributors = [str(r.get("client")) for r in signed]
+        if len(signed) != int(body["contributions"]) or contributors != list(body.get("contributors", [])):
+            report.fail(check, f"{where}: {int(body['contributions'])} contributions counted, {len(signed)} signed records")
+        if len(set(contributors)) != len(contributors) or len({r.get("index") for r in signed}) != len(signed):
+            report.fail(check, f"{where}: a device is counted twice ({len(signed)} records, {len(set(contributors))} devices)")
+        if len(signed) < plan.min_survivors:
+            report.fail(check, f"{where}: {len(signed)} devices contributed, below the minimum {plan.min_survivors}: this release should have been aborted")
+        if len(signed) > population:
+            report.fail(check, f"{where}: {len(signed)} contributions from a population of {population}")
+        for record in signed:
+            fields = {k: record.get(k) for k in SIGNED_KEYS}
+            who = f"{where}: device {record.get('client')}"
+            if not record.get("signature") or not verify_record(str(record.get("public-key", "")), fields, str(record["signature"])):
+                report.fail(check, f"{who}: its record is not signed by its key")
+            if (record.get("release") != body["release"] or int(record.get("dimension", -1)) != wanted.dimension
+                    or not math.isclose(float(record.get("scale", 0)), wanted.scale) or not math.isclose(float(record.get("bound", 0)), wanted.bound)
+                    or int(record.get("field-bits", 0)) != 32):
+                report.fail(check, f"{who}: signed release, dimension, scale, bound or field differ from the plan")
+            if float(record.get("noise-variance", 0.0)) < wanted.share_variance * (1 - 1e-9):
+                report.fail(
+                    check,
+                    f"{who}: signed a noise share of variance {float(record.get('noise-variance', 0.0)):.6g}, below the "
+                    f"planned {wanted.share_variance:.6g}",
+                )
+        variances = sorted(float(r.get("noise-variance", 0.0)) for r in signed)
+        realised = float(sum(variances[: max(0, len(variances) - plan.colluders)]))
+        if not math.isclose(realised, float(body["honest-variance"]), rel_tol=1e-9, abs_tol=1e-9):
+            report.fail(check, f"{where}: honest variance {float(body['honest-variance']):.6g} recorded, the signed shares give {realised:.6g}")
+        honest.append(realised)
+        recomputed = plan.epsilon(honest)
+        claimed = _number(body["user-level-epsilon"]) if float(body["user-level-epsilon"]) >= 0 else math.inf
+        if claimed < recomputed * (1 - 1e-9):
+            report.fail(check, f"{where}: claims user-level epsilon {claimed:.4f}, the signed shares give {recomputed:.4f}")
+        if claimed < last:
+            report.fail("epsilon-monotone", f"{where}: user-level epsilon fell from {last:.4f} to {claimed:.4f}")
+        last = claimed
+        report.server_epsilons.append((entry.round, claimed))
+    if honest and plan.epsilon(honest) > budget * (1 + 1e-9):
+        report.fail(check, f"the signed shares give user-level epsilon {plan.epsilon(honest):.4f}, above user-epsilon {budget:g}")
+    if run.has_summary():
+        said = run.read_summary().get("privacy", {}).get("user-level-epsilon")
+        said = math.inf if said is None or said == "inf" else float(said)
+        if not math.isclose(said, last, rel_tol=1e-9) and not (math.isinf(said) and math.isinf(last)):
+            report.fail(check, f"summary.json claims user-level epsilon {said}, the ledger {last}")
+    report.ok(check)
+    report.figures["user-level epsilon"] = (
+        f"{last:.3f} at delta {delta:g} after {len(releases)} releases, recomputed from the devices' signed noise shares "
+        f"(Skellam RDP; {plan.colluders} colluders' shares not counted); whom you trust: no single party"
+        if math.isfinite(last) else "inf: the releases had no noise (NOT PRIVATE)"
+    )
+
+
+def _sums(report, run: RunDirectory, releases) -> None:
+    check = "secure-sum"
+    if not run.file(SECURE_FILE).is_file() or not run.file(RELEASES_FILE).is_file():
+        report.fail(check, f"{run.file(SECURE_FILE)} or {RELEASES_FILE}: missing: the secure sums cannot be checked")
+        return
+    evidence, released = run.load_arrays(SECURE_FILE), run.load_arrays(RELEASES_FILE)
+    publics = {i: bytes(row) for i, row in enumerate(evidence["mask-publics"])}
+    neighbours = {i: [int(v) for v in row if v >= 0] for i, row in enumerate(evidence["neighbours"])}
+    for entry in releases:
+        body, name = entry.body, str(entry.body["release"])
+        where = f"release {entry.round} ({name})"
+        try:
+            total = evidence[f"{name}.masked-sum"]
+            survivors = [int(v) for v in evidence[f"{name}.survivors"]]
+            dropped = [int(v) for v in evidence[f"{name}.dropped"]]
+            seeds = {u: bytes(row) for u, row in zip(survivors, evidence[f"{name}.seeds"])}
+            keys = {v: bytes(row) for v, row in zip(dropped, evidence[f"{name}.dropped-keys"])}
+            recorded = evidence[f"{name}.unmasked"]
+        except KeyError as exc:
+            report.fail(check, f"{where}: {SECURE_FILE} lacks {exc}")
+            continue
+        signed = list(body.get("signed", []))
+        if sorted(int(r["index"]) for r in signed) != survivors:
+            report.fail(check, f"{where}: the unmasked survivors are not the devices that signed an input")
+        participants = sorted(survivors + dropped)
+        matrix = masks.sketch_matrix(sketch_seed(name, participants), int(body["dimension"]))
+        expected = np.zeros(masks.SKETCH_ROWS, dtype=np.uint32)
+        for record in signed:
+            expected += np.asarray(record["sketch"], dtype=np.int64).astype(np.uint32)
+        if not np.array_equal(masks.sketch(matrix, total), expected):
+            report.fail(check, f"{where}: the recorded masked sum is not the sum of the devices' signed masked vectors")
+        unmasked = from_field(unmasked_sum(total, name, survivors, seeds, keys, publics, neighbours))
+        if not np.array_equal(unmasked, np.asarray(recorded, dtype=np.int64)):
+            report.fail(check, f"{where}: unmasking the recorded sum with the recorded seeds and keys does not give the recorded sum")
+        if name not in released or not np.allclose(released[name], unmasked / float(body["scale"]), rtol=0, atol=1e-9):
+            report.fail(check, f"{where}: releases.npz does not hold the unmasked sum over the scale")
+    report.ok(check)

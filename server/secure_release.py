@@ -1,0 +1,185 @@
+"""``user-noise = distributed``: the server's side of secure aggregation for the user-level releases.
+
+The server routes keys and encrypted shares, sums the masked inputs modulo 2^32 and unmasks
+the sum with the shares the survivors return (:mod:`shared.secure_sum`). It never holds a
+device's statistic: each masked input is uniform in Z_{2^32} to it, and the devices refuse to
+help unmask fewer than the plan's minimum. The noise is the devices': the released sum carries
+the Skellam noise of every device that sent its input, and the claim counts only the shares of
+those beyond the colluders the run tolerates.
+
+What it records (the audit's evidence, ``secure-sum.npz`` and the ledger): each release's
+masked sum, survivors, the rebuilt self-mask seeds and dropped devices' mask keys, every
+device's mask public key and neighbours, and each device's signed record of what it added.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from server.replies import MESSAGE_TIMEOUT_S, ok_replies
+from shared.config import RunConfig
+from shared.messages import (
+    MASKED_KEY,
+    SECURE_INPUT,
+    SECURE_KEYS,
+    SECURE_SHARE,
+    SECURE_UNMASK,
+    secure_fields,
+    secure_message,
+    update_of,
+)
+from shared.secure_sum import masks
+from shared.secure_sum.plan import SecurePlan, ring_neighbours
+from shared.secure_sum.quantise import from_field
+from shared.secure_sum.unmask import unmasked_sum
+from shared.user_releases import secure_plan
+
+
+class SecureAggregationAborted(RuntimeError):
+    """Too few devices took part for the plan's minimum: nothing was released."""
+
+
+@dataclass
+class SecureRelease:
+    """What one secure release gave: the noisy sum (in units of the clip) and its evidence."""
+
+    name: str
+    noisy: np.ndarray
+    participants: list[int]
+    survivors: list[int]
+    dropped: list[int]
+    records: list[dict[str, Any]]
+    honest_variance: float  # per coordinate, integer domain: the signed shares beyond the colluders
+    total_variance: float  # per coordinate, integer domain: every signed share
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def honest_variance(variances: list[float], colluders: int) -> float:
+    """The noise no colluder knows: every share but the ``colluders`` largest (the worst case)."""
+    ordered = sorted(variances)
+    return float(sum(ordered[: max(0, len(ordered) - colluders)]))
+
+
+class SecureAggregation:
+    """One run's secure releases over ``grid``'s ``nodes`` (protocol indices 0..n-1 in node order)."""
+
+    def __init__(self, grid: Grid, nodes: list[int], config: RunConfig, dimensions: list[int], log=print) -> None:
+        self.grid, self.nodes, self.config, self.log = grid, list(nodes), config, log
+        self.plan: SecurePlan = secure_plan(config, len(nodes), dimensions)
+        self.dimensions = list(dimensions)
+        self.mask_publics: dict[int, bytes] = {}
+        self.neighbours: dict[int, list[int]] = {}
+        self.forwarded: dict[int, list[bytes]] = {}
+        self.participants: list[int] = []
+
+    def _send(self, stage: str, fields_of: dict[int, dict[str, Any]], arrays: ArrayRecord, server_round: int) -> dict[int, Message]:
+        settings = self.config.device_settings()
+        messages = [secure_message(self.nodes[i], stage, fields, arrays, settings, server_round) for i, fields in fields_of.items()]
+        replies = ok_replies(self.grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+        index = {node: i for i, node in enumerate(self.nodes)}
+        return {index[r.metadata.src_node_id]: r for r in replies if r.metadata.src_node_id in index}
+
+    def _require(self, alive: int, stage: str) -> None:
+        if alive < self.plan.min_survivors:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at {stage}: {alive} devices, below the minimum {self.plan.min_survivors} of "
+                f"{self.plan.devices} (secure-dropout {self.config.privacy.secure_dropout:g}); nothing was released"
+            )
+
+    def setup(self, server_round: int) -> None:
+        """Stages 1 and 2: keys, then encrypted shares for each device's neighbours."""
+        everyone = range(len(self.nodes))
+        common = {"devices": len(self.nodes), "dimensions": self.dimensions}
+        replies = self._send(SECURE_KEYS, {i: {**common, "index": i} for i in everyone}, ArrayRecord(), server_round)
+        self._require(len(replies), "key advertisement")
+        keys = {i: (bytes(secure_fields(r)["mask-public"]), bytes(secure_fields(r)["channel-public"])) for i, r in replies.items()}
+        self.mask_publics = {i: k[0] for i, k in keys.items()}
+        order = sorted(keys)
+        rng = np.random.default_rng(secrets.randbits(128))
+        order = [order[j] for j in rng.permutation(len(order))]
+        k = min(self.plan.neighbours, len(order) - 1)
+        self.neighbours = ring_neighbours(order, k - (k % 2 if len(order) - 1 > k else 0))
+        fields = {
+            i: {**common, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
+                "channel-publics": [keys[v][1] for v in self.neighbours[i]]}
+            for i in keys
+        }
+        replies = self._send(SECURE_SHARE, fields, ArrayRecord(), server_round)
+        self._require(len(replies), "share distribution")
+        sent = {(i, v): c for i, r in replies.items() for v, c in zip(self.neighbours[i], secure_fields(r)["ciphertexts"])}
+        self.forwarded = {v: [sent.get((u, v), b"") for u in self.neighbours[v]] for v in replies}
+        self.participants = sorted(replies)
+
+    def release(self, name: str, arrays: ArrayRecord, server_round: int) -> SecureRelease:
+        """Stages 3 and 4 for one release: masked inputs, their sum, and its unmasking."""
+        plan, release = self.plan, self.plan.release(name)
+        participants = list(self.participants)
+        self._require(len(participants), f"{name} input")
+        common = {"devices": plan.devices, "dimensions": self.dimensions, "release": name, "participants": participants}
+        replies = self._send(SECURE_INPUT, {i: {**common, "held": self.forwarded[i]} for i in participants}, arrays, server_round)
+        total = np.zeros(release.dimension, dtype=np.uint32)
+        records: dict[int, dict[str, Any]] = {}
+        for i, reply in sorted(replies.items()):
+            masked = update_of(reply)[MASKED_KEY].numpy() if MASKED_KEY in update_of(reply) else None
+            record = secure_fields(reply)
+            if masked is None or masked.dtype != np.uint32 or masked.shape != (release.dimension,) or record.get("masked-sha256") != masks.digest(masked):
+                self.log(f"  device {i}: masked input dropped (wrong type, size or digest)")
+                continue
+            total += masked
+            records[i] = record
+        survivors = sorted(records)
+        self._require(len(survivors), f"{name} input")
+        dropped = sorted(set(participants) - set(survivors))
+        fields = {i: {**common, "survivors": survivors, "dropped": dropped} for i in survivors}
+        answers = self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round)
+        seed_shares: dict[int, list[bytes]] = {}
+        key_shares: dict[int, list[bytes]] = {}
+        for reply in answers.values():
+            f = secure_fields(reply)
+            for owner, value in zip(f["seed-owners"], f["seed-shares"]):
+                seed_shares.setdefault(int(owner), []).append(bytes(value))
+            for owner, value in zip(f["key-owners"], f["key-shares"]):
+                key_shares.setdefault(int(owner), []).append(bytes(value))
+        short = [u for u in survivors if len(seed_shares.get(u, [])) < plan.threshold]
+        short += [v for v in dropped if len(key_shares.get(v, [])) < plan.threshold]
+        if short:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at {name} unmasking: devices {short[:5]} have fewer than {plan.threshold} "
+                "shares returned; nothing was released"
+            )
+        seeds = {u: masks.rebuild(seed_shares[u][: plan.threshold]) for u in survivors}
+        dropped_keys = {v: masks.rebuild(key_shares[v][: plan.threshold]) for v in dropped}
+        integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, self.mask_publics, self.neighbours)
+        self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
+        variances = [float(records[u]["noise-variance"]) for u in survivors]
+        evidence = {
+            f"{name}.masked-sum": total,
+            f"{name}.survivors": np.asarray(survivors, dtype=np.int64),
+            f"{name}.seeds": np.frombuffer(b"".join(seeds[u] for u in survivors), dtype=np.uint8).reshape(len(survivors), -1),
+            f"{name}.dropped": np.asarray(dropped, dtype=np.int64),
+            f"{name}.dropped-keys": np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
+            f"{name}.unmasked": from_field(integers),
+        }
+        return SecureRelease(
+            name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
+            records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.colluders),
+            total_variance=float(sum(variances)), evidence=evidence,
+        )
+
+    def key_evidence(self) -> dict[str, np.ndarray]:
+        """Every device's mask public key and neighbours (the audit rebuilds dropped masks with them)."""
+        n = len(self.nodes)
+        publics = np.zeros((n, 32), dtype=np.uint8)
+        for i, key in self.mask_publics.items():
+            publics[i] = np.frombuffer(key, dtype=np.uint8)
+        width = max((len(v) for v in self.neighbours.values()), default=0)
+        graph = -np.ones((n, width), dtype=np.int64)
+        for i, vs in self.neighbours.items():
+            graph[i, : len(vs)] = vs
+        return {"mask-publics": publics, "neighbours": graph}

@@ -1,0 +1,215 @@
+"""The device's side of secure aggregation (Bonawitz et al. 2017, Figure 4), and its refusals.
+
+Four stages, each one message from the server and one reply:
+
+1. **keys**: two X25519 key pairs, one to agree mask keys, one to encrypt shares; the public
+   halves go to the server.
+2. **share**: for each release a fresh self-mask seed; Shamir shares of the mask private key and
+   of every seed go to the device's neighbours, each encrypted for its holder.
+3. **input** (per release): the statistic, clipped to norm 1, scaled and rounded, plus this
+   device's Skellam noise share, plus its self mask and its pairwise masks with the neighbours
+   taking part, modulo 2^32. Uniform to the server. The device signs what it added.
+4. **unmask** (per release): for each neighbour that sent its input, its share of that
+   neighbour's self-mask seed; for each that did not, its share of the mask private key.
+
+What the device refuses (a :class:`ProtocolRefusal`, an error reply): to mask or unmask for
+fewer devices than the plan's minimum (so the server cannot unmask one device's input, or a
+sum over a few); to reveal both the seed share and the mask-key share of the same neighbour
+(with both, the server could unmask that neighbour's input alone); a neighbour list that is not
+the plan's size or names itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.privacy.dp_fedavg import clip
+from shared.secure_sum import masks
+from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
+from shared.secure_sum.quantise import FIELD_BITS, conditional_round, to_field
+from shared.secure_sum.skellam import noise_rng, skellam_noise
+
+
+class ProtocolRefusal(ValueError):
+    """The device will not do what the server asked: it would weaken someone's privacy."""
+
+
+def pairwise_sign(me: int, other: int) -> int:
+    return 1 if me < other else -1
+
+
+def sketch_seed(release: str, participants: list[int]) -> bytes:
+    """Public: every party derives the same sketch matrix for a release's participants."""
+    return f"{release}:{','.join(map(str, sorted(participants)))}".encode()
+
+
+def _pack(parts: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+
+
+def _unpack(blob: bytes) -> list[bytes]:
+    out, offset = [], 0
+    while offset < len(blob):
+        (size,) = struct.unpack_from("<I", blob, offset)
+        out.append(blob[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return out
+
+
+def _associated(sender: int, holder: int) -> bytes:
+    return f"share {sender}->{holder}".encode()
+
+
+@dataclass
+class DeviceSession:
+    """One device's secrets and bookkeeping for one run's secure releases (kept in its state)."""
+
+    index: int
+    devices: int
+    mask_private: bytes = field(default_factory=masks.new_private_key)
+    channel_private: bytes = field(default_factory=masks.new_private_key)
+    releases: list[str] = field(default_factory=list)
+    seeds: list[bytes] = field(default_factory=list)
+    neighbours: list[int] = field(default_factory=list)
+    mask_publics: list[bytes] = field(default_factory=list)
+    channel_publics: list[bytes] = field(default_factory=list)
+    held: list[bytes] = field(default_factory=list)  # ciphertexts from each neighbour, in neighbour order
+    revealed_keys: list[int] = field(default_factory=list)
+    revealed_seeds: list[str] = field(default_factory=list)  # "release:neighbour"
+
+    # --- stage 1 ---------------------------------------------------------------------------
+    def public_keys(self) -> tuple[bytes, bytes]:
+        return masks.public_key(self.mask_private), masks.public_key(self.channel_private)
+
+    # --- stage 2 ---------------------------------------------------------------------------
+    def share_keys(self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes]) -> list[bytes]:
+        """Encrypted shares for each neighbour, in ``neighbours`` order."""
+        if not plan.threshold <= len(neighbours) <= plan.neighbours or len(set(neighbours)) != len(neighbours) or self.index in neighbours:
+            raise ProtocolRefusal(
+                f"neighbour list of {len(neighbours)}: the plan wants {plan.threshold} to {plan.neighbours} distinct devices, not this one"
+            )
+        if not all(0 <= v < self.devices for v in neighbours) or len(mask_publics) != len(neighbours) or len(channel_publics) != len(neighbours):
+            raise ProtocolRefusal("neighbour keys do not match the neighbour list")
+        self.neighbours, self.mask_publics, self.channel_publics = list(neighbours), list(mask_publics), list(channel_publics)
+        self.releases = [r.name for r in plan.releases]
+        self.seeds = [masks.new_seed() for _ in self.releases]
+        k = len(neighbours)
+        key_shares = masks.share(self.mask_private, plan.threshold, k)
+        seed_shares = [masks.share(seed, plan.threshold, k) for seed in self.seeds]
+        out = []
+        for position, (holder, channel) in enumerate(zip(neighbours, channel_publics)):
+            plaintext = _pack([key_shares[position]] + [shares[position] for shares in seed_shares])
+            key = masks.derive(self.channel_private, channel, "share-encryption")
+            out.append(masks.encrypt(key, plaintext, _associated(self.index, holder)))
+        return out
+
+    def hold(self, ciphertexts: list[bytes]) -> None:
+        """Keep the shares the neighbours encrypted for this device (forwarded by the server)."""
+        if len(ciphertexts) != len(self.neighbours):
+            raise ProtocolRefusal(f"{len(ciphertexts)} forwarded shares for {len(self.neighbours)} neighbours")
+        self.held = list(ciphertexts)
+
+    # --- stage 3 ---------------------------------------------------------------------------
+    def masked_input(
+        self, plan: SecurePlan, release: ReleasePlan, participants: list[int], statistic: np.ndarray, add_noise: bool = True
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """This device's masked, noised, quantised statistic, and the record it signs."""
+        if release.name not in self.releases:
+            raise ProtocolRefusal(f"no self-mask seed for release {release.name!r}: the key stages did not run")
+        self._check_population(plan, participants, "mask an input")
+        revealed = sorted(set(self.revealed_keys) & set(participants))
+        if revealed:
+            raise ProtocolRefusal(f"devices {revealed} take part although this device revealed their mask keys")
+        if statistic.size != release.dimension:
+            raise ProtocolRefusal(f"a statistic of {statistic.size} values for a release of {release.dimension}")
+        rng = noise_rng()
+        bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
+        rounded = conditional_round(bounded, release.scale, release.bound, rng)
+        variance = release.share_variance if add_noise else 0.0
+        vector = to_field(rounded + skellam_noise(rng, release.dimension, variance))
+        vector = vector + masks.mask_stream(masks.release_key(self.seeds[self.releases.index(release.name)], release.name), release.dimension)
+        taking_part = set(participants)
+        for v, public in zip(self.neighbours, self.mask_publics):
+            if v in taking_part:
+                stream = masks.mask_stream(masks.release_key(masks.derive(self.mask_private, public, "mask"), release.name), release.dimension)
+                vector = vector + stream if pairwise_sign(self.index, v) > 0 else vector - stream
+        record = {
+            "release": release.name,
+            "index": self.index,
+            "noise-variance": float(variance),
+            "scale": float(release.scale),
+            "bound": float(release.bound),
+            "field-bits": FIELD_BITS,
+            "dimension": int(release.dimension),
+            "participants": len(participants),
+            "masked-sha256": masks.digest(vector),
+            "sketch": [int(x) for x in masks.sketch(masks.sketch_matrix(sketch_seed(release.name, participants), release.dimension), vector)],
+        }
+        return vector, record
+
+    # --- stage 4 ---------------------------------------------------------------------------
+    def unmask(self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """(seed shares of surviving neighbours, mask-key shares of dropped neighbours)."""
+        self._check_population(plan, survivors, "unmask")
+        if set(survivors) & set(dropped):
+            raise ProtocolRefusal(f"devices {sorted(set(survivors) & set(dropped))} are named as survivors and as dropped")
+        if len(self.held) != len(self.neighbours):
+            raise ProtocolRefusal("no shares held: the server never forwarded them")
+        held_from = {v for v, c in zip(self.neighbours, self.held) if c}
+        if any(v not in held_from for v in self.neighbours if v in set(dropped)):
+            raise ProtocolRefusal("a dropped device named that never shared its keys with this device")
+        which = self.releases.index(release) if release in self.releases else -1
+        if which < 0:
+            raise ProtocolRefusal(f"unknown release {release!r}")
+        alive, gone = set(survivors), set(dropped)
+        seed_out: dict[int, bytes] = {}
+        key_out: dict[int, bytes] = {}
+        for v, channel, ciphertext in zip(self.neighbours, self.channel_publics, self.held):
+            if (v not in alive and v not in gone) or not ciphertext:
+                continue
+            if v in alive and v in self.revealed_keys:
+                raise ProtocolRefusal(f"device {v}'s mask key was revealed: refusing to reveal its self-mask seed too")
+            if v in gone and any(tag.endswith(f":{v}") for tag in self.revealed_seeds):
+                raise ProtocolRefusal(f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too")
+            key = masks.derive(self.channel_private, channel, "share-encryption")
+            parts = _unpack(masks.decrypt(key, ciphertext, _associated(v, self.index)))
+            if v in alive:
+                seed_out[v] = parts[1 + which]
+                self.revealed_seeds.append(f"{release}:{v}")
+            else:
+                key_out[v] = parts[0]
+                self.revealed_keys.append(v)
+        return seed_out, key_out
+
+    def _check_population(self, plan: SecurePlan, members: list[int], action: str) -> None:
+        if plan.devices != self.devices:
+            raise ProtocolRefusal(f"the plan is for {plan.devices} devices, this session for {self.devices}")
+        if len(set(members)) < plan.min_survivors:
+            raise ProtocolRefusal(
+                f"refusing to {action} for {len(set(members))} devices: the minimum is {plan.min_survivors} of {plan.devices}"
+            )
+        if self.index not in members or not all(0 <= v < self.devices for v in members):
+            raise ProtocolRefusal(f"the device list does not name this device ({self.index}) or names unknown devices")
+
+    # --- persistence (Flower's context.state holds plain records) ----------------------------
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "devices": self.devices, "mask-private": self.mask_private, "channel-private": self.channel_private,
+            "releases": list(self.releases), "seeds": list(self.seeds), "neighbours": list(self.neighbours),
+            "mask-publics": list(self.mask_publics), "channel-publics": list(self.channel_publics), "held": list(self.held),
+            "revealed-keys": list(self.revealed_keys), "revealed-seeds": list(self.revealed_seeds),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "DeviceSession":
+        return cls(
+            index=int(record["index"]), devices=int(record["devices"]), mask_private=bytes(record["mask-private"]),
+            channel_private=bytes(record["channel-private"]), releases=list(record["releases"]), seeds=list(record["seeds"]),
+            neighbours=[int(v) for v in record["neighbours"]], mask_publics=list(record["mask-publics"]),
+            channel_publics=list(record["channel-publics"]), held=list(record["held"]),
+            revealed_keys=[int(v) for v in record["revealed-keys"]], revealed_seeds=list(record["revealed-seeds"]),
+        )

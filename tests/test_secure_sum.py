@@ -1,0 +1,244 @@
+"""user-noise = distributed: secure aggregation with distributed Skellam noise.
+
+Protocol tests drive the real server driver (server.secure_release) and the real device stage
+handler (client.secure_sum) in one process through a grid that delivers messages and drops the
+replies of chosen devices at chosen stages; the Flower runs at the end go through the real
+ClientApp, faults app and audit."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from client.secure_sum import stage_reply
+from server.audit import audit
+from server.secure_release import SecureAggregation, SecureAggregationAborted
+from shared.config import resolve
+from shared.cooccurrence import popularity_contribution
+from shared.messages import SECURE_STAGES, TASK_KEY, message_config
+from shared.secure_sum import masks
+from shared.secure_sum.device import DeviceSession, ProtocolRefusal
+from shared.secure_sum.plan import make_plan
+from shared.secure_sum.quantise import check_no_overflow, conditional_round, rounding_bound
+from shared.secure_sum.skellam import ORDERS, SkellamRelease, skellam_epsilon
+from shared.run_directory import read_ledger, read_metrics
+from simulations.simulate import read_summary, simulate
+
+ITEMS = 40
+
+
+class DeliveringGrid:
+    """Delivers each message to the device's stage handler; ``drop`` = {stage: {device index}}
+    loses those devices' replies at that stage (a crash or a lost connection)."""
+
+    def __init__(self, users: int, drop: dict[str, set[int]] | None = None, seed: int = 0):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id = 1  # what a ServerApp process has set when it builds messages
+        self.identity = TaskIdentity
+        TaskIdentity.node_id, TaskIdentity.task_id = 0, 1  # the server's own
+        rng = np.random.default_rng(seed)
+        self.nodes = list(range(101, 101 + users))
+        self.items = {node: np.sort(rng.choice(ITEMS, size=int(rng.integers(1, 12)), replace=False)) for node in self.nodes}
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={}) for node in self.nodes}
+        self.drop = drop or {}
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.identity.node_id = node  # the device's process builds its reply
+            stage = message_config(msg)[TASK_KEY]
+            reply = stage_reply(msg, self.contexts[node], SimpleNamespace(num_items=ITEMS, train_items=self.items[node]), stage,
+                                f"device-{node}", f"node-{node}", None)
+            index = self.nodes.index(node)
+            if index in self.drop.get(stage, set()):
+                continue
+            replies.append(reply)
+        self.identity.node_id = 0
+        return replies
+
+    def popularity(self, devices) -> np.ndarray:
+        return sum(popularity_contribution(self.items[self.nodes[i]], ITEMS) for i in devices)
+
+
+def _secure(users: int, drop=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
+    grid = DeliveringGrid(users, drop)
+    config = resolve(None, {"privacy": "user", "secure-neighbours": 6, **settings})
+    secure = SecureAggregation(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None)
+    return secure, grid
+
+
+@pytest.mark.parametrize(
+    "stage, dropped",
+    [("secure-keys", 3), ("secure-share", 3), ("secure-input", 3), ("secure-unmask", 3), (None, None)],
+)
+def test_the_sum_is_exactly_the_survivors_statistics_whatever_stage_a_device_drops_at(stage, dropped):
+    """Without noise (user-epsilon inf) the unmasked sum is the sum of the survivors' rounded
+    statistics, to the rounding: a device dropping after its keys are shared is unmasked from
+    its neighbours' shares; one dropping after its input is in the sum (its seed rebuilt)."""
+    secure, grid = _secure(20, {stage: {dropped}} if stage else None, **{"user-epsilon": "inf"})
+    secure.setup(server_round=1)
+    result = secure.release("popularity", RecordDict().array_records.get("x") or _empty(), server_round=1)
+    expected_out = {"secure-keys": {3}, "secure-share": {3}, "secure-input": {3}}.get(stage, set())
+    assert result.survivors == [i for i in range(20) if i not in expected_out]
+    assert result.dropped == (sorted(expected_out) if stage == "secure-input" else [])
+    np.testing.assert_allclose(result.noisy, grid.popularity(result.survivors), atol=20 / secure.plan.release("popularity").scale)
+
+
+def _empty():
+    from flwr.app import ArrayRecord
+
+    return ArrayRecord()
+
+
+@pytest.mark.parametrize("stage", ["secure-keys", "secure-share", "secure-input"])
+def test_below_the_minimum_a_release_is_aborted_and_nothing_released(stage):
+    # 20 devices, secure-dropout 0.1: 18 must take part; 3 drop. (Devices that drop at unmasking
+    # after sending their input are in the sum: the next test aborts there.)
+    secure, _ = _secure(20, {stage: {0, 1, 2}})
+    with pytest.raises(SecureAggregationAborted, match=r"below the minimum 18 of 20|fewer than 4 shares returned"):
+        secure.setup(server_round=1)
+        secure.release("popularity", _empty(), server_round=1)
+
+
+def test_a_device_drops_past_the_unmask_threshold_and_the_release_aborts():
+    # When the survivors return too few shares (here everyone but two stops answering at
+    # unmasking), no seed can be rebuilt: aborted, not a partial sum.
+    secure, _ = _secure(20, {"secure-unmask": set(range(2, 20))}, **{"secure-dropout": 0.5})
+    secure.setup(server_round=1)
+    with pytest.raises(SecureAggregationAborted, match="fewer than 4 shares returned; nothing was released"):
+        secure.release("popularity", _empty(), server_round=1)
+
+
+def test_what_the_server_receives_from_one_device_is_uniform_modulo_the_field():
+    """The same device, statistic all zeros or all at the clip: the masked vector's top byte is
+    uniform (chi-square over 256 bins at a false-alarm rate of 1e-6) and the two are unrelated."""
+    plan = make_plan(4, ["a"], [40_000], [1.0], 8.0, 1e-5, 2, 0.0, 0.0)
+
+    def masked_by_device_0(statistic: np.ndarray) -> np.ndarray:  # a fresh session: keys and seeds are per run
+        sessions = [DeviceSession(i, 4) for i in range(4)]
+        publics = [s.public_keys() for s in sessions]
+        for s in sessions:
+            others = [v for v in range(4) if v != s.index][: plan.neighbours]
+            s.share_keys(plan, others, [publics[v][0] for v in others], [publics[v][1] for v in others])
+        return sessions[0].masked_input(plan, plan.release("a"), [0, 1, 2, 3], statistic)[0]
+
+    chi_square_limit = 376.0  # chi-square(255) quantile at 1 - 1e-6
+    vectors = [masked_by_device_0(np.zeros(40_000)), masked_by_device_0(np.full(40_000, 1 / 200.0))]
+    for vector in vectors:
+        counts = np.bincount((vector >> 24).astype(np.int64), minlength=256)
+        expected = vector.size / 256
+        assert float(((counts - expected) ** 2 / expected).sum()) < chi_square_limit
+    assert abs(np.corrcoef(vectors[0].astype(float), vectors[1].astype(float))[0, 1]) < 0.03
+
+
+def test_a_server_that_asks_to_unmask_a_single_device_is_refused():
+    secure, grid = _secure(12)
+    secure.setup(server_round=1)
+    session = DeviceSession.from_record(dict(grid.contexts[grid.nodes[0]].state.config_records["secure-sum"]))
+    session.hold([b"x"] * len(session.neighbours))
+    with pytest.raises(ProtocolRefusal, match="refusing to unmask for 1 devices: the minimum is 11 of 12"):
+        session.unmask(secure.plan, "popularity", [0], [])
+    with pytest.raises(ProtocolRefusal, match="refusing to mask an input for 2 devices"):
+        session.masked_input(secure.plan, secure.plan.release("popularity"), [0, 1], np.zeros(ITEMS))
+
+
+def test_a_device_never_reveals_both_secrets_of_one_neighbour():
+    secure, grid = _secure(12, {"secure-input": {5}})
+    secure.setup(server_round=1)
+    secure.release("popularity", _empty(), server_round=1)  # device 5 dropped: its mask key was rebuilt
+    holder = next(node for node in grid.nodes if 5 in DeviceSession.from_record(dict(grid.contexts[node].state.config_records["secure-sum"])).neighbours)
+    session = DeviceSession.from_record(dict(grid.contexts[holder].state.config_records["secure-sum"]))
+    assert 5 in session.revealed_keys
+    with pytest.raises(ProtocolRefusal, match="device 5's mask key was revealed: refusing to reveal its self-mask seed too"):
+        session.unmask(secure.plan, "cooccurrence", list(range(12)), [])
+
+
+def test_skellam_accounting_tends_to_the_gaussian_rdp_and_is_above_it():
+    """At a large scale the Skellam RDP is the Gaussian's (dp-accounting's RDP accountant at
+    the same std); at a small scale it is strictly larger."""
+    import dp_accounting
+
+    for std in (0.7, 2.0):
+        accountant = dp_accounting.rdp.RdpAccountant(orders=list(ORDERS))
+        accountant.compose(dp_accounting.GaussianDpEvent(std))
+        gaussian = accountant.get_epsilon(1e-5)
+        scale = 2.0**20
+        large = skellam_epsilon([SkellamRelease(scale, scale * 100, (std * scale) ** 2)], 1e-5)
+        small = skellam_epsilon([SkellamRelease(4.0, 40.0, (std * 4.0) ** 2)], 1e-5)
+        assert large == pytest.approx(gaussian, rel=1e-4)
+        assert small > gaussian * 1.01
+
+
+def test_the_plan_spends_the_budget_at_the_minimum_and_the_rounding_holds_its_bound():
+    plan = make_plan(943, ["popularity", "cooccurrence", "selection"], [1682, 180_300, 15], [0.1, 0.8, 0.1], 8.0, 1e-5, 32, 0.1, 0.05)
+    assert (plan.min_survivors, plan.colluders, plan.threshold, plan.neighbours) == (849, 48, 17, 32)
+    at_minimum = [r.share_variance * plan.honest_minimum for r in plan.releases]
+    assert plan.epsilon(at_minimum) == pytest.approx(8.0, rel=1e-9)
+    everyone = [r.share_variance * (943 - 48) for r in plan.releases]
+    assert plan.epsilon(everyone) < 8.0
+    release = plan.release("cooccurrence")
+    rng = np.random.default_rng(0)
+    dense = rng.random(release.dimension)
+    rounded = conditional_round(dense / np.linalg.norm(dense), release.scale, release.bound, rng)
+    assert np.linalg.norm(rounded) <= release.bound == rounding_bound(1.0, release.scale, release.dimension)
+    with pytest.raises(ValueError, match="past the field's 2\\^31: lower the scale"):
+        check_no_overflow(943, release.bound * 4, 0.0)
+
+
+def test_masks_come_from_a_keyed_stream_not_a_seeded_numpy_generator():
+    key = masks.new_seed()
+    first, second = masks.mask_stream(key, 8), masks.mask_stream(masks.new_seed(), 8)
+    assert first.dtype == np.uint32 and not np.array_equal(first, second)
+    assert np.array_equal(first, masks.mask_stream(key, 8))  # a function of the whole 256-bit key
+
+
+# --- through Flower, the faults app and the audit ---------------------------------------------
+
+
+def _secure_run(small_dataset, feature_cache, runs, run_id: str, **extra):
+    return simulate(
+        {
+            "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
+            "privacy": "user", "secure-dropout": 0.2, "secure-neighbours": 6, **extra,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def dropout_run(small_dataset, feature_cache, tmp_path_factory):
+    """12 devices; one drops after sharing its keys, one after sending its first input."""
+    return _secure_run(small_dataset, feature_cache, tmp_path_factory.mktemp("secure"), "dropouts",
+                       faults="dropinput:2 dropunmask:7")
+
+
+def test_a_run_with_dropouts_finishes_reports_epsilon_at_the_realised_count_and_passes_the_audit(dropout_run):
+    releases = [e.body for e in read_ledger(dropout_run) if e.kind == "release"]
+    assert [b["contributions"] for b in releases] == [11, 11, 11]
+    assert [b["dropped"] for b in releases] == [1, 0, 0]
+    plan = make_plan(12, ["popularity", "cooccurrence", "selection"], [b["dimension"] for b in releases], [0.1, 0.8, 0.1],
+                     8.0, 1e-5, 6, 0.2, 0.05)
+    realised = [(11 - plan.colluders) * r.share_variance for r in plan.releases]
+    assert releases[-1]["user-level-epsilon"] == pytest.approx(plan.epsilon(realised), rel=1e-12)
+    assert read_summary(dropout_run)["privacy"]["user-level-epsilon"] == pytest.approx(plan.epsilon(realised), rel=1e-12)
+    header = next(e.body for e in read_ledger(dropout_run) if e.kind == "header")
+    assert header["trust"].startswith("no single party")
+    report = audit(dropout_run)
+    assert report.passed, report.failures
+    assert {"secure-plan", "secure-shares", "secure-sum", "release-model"} <= set(report.failures)
+    assert read_metrics(dropout_run)[-1]["hr@10"] >= 0
+
+
+def test_a_device_that_adds_no_noise_share_fails_the_audit(small_dataset, feature_cache, tmp_path):
+    run_dir = _secure_run(small_dataset, feature_cache, tmp_path, "noshare", faults="noshare:4")
+    report = audit(run_dir)
+    assert not report.passed
+    assert any("signed a noise share of variance 0, below the planned" in problem for problem in report.failures["secure-shares"])
