@@ -71,7 +71,7 @@ class DeliveringGrid:
 
 def _secure(users: int, drop=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
     grid = DeliveringGrid(users, drop)
-    config = resolve(None, {"privacy": "user", "secure-neighbours": 6, **settings})
+    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 6, **settings})
     secure = SecureAggregation(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None)
     return secure, grid
 
@@ -208,7 +208,7 @@ def _secure_run(small_dataset, feature_cache, runs, run_id: str, **extra):
     return simulate(
         {
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
-            "privacy": "user", "secure-dropout": 0.2, "secure-neighbours": 6, **extra,
+            "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 6, **extra,
         }
     )
 

@@ -42,7 +42,6 @@ def _user_run(small_dataset, feature_cache, runs, run_id: str, **extra):
             "run-dir": str(runs),
             "run-id": run_id,
             "privacy": "user",
-            "user-noise": "central",  # these tests patch the server's Gaussian mechanism
             "user-epsilon": 3.0,
             **extra,
         }
