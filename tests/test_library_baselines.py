@@ -43,8 +43,11 @@ def test_cornac_ease_on_our_split_gives_the_metrics_of_a_direct_computation(spli
     for k in range(len(split.train_items)):
         np.testing.assert_allclose(adapter(k)[seen], direct[k][seen], rtol=1e-6, atol=1e-9)
         assert (adapter(k)[~seen] == UNSEEN).all()  # never trained on: ranked last, like most-popular
-    by_hand = evaluate_scorer(split, lambda k: np.where(seen, direct[k], UNSEEN))
-    assert evaluate_scorer(split, adapter) == by_hand
+    # Equal scores (items with the same training column) come out of two BLAS orders one ulp
+    # apart and the pessimistic tie rule would split them; both sides are rounded far above the
+    # round-off (1e-16 relative measured) and far below any real score difference.
+    by_hand = evaluate_scorer(split, lambda k: np.round(np.where(seen, direct[k], UNSEEN), 10))
+    assert evaluate_scorer(split, lambda k: np.round(adapter(k), 10)) == by_hand
 
 
 def test_content_knn_sums_the_nearest_history_similarities(split_and_features):
