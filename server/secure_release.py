@@ -153,8 +153,8 @@ class SecureAggregation:
                 f"secure aggregation aborted at {name} unmasking: devices {short[:5]} have fewer than {plan.threshold} "
                 "shares returned; nothing was released"
             )
-        seeds = {u: masks.rebuild(seed_shares[u][: plan.threshold]) for u in survivors}
-        dropped_keys = {v: masks.rebuild(key_shares[v][: plan.threshold]) for v in dropped}
+        seeds = {u: masks.rebuild(seed_shares[u], plan.threshold) for u in survivors}
+        dropped_keys = {v: masks.rebuild(key_shares[v], plan.threshold) for v in dropped}
         integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, self.mask_publics, self.neighbours)
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]

@@ -91,3 +91,15 @@ def test_robust_aggregation_resists_sign_flipped_updates(population, feature_cac
     assert ndcg["fedmedian"] > 0.8 * ndcg["clean"] and ndcg["fedavg"] < 0.6 * ndcg["clean"], ndcg
     assert rank["fedmedian"] == pytest.approx(rank["clean"], abs=0.02), rank
     assert rank["fedavg"] > rank["clean"] + 0.04, rank
+
+
+def test_a_fault_spec_names_partitions_one_by_one_or_by_range():
+    from shared.faults import parse_faults
+
+    assert parse_faults("nan:0,1 dropinput:3-5,9") == {0: "nan", 1: "nan", 3: "dropinput", 4: "dropinput", 5: "dropinput", 9: "dropinput"}
+    with pytest.raises(ValueError, match="the range 5-3 is empty"):
+        parse_faults("dropinput:5-3")
+    with pytest.raises(ValueError, match="integers or ranges"):
+        parse_faults("nan:a")
+    with pytest.raises(ValueError, match="KIND one of"):
+        parse_faults("melt:1")

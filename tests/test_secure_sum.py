@@ -195,10 +195,42 @@ def test_the_plan_spends_the_budget_at_the_minimum_and_the_rounding_holds_its_bo
 
 
 def test_masks_come_from_a_keyed_stream_not_a_seeded_numpy_generator():
-    key = masks.new_seed()
-    first, second = masks.mask_stream(key, 8), masks.mask_stream(masks.new_seed(), 8)
-    assert first.dtype == np.uint32 and not np.array_equal(first, second)
+    key = masks.release_key(masks.new_seed(), "popularity")
+    first, second = masks.mask_stream(key, 8), masks.mask_stream(masks.release_key(masks.new_seed(), "popularity"), 8)
+    assert len(key) == 32 and first.dtype == np.uint32 and not np.array_equal(first, second)
     assert np.array_equal(first, masks.mask_stream(key, 8))  # a function of the whole 256-bit key
+    flipped = key[:31] + bytes([key[31] ^ 1])
+    assert not np.array_equal(first, masks.mask_stream(flipped, 8))  # its last bit counts too
+
+
+def test_any_threshold_shares_rebuild_a_secret_and_fewer_do_not():
+    secret = masks.new_private_key()  # two 16-byte blocks
+    shares = masks.share(secret, 5, 8)
+    assert [int.from_bytes(s[:4], "little") for s in shares] == list(range(1, 9)) and {len(s) for s in shares} == {4 + 32}
+    assert masks.rebuild(shares[3:8]) == secret and masks.rebuild([shares[j] for j in (0, 2, 4, 6, 7)]) == secret
+    assert masks.rebuild(shares[:4]) != secret  # four points of a degree-4 polynomial: another secret
+    assert masks.rebuild(shares, 5) == secret and masks.rebuild(shares[::-1], 5) == secret  # the five lowest indices
+    seed = masks.new_seed()
+    assert len(seed) == masks.SEED_BYTES == 16 and masks.rebuild(masks.share(seed, 5, 8)[2:7]) == seed
+    with pytest.raises(ValueError, match="duplicate share"):
+        masks.rebuild([shares[0], shares[0], shares[1], shares[2], shares[3]])
+
+
+def test_rebuilding_with_reused_weights_is_pycryptodomes_combine():
+    """The hoisted interpolation weights give exactly the library's ``Shamir.combine``."""
+    from Crypto.Protocol.SecretSharing import Shamir
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        threshold = int(rng.integers(2, 18))
+        holders = int(rng.integers(threshold, 33))
+        block = bytes(rng.integers(0, 256, 16, dtype=np.uint8))
+        points = Shamir.split(threshold, holders, block, ssss=False)
+        chosen = [points[j] for j in sorted(rng.choice(holders, threshold, replace=False))]
+        ours = masks.rebuild([i.to_bytes(4, "little") + v for i, v in chosen])
+        assert ours == Shamir.combine(chosen, ssss=False) == block
+    with pytest.raises(ValueError, match="whole 16-byte blocks"):
+        masks.share(b"odd", 2, 3)
 
 
 # --- through Flower, the faults app and the audit ---------------------------------------------

@@ -89,10 +89,17 @@ def sign(key: ec.EllipticCurvePrivateKey, fields: dict[str, Any]) -> str:
 def verify(public_key_pem: str, fields: dict[str, Any], signature: str) -> bool:
     """Whether ``signature`` is the holder of ``public_key_pem`` signing exactly ``fields``."""
     try:
+        return _verify_bytes(public_key_pem, spend_record(fields), signature)
+    except (KeyError, ValueError, TypeError):  # a field missing or malformed: not what was signed
+        return False
+
+
+def _verify_bytes(public_key_pem: str, signed: bytes, signature: str) -> bool:
+    try:
         key = serialization.load_pem_public_key(public_key_pem.encode())
-        key.verify(bytes.fromhex(signature), spend_record(fields), ec.ECDSA(hashes.SHA384()))
+        key.verify(bytes.fromhex(signature), signed, ec.ECDSA(hashes.SHA384()))
         return True
-    except (InvalidSignature, ValueError, KeyError, TypeError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
 
 
@@ -108,8 +115,6 @@ def sign_record(key: ec.EllipticCurvePrivateKey, record: dict[str, Any]) -> str:
 def verify_record(public_key_pem: str, record: dict[str, Any], signature: str) -> bool:
     """Whether ``signature`` is the holder of ``public_key_pem`` signing exactly ``record``."""
     try:
-        key = serialization.load_pem_public_key(public_key_pem.encode())
-        key.verify(bytes.fromhex(signature), canonical_record(record), ec.ECDSA(hashes.SHA384()))
-        return True
-    except (InvalidSignature, ValueError, TypeError):
+        return _verify_bytes(public_key_pem, canonical_record(record), signature)
+    except (ValueError, TypeError):  # not JSON-serialisable (NaN, an object): not what was signed
         return False

@@ -101,9 +101,9 @@ class DeviceSession:
         key_shares = masks.share(self.mask_private, plan.threshold, k)
         seed_shares = [masks.share(seed, plan.threshold, k) for seed in self.seeds]
         out = []
-        for position, (holder, channel) in enumerate(zip(neighbours, channel_publics)):
+        channels = masks.derive_many(self.channel_private, list(channel_publics), "share-encryption")
+        for position, (holder, key) in enumerate(zip(neighbours, channels)):
             plaintext = _pack([key_shares[position]] + [shares[position] for shares in seed_shares])
-            key = masks.derive(self.channel_private, channel, "share-encryption")
             out.append(masks.encrypt(key, plaintext, _associated(self.index, holder)))
         return out
 
@@ -133,10 +133,11 @@ class DeviceSession:
         vector = to_field(rounded + skellam_noise(rng, release.dimension, variance))
         vector = vector + masks.mask_stream(masks.release_key(self.seeds[self.releases.index(release.name)], release.name), release.dimension)
         taking_part = set(participants)
-        for v, public in zip(self.neighbours, self.mask_publics):
-            if v in taking_part:
-                stream = masks.mask_stream(masks.release_key(masks.derive(self.mask_private, public, "mask"), release.name), release.dimension)
-                vector = vector + stream if pairwise_sign(self.index, v) > 0 else vector - stream
+        partners = [(v, public) for v, public in zip(self.neighbours, self.mask_publics) if v in taking_part]
+        pairwise = masks.derive_many(self.mask_private, [public for _, public in partners], "mask")
+        for (v, _), secret in zip(partners, pairwise):
+            stream = masks.mask_stream(masks.release_key(secret, release.name), release.dimension)
+            vector = vector + stream if pairwise_sign(self.index, v) > 0 else vector - stream
         record = {
             "release": release.name,
             "index": self.index,

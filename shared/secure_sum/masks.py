@@ -7,11 +7,17 @@
   from a 32-bit seed, which a curious server can enumerate; this is the reason we do not use it).
 - Shares travel through the server encrypted with AES-256-GCM under a key only the two devices
   agree on, with both parties' indices as associated data.
-- Shamir sharing of 32-byte secrets: Flower's helpers over pycryptodome's ``Shamir`` (GF(2^128)).
+- Shamir sharing: pycryptodome's ``Shamir`` (GF(2^128), the library under Flower's helpers),
+  one polynomial per 16-byte block, in Flower's share layout (4-byte index, then the blocks).
+  Flower's ``combine_shares`` pads a 32-byte secret to three blocks and starts a thread pool per
+  call (54 ms at threshold 17); the server rebuilds a seed per device per release, so 943
+  devices waited about a minute a release. Self-mask seeds are 128 bits (one block, 10 ms),
+  expanded by HKDF into the 256-bit ChaCha20 key; mask private keys are two blocks.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -21,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from Crypto.Protocol.SecretSharing import Shamir, _Element
 
-SECRET_BYTES = 32
+SEED_BYTES = 16  # a self-mask seed: 128 bits, expanded by HKDF (release_key)
+BLOCK = 16  # Shamir over GF(2^128) shares 16 bytes per polynomial
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -39,8 +46,18 @@ def public_key(private: bytes) -> bytes:
 
 def derive(private: bytes, peer_public: bytes, label: str) -> bytes:
     """A 32-byte key only the holders of ``private`` and of ``peer_public``'s private key know."""
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"fedmmrec secure-sum {label}".encode()).derive(shared)
+    return derive_many(private, [peer_public], label)[0]
+
+
+def derive_many(private: bytes, peer_publics: list[bytes], label: str) -> list[bytes]:
+    """:func:`derive` with each of ``peer_publics``, loading ``private`` once (loading it was
+    as slow as the key agreement itself, and a device agrees with all its neighbours)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    info = f"fedmmrec secure-sum {label}".encode()
+    return [
+        HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key.exchange(X25519PublicKey.from_public_bytes(p)))
+        for p in peer_publics
+    ]
 
 
 def release_key(secret: bytes, release: str) -> bytes:
@@ -55,7 +72,7 @@ def mask_stream(key: bytes, size: int) -> np.ndarray:
 
 
 def new_seed() -> bytes:
-    return os.urandom(SECRET_BYTES)
+    return os.urandom(SEED_BYTES)
 
 
 def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
@@ -69,12 +86,59 @@ def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
 
 
 def share(secret: bytes, threshold: int, holders: int) -> list[bytes]:
-    """Shamir shares of ``secret``: any ``threshold`` of the ``holders`` rebuild it, fewer learn nothing."""
-    return create_shares(secret, threshold, holders)
+    """Shamir shares of ``secret`` (a whole number of 16-byte blocks): any ``threshold`` of the
+    ``holders`` rebuild it, fewer learn nothing. Share ``j`` is ``j`` (4 bytes, little-endian)
+    followed by its share of each block."""
+    if not secret or len(secret) % BLOCK:
+        raise ValueError(f"a secret of {len(secret)} bytes: Shamir shares whole {BLOCK}-byte blocks")
+    out = [bytearray(j.to_bytes(4, "little")) for j in range(1, holders + 1)]
+    for start in range(0, len(secret), BLOCK):
+        for index, value in Shamir.split(threshold, holders, secret[start : start + BLOCK], ssss=False):
+            out[index - 1] += value
+    return [bytes(s) for s in out]
 
 
-def rebuild(shares: list[bytes]) -> bytes:
-    return combine_shares(shares)
+def rebuild(shares: list[bytes], threshold: int | None = None) -> bytes:
+    """The secret from shares made by :func:`share`: the ``threshold`` with the lowest indices
+    (all given, without one). Any ``threshold`` shares give the same secret; taking the lowest
+    makes the interpolation weights the same for most devices, so they are computed once."""
+    if not shares:
+        raise ValueError("no shares to rebuild from")
+    blocks = (len(shares[0]) - 4) // BLOCK
+    if blocks < 1 or any(len(s) != 4 + BLOCK * blocks for s in shares):
+        raise ValueError("shares of different sizes, or no block in them")
+    chosen = sorted(shares, key=lambda s: int.from_bytes(s[:4], "little"))[: threshold or len(shares)]
+    indices = tuple(int.from_bytes(s[:4], "little") for s in chosen)
+    if len(set(indices)) != len(indices):
+        raise ValueError("duplicate share")
+    weights = _weights_at_zero(indices)
+    out = b""
+    for b in range(blocks):
+        value = _Element(0)
+        for weight, s in zip(weights, chosen):
+            value += _Element(s[4 + BLOCK * b : 4 + BLOCK * (b + 1)]) * weight
+        out += value.encode()
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _weights_at_zero(indices: tuple[int, ...]) -> tuple:
+    """The Lagrange weights at 0 for shares at ``indices``, in pycryptodome's GF(2^128).
+
+    This is ``Crypto.Protocol.SecretSharing.Shamir.combine``'s own loop (ssss=False) with the
+    weight of each share taken out of it, so that one set of indices is inverted once rather
+    than once per device: the library's combine spent 24 ms per seed, over a minute a release
+    at 943 devices. tests/test_secure_sum.py checks it against ``Shamir.combine``."""
+    xs = [_Element(i) for i in indices]
+    weights = []
+    for j, x_j in enumerate(xs):
+        numerator, denominator = _Element(1), _Element(1)
+        for m, x_m in enumerate(xs):
+            if m != j:
+                numerator *= x_m
+                denominator *= x_j + x_m
+        weights.append(numerator * denominator.inverse())
+    return tuple(weights)
 
 
 def digest(vector: np.ndarray) -> str:
@@ -85,12 +149,18 @@ def digest(vector: np.ndarray) -> str:
 SKETCH_ROWS = 16
 
 
+@functools.lru_cache(maxsize=3)
 def sketch_matrix(seed: bytes, dimension: int) -> np.ndarray:
-    """A public ``SKETCH_ROWS x dimension`` matrix over Z_{2^32}, from a seed everyone derives."""
-    return mask_stream(hashlib.sha256(b"fedmmrec sketch " + seed).digest(), SKETCH_ROWS * dimension).reshape(SKETCH_ROWS, dimension)
+    """A public ``SKETCH_ROWS x dimension`` matrix over Z_{2^32}, from a seed everyone derives
+    (held as read-only ``uint64`` and kept per process: every device of a release in a
+    simulation worker uses the same one, and drawing it was 40% of a device's input stage)."""
+    words = mask_stream(hashlib.sha256(b"fedmmrec sketch " + seed).digest(), SKETCH_ROWS * dimension)
+    matrix = words.astype(np.uint64).reshape(SKETCH_ROWS, dimension)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def sketch(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix @ vector`` in Z_{2^32} (uint64 products wrap mod 2^64, a multiple of 2^32)."""
-    product = matrix.astype(np.uint64) @ np.asarray(vector, dtype=np.uint64)
+    product = np.asarray(matrix, dtype=np.uint64) @ np.asarray(vector, dtype=np.uint64)
     return (product & np.uint64(0xFFFFFFFF)).astype(np.uint32)
