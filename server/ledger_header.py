@@ -22,6 +22,13 @@ PRIVACY_UNITS = {
 }
 
 
+def privacy_unit(config: RunConfig) -> str:
+    """The unit and where the noise is added: with ``user-noise = distributed`` it is the devices'."""
+    if config.privacy.privacy == "user" and config.privacy.user_noise == "distributed":
+        return "user (all of one device's interactions), noise added by the devices under secure aggregation"
+    return PRIVACY_UNITS[config.privacy.privacy]
+
+
 NEIGHBOURS = {
     "user": "add or remove one user (a device and all its data) from the population",
     "local": "add or remove one interaction of one device's local dataset",
@@ -56,7 +63,7 @@ def ledger_header(config: RunConfig, population: int, canary_commitment: str | N
     """The ledger's header: what is protected, against which neighbour, under which assumptions."""
     header = {
         "privacy-mode": config.privacy.privacy,
-        "privacy-unit": PRIVACY_UNITS[config.privacy.privacy],
+        "privacy-unit": privacy_unit(config),
         "neighbouring-relation": NEIGHBOURS[config.privacy.privacy],
         "delta": config.privacy.delta,
         "delta-rationale": f"fixed by the run config; below 1/population (1/{population}) and below 1/n for every device's n",

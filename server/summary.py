@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from server.book import RoundBook
-from server.ledger_header import PRIVACY_UNITS
+from server.ledger_header import privacy_unit
 from shared.baselines import most_popular
 from shared.config import RunConfig
 from shared.data import Dataset, LeaveLastOutSplit
@@ -35,7 +35,7 @@ def run_summary(
         "baselines": {"most-popular": most_popular(split)} if split else {},
         "privacy": {
             "mode": config.privacy.privacy,
-            "unit": PRIVACY_UNITS[config.privacy.privacy],
+            "unit": privacy_unit(config),
             "delta": config.privacy.delta,
             "accountant": config.privacy.accountant,
             **book.epsilon_stats(),

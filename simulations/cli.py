@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure our overheads side by side with their floors (minutes)")
     bench.add_argument("--out", default="bench.json")
     bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale,movielens,online")
+    bench.add_argument("--parts", default="", help="comma-separated: quality,communication,features,dp,clients,scale,movielens,online,secure")
 
     experiment = sub.add_parser("experiment", help="run (or resume) a grid of settings x seeds")
     experiment.add_argument("config")

@@ -263,6 +263,8 @@ def test_a_run_with_dropouts_finishes_reports_epsilon_at_the_realised_count_and_
     assert read_summary(dropout_run)["privacy"]["user-level-epsilon"] == pytest.approx(plan.epsilon(realised), rel=1e-12)
     header = next(e.body for e in read_ledger(dropout_run) if e.kind == "header")
     assert header["trust"].startswith("no single party")
+    unit = "user (all of one device's interactions), noise added by the devices under secure aggregation"
+    assert header["privacy-unit"] == read_summary(dropout_run)["privacy"]["unit"] == unit
     report = audit(dropout_run)
     assert report.passed, report.failures
     assert {"secure-plan", "secure-shares", "secure-sum", "release-model"} <= set(report.failures)
