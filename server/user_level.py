@@ -1,25 +1,27 @@
-"""``privacy = user``: user-level DP from two Gaussian releases of device statistics.
+"""``privacy = user``: user-level DP from three noisy releases of device statistics.
 
 The round structure (the math and its reasons are in :mod:`shared.cooccurrence`):
 
-- round 1, **popularity**: every device sends its interaction vector at unit norm; the server
-  clips each to norm 1 (the guarantee never rests on an honest device), sums, adds Gaussian
-  noise and releases the noisy popularity;
+- round 1, **popularity**: every device sends its interaction vector at unit norm;
 - round 2, **co-occurrence**: the server names the ``cooccurrence-items`` most popular known
-  items; every device sends its unit-Frobenius co-occurrence over them; clip, sum, noise,
-  release;
-- the server post-processes both releases (and the public catalog content) into the served
+  items of the noisy popularity; every device sends its unit-Frobenius co-occurrence over them;
+- round 3, **selection**: every device votes for the weights of popularity and content that
+  rank its own last interaction best;
+- the server post-processes the releases (and the public catalog content) into the served
   model, and every device ranks the catalog with its own history, which never leaves it.
 
-Each device contributes once to each release, so the user-level epsilon is the composition of
-two Gaussian mechanisms of sensitivity 1, computed exactly (mu-GDP) and cross-checked by
-``dp-accounting``'s PLD accountant. The noise stds are split from the ``user-epsilon`` budget
-(``popularity-budget-share`` of mu^2 to release 1).
+Each device contributes once to each release: the user-level epsilon composes three mechanisms
+of sensitivity 1, with the noise stds split from the ``user-epsilon`` budget
+(``popularity-budget-share`` and ``selection-budget-share``).
 
-Trust model: the server adds the noise and sees each device's contribution before it does, as
-in DP-FedAvg (central DP). Every contribution is a fixed-size vector that a secure-aggregation
-protocol could sum without the server seeing it; with each device adding its share of the
-noise (distributed DP) the server would no longer need to be trusted. That is not built yet.
+Who adds the noise (``user-noise``):
+
+- ``central``: the server clips each contribution to norm 1 (the guarantee never rests on an
+  honest device), sums, adds Gaussian noise and releases; composed exactly in Gaussian DP,
+  cross-checked by ``dp-accounting``'s PLD accountant. The server sees every contribution.
+- ``distributed``: :mod:`server.secure_release`: each device clips, rounds and adds its share of
+  Skellam noise, and masks its statistic; the server only unmasks the noisy sum over at least
+  ``1 - secure-dropout`` of the devices (Skellam RDP at the count that sent its noise).
 """
 
 from __future__ import annotations

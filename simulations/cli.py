@@ -6,7 +6,7 @@
     fedmmrec data synth --out DIR [--users N --items M --seed S]
     fedmmrec data movielens-100k --zip ml-100k.zip --out DIR [--posters DIR] [--plots CSV]
     fedmmrec features [--set data-dir=DIR]    precompute the backbone feature cache
-    fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail
+    fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail, 2 nothing to audit
     fedmmrec explanations RUN_DIR [--users N]  what drives the recommendations; deletion check
     fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--plots", default=None, help="CSV with item_id (or movie_id) and description (text modality)")
     ml.add_argument("--md5", default=None, help="expected MD5 of the zip; default: the official ml-100k.zip's")
 
-    audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail)")
+    audit = sub.add_parser("audit", help="audit a run's privacy ledger (exit 0 pass, 1 fail, 2 no run directory or ledger)")
     audit.add_argument("run_dir")
     audit.add_argument("--node-keys", default=None, help="folder of the SuperNodes' authorised public keys (*/node.pub): every signing key must be one")
 

@@ -177,3 +177,36 @@ def test_a_long_description_loads_and_an_endless_field_names_its_line(small_data
     (root / "items.csv").write_text(text + 'i99999,Endless,2000,Drama,"' + "x" * (17 * 1024 * 1024) + "\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"items.csv, line 122: malformed CSV: field larger than field limit"):
         load_dataset(root)
+
+
+def test_an_image_that_links_outside_the_folder_is_refused_before_it_is_opened(small_dataset, tmp_path, monkeypatch):
+    import PIL.Image
+
+    root = _copy(small_dataset, tmp_path / "d")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((root / "images" / "i00000.png").read_bytes())
+    (root / "images" / "i00000.png").unlink()
+    (root / "images" / "i00000.png").symlink_to(secret)  # the path's text stays inside; the file does not
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    with pytest.raises(DatasetError, match=rf"items.csv, line 2: image 'images/i00000.png' of item 'i00000' is a link to {secret}, outside"):
+        load_dataset(root)
+    assert opened == []
+    # a whole images/ folder linked to another dataset's is refused too, unless it is the dataset
+    # this folder was split from (the same items.csv), as `fedmmrec deploy devices` writes it
+    other = _copy(small_dataset, tmp_path / "other")
+    device = _copy(small_dataset, tmp_path / "device")
+    shutil.rmtree(device / "images")
+    (device / "images").symlink_to(other / "images", target_is_directory=True)
+    assert load_dataset(device).num_items == 120
+    (device / "items.csv").write_text((device / "items.csv").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"is a link to .*, outside the dataset folder"):
+        load_dataset(device)
+
+
+def test_deploy_devices_writes_folders_that_link_the_datasets_images_and_load(small_dataset, tmp_path):
+    from shared.data.devices import write_device_folders
+
+    folders = write_device_folders(small_dataset, tmp_path / "devices", 2, link_images=True)
+    assert (folders[0] / "images").is_symlink() and load_dataset(folders[0]).num_items == 120

@@ -112,3 +112,29 @@ def test_refit_fits_the_user_vector_to_the_current_tower_without_storing_it(smal
     # The user's own training items move up the ranking once the vector fits this tower.
     mean_rank = lambda scores: np.mean([rank_of(scores, int(i), np.setdiff1d(train, [i])) for i in train])
     assert mean_rank(fitted) < 0.5 * mean_rank(stale)
+
+
+def test_a_huge_description_costs_what_its_first_tokens_cost(monkeypatch):
+    """A 16 MiB field is cut before the tokenizer sees it, and embeds as its first 256 tokens do."""
+    import transformers
+
+    from shared.features import text as text_module
+
+    seen: list[int] = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spying(path):
+        tokenizer = real(path)
+
+        def tokenize(chunk, **kwargs):
+            seen.extend(len(t) for t in chunk)
+            return tokenizer(chunk, **kwargs)
+
+        return tokenize
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spying)
+    head = "a quiet film about a lighthouse keeper and the storm that changes his life " * 40  # > 256 tokens
+    huge = head + "x" * (16 * 2**20)
+    out = text_module.encode_texts([huge, head], progress=False)
+    assert seen == [text_module.MAX_TEXT_CHARS, len(head)]
+    assert np.allclose(out[0], out[1], atol=1e-6)  # the tail past 256 tokens never counted

@@ -172,3 +172,14 @@ def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tm
     run_dir = _rewrite_client_entries(federated_run, tmp_path, a_third_of_the_steps)
     problems = audit(run_dir).failures["sample-rate"]
     assert len(problems) == 12 and all("but local-epochs 3 x ceil(n=" in p for p in problems)
+
+
+def test_auditing_nothing_is_a_usage_error_not_a_fail(tmp_path, capsys):
+    from simulations.cli import main
+
+    assert main(["audit", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"fedmmrec: error: audit: {tmp_path / 'missing'}: no such run directory\n"
+    (tmp_path / "empty").mkdir()
+    assert main(["audit", str(tmp_path / "empty")]) == 2
+    assert "no privacy ledger (ledger.sqlite) in this folder" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "audit.md").exists()  # nothing written where nothing was audited

@@ -360,7 +360,15 @@ def _check_no_batchnorm(run: RunDirectory, report: AuditReport) -> None:
 
 
 def run_audit(run_dir: str | Path, node_keys: str | Path | None = None) -> int:
-    """CLI entry: print the table, write ``audit.md`` and ``audit.html``, exit 0 (pass) or 1."""
+    """CLI entry: print the table, write ``audit.md`` and ``audit.html``, exit 0 (pass) or 1.
+
+    Nothing to audit (no such folder, no ledger in it) is a usage error, not a FAIL: a
+    ``ValueError`` the command line prints as one line and exits 2 with."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"audit: {path}: no such run directory")
+    if not RunDirectory.open(path).ledger_path.is_file():
+        raise ValueError(f"audit: {path}: no privacy ledger (ledger.sqlite) in this folder: not a run directory, or its run never started")
     report = audit(run_dir, node_keys)
     text = to_markdown(report)
     print(text)

@@ -16,6 +16,7 @@ that the model handles with a learned placeholder.
 from __future__ import annotations
 
 import csv
+import filecmp
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ def _load_items(root: Path, check_images: bool) -> dict:
     col = {name: header.index(name) for name in ITEM_COLUMNS}
     out: dict = {k: [] for k in ("ids", "titles", "years", "genres", "descriptions", "images")}
     seen: dict[str, int] = {}
+    allowed = _allowed_roots(root)
     for offset, row in enumerate(rows):
         line = offset + 2
         if not row:
@@ -133,6 +135,7 @@ def _load_items(root: Path, check_images: bool) -> dict:
         if image_text:
             _check_inside(path, line, item_id, image_text)
             image_path = root / image_text
+            _check_link_target(path, line, item_id, image_text, image_path, allowed)
             if not image_path.is_file():
                 raise DatasetError(
                     f"{path}, line {line}: image {image_text!r} of item {item_id!r} not found "
@@ -160,6 +163,31 @@ def _check_inside(items_csv: Path, line: int, item_id: str, image_text: str) -> 
         raise DatasetError(
             f"{items_csv}, line {line}: image {image_text!r} of item {item_id!r} leaves the dataset folder; "
             "give a path relative to the folder, such as images/<item_id>.jpg"
+        )
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """Where an image may really be: inside the dataset folder, or, for a device folder made by
+    ``fedmmrec deploy devices`` (which links ``images/`` unless ``--copy-images``), inside the folder its ``images`` link
+    names when that folder's dataset has the very same ``items.csv`` (the dataset it was split from)."""
+    roots = [root.resolve()]
+    images = root / "images"
+    if images.is_symlink():
+        target = images.resolve()
+        source = target.parent / "items.csv"
+        if target.name == "images" and source.is_file() and filecmp.cmp(source, root / "items.csv", shallow=False):
+            roots.append(target)
+    return roots
+
+
+def _check_link_target(items_csv: Path, line: int, item_id: str, image_text: str, image_path: Path, roots: list[Path]) -> None:
+    """The path's text stays inside the folder (:func:`_check_inside`); so must the file it names
+    once symbolic links are followed, or the loader would read a file it was not given."""
+    real = image_path.resolve()
+    if not any(real.is_relative_to(allowed) for allowed in roots):
+        raise DatasetError(
+            f"{items_csv}, line {line}: image {image_text!r} of item {item_id!r} is a link to {real}, outside the dataset "
+            "folder; copy the image into the folder instead"
         )
 
 

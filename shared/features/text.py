@@ -12,6 +12,12 @@ import numpy as np
 
 TEXT_BACKBONE_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_DIM = 384
+MAX_TOKENS = 256
+# The encoder reads the first MAX_TOKENS tokens. A WordPiece token covers at least one character
+# and a word longer than 100 characters is one [UNK] token, so the first 256 tokens of any text
+# lie within its first 256 x 128 characters but for runs of blank space: the text is cut there
+# before tokenizing. A 16 MiB description took over two minutes and 3 GB to tokenize whole.
+MAX_TEXT_CHARS = MAX_TOKENS * 128
 
 
 def text_model_path() -> str:
@@ -40,8 +46,8 @@ def encode_texts(texts: list[str], batch_size: int = 64, progress: bool = True) 
     batches = range(0, len(texts), batch_size)
     with torch.inference_mode():
         for start in tqdm(batches, desc="text features (MiniLM)", disable=not progress, unit="batch"):
-            chunk = texts[start : start + batch_size]
-            tokens = tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            chunk = [text[:MAX_TEXT_CHARS] for text in texts[start : start + batch_size]]
+            tokens = tokenizer(chunk, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
             hidden = model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
