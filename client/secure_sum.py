@@ -2,8 +2,11 @@
 
 The device's secrets (mask and channel keys, self-mask seeds, the shares it holds for its
 neighbours) live in the node's ``context.state`` for the run, never in a reply. The plan (noise
-share, threshold, minimum) is recomputed here from the device's own settings; the server only
-says how many devices take part and how large each release is.
+share, threshold, minimum) is computed here from the run's settings, and the device signs its
+SHA-256 with every input (the audit holds it to the config). On a real device the settings may
+not be weaker than the device's own floor: its ``node-config`` values of ``user-epsilon``,
+``delta``, ``secure-dropout`` (at most these), ``secure-colluders`` and ``secure-neighbours`` (at
+least these), else the code's defaults; a weaker plan is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
 from client.local_data import LocalData
 from client.statistics import contribution
-from shared.config import resolve
+from shared.config import DEFAULTS, resolve
 from shared.messages import (
     MASKED_KEY,
     SECURE_INPUT,
@@ -54,9 +57,29 @@ def _planned(settings: tuple, devices: int, dimensions: tuple) -> SecurePlan:
     return secure_plan(resolve(None, {"privacy": "user", **dict(settings)}), devices, list(dimensions))
 
 
-def _plan(msg: Message, session: DeviceSession, fields: dict) -> SecurePlan:
-    settings = tuple(sorted((k, v) for k, v in message_config(msg).items() if k in PLAN_KEYS))
-    return _planned(settings, session.devices, tuple(int(d) for d in fields["dimensions"]))
+AT_MOST = ("user-epsilon", "delta", "secure-dropout")  # larger is weaker
+AT_LEAST = ("secure-colluders", "secure-neighbours")  # smaller is weaker
+
+
+def check_floor(settings: dict, node_config: dict, on_device: bool) -> None:
+    """Refuse settings weaker than this device's floor (its node config; on a real device the
+    code's defaults where it sets none; in a simulation the researcher sets both sides)."""
+    for key in AT_MOST + AT_LEAST:
+        if key in node_config:
+            floor = float(node_config[key])
+        elif on_device:
+            floor = float(DEFAULTS[key])
+        else:
+            continue
+        asked = float(settings.get(key, DEFAULTS[key]))
+        if (asked > floor) if key in AT_MOST else (asked < floor):
+            raise ProtocolRefusal(f"the server asks for {key} = {asked:g}, weaker than this device's {floor:g}: refusing the plan")
+
+
+def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, fields: dict) -> SecurePlan:
+    asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
+    check_floor(asked, dict(context.node_config), data.on_device)
+    return _planned(tuple(sorted(asked.items())), session.devices, tuple(int(d) for d in fields["dimensions"]))
 
 
 def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, client_id: str, identity: str, key) -> Message:
@@ -71,12 +94,12 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"])})
     session = _session(context)
     if stage == SECURE_SHARE:
-        plan = _plan(msg, session, fields)
+        plan = _plan(msg, context, data, session, fields)
         ciphertexts = session.share_keys(plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]))
         _keep(context, session)
         return secure_reply(msg, {"ciphertexts": ciphertexts})
     if stage == SECURE_INPUT:
-        plan = _plan(msg, session, fields)
+        plan = _plan(msg, context, data, session, fields)
         release = plan.release(str(fields["release"]))
         if not session.held:
             session.hold(list(fields["held"]))
@@ -89,7 +112,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
             signed.update({"signature": sign_record(key, record), "public-key": public_pem(key)})
         return secure_reply(msg, signed, ArrayRecord({MASKED_KEY: Array(masked)}))
     if stage == SECURE_UNMASK:
-        plan = _plan(msg, session, fields)
+        plan = _plan(msg, context, data, session, fields)
         seeds, keys = session.unmask(plan, str(fields["release"]), [int(v) for v in fields["survivors"]], [int(v) for v in fields["dropped"]])
         _keep(context, session)
         return secure_reply(

@@ -35,7 +35,7 @@ from shared.messages import (
     update_of,
 )
 from shared.secure_sum import masks
-from shared.secure_sum.plan import SecurePlan, ring_neighbours
+from shared.secure_sum.plan import SecurePlan, graph_parts, ring_neighbours
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 from shared.user_releases import secure_plan
@@ -55,15 +55,16 @@ class SecureRelease:
     survivors: list[int]
     dropped: list[int]
     records: list[dict[str, Any]]
-    honest_variance: float  # per coordinate, integer domain: the signed shares beyond the colluders
+    honest_variance: float  # per coordinate, integer domain: the signed shares a claim counts (plan.uncounted left out)
     total_variance: float  # per coordinate, integer domain: every signed share
     evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def honest_variance(variances: list[float], colluders: int) -> float:
-    """The noise no colluder knows: every share but the ``colluders`` largest (the worst case)."""
+def honest_variance(variances: list[float], uncounted: int) -> float:
+    """The noise a claim counts: every share but the ``uncounted`` largest (the colluders' and the
+    removed user's own, taken as the worst case)."""
     ordered = sorted(variances)
-    return float(sum(ordered[: max(0, len(ordered) - colluders)]))
+    return float(sum(ordered[: max(0, len(ordered) - uncounted)]))
 
 
 class SecureAggregation:
@@ -135,6 +136,12 @@ class SecureAggregation:
             records[i] = record
         survivors = sorted(records)
         self._require(len(survivors), f"{name} input")
+        parts = graph_parts(survivors, self.neighbours)
+        if parts > 1:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at {name} unmasking: the survivors' neighbour graph is in {parts} parts, whose sums "
+                "could be unmasked apart with a part of the noise each; nothing was released"
+            )
         dropped = sorted(set(participants) - set(survivors))
         fields = {i: {**common, "survivors": survivors, "dropped": dropped} for i in survivors}
         answers = self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round)
@@ -168,7 +175,7 @@ class SecureAggregation:
         }
         return SecureRelease(
             name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
-            records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.colluders),
+            records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
             total_variance=float(sum(variances)), evidence=evidence,
         )
 

@@ -52,17 +52,17 @@ class DeliveringGrid:
 
     def send_and_receive(self, messages, timeout=None):
         replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            self.identity.node_id = node  # the device's process builds its reply
-            stage = message_config(msg)[TASK_KEY]
-            reply = stage_reply(msg, self.contexts[node], SimpleNamespace(num_items=ITEMS, train_items=self.items[node]), stage,
-                                f"device-{node}", f"node-{node}", None)
-            index = self.nodes.index(node)
-            if index in self.drop.get(stage, set()):
-                continue
-            replies.append(reply)
-        self.identity.node_id = 0
+        try:
+            for msg in messages:
+                node = msg.metadata.dst_node_id
+                self.identity.node_id = node  # the device's process builds its reply
+                stage = message_config(msg)[TASK_KEY]
+                data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], on_device=False)
+                reply = stage_reply(msg, self.contexts[node], data, stage, f"device-{node}", f"node-{node}", None)
+                if self.nodes.index(node) not in self.drop.get(stage, set()):
+                    replies.append(reply)
+        finally:  # a refusal propagates here (Flower would make it an error reply): the server builds again
+            self.identity.node_id = 0
         return replies
 
     def popularity(self, devices) -> np.ndarray:
@@ -71,7 +71,7 @@ class DeliveringGrid:
 
 def _secure(users: int, drop=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
     grid = DeliveringGrid(users, drop)
-    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 6, **settings})
+    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, **settings})
     secure = SecureAggregation(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None)
     return secure, grid
 
@@ -104,17 +104,18 @@ def test_below_the_minimum_a_release_is_aborted_and_nothing_released(stage):
     # 20 devices, secure-dropout 0.1: 18 must take part; 3 drop. (Devices that drop at unmasking
     # after sending their input are in the sum: the next test aborts there.)
     secure, _ = _secure(20, {stage: {0, 1, 2}})
-    with pytest.raises(SecureAggregationAborted, match=r"below the minimum 18 of 20|fewer than 4 shares returned"):
+    with pytest.raises(SecureAggregationAborted, match=r"below the minimum 18 of 20|fewer than 5 shares returned"):
         secure.setup(server_round=1)
         secure.release("popularity", _empty(), server_round=1)
 
 
 def test_a_device_drops_past_the_unmask_threshold_and_the_release_aborts():
     # When the survivors return too few shares (here everyone but two stops answering at
-    # unmasking), no seed can be rebuilt: aborted, not a partial sum.
-    secure, _ = _secure(20, {"secure-unmask": set(range(2, 20))}, **{"secure-dropout": 0.5})
+    # unmasking), no seed can be rebuilt: aborted, not a partial sum. (A complete graph: with half
+    # the devices allowed to drop, a sparser one could split, and the plan refuses it.)
+    secure, _ = _secure(20, {"secure-unmask": set(range(2, 20))}, **{"secure-dropout": 0.5, "secure-neighbours": 19})
     secure.setup(server_round=1)
-    with pytest.raises(SecureAggregationAborted, match="fewer than 4 shares returned; nothing was released"):
+    with pytest.raises(SecureAggregationAborted, match="fewer than 10 shares returned; nothing was released"):
         secure.release("popularity", _empty(), server_round=1)
 
 
@@ -160,6 +161,73 @@ def test_a_device_never_reveals_both_secrets_of_one_neighbour():
     assert 5 in session.revealed_keys
     with pytest.raises(ProtocolRefusal, match="device 5's mask key was revealed: refusing to reveal its self-mask seed too"):
         session.unmask(secure.plan, "cooccurrence", list(range(12)), [])
+
+
+def test_a_device_sends_one_input_and_one_unmasking_per_release():
+    """The same masks over a second noise draw would tell the server the difference of the two."""
+    secure, grid = _secure(12)
+    secure.setup(server_round=1)
+    secure.release("popularity", _empty(), server_round=1)
+    session = DeviceSession.from_record(dict(grid.contexts[grid.nodes[0]].state.config_records["secure-sum"]))
+    assert (session.masked, session.unmasked) == (["popularity"], ["popularity"])
+    with pytest.raises(ProtocolRefusal, match="already sent its input for release 'popularity'"):
+        session.masked_input(secure.plan, secure.plan.release("popularity"), list(range(12)), np.zeros(ITEMS))
+    with pytest.raises(ProtocolRefusal, match="already answered the unmasking of release 'popularity'"):
+        session.unmask(secure.plan, "popularity", list(range(12)), [])
+    with pytest.raises(ProtocolRefusal, match="already sent its input"):  # asked again: the device's stage handler refuses
+        secure.release("popularity", _empty(), server_round=1)
+
+
+def test_a_device_refuses_a_plan_weaker_than_its_own_floor():
+    from client.secure_sum import check_floor
+
+    check_floor({"user-epsilon": 16.0, "secure-neighbours": 4}, {}, on_device=False)  # a simulation: the researcher's call
+    with pytest.raises(ProtocolRefusal, match="user-epsilon = 16, weaker than this device's 8"):
+        check_floor({"user-epsilon": 16.0}, {}, on_device=True)  # a real device: the code's defaults at least
+    with pytest.raises(ProtocolRefusal, match="user-epsilon = inf, weaker than this device's 4"):
+        check_floor({"user-epsilon": math.inf}, {"user-epsilon": 4.0}, on_device=False)
+    with pytest.raises(ProtocolRefusal, match="secure-neighbours = 8, weaker than this device's 32"):
+        check_floor({"secure-neighbours": 8}, {}, on_device=True)
+    with pytest.raises(ProtocolRefusal, match="secure-dropout = 0.5, weaker than this device's 0.1"):
+        check_floor({"secure-dropout": 0.5}, {}, on_device=True)
+    with pytest.raises(ProtocolRefusal, match="secure-colluders = 0, weaker than this device's 0.05"):
+        check_floor({"secure-colluders": 0.0}, {}, on_device=True)
+    check_floor({"user-epsilon": 3.0, "secure-neighbours": 40, "secure-dropout": 0.05}, {}, on_device=True)  # stronger: fine
+    # through the device's stage handler: a node config floor refuses the server's plan
+    grid = DeliveringGrid(12)
+    grid.contexts[grid.nodes[0]].node_config["user-epsilon"] = 4.0
+    secure = SecureAggregation(grid, grid.nodes, resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8}),
+                               [ITEMS, 10, 15], log=lambda *a: None)
+    with pytest.raises(ProtocolRefusal, match="user-epsilon = 8, weaker than this device's 4"):
+        secure.setup(server_round=1)
+
+
+def test_the_plan_refuses_a_neighbour_graph_that_could_split_or_leak():
+    from shared.secure_sum.plan import graph_failure_probability, graph_parts
+
+    # 10 devices in a ring of degree 4: it splits where 2 consecutive devices are gone; with 2
+    # gone, 10 of the C(10, 2) = 45 pairs are consecutive
+    assert graph_failure_probability(10, 4, 3, 2, 0) == pytest.approx(10 / 45)
+    assert graph_failure_probability(10, 9, 5, 2, 0) == 0.0  # complete: never splits
+    # 2 colluders among 99 others, 4 neighbours, threshold 2: C(2,2) C(97,2) / C(99,4) per device
+    assert graph_failure_probability(100, 4, 2, 0, 2) == pytest.approx(100 * math.comb(97, 2) / math.comb(99, 4))
+    assert graph_failure_probability(100, 4, 3, 0, 2) == 0.0  # fewer colluders than the threshold
+    with pytest.raises(ValueError, match=r"secure-neighbours 4: with 943 devices, 0.1 dropping and 0.05 colluding, the neighbour graph "
+                                         r"splits or a device's secrets leak with probability 1, above delta / 10"):
+        make_plan(943, ["popularity"], [1682], [1.0], 8.0, 1e-5, 4, 0.1, 0.05)
+    make_plan(943, ["popularity"], [1682], [1.0], 8.0, 1e-5, 32, 0.1, 0.05)  # the default: about 3e-11
+    assert graph_parts([0, 1, 2, 3], {0: [1], 1: [0], 2: [3], 3: [2]}) == 2
+    assert graph_parts([0, 1, 3], {0: [1, 2], 1: [0, 2], 2: [0, 1, 3], 3: [2]}) == 2  # 2 dropped: 3 is cut off
+    assert graph_parts([0, 1, 2, 3], {0: [1, 2], 1: [0, 2], 2: [0, 1, 3], 3: [2]}) == 1
+
+
+def test_the_server_does_not_unmask_survivors_whose_graph_is_split():
+    secure, _ = _secure(20)
+    secure.setup(server_round=1)
+    half = set(range(10))
+    secure.neighbours = {i: [v for v in vs if (v in half) == (i in half)] for i, vs in secure.neighbours.items()}
+    with pytest.raises(SecureAggregationAborted, match="the survivors' neighbour graph is in 2 parts"):
+        secure.release("popularity", _empty(), server_round=1)
 
 
 def test_skellam_accounting_tends_to_the_gaussian_rdp_and_is_above_it():
@@ -240,7 +308,7 @@ def _secure_run(small_dataset, feature_cache, runs, run_id: str, **extra):
     return simulate(
         {
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
-            "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 6, **extra,
+            "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 8, **extra,
         }
     )
 
@@ -257,8 +325,8 @@ def test_a_run_with_dropouts_finishes_reports_epsilon_at_the_realised_count_and_
     assert [b["contributions"] for b in releases] == [11, 11, 11]
     assert [b["dropped"] for b in releases] == [1, 0, 0]
     plan = make_plan(12, ["popularity", "cooccurrence", "selection"], [b["dimension"] for b in releases], [0.1, 0.8, 0.1],
-                     8.0, 1e-5, 6, 0.2, 0.05)
-    realised = [(11 - plan.colluders) * r.share_variance for r in plan.releases]
+                     8.0, 1e-5, 8, 0.2, 0.05)
+    realised = [(11 - plan.colluders - 1) * r.share_variance for r in plan.releases]  # less the removed user's own
     assert releases[-1]["user-level-epsilon"] == pytest.approx(plan.epsilon(realised), rel=1e-12)
     assert read_summary(dropout_run)["privacy"]["user-level-epsilon"] == pytest.approx(plan.epsilon(realised), rel=1e-12)
     header = next(e.body for e in read_ledger(dropout_run) if e.kind == "header")
@@ -276,3 +344,44 @@ def test_a_device_that_adds_no_noise_share_fails_the_audit(small_dataset, featur
     report = audit(run_dir)
     assert not report.passed
     assert any("signed a noise share of variance 0, below the planned" in problem for problem in report.failures["secure-shares"])
+
+
+def test_devices_sent_a_weaker_plan_than_the_config_fail_the_audit(small_dataset, feature_cache, tmp_path, monkeypatch):
+    """A server that tells the devices secure-dropout 0.5 (a lower minimum, a sum over fewer)
+    while its config and ledger say 0.2: each device signs the plan it followed."""
+    from shared.config import RunConfig
+
+    honest = RunConfig.device_settings
+    monkeypatch.setattr(RunConfig, "device_settings", lambda self: {**honest(self), "secure-dropout": 0.5, "secure-neighbours": 11})
+    run_dir = _secure_run(small_dataset, feature_cache, tmp_path, "weaker-plan")
+    report = audit(run_dir)
+    assert not report.passed
+    assert sum("signed a plan other than the one the run's config gives" in p for p in report.failures["secure-shares"]) == 36
+
+
+def _rewritten(run_dir, tmp_path, change) -> "Path":
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    path = copy / "secure-sum.npz"
+    arrays = dict(np.load(path))
+    change(arrays)
+    np.savez(path, **arrays)
+    return copy
+
+
+def test_a_split_graph_or_a_substituted_dropped_key_in_the_evidence_fails_the_audit(dropout_run, tmp_path):
+    def split(arrays):
+        graph = arrays["neighbours"]
+        half = set(range(6))
+        arrays["neighbours"] = np.where(np.isin(graph, list(half)) == (np.arange(len(graph)) < 6)[:, None], graph, -1)
+
+    failures = audit(_rewritten(dropout_run, tmp_path / "a", split)).failures["secure-sum"]
+    assert any("the survivors' neighbour graph is split" in problem for problem in failures)
+
+    def substitute(arrays):
+        arrays["popularity.dropped-keys"] = np.frombuffer(masks.new_private_key(), dtype=np.uint8).reshape(1, 32).copy()
+
+    failures = audit(_rewritten(dropout_run, tmp_path / "b", substitute)).failures["secure-sum"]
+    assert any("the mask keys recorded for dropped devices [2] are not the keys they advertised" in p for p in failures)

@@ -7,20 +7,25 @@ claim is rebuilt from what each device signed it added:
   share variance, threshold, minimum, colluders), recomputed here as every device recomputed it.
 - ``secure-shares``: every counted contribution carries a valid signature of its device over
   its record (release, noise variance added, scale, bound, field, dimension, participants, the
-  masked vector's SHA-256 and sketch); one contribution per device; no release below the
-  minimum; every share at least the planned variance (a device that added no share, or less,
-  fails by name). The epsilon is recomputed (Skellam RDP) from the signed shares less the
-  ``colluders`` largest, and the ledger's claim must not be below it, nor the budget.
+  SHA-256 of the plan it followed, the masked vector's SHA-256 and sketch); one contribution per
+  device; no release below the minimum; every share at least the planned variance and every
+  device on the config's plan (a device that added no share, or less, or was sent a weaker
+  plan, fails by name). The epsilon is recomputed (Skellam RDP) from the signed shares less the
+  ``colluders`` largest and one more (the removed user's own), and the ledger's claim must not
+  be below it, nor the budget.
 - ``secure-sum``: the recorded masked sum is the sum of the signed masked vectors (a random
-  linear sketch over Z_{2^32} that each device signed: a sum missing or adding a vector fails
-  but with probability about 2^-16 for the worst-placed difference); unmasking it with the
-  recorded seeds and dropped devices' keys gives the recorded integer sum, and
-  ``releases.npz`` holds that sum over the scale.
+  linear sketch over Z_{2^32} that each device signed: a sum missing or adding a device's
+  vector fails but with probability about 2^-16); the survivors' neighbour graph is in one
+  piece (else each piece's sum could have been unmasked apart); the keys recorded for dropped
+  devices are the ones they advertised; unmasking the recorded sum with the recorded seeds and
+  keys gives the recorded integer sum, and ``releases.npz`` holds that sum over the scale.
 
-What it cannot see: a device that signs a share it did not add (no zero-knowledge proof), or a
+What it cannot see: a device that signs a share it did not add (no zero-knowledge proof); a
 server that deviates from the protocol towards the devices in ways they cannot detect (a
-malicious server telling two groups different survivor sets). These are the threat model's
-stated limits.
+malicious server telling two groups different survivor sets); and a server that alters the sum
+by a vector it chose in the sketch's kernel (the sketch matrix is public before the sum is
+recorded, so it binds the sum only against differences not crafted for it; the individual
+masked vectors, 700 KB per device, are not kept). These are the threat model's stated limits.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import masks
 from shared.secure_sum.device import sketch_seed
-from shared.secure_sum.plan import make_plan
+from shared.secure_sum.plan import graph_parts, make_plan
 from shared.secure_sum.quantise import from_field, to_field
 from shared.secure_sum.unmask import unmasked_sum
 
 CHECKS = ("secure-plan", "secure-shares", "secure-sum")
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
-               "masked-sha256", "sketch", "client", "identity")
+               "plan-sha256", "masked-sha256", "sketch", "client", "identity")
 
 
 def _number(value: Any) -> float:
@@ -118,6 +123,8 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
                     or not math.isclose(float(record.get("scale", 0)), wanted.scale) or not math.isclose(float(record.get("bound", 0)), wanted.bound)
                     or int(record.get("field-bits", 0)) != 32):
                 report.fail(check, f"{who}: signed release, dimension, scale, bound or field differ from the plan")
+            if record.get("plan-sha256") != plan.digest():
+                report.fail(check, f"{who}: signed a plan other than the one the run's config gives (its noise share, threshold or minimum)")
             if float(record.get("noise-variance", 0.0)) < wanted.share_variance * (1 - 1e-9):
                 report.fail(
                     check,
@@ -125,7 +132,7 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
                     f"planned {wanted.share_variance:.6g}",
                 )
         variances = sorted(float(r.get("noise-variance", 0.0)) for r in signed)
-        realised = float(sum(variances[: max(0, len(variances) - plan.colluders)]))
+        realised = float(sum(variances[: max(0, len(variances) - plan.uncounted)]))
         if not math.isclose(realised, float(body["honest-variance"]), rel_tol=1e-9, abs_tol=1e-9):
             report.fail(check, f"{where}: honest variance {float(body['honest-variance']):.6g} recorded, the signed shares give {realised:.6g}")
         honest.append(realised)
@@ -147,7 +154,7 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
     report.ok(check)
     report.figures["user-level epsilon"] = (
         f"{last:.3f} at delta {delta:g} after {len(releases)} releases, recomputed from the devices' signed noise shares "
-        f"(Skellam RDP; {plan.colluders} colluders' shares not counted); whom you trust: no single party"
+        f"(Skellam RDP; the {plan.colluders} colluders' shares and the removed user's own not counted); whom you trust: no single party"
         if math.isfinite(last) else "inf: the releases had no noise (NOT PRIVATE)"
     )
 
@@ -176,6 +183,11 @@ def _sums(report, run: RunDirectory, releases) -> None:
         signed = list(body.get("signed", []))
         if sorted(int(r["index"]) for r in signed) != survivors:
             report.fail(check, f"{where}: the unmasked survivors are not the devices that signed an input")
+        if graph_parts(survivors, neighbours) > 1:
+            report.fail(check, f"{where}: the survivors' neighbour graph is split: each part's sum could be unmasked apart")
+        forged = [v for v, key in keys.items() if masks.public_key(key) != publics.get(v)]
+        if forged:
+            report.fail(check, f"{where}: the mask keys recorded for dropped devices {forged[:5]} are not the keys they advertised")
         participants = sorted(survivors + dropped)
         matrix = masks.sketch_matrix(sketch_seed(name, participants), int(body["dimension"]))
         expected = np.zeros(masks.SKETCH_ROWS, dtype=np.uint32)

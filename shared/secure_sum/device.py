@@ -16,7 +16,8 @@ What the device refuses (a :class:`ProtocolRefusal`, an error reply): to mask or
 fewer devices than the plan's minimum (so the server cannot unmask one device's input, or a
 sum over a few); to reveal both the seed share and the mask-key share of the same neighbour
 (with both, the server could unmask that neighbour's input alone); a neighbour list that is not
-the plan's size or names itself.
+the plan's size or names itself; a second input or unmasking for the same release (the same
+masks over fresh noise would tell the server the difference of two noise draws).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class DeviceSession:
     held: list[bytes] = field(default_factory=list)  # ciphertexts from each neighbour, in neighbour order
     revealed_keys: list[int] = field(default_factory=list)
     revealed_seeds: list[str] = field(default_factory=list)  # "release:neighbour"
+    masked: list[str] = field(default_factory=list)  # releases this device sent its input for
+    unmasked: list[str] = field(default_factory=list)  # releases this device answered the unmasking of
 
     # --- stage 1 ---------------------------------------------------------------------------
     def public_keys(self) -> tuple[bytes, bytes]:
@@ -120,6 +123,8 @@ class DeviceSession:
         """This device's masked, noised, quantised statistic, and the record it signs."""
         if release.name not in self.releases:
             raise ProtocolRefusal(f"no self-mask seed for release {release.name!r}: the key stages did not run")
+        if release.name in self.masked:
+            raise ProtocolRefusal(f"this device already sent its input for release {release.name!r}")
         self._check_population(plan, participants, "mask an input")
         revealed = sorted(set(self.revealed_keys) & set(participants))
         if revealed:
@@ -147,9 +152,11 @@ class DeviceSession:
             "field-bits": FIELD_BITS,
             "dimension": int(release.dimension),
             "participants": len(participants),
+            "plan-sha256": plan.digest(),
             "masked-sha256": masks.digest(vector),
             "sketch": [int(x) for x in masks.sketch(masks.sketch_matrix(sketch_seed(release.name, participants), release.dimension), vector)],
         }
+        self.masked.append(release.name)
         return vector, record
 
     # --- stage 4 ---------------------------------------------------------------------------
@@ -166,6 +173,8 @@ class DeviceSession:
         which = self.releases.index(release) if release in self.releases else -1
         if which < 0:
             raise ProtocolRefusal(f"unknown release {release!r}")
+        if release in self.unmasked:
+            raise ProtocolRefusal(f"this device already answered the unmasking of release {release!r}")
         alive, gone = set(survivors), set(dropped)
         seed_out: dict[int, bytes] = {}
         key_out: dict[int, bytes] = {}
@@ -184,6 +193,7 @@ class DeviceSession:
             else:
                 key_out[v] = parts[0]
                 self.revealed_keys.append(v)
+        self.unmasked.append(release)
         return seed_out, key_out
 
     def _check_population(self, plan: SecurePlan, members: list[int], action: str) -> None:
@@ -203,6 +213,7 @@ class DeviceSession:
             "releases": list(self.releases), "seeds": list(self.seeds), "neighbours": list(self.neighbours),
             "mask-publics": list(self.mask_publics), "channel-publics": list(self.channel_publics), "held": list(self.held),
             "revealed-keys": list(self.revealed_keys), "revealed-seeds": list(self.revealed_seeds),
+            "masked": list(self.masked), "unmasked": list(self.unmasked),
         }
 
     @classmethod
@@ -213,4 +224,5 @@ class DeviceSession:
             neighbours=[int(v) for v in record["neighbours"]], mask_publics=list(record["mask-publics"]),
             channel_publics=list(record["channel-publics"]), held=list(record["held"]),
             revealed_keys=[int(v) for v in record["revealed-keys"]], revealed_seeds=list(record["revealed-seeds"]),
+            masked=list(record.get("masked", [])), unmasked=list(record.get("unmasked", [])),
         )

@@ -9,15 +9,25 @@ share, a lower threshold or a smaller minimum.
 - ``min_survivors``: a release is unmasked only when at least ``ceil((1 - dropout) n)`` devices
   sent their masked input; below it the release is aborted and nothing is released.
 - ``colluders``: up to ``ceil(colluders n)`` devices may share their noise with the server; the
-  noise the claim counts is what the others add. Each device adds ``1 / (min_survivors -
-  colluders)`` of each release's variance, so the claim holds at the minimum; with more
-  survivors the realised noise is larger and the realised epsilon (in the ledger) smaller.
+  noise the claim counts is what the others add, less one more share: the Skellam bound is for
+  a user's statistic replaced by zero, and under add/remove the removed user's own noise share
+  leaves with it. Each device adds ``1 / (min_survivors - colluders - 1)`` of each release's
+  variance, so the claim holds at the minimum; with more survivors the realised noise is larger
+  and the realised epsilon (in the ledger) smaller.
+- the neighbour graph must hold together: the server could unmask the sum of each part of a
+  split graph apart, each with a part of the noise. A ring lattice of degree ``k`` splits only
+  where ``k / 2`` consecutive devices are gone (dropped or colluding), and a device's secrets
+  leak only if ``threshold`` of its neighbours collude; the plan refuses a ``k`` for which either
+  has probability above ``delta / 10`` (Bell et al. 2020 choose ``k`` the same way). The server
+  also refuses to unmask for survivors whose graph is split, and the audit checks it again.
 - per release: the scale, the rounding's norm bound (the integer sensitivity), and the noise
   variance, calibrated so the Skellam releases together spend ``user-epsilon`` at ``delta``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,8 +72,24 @@ class SecurePlan:
     epsilon_budget: float
 
     @property
+    def uncounted(self) -> int:
+        """Shares a claim never counts: the colluders' and the removed user's own."""
+        return self.colluders + 1
+
+    @property
     def honest_minimum(self) -> int:
-        return self.min_survivors - self.colluders
+        return self.min_survivors - self.uncounted
+
+    def digest(self) -> str:
+        """SHA-256 of everything the plan fixes: each device signs it with its input, so a run
+        whose devices were sent a weaker plan than its config says fails the audit."""
+        fields = {
+            "devices": self.devices, "neighbours": self.neighbours, "threshold": self.threshold,
+            "min-survivors": self.min_survivors, "colluders": self.colluders, "delta": self.delta,
+            "epsilon-budget": self.epsilon_budget if math.isfinite(self.epsilon_budget) else "inf",
+            "releases": [[r.name, r.dimension, r.scale, r.bound, r.share_variance] for r in self.releases],
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def release(self, name: str) -> ReleasePlan:
         for release in self.releases:
@@ -75,6 +101,19 @@ class SecurePlan:
         """User-level epsilon after the first ``len(honest_variances)`` releases, at the noise the
         honest devices realised in each."""
         return skellam_epsilon([r.accounted(v) for r, v in zip(self.releases, honest_variances)], self.delta)
+
+
+def graph_failure_probability(devices: int, k: int, threshold: int, gone: int, colluders: int) -> float:
+    """Union bound on the chance that the graph fails the run: the ring lattice of degree ``k``
+    over ``devices`` in a random order splits (``k / 2`` consecutive devices among the ``gone``,
+    dropped or colluding), or some device has ``threshold`` of its neighbours among the
+    ``colluders`` (a random set fixed before the server draws the order). A complete graph never
+    splits."""
+    half = k // 2
+    split = 0.0 if k >= devices - 1 else devices * math.comb(gone, half) / math.comb(devices, half)
+    others = devices - 1
+    leak = devices * sum(math.comb(colluders, j) * math.comb(others - colluders, k - j) for j in range(threshold, min(k, colluders) + 1)) / math.comb(others, k)
+    return min(1.0, split + leak)
 
 
 def make_plan(
@@ -102,8 +141,16 @@ def make_plan(
     trusted_out = math.ceil(colluders * devices - 1e-9)
     if min_survivors - trusted_out < 1:
         raise ValueError(f"with {devices} devices, {min_survivors} must survive and {trusted_out} may collude: no honest noise would remain")
+    failure = graph_failure_probability(devices, k, threshold, devices - min_survivors + trusted_out, trusted_out)
+    if failure > delta / 10:
+        raise ValueError(
+            f"secure-neighbours {neighbours}: with {devices} devices, {dropout:g} dropping and {colluders:g} colluding, the "
+            f"neighbour graph splits or a device's secrets leak with probability {failure:.2g}, above delta / 10; raise secure-neighbours"
+        )
     stds = split_budget(epsilon, delta, list(budget_shares))
-    honest = min_survivors - trusted_out
+    honest = min_survivors - trusted_out - 1
+    if honest < 1:
+        raise ValueError(f"with {devices} devices, {min_survivors} must survive and {trusted_out} may collude: no honest noise would remain")
     scales = [choose_scale(devices, CLIP, d, std) for d, std in zip(dimensions, stds)]
     bounds = [rounding_bound(CLIP, s, d) for s, d in zip(scales, dimensions)]
     factor = 0.0
@@ -127,6 +174,23 @@ def make_plan(
         check_no_overflow(devices, b, math.sqrt(devices * share_variance))
         releases.append(ReleasePlan(name, int(d), s, b, central, share_variance))
     return SecurePlan(devices, k, threshold, min_survivors, trusted_out, tuple(releases), float(delta), float(epsilon))
+
+
+def graph_parts(members: Sequence[int], neighbours: dict[int, Sequence[int]]) -> int:
+    """How many connected parts the neighbour graph has among ``members`` (the survivors)."""
+    inside, seen, parts = set(members), set(), 0
+    for start in members:
+        if start in seen:
+            continue
+        parts += 1
+        stack = [start]
+        seen.add(start)
+        while stack:
+            for v in neighbours.get(stack.pop(), ()):
+                if v in inside and v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+    return parts
 
 
 def ring_neighbours(order: Sequence[int], k: int) -> dict[int, list[int]]:
