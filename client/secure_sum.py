@@ -89,8 +89,8 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         if int(fields["dimensions"][0]) != data.num_items:
             raise ProtocolRefusal(f"a popularity release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
         session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]))
+        mask_public, channel_public = session.public_keys(len(fields["dimensions"]))
         _keep(context, session)
-        mask_public, channel_public = session.public_keys()
         return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"])})
     session = _session(context)
     if stage == SECURE_SHARE:

@@ -67,6 +67,13 @@ def honest_variance(variances: list[float], uncounted: int) -> float:
     return float(sum(ordered[: max(0, len(ordered) - uncounted)]))
 
 
+def _key_rows(keys: dict[int, bytes], devices: int) -> np.ndarray:
+    rows = np.zeros((devices, 32), dtype=np.uint8)
+    for i, key in keys.items():
+        rows[i] = np.frombuffer(key, dtype=np.uint8)
+    return rows
+
+
 class SecureAggregation:
     """One run's secure releases over ``grid``'s ``nodes`` (protocol indices 0..n-1 in node order)."""
 
@@ -74,7 +81,7 @@ class SecureAggregation:
         self.grid, self.nodes, self.config, self.log = grid, list(nodes), config, log
         self.plan: SecurePlan = secure_plan(config, len(nodes), dimensions)
         self.dimensions = list(dimensions)
-        self.mask_publics: dict[int, bytes] = {}
+        self.mask_publics: dict[int, bytes] = {}  # each device's per-release mask public keys, concatenated
         self.neighbours: dict[int, list[int]] = {}
         self.forwarded: dict[int, list[bytes]] = {}
         self.participants: list[int] = []
@@ -100,6 +107,9 @@ class SecureAggregation:
         replies = self._send(SECURE_KEYS, {i: {**common, "index": i} for i in everyone}, ArrayRecord(), server_round)
         self._require(len(replies), "key advertisement")
         keys = {i: (bytes(secure_fields(r)["mask-public"]), bytes(secure_fields(r)["channel-public"])) for i, r in replies.items()}
+        wanted = 32 * len(self.plan.releases)
+        keys = {i: k for i, k in keys.items() if len(k[0]) == wanted}  # a device with the wrong key count takes no part
+        self._require(len(keys), "key advertisement")
         self.mask_publics = {i: k[0] for i, k in keys.items()}
         order = sorted(keys)
         rng = np.random.default_rng(secrets.randbits(128))
@@ -162,7 +172,8 @@ class SecureAggregation:
             )
         seeds = {u: masks.rebuild(seed_shares[u], plan.threshold) for u in survivors}
         dropped_keys = {v: masks.rebuild(key_shares[v], plan.threshold) for v in dropped}
-        integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, self.mask_publics, self.neighbours)
+        publics = {i: self.release_publics(i, name) for i in self.mask_publics}
+        integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, publics, self.neighbours)
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]
         evidence = {
@@ -171,6 +182,7 @@ class SecureAggregation:
             f"{name}.seeds": np.frombuffer(b"".join(seeds[u] for u in survivors), dtype=np.uint8).reshape(len(survivors), -1),
             f"{name}.dropped": np.asarray(dropped, dtype=np.int64),
             f"{name}.dropped-keys": np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
+            f"{name}.mask-publics": _key_rows({i: publics[i] for i in publics}, len(self.nodes)),
             f"{name}.unmasked": from_field(integers),
         }
         return SecureRelease(
@@ -179,14 +191,17 @@ class SecureAggregation:
             total_variance=float(sum(variances)), evidence=evidence,
         )
 
+    def release_publics(self, device: int, name: str) -> bytes:
+        """``device``'s mask public key for release ``name``."""
+        which = [r.name for r in self.plan.releases].index(name)
+        return self.mask_publics[device][32 * which : 32 * (which + 1)]
+
     def key_evidence(self) -> dict[str, np.ndarray]:
-        """Every device's mask public key and neighbours (the audit rebuilds dropped masks with them)."""
+        """Every device's neighbours (the audit rebuilds dropped masks with them and each
+        release's mask public keys, recorded with the release)."""
         n = len(self.nodes)
-        publics = np.zeros((n, 32), dtype=np.uint8)
-        for i, key in self.mask_publics.items():
-            publics[i] = np.frombuffer(key, dtype=np.uint8)
         width = max((len(v) for v in self.neighbours.values()), default=0)
         graph = -np.ones((n, width), dtype=np.int64)
         for i, vs in self.neighbours.items():
             graph[i, : len(vs)] = vs
-        return {"mask-publics": publics, "neighbours": graph}
+        return {"neighbours": graph}

@@ -314,11 +314,11 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     group = list(range(plan.neighbours + 1))  # device 0 and its neighbours, each the others' neighbour
     graph = ring_neighbours(group, plan.neighbours)
     sessions = {i: DeviceSession(index=i, devices=devices) for i in group}
-    publics = {i: s.public_keys() for i, s in sessions.items()}
+    publics = {i: s.public_keys(len(plan.releases)) for i, s in sessions.items()}
     masks.sketch_matrix.cache_clear()
     me, key = sessions[0], ec.generate_private_key(ec.SECP384R1())
     started = time.process_time()
-    key_bytes = sum(len(k) for k in me.public_keys())
+    key_bytes = sum(len(k) for k in me.public_keys(len(plan.releases)))
     mine = me.share_keys(plan, graph[0], [publics[v][0] for v in graph[0]], [publics[v][1] for v in graph[0]])
     share_bytes = sum(len(c) for c in mine)
     cpu = time.process_time() - started

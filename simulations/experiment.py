@@ -217,7 +217,7 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     row["privacy-mode"] = privacy.get("mode", "")
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")
     row["users"] = summary["final"].get("clients-evaluated", summary["final"].get("users", ""))
-    if kind == "federated" and run.device_folders():
+    if kind == "federated" and run.trained_partitions():  # a secure-sum run keeps no device state: all users rank
         same = most_popular_on_same_users(run_dir)
         row.update({f"most-popular-same-users-{m}": same[m] for m in SAME_USERS_METRICS})
     return row

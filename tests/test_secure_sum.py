@@ -12,14 +12,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from client.secure_sum import stage_reply
 from server.audit import audit
 from server.secure_release import SecureAggregation, SecureAggregationAborted
 from shared.config import resolve
 from shared.cooccurrence import popularity_contribution
-from shared.messages import SECURE_STAGES, TASK_KEY, message_config
+from shared.messages import SECURE_STAGES, TASK_KEY, message_config, secure_fields
 from shared.secure_sum import masks
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import make_plan
@@ -33,7 +33,8 @@ ITEMS = 40
 
 class DeliveringGrid:
     """Delivers each message to the device's stage handler; ``drop`` = {stage: {device index}}
-    loses those devices' replies at that stage (a crash or a lost connection)."""
+    loses those devices' replies at that stage (a crash or a lost connection); a key
+    ``"stage:release"`` only in that release."""
 
     def __init__(self, users: int, drop: dict[str, set[int]] | None = None, seed: int = 0):
         from flwr.supercore.task_identity import TaskIdentity
@@ -59,7 +60,8 @@ class DeliveringGrid:
                 stage = message_config(msg)[TASK_KEY]
                 data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], on_device=False)
                 reply = stage_reply(msg, self.contexts[node], data, stage, f"device-{node}", f"node-{node}", None)
-                if self.nodes.index(node) not in self.drop.get(stage, set()):
+                at_release = f"{stage}:{secure_fields(msg).get('release')}"
+                if self.nodes.index(node) not in self.drop.get(stage, set()) | self.drop.get(at_release, set()):
                     replies.append(reply)
         finally:  # a refusal propagates here (Flower would make it an error reply): the server builds again
             self.identity.node_id = 0
@@ -126,7 +128,7 @@ def test_what_the_server_receives_from_one_device_is_uniform_modulo_the_field():
 
     def masked_by_device_0(statistic: np.ndarray) -> np.ndarray:  # a fresh session: keys and seeds are per run
         sessions = [DeviceSession(i, 4) for i in range(4)]
-        publics = [s.public_keys() for s in sessions]
+        publics = [s.public_keys(1) for s in sessions]
         for s in sessions:
             others = [v for v in range(4) if v != s.index][: plan.neighbours]
             s.share_keys(plan, others, [publics[v][0] for v in others], [publics[v][1] for v in others])
@@ -158,9 +160,24 @@ def test_a_device_never_reveals_both_secrets_of_one_neighbour():
     secure.release("popularity", _empty(), server_round=1)  # device 5 dropped: its mask key was rebuilt
     holder = next(node for node in grid.nodes if 5 in DeviceSession.from_record(dict(grid.contexts[node].state.config_records["secure-sum"])).neighbours)
     session = DeviceSession.from_record(dict(grid.contexts[holder].state.config_records["secure-sum"]))
-    assert 5 in session.revealed_keys
+    assert "popularity:5" in session.revealed_keys
+    session.unmasked.remove("popularity")  # past the one-unmasking-per-release refusal: the guard behind it
     with pytest.raises(ProtocolRefusal, match="device 5's mask key was revealed: refusing to reveal its self-mask seed too"):
-        session.unmask(secure.plan, "cooccurrence", list(range(12)), [])
+        session.unmask(secure.plan, "popularity", [v for v in range(12)], [])
+
+
+def test_a_device_that_drops_in_a_later_release_is_unmasked_with_that_releases_key():
+    """Mask keys are per release: device 3 took part in the popularity release (its seed was
+    revealed) and drops before its co-occurrence input; its neighbours reveal its co-occurrence
+    mask key, which unmasks nothing of the popularity release, and the run goes on."""
+    secure, grid = _secure(20, {"secure-input:cooccurrence": {3}})
+    secure.setup(server_round=1)
+    first = secure.release("popularity", _empty(), server_round=1)
+    second = secure.release("cooccurrence", ArrayRecord({"top-items": Array(np.arange(4, dtype=np.int64))}), server_round=2)
+    assert 3 in first.survivors and 3 in second.dropped and 3 not in second.survivors
+    holder = next(node for node in grid.nodes if 3 in DeviceSession.from_record(dict(grid.contexts[node].state.config_records["secure-sum"])).neighbours)
+    session = DeviceSession.from_record(dict(grid.contexts[holder].state.config_records["secure-sum"]))
+    assert "popularity:3" in session.revealed_seeds and "cooccurrence:3" in session.revealed_keys
 
 
 def test_a_device_sends_one_input_and_one_unmasking_per_release():
@@ -384,4 +401,5 @@ def test_a_split_graph_or_a_substituted_dropped_key_in_the_evidence_fails_the_au
         arrays["popularity.dropped-keys"] = np.frombuffer(masks.new_private_key(), dtype=np.uint8).reshape(1, 32).copy()
 
     failures = audit(_rewritten(dropout_run, tmp_path / "b", substitute)).failures["secure-sum"]
-    assert any("the mask keys recorded for dropped devices [2] are not the keys they advertised" in p for p in failures)
+    dropped = int(np.load(dropout_run / "secure-sum.npz")["popularity.dropped"][0])
+    assert f"release 1 (popularity): the mask keys recorded for dropped devices [{dropped}] are not the keys they advertised" in failures

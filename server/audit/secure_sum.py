@@ -165,7 +165,6 @@ def _sums(report, run: RunDirectory, releases) -> None:
         report.fail(check, f"{run.file(SECURE_FILE)} or {RELEASES_FILE}: missing: the secure sums cannot be checked")
         return
     evidence, released = run.load_arrays(SECURE_FILE), run.load_arrays(RELEASES_FILE)
-    publics = {i: bytes(row) for i, row in enumerate(evidence["mask-publics"])}
     neighbours = {i: [int(v) for v in row if v >= 0] for i, row in enumerate(evidence["neighbours"])}
     for entry in releases:
         body, name = entry.body, str(entry.body["release"])
@@ -177,6 +176,7 @@ def _sums(report, run: RunDirectory, releases) -> None:
             seeds = {u: bytes(row) for u, row in zip(survivors, evidence[f"{name}.seeds"])}
             keys = {v: bytes(row) for v, row in zip(dropped, evidence[f"{name}.dropped-keys"])}
             recorded = evidence[f"{name}.unmasked"]
+            publics = {i: bytes(row) for i, row in enumerate(evidence[f"{name}.mask-publics"])}
         except KeyError as exc:
             report.fail(check, f"{where}: {SECURE_FILE} lacks {exc}")
             continue

@@ -2,20 +2,22 @@
 
 Four stages, each one message from the server and one reply:
 
-1. **keys**: two X25519 key pairs, one to agree mask keys, one to encrypt shares; the public
-   halves go to the server.
-2. **share**: for each release a fresh self-mask seed; Shamir shares of the mask private key and
-   of every seed go to the device's neighbours, each encrypted for its holder.
+1. **keys**: X25519 key pairs, one per release to agree that release's pairwise masks (as
+   Bonawitz et al. use fresh keys each round: a device that drops in a later release has that
+   release's mask key rebuilt, never one that unmasks an earlier release it took part in), and
+   one to encrypt shares; the public halves go to the server (the mask keys as one blob).
+2. **share**: for each release a fresh self-mask seed; Shamir shares of every mask private key
+   and of every seed go to the device's neighbours, each encrypted for its holder.
 3. **input** (per release): the statistic, clipped to norm 1, scaled and rounded, plus this
    device's Skellam noise share, plus its self mask and its pairwise masks with the neighbours
    taking part, modulo 2^32. Uniform to the server. The device signs what it added.
 4. **unmask** (per release): for each neighbour that sent its input, its share of that
-   neighbour's self-mask seed; for each that did not, its share of the mask private key.
+   neighbour's self-mask seed; for each that did not, its share of that release's mask key.
 
 What the device refuses (a :class:`ProtocolRefusal`, an error reply): to mask or unmask for
 fewer devices than the plan's minimum (so the server cannot unmask one device's input, or a
-sum over a few); to reveal both the seed share and the mask-key share of the same neighbour
-(with both, the server could unmask that neighbour's input alone); a neighbour list that is not
+sum over a few); to reveal both the seed share and the mask-key share of the same neighbour for
+the same release (with both, the server could unmask that neighbour's input alone); a neighbour list that is not
 the plan's size or names itself; a second input or unmasking for the same release (the same
 masks over fresh noise would tell the server the difference of two noise draws).
 """
@@ -71,22 +73,31 @@ class DeviceSession:
 
     index: int
     devices: int
-    mask_private: bytes = field(default_factory=masks.new_private_key)
+    mask_privates: list[bytes] = field(default_factory=list)  # one per release, made at the key stage
     channel_private: bytes = field(default_factory=masks.new_private_key)
     releases: list[str] = field(default_factory=list)
     seeds: list[bytes] = field(default_factory=list)
     neighbours: list[int] = field(default_factory=list)
-    mask_publics: list[bytes] = field(default_factory=list)
+    mask_publics: list[bytes] = field(default_factory=list)  # each neighbour's per-release public keys, concatenated
     channel_publics: list[bytes] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)  # ciphertexts from each neighbour, in neighbour order
-    revealed_keys: list[int] = field(default_factory=list)
+    revealed_keys: list[str] = field(default_factory=list)  # "release:neighbour"
     revealed_seeds: list[str] = field(default_factory=list)  # "release:neighbour"
     masked: list[str] = field(default_factory=list)  # releases this device sent its input for
     unmasked: list[str] = field(default_factory=list)  # releases this device answered the unmasking of
 
     # --- stage 1 ---------------------------------------------------------------------------
-    def public_keys(self) -> tuple[bytes, bytes]:
-        return masks.public_key(self.mask_private), masks.public_key(self.channel_private)
+    def public_keys(self, releases: int) -> tuple[bytes, bytes]:
+        """(the ``releases`` mask public keys concatenated, the channel public key)."""
+        if not self.mask_privates:
+            self.mask_privates = [masks.new_private_key() for _ in range(releases)]
+        if len(self.mask_privates) != releases:
+            raise ProtocolRefusal(f"mask keys for {len(self.mask_privates)} releases exist; asked for {releases}")
+        return b"".join(masks.public_key(k) for k in self.mask_privates), masks.public_key(self.channel_private)
+
+    def _mask_public(self, position: int, release: int) -> bytes:
+        blob = self.mask_publics[position]
+        return blob[32 * release : 32 * (release + 1)]
 
     # --- stage 2 ---------------------------------------------------------------------------
     def share_keys(self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes]) -> list[bytes]:
@@ -97,16 +108,18 @@ class DeviceSession:
             )
         if not all(0 <= v < self.devices for v in neighbours) or len(mask_publics) != len(neighbours) or len(channel_publics) != len(neighbours):
             raise ProtocolRefusal("neighbour keys do not match the neighbour list")
+        if len(self.mask_privates) != len(plan.releases) or any(len(blob) != 32 * len(plan.releases) for blob in mask_publics):
+            raise ProtocolRefusal(f"mask keys are not one per release of the plan's {len(plan.releases)}")
         self.neighbours, self.mask_publics, self.channel_publics = list(neighbours), list(mask_publics), list(channel_publics)
         self.releases = [r.name for r in plan.releases]
         self.seeds = [masks.new_seed() for _ in self.releases]
         k = len(neighbours)
-        key_shares = masks.share(self.mask_private, plan.threshold, k)
+        key_shares = [masks.share(key, plan.threshold, k) for key in self.mask_privates]
         seed_shares = [masks.share(seed, plan.threshold, k) for seed in self.seeds]
         out = []
         channels = masks.derive_many(self.channel_private, list(channel_publics), "share-encryption")
         for position, (holder, key) in enumerate(zip(neighbours, channels)):
-            plaintext = _pack([key_shares[position]] + [shares[position] for shares in seed_shares])
+            plaintext = _pack([shares[position] for shares in key_shares] + [shares[position] for shares in seed_shares])
             out.append(masks.encrypt(key, plaintext, _associated(self.index, holder)))
         return out
 
@@ -126,7 +139,7 @@ class DeviceSession:
         if release.name in self.masked:
             raise ProtocolRefusal(f"this device already sent its input for release {release.name!r}")
         self._check_population(plan, participants, "mask an input")
-        revealed = sorted(set(self.revealed_keys) & set(participants))
+        revealed = sorted(v for v in participants if f"{release.name}:{v}" in self.revealed_keys)
         if revealed:
             raise ProtocolRefusal(f"devices {revealed} take part although this device revealed their mask keys")
         if statistic.size != release.dimension:
@@ -138,8 +151,9 @@ class DeviceSession:
         vector = to_field(rounded + skellam_noise(rng, release.dimension, variance))
         vector = vector + masks.mask_stream(masks.release_key(self.seeds[self.releases.index(release.name)], release.name), release.dimension)
         taking_part = set(participants)
-        partners = [(v, public) for v, public in zip(self.neighbours, self.mask_publics) if v in taking_part]
-        pairwise = masks.derive_many(self.mask_private, [public for _, public in partners], "mask")
+        which = self.releases.index(release.name)
+        partners = [(v, self._mask_public(position, which)) for position, v in enumerate(self.neighbours) if v in taking_part]
+        pairwise = masks.derive_many(self.mask_privates[which], [public for _, public in partners], "mask")
         for (v, _), secret in zip(partners, pairwise):
             stream = masks.mask_stream(masks.release_key(secret, release.name), release.dimension)
             vector = vector + stream if pairwise_sign(self.index, v) > 0 else vector - stream
@@ -181,18 +195,20 @@ class DeviceSession:
         for v, channel, ciphertext in zip(self.neighbours, self.channel_publics, self.held):
             if (v not in alive and v not in gone) or not ciphertext:
                 continue
-            if v in alive and v in self.revealed_keys:
+            tag = f"{release}:{v}"
+            if v in alive and tag in self.revealed_keys:
                 raise ProtocolRefusal(f"device {v}'s mask key was revealed: refusing to reveal its self-mask seed too")
-            if v in gone and any(tag.endswith(f":{v}") for tag in self.revealed_seeds):
+            if v in gone and tag in self.revealed_seeds:
                 raise ProtocolRefusal(f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too")
             key = masks.derive(self.channel_private, channel, "share-encryption")
             parts = _unpack(masks.decrypt(key, ciphertext, _associated(v, self.index)))
+            count = len(self.releases)
             if v in alive:
-                seed_out[v] = parts[1 + which]
-                self.revealed_seeds.append(f"{release}:{v}")
+                seed_out[v] = parts[count + which]
+                self.revealed_seeds.append(tag)
             else:
-                key_out[v] = parts[0]
-                self.revealed_keys.append(v)
+                key_out[v] = parts[which]
+                self.revealed_keys.append(tag)
         self.unmasked.append(release)
         return seed_out, key_out
 
@@ -209,7 +225,7 @@ class DeviceSession:
     # --- persistence (Flower's context.state holds plain records) ----------------------------
     def to_record(self) -> dict[str, Any]:
         return {
-            "index": self.index, "devices": self.devices, "mask-private": self.mask_private, "channel-private": self.channel_private,
+            "index": self.index, "devices": self.devices, "mask-privates": list(self.mask_privates), "channel-private": self.channel_private,
             "releases": list(self.releases), "seeds": list(self.seeds), "neighbours": list(self.neighbours),
             "mask-publics": list(self.mask_publics), "channel-publics": list(self.channel_publics), "held": list(self.held),
             "revealed-keys": list(self.revealed_keys), "revealed-seeds": list(self.revealed_seeds),
@@ -219,10 +235,10 @@ class DeviceSession:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "DeviceSession":
         return cls(
-            index=int(record["index"]), devices=int(record["devices"]), mask_private=bytes(record["mask-private"]),
+            index=int(record["index"]), devices=int(record["devices"]), mask_privates=[bytes(k) for k in record["mask-privates"]],
             channel_private=bytes(record["channel-private"]), releases=list(record["releases"]), seeds=list(record["seeds"]),
             neighbours=[int(v) for v in record["neighbours"]], mask_publics=list(record["mask-publics"]),
             channel_publics=list(record["channel-publics"]), held=list(record["held"]),
-            revealed_keys=[int(v) for v in record["revealed-keys"]], revealed_seeds=list(record["revealed-seeds"]),
+            revealed_keys=list(record["revealed-keys"]), revealed_seeds=list(record["revealed-seeds"]),
             masked=list(record.get("masked", [])), unmasked=list(record.get("unmasked", [])),
         )
