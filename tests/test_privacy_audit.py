@@ -41,8 +41,31 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
         "hash-chain", "ledger-anchored", "identity-budget", "spend-signed", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
         "no-batchnorm-stats",
     }
-    assert report.figures["clients"] == 12 and report.figures["rounds"] == 2
+    assert report.figures["clients (with a signed example-level spend)"] == 12 and report.figures["rounds"] == 2
     assert run_audit(run_dir) == 0 and (run_dir / "audit.md").read_text().startswith("# Privacy audit")
+    # the report leads with the guarantee, then every check with what it verifies and cannot see
+    text = (run_dir / "audit.md").read_text()
+    assert text.index("## The guarantee") < text.index("## Checks") < text.index("## Evidence")
+    assert report.guarantee["privacy unit"] == "example (one interaction) on each device"
+    assert report.guarantee["whom you must trust"].startswith("nobody for the example-level claim")
+    assert report.guarantee["epsilon"].startswith("client epsilon min / median / max (example-level): ")
+    from server.audit.limits import CHECK_LIMITS
+
+    for check in report.failures:
+        sees, blind = CHECK_LIMITS[check]
+        assert f"| {check} | pass | {sees} | {blind} |" in text
+
+
+def test_every_check_the_audit_can_name_says_what_it_cannot_see():
+    import re
+
+    from server.audit.limits import CHECK_LIMITS
+
+    source = "".join(path.read_text() for path in (Path(__file__).parents[1] / "server" / "audit").glob("*.py"))
+    named = set(re.findall(r'report\.(?:fail|ok)\(\s*"([a-z-]+)"', source)) | set(re.findall(r'check = "([a-z-]+)"', source))
+    for names in re.findall(r"CHECKS = \(([^)]*)\)", source):
+        named |= set(re.findall(r'"([a-z-]+)"', names))
+    assert named and named <= set(CHECK_LIMITS), sorted(named - set(CHECK_LIMITS))
 
 
 def test_ledger_refuses_updates_and_deletes(federated_run, tmp_path):

@@ -171,8 +171,35 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     resumes = [e.round for e in entries if e.kind == "resume"]
     if resumes:
         report.figures["resumed"] = "after round " + ", ".join(str(r) for r in resumes)
+    releases = [e.body for e in entries if e.kind == "release"]
+    if releases:
+        report.figures["devices per release"] = ", ".join(f"{b.get('release')} {b.get('contributions')}" for b in releases)
+        report.release_names = [str(b.get("release")) for b in releases]
     report.figures["ledger head"] = entries[-1].hash[:16] if entries else "empty"
+    report.guarantee = _guarantee(header, report)
     return report
+
+
+TRUST = {
+    "local": "nobody for the example-level claim: each device adds its own DP-SGD noise; the server sees each device's noised update",
+    "central": "the server: it sees each device's clipped update in the clear and adds the noise",
+    "both": "each device for the example-level claim; the server for the user-level one (it sees the updates and adds that noise)",
+    "none": "NOT PRIVATE: nothing is protected",
+}
+EPSILON_FIGURES = ("user-level epsilon", "server epsilon (user-level)", "client epsilon min / median / max (example-level)")
+
+
+def _guarantee(header: dict, report: AuditReport) -> dict[str, object]:
+    """What the run claims, in the words a privacy officer checks first."""
+    mode = header.get("privacy-mode", "local")
+    epsilon = "; ".join(f"{name}: {report.figures[name]}" for name in EPSILON_FIGURES if name in report.figures)
+    return {
+        "privacy unit": header["privacy-unit"],
+        "epsilon": epsilon or "none claimed",
+        "delta": header["delta"],
+        "whom you must trust": header.get("trust") or TRUST.get(mode, "(not stated in the ledger header)"),
+        "verdict": "every check below passed" if report.passed else "FAIL: at least one check below failed",
+    }
 
 
 def _audit_clients(
@@ -227,7 +254,8 @@ def _audit_clients(
     if by_client:  # with no client entries (privacy = user) these checks could not fail: not shown
         for check in CHECKS[1:5]:
             report.ok(check)
-    report.figures["clients"] = len(by_client)
+    if by_client:
+        report.figures["clients (with a signed example-level spend)"] = len(by_client)
     if final_eps:
         report.figures["client epsilon min / median / max (example-level)"] = (
             f"{min(final_eps):.3f} / {statistics.median(final_eps):.3f} / {max(final_eps):.3f}"

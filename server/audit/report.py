@@ -13,6 +13,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.audit.limits import limits_of
+
 
 @dataclass
 class AuditReport:
@@ -26,6 +28,9 @@ class AuditReport:
     canary_scores: dict[str, list[float]] = field(default_factory=dict)
     # Checks that ran but could not have failed at the claim: never shown as a pass.
     inconclusive: dict[str, str] = field(default_factory=dict)
+    # What the run claims, first in the report: unit, epsilon, delta, whom you must trust.
+    guarantee: dict[str, object] = field(default_factory=dict)
+    release_names: list[str] = field(default_factory=list)  # the x axis of a user-level run's epsilon plot
 
     @property
     def passed(self) -> bool:
@@ -38,15 +43,24 @@ class AuditReport:
         self.failures.setdefault(check, [])
 
 
+def _result(problems: list[str], limit: int) -> str:
+    return "pass" if not problems else "FAIL: " + "; ".join(problems[:limit])
+
+
 def to_markdown(report: AuditReport) -> str:
+    """The guarantee first, then each check with what it can and cannot see, then the evidence."""
     lines = [f"# Privacy audit of `{report.run_dir}`", "", f"**Result: {'PASS' if report.passed else 'FAIL'}**", ""]
-    lines += ["| figure | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in report.figures.items()]
-    lines += ["", "| check | result |", "| --- | --- |"]
+    lines += ["## The guarantee", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in report.guarantee.items()]
+    lines += ["", "## Checks", "", "| check | result | what it verifies | what it cannot see |", "| --- | --- | --- | --- |"]
     for check, problems in report.failures.items():
-        lines.append(f"| {check} | {'pass' if not problems else 'FAIL: ' + '; '.join(problems[:5])} |")
+        sees, blind = limits_of(check)
+        lines.append(f"| {check} | {_result(problems, 5)} | {sees} | {blind} |")
     for check, why in report.inconclusive.items():
-        lines.append(f"| {check} | {why} |")
+        sees, blind = limits_of(check)
+        lines.append(f"| {check} | {why} | {sees} | {blind} |")
+    lines += ["", "## Evidence", "", "| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in report.figures.items()]
     if report.flags:
         lines += ["", "Flags:", *[f"- {flag}" for flag in report.flags[:20]]]
         if len(report.flags) > 20:
@@ -85,7 +99,12 @@ def plots(report: AuditReport) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         rounds, eps = zip(*report.server_epsilons)
         ax.plot(rounds, eps, marker="o")
-        ax.set(xlabel="round", ylabel="user-level epsilon", title="Server (central DP) epsilon")
+        ax.set_xticks(rounds)  # whole rounds, never quarter rounds
+        if len(report.release_names) == len(rounds):
+            ax.set_xticklabels(report.release_names)
+            ax.set(xlabel="release", ylabel="user-level epsilon", title="User-level epsilon after each release")
+        else:
+            ax.set(xlabel="round", ylabel="user-level epsilon", title="Server (central DP) epsilon")
         out["Server epsilon over rounds"] = _png(fig)
         plt.close(fig)
     if report.canary_scores:
@@ -101,12 +120,17 @@ def plots(report: AuditReport) -> dict[str, str]:
 
 def to_html(report: AuditReport) -> str:
     verdict = "PASS" if report.passed else "FAIL"
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in report.figures.items())
-    checks = "".join(
-        f"<tr><td>{html.escape(c)}</td><td class={'ok' if not p else 'bad'}>"
-        f"{'pass' if not p else 'FAIL: ' + html.escape('; '.join(p[:10]))}</td></tr>"
+
+    def row(*cells: object) -> str:
+        return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+    guarantee = "".join(row(k, v) for k, v in report.guarantee.items())
+    rows = "".join(row(k, v) for k, v in report.figures.items())
+    checks = "<tr><th>check</th><th>result</th><th>what it verifies</th><th>what it cannot see</th></tr>" + "".join(
+        f"<tr><td>{html.escape(c)}</td><td class={'ok' if not p else 'bad'}>{html.escape(_result(p, 10))}</td>"
+        + "".join(f"<td>{html.escape(t)}</td>" for t in limits_of(c)) + "</tr>"
         for c, p in report.failures.items()
-    ) + "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(w)}</td></tr>" for c, w in report.inconclusive.items())
+    ) + "".join(row(c, w, *limits_of(c)) for c, w in report.inconclusive.items())
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in report.flags[:50])
     images = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
@@ -118,6 +142,7 @@ def to_html(report: AuditReport) -> str:
         "table{border-collapse:collapse}.ok{color:#060}.bad{color:#a00;font-weight:bold}</style></head><body>"
         f"<h1>Privacy audit of {html.escape(str(report.run_dir))}</h1>"
         f"<p class={'ok' if report.passed else 'bad'}>Result: {verdict}</p>"
-        f"<table>{rows}</table><h2>Checks</h2><table>{checks}</table>"
+        f"<h2>The guarantee</h2><table>{guarantee}</table><h2>Checks</h2><table>{checks}</table>"
+        f"<h2>Evidence</h2><table>{rows}</table>"
         f"{'<h2>Flags</h2><ul>' + flags + '</ul>' if flags else ''}{images}</body></html>\n"
     )

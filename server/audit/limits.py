@@ -1,0 +1,91 @@
+"""What each audit check can and cannot see, shown beside its result in the report.
+
+A privacy officer reads a PASS as "this was verified"; each line says how far that goes. The
+longer reasons are in docs/privacy.md ("Auditing a run").
+"""
+
+from __future__ import annotations
+
+# check -> (what it verifies, what it cannot see)
+CHECK_LIMITS: dict[str, tuple[str, str]] = {
+    "hash-chain": (
+        "the ledger's entries are chained by SHA-256, complete and in order",
+        "a ledger rewritten whole with its hashes recomputed (ledger-anchored and spend-signed catch that)",
+    ),
+    "ledger-anchored": (
+        "the ledger agrees with the metrics, summary, config, clients file and device state written at the time",
+        "a server that rewrote every file of the run consistently before anyone read it",
+    ),
+    "spend-signed": (
+        "each device's spend is signed with its own key, one key per device, none unsigned after a signed one",
+        "a device that signs a spend it did not incur; on real devices, keys outside --node-keys unless given",
+    ),
+    "identity-budget": (
+        "no device counted under a new pseudonym or with less history than the ledger holds; no more devices than the population",
+        "one person running several devices (the unit is a device)",
+    ),
+    "epsilon-recomputed": (
+        "every claimed epsilon is at least the one recomputed from the recorded history (Opacus RDP, PRV, dp-accounting PLD)",
+        "whether the recorded history is what the device ran (spend-signed and noise-conformance look at that)",
+    ),
+    "epsilon-monotone": (
+        "no device's or the server's epsilon ever falls",
+        "spend that was never recorded",
+    ),
+    "steps-match-history": (
+        "the accountant history holds exactly the steps recorded round by round",
+        "steps run but not recorded by either",
+    ),
+    "sample-rate": (
+        "each sample rate is 1 / ceil(examples / batch size), as Poisson sampling requires",
+        "whether the device really sampled that way",
+    ),
+    "no-batchnorm-stats": (
+        "no released checkpoint carries BatchNorm running statistics (not covered by DP-SGD)",
+        "other buffers outside the model's state dict",
+    ),
+    "noise-conformance": (
+        "each recorded update or aggregate norm is what the claimed noise gives (chi-square bounds, false alarms 1e-6 a run)",
+        "a device that skips clipping with the noise as claimed; noise below about 0.9x the claim on small updates",
+    ),
+    "server-accounting": (
+        "the DP-FedAvg epsilon recomputed from the recorded rounds, noise and sampling rate",
+        "whether clients were really sampled by Poisson (the sampling is the server's word)",
+    ),
+    "empirical-lower-bound": (
+        "a one-run canary lower bound on epsilon, which must not exceed the claim",
+        "violations below about ln(canaries): with few canaries it cannot fail and is shown as inconclusive",
+    ),
+    "release-accounting": (
+        "the planned releases in order, each epsilon recomputed (Gaussian DP closed form and PLD), within the budget",
+        "whether the server added the noise it recorded (release-noise measures what it recorded)",
+    ),
+    "release-noise": (
+        "each release's recorded noise norm fits the claimed std (chi-square bounds)",
+        "a server that records a full-size noise norm while adding less (central mode: the server is trusted)",
+    ),
+    "release-clipping": (
+        "each recorded contribution norm is at most 1 and contributions are counted once",
+        "contributions the server dropped or altered before recording them",
+    ),
+    "release-model": (
+        "the served model is post-processing of the recorded releases (top items, factors or EASE weights, voted weights)",
+        "noise shaped to avoid the top eigenvectors at large epsilon; content-placed items (public content not kept)",
+    ),
+    "secure-plan": (
+        "each release ran under the plan the config gives (scale, rounding bound, share variance, threshold, minimum)",
+        "devices told a different plan (secure-shares catches that through the plan hash each device signs)",
+    ),
+    "secure-shares": (
+        "every contribution is signed by its device: its noise share, the plan's hash, its masked vector's hash; epsilon recomputed from the shares",
+        "a device that signs a noise share it did not add (no zero-knowledge proof)",
+    ),
+    "secure-sum": (
+        "the masked sum is the sum of the signed vectors (sketch), the graph is whole, dropped keys are the advertised ones, unmasking is redone",
+        "a change crafted in the sketch's kernel (the sketch is public before the sum is recorded); a server that lies to devices about who dropped",
+    ),
+}
+
+
+def limits_of(check: str) -> tuple[str, str]:
+    return CHECK_LIMITS.get(check, ("(not described)", "(not described)"))
