@@ -11,6 +11,7 @@ import pytest
 
 from client.state import STATE_FILE
 from server.audit import audit
+from shared.run_directory import read_ledger
 from server.certificates import write_deployment_keys
 from shared.privacy.accounting import total_steps
 from simulations.deployment import LocalhostDeployment, _alive
@@ -91,6 +92,18 @@ def test_tls_superlink_with_node_auth_runs_two_rounds_and_refuses_an_unregistere
         second = json.loads((dep.work / "runs" / "after-restart" / "summary.json").read_text())["privacy"]["epsilon-max"]
         assert second > first  # the spend goes on from the state files: 3 rounds, not 1
         assert audit(dep.work / "runs" / "after-restart").passed
+
+        # The secure sum over real SuperNodes: three devices mask their noised statistics, the
+        # server unmasks only the sum, each device signs its share with its SuperNode's key.
+        secure = dep.run({"run-id": "secure", "privacy": "user", "user-noise": "distributed"})
+        assert secure.returncode == 0, secure.output[-4000:]
+        assert "[secure aggregation] 3 of 3 devices shared their keys" in secure.output
+        secure_dir = dep.work / "runs" / "secure"
+        releases = [e.body for e in read_ledger(secure_dir) if e.kind == "release"]
+        assert [b["contributions"] for b in releases] == [3, 3, 3]
+        report = audit(secure_dir, node_keys=dep.keys)
+        assert report.passed, report.failures
+        assert {"secure-plan", "secure-shares", "secure-sum"} <= set(report.failures)
         pids = dep.stop()
         assert dep.leftover_pids() == []
     assert pids and not any(_alive(pid) for pid in pids)

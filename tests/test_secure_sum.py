@@ -403,3 +403,19 @@ def test_a_split_graph_or_a_substituted_dropped_key_in_the_evidence_fails_the_au
     failures = audit(_rewritten(dropout_run, tmp_path / "b", substitute)).failures["secure-sum"]
     dropped = int(np.load(dropout_run / "secure-sum.npz")["popularity.dropped"][0])
     assert f"release 1 (popularity): the mask keys recorded for dropped devices [{dropped}] are not the keys they advertised" in failures
+
+
+def test_a_record_signed_with_another_key_than_the_devices_own_fails_the_audit(dropout_run, tmp_path):
+    """The server cannot sign a record for a simulated device: the audit compares each signing key
+    with the key in the device's own state folder."""
+    import shutil
+
+    from shared.privacy.spend_signature import KEY_FILE, load_or_create_key
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dropout_run, copy)
+    folder = copy / "devices" / "partition-0"
+    (folder / KEY_FILE).unlink()
+    load_or_create_key(folder / KEY_FILE)  # what the device would hold had the server keyed it anew
+    failures = audit(copy).failures["secure-shares"]
+    assert sum("signed with a key that is not simulated device partition-0's own" in p for p in failures) == 3

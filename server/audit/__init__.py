@@ -156,7 +156,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     if header.get("privacy-mode") == "user":
         from server.audit.user_level import audit_user_level
 
-        audit_user_level(report, run, header, entries, delta)
+        audit_user_level(report, run, header, entries, delta, node_keys)
     elif header.get("server-dp"):
         _audit_server(report, header, servers, delta, gaps)
         _audit_canaries(report, run, header, servers, delta)

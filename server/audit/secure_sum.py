@@ -53,7 +53,7 @@ def _number(value: Any) -> float:
     return math.inf if value in ("inf", None) else float(value)
 
 
-def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: list[Entry], delta: float) -> None:
+def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: list[Entry], delta: float, node_keys=None) -> None:
     config = header["config"]
     names = [str(e.body.get("release")) for e in releases]
     if not releases:
@@ -72,7 +72,7 @@ def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: li
         report.fail("secure-plan", f"the plan cannot be recomputed from config and ledger: {exc}")
         return
     _plan(report, plan, releases)
-    _shares(report, plan, releases, int(header["population"]), budget, delta, run)
+    _shares(report, plan, releases, int(header["population"]), budget, delta, run, node_keys)
     _sums(report, run, releases)
 
 
@@ -97,7 +97,12 @@ def _plan(report, plan, releases) -> None:
     )
 
 
-def _shares(report, plan, releases, population: int, budget: float, delta: float, run: RunDirectory) -> None:
+def _shares(report, plan, releases, population: int, budget: float, delta: float, run: RunDirectory, node_keys=None) -> None:
+    from server.audit.signatures import _device_keys, authorised_keys
+
+    own_keys = _device_keys(run)  # a simulated device's key, from its state folder
+    authorised = authorised_keys(node_keys) if node_keys else None  # a deployment's SuperNodes'
+    first_key: dict[str, str] = {}
     check = "secure-shares"
     honest: list[float] = []
     last = 0.0
@@ -117,8 +122,15 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
         for record in signed:
             fields = {k: record.get(k) for k in SIGNED_KEYS}
             who = f"{where}: device {record.get('client')}"
-            if not record.get("signature") or not verify_record(str(record.get("public-key", "")), fields, str(record["signature"])):
+            key, identity = str(record.get("public-key", "")), str(record.get("identity", ""))
+            if not record.get("signature") or not verify_record(key, fields, str(record["signature"])):
                 report.fail(check, f"{who}: its record is not signed by its key")
+            if first_key.setdefault(identity, key) != key:
+                report.fail(check, f"{who}: device {identity} signed with another key than in its first release")
+            if identity in own_keys and own_keys[identity] != key:
+                report.fail(check, f"{who}: signed with a key that is not simulated device {identity}'s own")
+            if authorised is not None and key not in authorised:
+                report.fail(check, f"{who}: signed with a key that is not one of the authorised SuperNodes' in {node_keys}")
             if (record.get("release") != body["release"] or int(record.get("dimension", -1)) != wanted.dimension
                     or not math.isclose(float(record.get("scale", 0)), wanted.scale) or not math.isclose(float(record.get("bound", 0)), wanted.bound)
                     or int(record.get("field-bits", 0)) != 32):

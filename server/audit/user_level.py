@@ -74,14 +74,14 @@ def _claim(value: float) -> float:
     return math.inf if value < 0 else float(value)
 
 
-def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float) -> None:
+def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None) -> None:
     releases = [e for e in entries if e.kind == "release"]
     planned = header.get("user-level-releases", [])
     config = header["config"]
     if config.get("user-noise") == "distributed":
         from server.audit.secure_sum import audit_secure
 
-        audit_secure(report, run, header, releases, delta)
+        audit_secure(report, run, header, releases, delta, node_keys)
         _model(report, releases, config, run)
         report.figures["empirical lower bound"] = (
             "INCONCLUSIVE: no canaries are inserted into the user-level releases; the devices' signed shares are this mode's evidence"
