@@ -158,11 +158,9 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
         report.server_epsilons.append((entry.round, claimed))
     if honest and plan.epsilon(honest) > budget * (1 + 1e-9):
         report.fail(check, f"the signed shares give user-level epsilon {plan.epsilon(honest):.4f}, above user-epsilon {budget:g}")
-    if run.has_summary():
-        said = run.read_summary().get("privacy", {}).get("user-level-epsilon")
-        said = math.inf if said is None or said == "inf" else float(said)
-        if not math.isclose(said, last, rel_tol=1e-9) and not (math.isinf(said) and math.isinf(last)):
-            report.fail(check, f"summary.json claims user-level epsilon {said}, the ledger {last}")
+    from server.audit.user_level import check_summary_epsilon
+
+    check_summary_epsilon(report, check, run, last)
     report.ok(check)
     report.figures["user-level epsilon"] = (
         f"{last:.3f} at delta {delta:g} after {len(releases)} releases, recomputed from the devices' signed noise shares "

@@ -74,6 +74,16 @@ def _claim(value: float) -> float:
     return math.inf if value < 0 else float(value)
 
 
+def check_summary_epsilon(report, check: str, run: RunDirectory, last: float) -> None:
+    """``summary.json`` must claim the ledger's last user-level epsilon (both modes of noise)."""
+    if not run.has_summary():
+        return
+    said = run.read_summary().get("privacy", {}).get("user-level-epsilon")
+    said = math.inf if said is None or said == "inf" else float(said)
+    if not math.isclose(said, last, rel_tol=1e-9) and not (math.isinf(said) and math.isinf(last)):
+        report.fail(check, f"summary.json claims user-level epsilon {said}, the ledger {last}")
+
+
 def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None) -> None:
     releases = [e for e in entries if e.kind == "release"]
     planned = header.get("user-level-releases", [])
@@ -132,12 +142,8 @@ def _accounting(report, releases, planned, expected_stds, budget, delta, run: Ru
         report.server_epsilons.append((entry.round, claimed))
     if stds and gaussian_epsilon(stds, delta) > budget * (1 + EPSILON_TOLERANCE):
         report.fail(check, f"the releases spend {gaussian_epsilon(stds, delta):.4f}, above user-epsilon {budget:g}")
-    if run.has_summary() and releases:
-        summary = run.read_summary()
-        said = summary.get("privacy", {}).get("user-level-epsilon")
-        said = math.inf if said is None or said == "inf" else float(said)
-        if not math.isclose(said, last, rel_tol=1e-9) and not (math.isinf(said) and math.isinf(last)):
-            report.fail(check, f"summary.json claims user-level epsilon {said}, the ledger {last}")
+    if releases:
+        check_summary_epsilon(report, check, run, last)
     report.ok(check)
     report.figures["user-level epsilon"] = (
         f"{last:.3f} at delta {delta:g} after {len(releases)} releases (noise stds "
