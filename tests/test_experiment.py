@@ -71,6 +71,7 @@ seeds = [0]
 data-dir = "{small_dataset}"
 feature-cache = "{feature_cache}"
 privacy = "user"
+user-noise = "central"
 [[setting]]
 name = "most-popular"
 kind = "most-popular"

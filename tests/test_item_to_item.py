@@ -113,7 +113,7 @@ def test_federated_ease_without_noise_is_ease_on_the_pooled_interactions(small_d
     the split's training interactions, and the cold items are the content map times the weight."""
     settings = {
         "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path),
-        "run-id": "ease", "privacy": "user", "user-epsilon": math.inf, "item-model": "ease",
+        "run-id": "ease", "privacy": "user", "user-noise": "central", "user-epsilon": math.inf, "item-model": "ease",
         "ease-lambda": 1.5, "cold-weight": 2.5, "cooccurrence-items": 1000, "cold-start-items": 0.1,
         "modalities": "text",
     }

@@ -42,6 +42,7 @@ def _user_run(small_dataset, feature_cache, runs, run_id: str, **extra):
             "run-dir": str(runs),
             "run-id": run_id,
             "privacy": "user",
+            "user-noise": "central",  # these tests are the central mechanism's (the secure sum's are tests/test_secure_sum.py)
             "user-epsilon": 3.0,
             **extra,
         }

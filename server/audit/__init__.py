@@ -192,7 +192,8 @@ EPSILON_FIGURES = ("user-level epsilon", "server epsilon (user-level)", "client 
 def _guarantee(header: dict, report: AuditReport) -> dict[str, object]:
     """What the run claims, in the words a privacy officer checks first."""
     mode = header.get("privacy-mode", "local")
-    epsilon = "; ".join(f"{name}: {report.figures[name]}" for name in EPSILON_FIGURES if name in report.figures)
+    claimed = [name for name in EPSILON_FIGURES if not str(report.figures.get(name, "not applicable")).startswith("not applicable")]
+    epsilon = "; ".join(f"{name}: {report.figures[name]}" for name in claimed)
     return {
         "privacy unit": header["privacy-unit"],
         "epsilon": epsilon or "none claimed",

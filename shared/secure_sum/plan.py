@@ -128,8 +128,11 @@ def make_plan(
     colluders: float,
 ) -> SecurePlan:
     """The plan for ``devices`` devices; a ValueError says why parameters cannot work."""
-    if devices < 2:
-        raise ValueError(f"secure aggregation needs at least 2 devices, not {devices}")
+    if devices < 3:
+        raise ValueError(
+            f"secure aggregation (user-noise = distributed) needs at least 3 devices, not {devices}: with 2, each would "
+            "learn the other's statistic from the sum; use user-noise = central"
+        )
     if not 0.0 <= dropout < 1.0 or not 0.0 <= colluders < 1.0:
         raise ValueError("secure-dropout and secure-colluders must be fractions in [0, 1)")
     k = min(int(neighbours), devices - 1)
