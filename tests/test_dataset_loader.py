@@ -15,6 +15,16 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _spy_on_image_opens(monkeypatch) -> list:
+    """The paths PIL is asked to open from now on (a refused image must never be one)."""
+    import PIL.Image
+
+    opened: list = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    return opened
+
+
 def _rewrite(path: Path, old: str, new: str) -> None:
     text = path.read_text(encoding="utf-8")
     assert old in text
@@ -133,14 +143,10 @@ def test_cli_reports_bad_input_without_a_traceback(small_dataset, tmp_path, caps
 
 @pytest.mark.parametrize("image_text", ["../outside.png", "images/../../outside.png", "/etc/passwd"])
 def test_an_image_path_that_leaves_the_folder_is_refused_before_it_is_opened(small_dataset, tmp_path, monkeypatch, image_text):
-    import PIL.Image
-
     root = _copy(small_dataset, tmp_path / "d")
     (tmp_path / "outside.png").write_bytes((root / "images" / "i00000.png").read_bytes())
     _rewrite(root / "items.csv", "images/i00000.png", image_text)
-    opened = []
-    real_open = PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    opened = _spy_on_image_opens(monkeypatch)
     with pytest.raises(DatasetError, match=r"items.csv, line 2: image .* of item 'i00000' leaves the dataset folder"):
         load_dataset(root)
     assert opened == []
@@ -180,16 +186,12 @@ def test_a_long_description_loads_and_an_endless_field_names_its_line(small_data
 
 
 def test_an_image_that_links_outside_the_folder_is_refused_before_it_is_opened(small_dataset, tmp_path, monkeypatch):
-    import PIL.Image
-
     root = _copy(small_dataset, tmp_path / "d")
     secret = tmp_path / "secret.png"
     secret.write_bytes((root / "images" / "i00000.png").read_bytes())
     (root / "images" / "i00000.png").unlink()
     (root / "images" / "i00000.png").symlink_to(secret)  # the path's text stays inside; the file does not
-    opened = []
-    real_open = PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    opened = _spy_on_image_opens(monkeypatch)
     with pytest.raises(DatasetError, match=rf"items.csv, line 2: image 'images/i00000.png' of item 'i00000' is a link to {secret}, outside"):
         load_dataset(root)
     assert opened == []
