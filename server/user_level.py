@@ -59,7 +59,8 @@ from shared.privacy.accounting import gaussian_epsilon, split_budget
 from shared.privacy.dp_fedavg import clip, gaussian_noise
 from shared.privacy.ledger import Ledger
 from server.secure_release import SecureAggregation, SecureAggregationAborted, SecureRelease
-from shared.run_directory import MODEL_FILE, RELEASES_FILE, SECURE_FILE, RunDirectory
+from shared.checksums import arrays_sha256
+from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
 from shared.user_releases import budget_shares, planned_releases
 
@@ -193,6 +194,12 @@ def run_user_level(
     content = content_matrix(
         features.text, features.text_mask, features.image, features.image_mask, parse_modalities(config.model.modalities)
     )
+    # The public catalog the model is fitted with (content, and which items exist at release
+    # time), saved before any release and hashed into the first: the audit refits the served
+    # model from the releases and this file alone.
+    catalog = {"content": content, "known": np.asarray(known, dtype=bool)}
+    run_dir.save_arrays(CATALOG_FILE, catalog)
+    catalog_digest = arrays_sha256(catalog)
     released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
@@ -235,6 +242,8 @@ def run_user_level(
             std = float(np.sqrt(result.total_variance)) / plan.scale  # the noise in the sum, for the model's fit
             evidence.update(result.evidence)
             body = {**secure_ledger_body(secure.plan, plan, result, epsilon), "fitted-noise-std": std}
+        if name == "popularity":
+            body["catalog-sha256"] = catalog_digest
         fitted_stds.append(std)
         sent = dimension * 4 if who else 0  # float32 (central) or uint32 (secure) on the wire
         released[name] = noisy

@@ -6,10 +6,23 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (name, dtype, shape and bytes, in name order): what the ledger
+    records of a file of arrays, so the digest does not depend on how numpy zipped them."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()

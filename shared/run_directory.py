@@ -38,6 +38,7 @@ VERSIONED_PACKAGES = ("flwr", "torch", "torchvision", "opacus", "transformers", 
 DEVICE_STATE_FILE = "device-state.json"
 MODEL_FILE = "model.npz"  # privacy = user: the served model
 RELEASES_FILE = "releases.npz"  # privacy = user: the noisy released statistics
+CATALOG_FILE = "catalog.npz"  # privacy = user: the public catalog the model was fitted with
 SECURE_FILE = "secure-sum.npz"  # user-noise = distributed: the secure aggregation's evidence
 
 

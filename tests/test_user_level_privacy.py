@@ -159,9 +159,36 @@ def test_audit_fails_when_the_noise_is_off(small_dataset, feature_cache, tmp_pat
     monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-off")
     problems = _audit_failure(run, "release-noise")
-    assert [p.split(":")[0] for p in problems] == [
-        "release 1 (popularity)", "release 2 (cooccurrence)", "release 3 (selection)"
-    ]
+    measured = [p.split(":")[0] for p in problems if "noise norm 0 is 0.000 x the expected" in p]
+    assert measured == ["release 1 (popularity)", "release 2 (cooccurrence)", "release 3 (selection)"]
+    # The released vectors show it too where the devices' sum is small beside the claimed
+    # noise (12 devices): popularity and co-occurrence, not the 15-value vote.
+    shown = [p.split(":")[0] for p in problems if "the claimed noise was not added" in p]
+    assert shown == ["release 1 (popularity)", "release 2 (cooccurrence)"] and len(problems) == 5
+
+
+def test_audit_fails_when_the_server_adds_half_the_noise_and_records_a_full_draw(
+    small_dataset, feature_cache, tmp_path, monkeypatch
+):
+    """The server's measurements are its word: this one adds half the noise and records the
+    norm of a full-size draw, so the chi-square check of the measured norm passes; the
+    released vectors, kept in releases.npz, cannot have so little norm."""
+    real = server.user_level.gaussian_release
+
+    def half_noise(contributions, dimension, std, rng):
+        released, measured = real(contributions, dimension, std / 2, rng)
+        return released, {**measured, "noise-norm": 2 * measured["noise-norm"]}
+
+    monkeypatch.setattr(server.user_level, "gaussian_release", half_noise)
+    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    run = _user_run(small_dataset, feature_cache, tmp_path, "half-noise")
+    problems = _audit_failure(run, "release-noise")
+    # Co-occurrence (7,260 values): half the noise is half the floor (65.8 against 126.4).
+    # Popularity (120 values beside 12 devices' sum) is near its floor (21.6 against 22.7):
+    # one fixed noise draw makes the outcome one.
+    assert [p.split(":")[0] for p in problems] == ["release 1 (popularity)", "release 2 (cooccurrence)"]
+    assert all("the claimed noise was not added" in p for p in problems)
+    assert audit(run).failures["release-accounting"] == []
 
 
 def test_audit_fails_when_clipping_does_not_bound(small_dataset, feature_cache, tmp_path, monkeypatch):
@@ -212,6 +239,51 @@ def test_audit_fails_when_the_served_model_is_not_fitted_to_the_release(
     run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
     problems = _audit_failure(run, "release-model")
     assert len(problems) == 1 and problems[0].startswith(f"{run / 'model.npz'}: {problem}")
+
+
+@pytest.mark.parametrize("lie", ["top items from the raw counts", "raw popularity served"])
+def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feature_cache, tmp_path, monkeypatch, lie):
+    """The server keeps the noiseless popularity (the clipped sum before noise) and uses it:
+    to choose the items the devices are asked about, or as the popularity it serves. The audit
+    refits the model from releases.npz and catalog.npz and sees either."""
+    import dataclasses
+
+    real_release, real_top, real_fit = server.user_level.gaussian_release, server.user_level.top_items, server.user_level.fit_model
+    raw: dict[str, np.ndarray] = {}
+
+    def keeping_the_sum(contributions, dimension, std, rng):
+        kept = [server.user_level.clip(c, 1.0)[0] for c in contributions]
+        raw.setdefault("popularity", np.sum(kept, axis=0))
+        return real_release(iter(kept), dimension, std, rng)
+
+    monkeypatch.setattr(server.user_level, "gaussian_release", keeping_the_sum)
+    if lie == "top items from the raw counts":
+        monkeypatch.setattr(server.user_level, "top_items", lambda noisy, known, m: real_top(raw["popularity"], known, m))
+        expected = "serves factors for other items than the 40 the popularity release ranked highest"
+    else:
+        def serving_raw(*args, **kwargs):
+            model, rank = real_fit(*args, **kwargs)
+            return dataclasses.replace(model, popularity=raw["popularity"]), rank
+
+        monkeypatch.setattr(server.user_level, "fit_model", serving_raw)
+        expected = "the served popularity differs from the recorded popularity release shrunk toward the catalog's content"
+    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    run = _user_run(small_dataset, feature_cache, tmp_path, "raw", **{"cooccurrence-items": 40})
+    problems = _audit_failure(run, "release-model")
+    assert len(problems) == 1 and problems[0].startswith(f"{run / 'model.npz'}: {expected}")
+
+
+def test_audit_fails_when_the_catalog_is_not_the_one_the_release_recorded(honest_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(honest_run, run)
+    with np.load(run / "catalog.npz") as data:
+        catalog = {key: data[key] for key in data.files}
+    catalog["content"][0, 0] += 1e-3
+    np.savez(run / "catalog.npz", **catalog)
+    problems = _audit_failure(run, "release-model")
+    assert problems == [f"{run / 'catalog.npz'}: not the public catalog the popularity release recorded (catalog-sha256)"]
 
 
 def test_audit_fails_when_the_served_weights_are_not_the_selections(small_dataset, feature_cache, tmp_path, monkeypatch):

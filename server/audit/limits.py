@@ -61,16 +61,16 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "whether the server added the noise it recorded (release-noise measures what it recorded)",
     ),
     "release-noise": (
-        "each release's recorded noise norm fits the claimed std (chi-square bounds)",
-        "a server that records a full-size noise norm while adding less (central mode: the server is trusted)",
+        "each release's recorded noise norm fits the claimed std (chi-square bounds); each released vector keeps the least norm the claimed noise leaves any sum",
+        "noise cut under a sum much larger than it (the report gives, per release, the fraction that could go unseen); noise reused or predictable",
     ),
     "release-clipping": (
         "each recorded contribution norm is at most 1 and contributions are counted once",
         "contributions the server dropped or altered before recording them",
     ),
     "release-model": (
-        "the served model is post-processing of the recorded releases (top items, factors or EASE weights, voted weights)",
-        "noise shaped to avoid the top eigenvectors at large epsilon; content-placed items (public content not kept)",
+        "the served model is the server's post-processing, refitted from the recorded releases and catalog.npz: top items, every item's factors or EASE weights, popularity, voted weights",
+        "whether catalog.npz is the real public catalog (anyone holding it can recompute its hash); noise shaped to avoid the top eigenvectors at large epsilon (release-noise sees its norm only)",
     ),
     "secure-plan": (
         "each release ran under the plan the config gives (scale, rounding bound, share variance, threshold, minimum)",

@@ -1,4 +1,4 @@
-"""The audit's checks for ``privacy = user`` runs (two Gaussian releases, server.user_level).
+"""The audit's checks for ``privacy = user`` runs (the releases of :mod:`server.user_level`).
 
 Each check reads only the run directory and fails with a line naming the release:
 
@@ -13,21 +13,31 @@ Each check reads only the run directory and fails with a line naming the release
   chi-square interval at a false-alarm rate of 1e-6 per run (Bonferroni over the releases).
   Noise switched off, or cut by more than the smallest detectable factor the report prints,
   fails.
+  The released vector itself (``releases.npz``) must also keep the least norm that noise of
+  the claimed std leaves a sum of any contributions drawn apart from it
+  (:func:`released_norm_floor`): a server that adds less noise and records the norm of a
+  full-size draw fails there when the devices' sum is small beside the noise (the
+  co-occurrence release of MovieLens-100K: noise below about half the claimed shows).
 - ``release-clipping``: every contribution's norm after the server's clip is at most the
   sensitivity 1; each device (pseudonym) is in each sum at most once; no release has more
   contributions than the population; ``releases.npz`` holds vectors of the recorded norms.
 
 - ``release-model``: the served model (``model.npz``) is post-processing of the recorded
-  releases: it serves the top items ``releases.npz`` names; its top items' factors are what the
-  configured ``item-model`` makes of the recorded co-occurrence release (the same eigenvectors
-  up to sign and rotation, compared as projections, or the same EASE weights), and its weights
-  are the candidate the selection release voted for (or the configured ones without it). A
-  server that serves a model fitted to anything but what it released (the raw, un-noised
-  statistics, say) fails. The content-placed items and the shrunk popularity also read the
-  public catalog, which the run directory does not hold; they are not recomputed.
+  releases and the public catalog (``catalog.npz``: content matrix and the items that existed
+  at release time, its SHA-256 in the popularity release's ledger entry). The audit refits it
+  with the server's own function: the top items are the ones the recorded popularity ranks
+  highest; every item's factors (top items from the co-occurrence release, new items placed by
+  content) span what the configured ``item-model`` makes of the releases (eigenvectors compared
+  as projections, EASE weights as they are); the popularity is the recorded one shrunk toward
+  the catalog's content; the weights are the candidate the selection release voted for (or
+  the configured ones without it). A server that serves a model fitted to anything but what it
+  released (the raw counts, a top list from them, say) fails. Whether ``catalog.npz`` is the
+  real public catalog the audit cannot see: anyone holding the catalog can recompute it.
 
-What it cannot see: a server that lies in its own measurements (the ledger is its word), and
-noise that is Gaussian of the right size but reused or predictable. The canary lower bound is
+What it cannot see: noise that is Gaussian of the right size but reused or predictable, and
+noise cut under a sum much larger than it (the server's measured norm is its word; the
+released vector shows the cut only where the sum is small beside the noise: the report gives,
+per release, the fraction of the claimed noise that could go unseen). The canary lower bound is
 not run for these releases: it is INCONCLUSIVE here, never PASS.
 """
 
@@ -39,19 +49,15 @@ from typing import Any
 
 import numpy as np
 
-from shared.cooccurrence import (
-    CANDIDATES,
-    CooccurrenceModel,
-    collaborative_factors,
-    matrix_from_triangle,
-)
+from shared.checksums import arrays_sha256
+from shared.cooccurrence import CANDIDATES, CooccurrenceModel, fit_model, matrix_from_triangle, top_items
 from shared.privacy.accounting import (
     dp_accounting_gaussian_epsilon,
     gaussian_epsilon,
     split_budget,
 )
 from shared.privacy.ledger import Entry
-from shared.run_directory import MODEL_FILE, RELEASES_FILE, RunDirectory
+from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory
 
 FALSE_ALARM_PER_RUN = 1e-6
 EPSILON_TOLERANCE = 1e-6  # relative; the closed form is exact, PLD within its discretisation
@@ -102,7 +108,7 @@ def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries:
     shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
     expected_stds = split_budget(budget, delta, shares)
     _accounting(report, releases, planned, expected_stds, budget, delta, run)
-    _noise(report, releases)
+    _noise(report, releases, run)
     _clipping(report, releases, int(header["population"]), run)
     _model(report, releases, config, run)
     report.figures["empirical lower bound"] = (
@@ -152,10 +158,31 @@ def _accounting(report, releases, planned, expected_stds, budget, delta, run: Ru
     )
 
 
-def _noise(report, releases) -> None:
+def released_norm_floor(noise_std: float, dimension: int, tail: float) -> float:
+    """The least norm a release ``s + noise`` has, with probability ``1 - tail``, whatever the
+    sum ``s`` of the contributions, when ``noise`` is Gaussian of std ``noise_std`` over
+    ``dimension`` values drawn apart from ``s`` (as an honest server draws it).
+
+    ``||s + noise||^2 = ||s||^2 + 2 <s, noise> + ||noise||^2``; ``<s, noise>`` is normal with
+    std ``noise_std ||s||``, so it is above ``-z noise_std ||s||`` but with probability
+    ``tail / 2`` (z its quantile), and ``||s||^2 - 2 z noise_std ||s|| >= -(z noise_std)^2``;
+    ``||noise||^2 / noise_std^2`` is above the chi-square quantile ``low`` but with probability
+    ``tail / 2``. Hence ``||s + noise||^2 >= noise_std^2 (low - z^2)``: a released vector with
+    less norm than that did not carry the claimed noise, whatever the server's measurements say.
+    """
+    low, _ = chi_square_interval(dimension, tail / 2)
+    z = NormalDist().inv_cdf(1 - tail / 2)
+    return noise_std * math.sqrt(max(0.0, low - z * z))
+
+
+def _noise(report, releases, run: RunDirectory) -> None:
+    """The server's measured noise norm against chi-square, and the released vector itself
+    against the least norm the claimed noise leaves it (the second needs no trust in the
+    server's measurement)."""
     check = "release-noise"
-    tail = FALSE_ALARM_PER_RUN / (2 * max(1, len(releases)))
-    power = []
+    tail = FALSE_ALARM_PER_RUN / (3 * max(1, len(releases)))
+    stored = run.load_arrays(RELEASES_FILE) if run.file(RELEASES_FILE).is_file() else {}
+    power, reach = [], []
     for entry in releases:
         body, where = entry.body, f"release {entry.round} ({entry.body.get('release')})"
         std, dimension, measured = float(body["noise-std"]), int(body["dimension"]), float(body["noise-norm"])
@@ -173,10 +200,30 @@ def _noise(report, releases) -> None:
                 f"[{math.sqrt(low / dimension):.3f}, {math.sqrt(high / dimension):.3f}] at false alarm {FALSE_ALARM_PER_RUN:g}",
             )
         power.append(f"{body.get('release')}: noise below {math.sqrt(low / dimension):.3f} x claimed std")
+        vector = stored.get(str(body.get("release")))
+        if vector is None or vector.size != dimension:
+            continue  # release-clipping names a releases.npz that does not hold the release
+        floor, norm = released_norm_floor(std, dimension, tail), float(np.linalg.norm(vector))
+        if norm < floor:
+            report.fail(
+                check,
+                f"{where}: the released vector's norm {norm:.4g} is below {floor:.4g}, the least that noise of std "
+                f"{std:.4g} over {dimension} values leaves whatever the devices sent: the claimed noise was not added",
+            )
+        # The fraction of the claimed noise this release could have carried unseen, at the
+        # devices' sum estimated from it (||s||^2 ~ ||released||^2 - std^2 d).
+        signal = max(0.0, norm * norm - std * std * dimension)
+        reach.append(f"{body.get('release')}: {math.sqrt(max(0.0, floor * floor - signal) / (std * std * dimension)):.2f}")
     report.ok(check)
     report.figures["noise check power"] = (
         "; ".join(power) + f" fails (false alarm {FALSE_ALARM_PER_RUN:g} per run)" if power else "no noisy release"
     )
+    if reach:
+        report.figures["released vectors vs claimed noise"] = (
+            "noise cut below this fraction of the claimed std shows in the released vector itself, "
+            "whatever the server measured (at the devices' sum estimated from the release; 0.00: the sum hides it): "
+            + "; ".join(reach)
+        )
 
 
 def _clipping(report, releases, population: int, run: RunDirectory) -> None:
@@ -207,38 +254,57 @@ def _clipping(report, releases, population: int, run: RunDirectory) -> None:
 
 
 def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
-    """``release-model``: recompute what the served model owes to the releases alone."""
+    """``release-model``: refit the served model from the recorded releases and the recorded
+    public catalog, as the server's own post-processing does, and compare."""
     check = "release-model"
-    model_path, releases_path = run.file(MODEL_FILE), run.file(RELEASES_FILE)
-    if not model_path.is_file() or not releases_path.is_file():
-        report.fail(check, f"{model_path if not model_path.is_file() else releases_path}: missing: the served model cannot be traced to the releases")
+    paths = [run.file(MODEL_FILE), run.file(RELEASES_FILE), run.file(CATALOG_FILE)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        report.fail(check, f"{missing[0]}: missing: the served model cannot be traced to the releases")
         return
-    stored = run.load_arrays(RELEASES_FILE)
+    model_path = paths[0]
+    stored, catalog = run.load_arrays(RELEASES_FILE), run.load_arrays(CATALOG_FILE)
     model = CooccurrenceModel.from_arrays(run.load_arrays(MODEL_FILE))
-    noise = {str(e.body.get("release")): float(e.body.get("fitted-noise-std", e.body["noise-std"])) for e in releases}
-    top = np.asarray(stored.get("top-items", []), dtype=np.int64)
-    if "cooccurrence" not in stored or not np.array_equal(model.top_items, top):
+    bodies = {str(e.body.get("release")): e.body for e in releases}
+    recorded = bodies.get("popularity", {}).get("catalog-sha256")
+    if set(catalog) != {"content", "known"} or arrays_sha256(catalog) != recorded:
+        report.fail(check, f"{paths[2]}: not the public catalog the popularity release recorded (catalog-sha256)")
+        return
+    if "popularity" not in stored or "cooccurrence" not in stored:
+        report.fail(check, f"{paths[1]}: holds no popularity or co-occurrence release to fit a model to")
+        return
+    noise = {name: float(body.get("fitted-noise-std", body["noise-std"])) for name, body in bodies.items()}
+    known, content = np.asarray(catalog["known"], dtype=bool), np.asarray(catalog["content"], dtype=np.float64)
+    m = min(int(config["cooccurrence-items"]), int(known.sum()))
+    top = top_items(np.asarray(stored["popularity"], dtype=np.float64), known, m)
+    if not np.array_equal(np.asarray(stored.get("top-items", [])), top) or not np.array_equal(model.top_items, top):
         report.fail(check, f"{model_path}: serves factors for other items than the {len(top)} the popularity release ranked highest")
         return
     item_model = str(config.get("item-model", "factors"))
-    expected = collaborative_factors(
+    expected, _ = fit_model(
+        np.asarray(stored["popularity"], dtype=np.float64), noise.get("popularity", 0.0), top,
         matrix_from_triangle(np.asarray(stored["cooccurrence"], dtype=np.float64), len(top)), noise.get("cooccurrence", 0.0),
-        item_model, int(config["max-factors"]), float(config.get("ease-lambda", 2.0)),
+        content, known, int(config["max-factors"]), item_model=item_model, ease_lambda=float(config.get("ease-lambda", 2.0)),
+        cold_weight=float(config.get("cold-weight", 1.0)),
     )
-    served = model.factors[top]
-    if served.shape != expected.shape:
-        report.fail(check, f"{model_path}: {served.shape[1]} factors per item; the co-occurrence release gives {expected.shape[1]}")
+    if model.factors.shape != expected.factors.shape:
+        report.fail(check, f"{model_path}: {model.factors.shape[1]} factors per item; the co-occurrence release gives {expected.factors.shape[1]}")
         return
-    # Eigenvectors are defined up to sign (and rotation within a repeated eigenvalue): compare
-    # the projections they span. EASE's weights are unique: compare them as they are.
-    pair = (served @ served.T, expected @ expected.T) if item_model == "factors" else (served, expected)
+    # Eigenvectors are defined up to sign (and rotation within a repeated eigenvalue), and the
+    # content-placed items follow them linearly: compare the Gram matrices they span. EASE's
+    # weights are unique: compare them as they are.
+    served, wanted = model.factors, expected.factors
+    pair = (served @ served.T, wanted @ wanted.T) if item_model == "factors" else (served, wanted)
     gap = float(np.abs(pair[0] - pair[1]).max())
     if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(pair[1]).max())):
-        report.fail(check, f"{model_path}: the served {item_model} differ from those of the recorded co-occurrence release by up to {gap:.3g}: the model was not fitted to what was released")
+        report.fail(check, f"{model_path}: the served {item_model} differ from those of the recorded co-occurrence release and catalog by up to {gap:.3g}: the model was not fitted to what was released")
+    gap = float(np.abs(model.popularity - expected.popularity).max())
+    if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(expected.popularity).max())):
+        report.fail(check, f"{model_path}: the served popularity differs from the recorded popularity release shrunk toward the catalog's content by up to {gap:.3g}")
     if "selection" in stored:
-        wanted = CANDIDATES[int(np.argmax(stored["selection"]))]
+        wanted_weights = CANDIDATES[int(np.argmax(stored["selection"]))]
     else:
-        wanted = (float(config.get("popularity-weight", 0.3)), 0.0)
-    if (model.popularity_weight, model.content_weight) != tuple(map(float, wanted)):
-        report.fail(check, f"{model_path}: weights {model.popularity_weight:g} / {model.content_weight:g}; the selection gives {wanted[0]:g} / {wanted[1]:g}")
+        wanted_weights = (float(config.get("popularity-weight", 0.3)), 0.0)
+    if (model.popularity_weight, model.content_weight) != tuple(map(float, wanted_weights)):
+        report.fail(check, f"{model_path}: weights {model.popularity_weight:g} / {model.content_weight:g}; the selection gives {wanted_weights[0]:g} / {wanted_weights[1]:g}")
     report.ok(check)
