@@ -85,8 +85,11 @@ def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_datase
     # ... but the model gives the canaries away.
     problems = report.failures["empirical-lower-bound"]
     assert problems and "exceeds the claimed user-level epsilon" in problems[0]
-    # ... and so do the released updates' norms, round by round, without any canary.
-    assert [p.split(":")[0] for p in report.failures["noise-conformance"]] == ["server round 1", "server round 2", "server round 3"]
+    # ... and so do the released updates' norms, round by round, without any canary, and the
+    # checkpoints: the final model is too close to the initial one.
+    assert [p.split(":")[0] for p in report.failures["noise-conformance"]] == [
+        "server round 1", "server round 2", "server round 3", f"final minus initial model ({ROUNDS} DP-FedAvg rounds)"
+    ]
     assert run_audit(run_dir) == 1
 
 
@@ -95,7 +98,30 @@ def test_server_noise_cut_to_a_tenth_is_caught_from_the_released_norms(small_dat
     monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
     problems = audit(run_dir).failures["noise-conformance"]
-    assert len(problems) == ROUNDS and all("released update norm" in p for p in problems)
+    assert len(problems) == ROUNDS + 1 and all("released update norm" in p for p in problems[:ROUNDS])
+    assert problems[ROUNDS].startswith(f"final minus initial model ({ROUNDS} DP-FedAvg rounds): norm")
+
+
+def test_server_noise_cut_with_full_size_norms_recorded_is_caught_from_the_checkpoints(
+    small_dataset, feature_cache, tmp_path, monkeypatch
+):
+    """The server adds a tenth of the noise and records, for each round, the norm the full
+    noise would have given: each round's measured norm passes; the final model's distance from
+    the initial one, in the run's own checkpoints, does not."""
+    import server.recorder
+
+    real_noise, real_norm = shared.privacy.dp_fedavg.gaussian_noise, server.recorder.update_norm
+    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real_noise(rng, size, std / 10))
+
+    def full_size(before, after):  # the released update's norm as if the whole noise were in it
+        d = server.recorder.dimension(after)
+        return float(np.hypot(real_norm(before, after), 1.0 * CLIP * np.sqrt(d) / 12))
+
+    monkeypatch.setattr(server.recorder, "update_norm", full_size)
+    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth-lied", **{"server-noise-multiplier": 1.0}))
+    problems = audit(run_dir).failures["noise-conformance"]
+    assert len(problems) == 1 and problems[0].startswith(f"final minus initial model ({ROUNDS} DP-FedAvg rounds): norm")
+    assert run_audit(run_dir) == 1
 
 
 def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, feature_cache, tmp_path):

@@ -149,7 +149,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     audit_signatures(report, run, entries, node_keys)
     from server.audit.conformance import audit_conformance
 
-    audit_conformance(report, header, entries)
+    audit_conformance(report, header, entries, run)
     _audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
     _check_no_batchnorm(run, report)
     servers = [e for e in entries if e.kind == "server-round"]

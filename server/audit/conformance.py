@@ -18,6 +18,14 @@ signal_max]``. The per-coordinate noise std: device, ``item-lr * sigma * C * sqr
 DP-FedAvg, ``server-noise-std / (q N)``. The false-alarm rate is 1e-6 per run, split
 (Bonferroni) over every bound tested. Noise switched off or cut far below the claim fails; the
 report prints, per mode, the largest noise cut an entry would still pass.
+
+The measured norms are the server's word. For DP-FedAvg the checkpoints hold the evidence
+itself: the final model minus the initial one is the sum of the rounds' releases, whose noises
+are independent, so its norm lies in ``[s_T sqrt(chi2_lo(d)) - signal, s_T sqrt(chi2_hi(d)) +
+signal]`` with ``s_T`` the rounds' per-coordinate stds added in quadrature and ``signal`` the
+rounds' clipped sums added up (triangle inequality: later rounds' updates depend on earlier
+noise). A server that cuts the noise and records full-size norms fails there, when the rounds'
+clipped signal is small beside their noise (the report gives the noise cut it would show).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from __future__ import annotations
 import math
 import statistics
 from typing import Any
+
+import numpy as np
 
 from server.audit.user_level import chi_square_interval
 from shared.privacy.ledger import Entry
@@ -64,7 +74,7 @@ def _check(report, where: str, norm: float, noise_std: float, signal_max: float,
     return cut
 
 
-def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> None:
+def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=None) -> None:
     config = header.get("config", {})
     devices = [
         e for e in entries
@@ -72,7 +82,8 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> N
         and int(e.body["steps"]) > 0 and not e.body.get("declined") and not e.body.get("rejected")
     ]
     servers = [e for e in entries if e.kind == "server-round" and e.body.get("server-dp") and "update-dimension" in e.body]
-    tests = 2 * (len(devices) + len(servers))
+    initial, final = _checkpoints(run, servers)
+    tests = 2 * (len(devices) + len(servers)) + (2 if final is not None else 0)
     if not tests:
         report.figures["noise conformance"] = "not applicable: no DP-SGD update or DP-FedAvg release with measured norms"
         return
@@ -96,6 +107,9 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> N
         signal_max = int(body["updates-aggregated"]) * float(body["server-clip-norm"]) / denominator
         where, claim = f"server round {entry.round}: released update norm", f"server noise std {body['server-noise-std']}"
         server_cuts.append(_check(report, where, float(body["released-update-norm"]), noise_std, signal_max, body, tail, claim))
+    model_cut = None
+    if final is not None:
+        model_cut = _check_model_distance(report, servers, initial, final, tail)
     report.ok(CHECK)
     power = []
     if device_cuts:
@@ -103,4 +117,34 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry]) -> N
                      f"{statistics.median(device_cuts):.2f}x the claim (median entry)")
     if server_cuts:
         power.append(f"DP-FedAvg ({len(servers)} releases): below {statistics.median(server_cuts):.2f}x (median round)")
+    if model_cut is not None:
+        power.append(f"final minus initial model: below {model_cut:.2f}x")
     report.figures["noise conformance"] = "; ".join(power) + f"; false alarm {FALSE_ALARM_PER_RUN:g} per run"
+
+
+def _checkpoints(run, servers: list[Entry]):
+    """(initial, final) flat models of a DP-FedAvg run whose every round is in the ledger; (None,
+    None) when there is nothing to compare (no DP rounds, or a checkpoint missing: the
+    ledger-anchored check reports the files a run must keep)."""
+    if run is None or not servers:
+        return None, None
+    rounds = [e.round for e in servers]
+    initial_path, final_path = run.round_checkpoint(0), run.final_checkpoint()
+    if rounds != list(range(1, len(rounds) + 1)) or final_path is None or not initial_path.is_file():
+        return None, None
+    from shared.privacy.dp_fedavg import flatten
+
+    return (
+        flatten(run.load_checkpoint(initial_path)["item_tower"]).astype(np.float64),
+        flatten(run.load_checkpoint(final_path)["item_tower"]).astype(np.float64),
+    )
+
+
+def _check_model_distance(report, servers: list[Entry], initial, final, tail: float) -> float:
+    """The final model's distance from the initial one against the rounds' claimed noise."""
+    variance = sum((float(e.body["server-noise-std"]) / float(e.body["denominator"])) ** 2 for e in servers)
+    signal = sum(int(e.body["updates-aggregated"]) * float(e.body["server-clip-norm"]) / float(e.body["denominator"]) for e in servers)
+    body = {"update-dimension": final.size}
+    where = f"final minus initial model ({len(servers)} DP-FedAvg rounds): norm"
+    claim = "the rounds' claimed noise"
+    return _check(report, where, float(np.linalg.norm(final - initial)), math.sqrt(variance), signal, body, tail, claim)

@@ -45,8 +45,8 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "other buffers outside the model's state dict",
     ),
     "noise-conformance": (
-        "each recorded update or aggregate norm is what the claimed noise gives (chi-square bounds, false alarms 1e-6 a run)",
-        "a device that skips clipping with the noise as claimed; noise below about 0.9x the claim on small updates",
+        "each recorded update or aggregate norm is what the claimed noise gives (chi-square bounds, false alarms 1e-6 a run); for DP-FedAvg, the final checkpoint's distance from the initial one too (no trust in the recorded norms)",
+        "a device that skips clipping with the noise as claimed; noise below about 0.9x the claim on small updates; a noise cut hidden under many rounds' clipped signal",
     ),
     "server-accounting": (
         "the DP-FedAvg epsilon recomputed from the recorded rounds, noise and sampling rate",
