@@ -6,6 +6,7 @@ arrays and metrics only; the user embedding and accountant history stay in the n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -40,6 +41,7 @@ from shared.messages import (
     message_config,
     train_reply,
     untrained_reply,
+    update_norm,
 )
 from shared.metrics import (
     metrics_from_rank,
@@ -118,6 +120,7 @@ def train(msg: Message, context: Context) -> Message:
         bytes_sent=sum(int(a.numpy().nbytes) for a in arrays.values()),
     )
     privacy = _privacy(result.history, tc, pseudonym(context), _identity(context))
+    privacy = dataclasses.replace(privacy, update_norm=update_norm(msg.content[ARRAYS], arrays))
     return train_reply(msg, arrays, metrics, _signed(privacy, metrics, context, config))
 
 

@@ -18,29 +18,16 @@ from server.aggregation import Aggregate, Aggregator
 from server.book import RoundBook
 from server.replies import TrainReplies, rejected_entry
 from shared.config import RunConfig
-from shared.messages import client_id, client_row, metrics_of, spend_entry, update_of
+from shared.messages import client_id, client_row, dimension, metrics_of, spend_entry, update_norm, update_of
 from shared.privacy.ledger import Ledger
 from shared.run_directory import RunDirectory
 
 
-def update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
-    """The L2 norm of ``after - before`` over every array."""
-    total = 0.0
-    for key, array in after.items():
-        diff = array.numpy().astype(np.float64) - before[key].numpy().astype(np.float64)
-        total += float((diff**2).sum())
-    return float(np.sqrt(total))
-
-
-def dimension(arrays: ArrayRecord) -> int:
-    return int(sum(array.numpy().size for array in arrays.values()))
-
-
 def measured(sent: ArrayRecord, reply: Message) -> dict[str, Any]:
-    """What the server measured of a device's update, for the audit's conformance check: its
-    L2 norm (reply minus the model sent) and its number of coordinates."""
+    """What the server measured of a device's update: its L2 norm (reply minus the model sent)
+    and its number of coordinates. The audit holds the norm to the one the device signed."""
     update = update_of(reply)
-    return {"update-norm": update_norm(sent, update), "update-dimension": dimension(update)}
+    return {"measured-update-norm": update_norm(sent, update), "update-dimension": dimension(update)}
 
 
 @dataclass

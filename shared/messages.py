@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -70,9 +71,27 @@ class PrivacyRecord:
     poisson: bool = False
     accountant: str = ""
     delta: float = 0.0
+    # The L2 norm of the update the device sends (its reply minus the model it received),
+    # signed with the spend: the audit's noise-conformance check reads the device's word,
+    # and the server's measurement of the same update must agree with it. -1: no update.
+    update_norm: float = -1.0
 
     def record(self) -> ConfigRecord:
         return ConfigRecord({_kebab(key): value for key, value in asdict(self).items()})
+
+
+def update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
+    """The L2 norm of ``after - before`` over every array (float64; the device and the server
+    compute it alike, so the device's signed value and the server's measurement are equal)."""
+    total = 0.0
+    for key, array in after.items():
+        diff = array.numpy().astype(np.float64) - before[key].numpy().astype(np.float64)
+        total += float((diff**2).sum())
+    return float(np.sqrt(total))
+
+
+def dimension(arrays: ArrayRecord) -> int:
+    return int(sum(array.numpy().size for array in arrays.values()))
 
 
 def train_reply(msg: Message, arrays: ArrayRecord, metrics: TrainMetrics, privacy: ConfigRecord) -> Message:
@@ -151,6 +170,7 @@ def spend_entry(reply: Message) -> dict[str, Any]:
         "accountant": str(privacy.get("accountant", "")),
         "history": json.loads(str(privacy.get("history", "[]"))),
         "epsilon": float(metrics["epsilon"]),
+        **({"update-norm": float(privacy["update-norm"])} if float(privacy.get("update-norm", -1.0)) >= 0 else {}),
         **{key: str(privacy[key]) for key in ("signature", "public-key") if key in privacy},
     }
 

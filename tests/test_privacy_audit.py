@@ -29,6 +29,7 @@ def _rewrite_client_entries(source: Path, tmp_path: Path, edit) -> Path:
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(run_dir, target)
     return target
 
@@ -164,6 +165,28 @@ def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp
     run_dir = _rewrite_client_entries(federated_run, tmp_path, re_signed)
     problems = audit(run_dir).failures["spend-signed"]
     assert problems and all("signed with a key that is not simulated device partition-0's own" in p for p in problems)
+
+
+def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federated_run, tmp_path):
+    """A server that records a noise-sized norm for an update that had none: rewriting the
+    device's own (signed) norm breaks its signature; keeping it and recording another
+    measurement beside it is a disagreement the noise check names."""
+    def rewritten_norm(body, _round):
+        body["update-norm"] = body["measured-update-norm"] = 3 * body["update-norm"]
+        return body
+
+    report = audit(_rewrite_client_entries(federated_run, tmp_path / "signed", rewritten_norm))
+    problems = report.failures["spend-signed"]
+    assert len(problems) == 24 and all("signature does not match the spend the ledger records" in p for p in problems)
+
+    def other_measurement(body, _round):
+        body["measured-update-norm"] = 3 * body["update-norm"]
+        return body
+
+    report = audit(_rewrite_client_entries(federated_run, tmp_path / "measured", other_measurement))
+    assert not report.failures["spend-signed"]
+    problems = report.failures["noise-conformance"]
+    assert len(problems) == 24 and all("(the device's word) but the server measured" in p for p in problems)
 
 
 def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tmp_path):

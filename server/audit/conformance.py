@@ -1,8 +1,9 @@
 """The audit's ``noise-conformance`` check: was the noise the ledger claims really in what the
 server received (device DP-SGD) or released (DP-FedAvg)?
 
-The server measures the L2 norm of every update it receives (reply minus the model it sent)
-and of every aggregate it releases, with their number of coordinates d. What the mechanism
+Each device signs the L2 norm of the update it sends (reply minus the model it received) with
+its spend; the server measures the same norm of what it received (the two must be equal) and
+the L2 norm of every aggregate it releases, with their number of coordinates d. What the mechanism
 claims bounds that norm from both sides:
 
 - the noise part is Gaussian with a known per-coordinate std s, so its norm lies in
@@ -99,6 +100,9 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
         signal_max = lr * clip * float(config["item-clip-fraction"]) * drawn / expected_batch
         where = f"client {body['client']} round {entry.round}: update norm"
         claim = f"noise multiplier {body['noise-multiplier']}"
+        measured = body.get("measured-update-norm")
+        if measured is None or not math.isclose(float(measured), float(body["update-norm"]), rel_tol=1e-9, abs_tol=1e-12):
+            report.fail(CHECK, f"{where} {float(body['update-norm']):.6g} (the device's word) but the server measured {measured} of the update it received")
         device_cuts.append(_check(report, where, float(body["update-norm"]), noise_std, signal_max, body, tail, claim))
     for entry in servers:
         body = entry.body

@@ -17,7 +17,7 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "a server that rewrote every file of the run consistently before anyone read it",
     ),
     "spend-signed": (
-        "each device's spend is signed with its own key, one key per device, none unsigned after a signed one",
+        "each device's spend (and the norm of the update it sent) is signed with its own key, one key per device, none unsigned after a signed one",
         "a device that signs a spend it did not incur; on real devices, keys outside --node-keys unless given",
     ),
     "identity-budget": (

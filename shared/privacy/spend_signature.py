@@ -2,7 +2,7 @@
 
 Each round a training device signs a record of what it spent (round, pseudonym, identity,
 examples, sample rate, steps, noise multiplier, clip norm, batch size, accountant history,
-epsilon) with its own key: on a real device the key its SuperNode authenticates with
+epsilon, and the L2 norm of the update it sends, which the audit's noise check reads) with its own key: on a real device the key its SuperNode authenticates with
 (``node_config["auth-key"]``), in a simulation a key generated for each simulated device and
 kept with its state. The server records the record's fields, the signature and the public key in
 the ledger; the audit rebuilds the record from the ledger entry and verifies it. A server that
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 KEY_FILE = "device-key.pem"
 SIGNED_FIELDS = (
     "round", "client", "identity", "num-examples", "sample-rate", "steps", "noise-multiplier", "clip-norm",
-    "batch-size", "history", "epsilon",
+    "batch-size", "history", "epsilon", "update-norm",
 )
 
 
@@ -46,6 +46,7 @@ def spend_record(fields: dict[str, Any]) -> bytes:
         "batch-size": int(fields["batch-size"]),
         "history": [[float(s), float(q), int(n)] for s, q, n in fields["history"]],
         "epsilon": float(fields["epsilon"]),
+        "update-norm": float(fields["update-norm"]),
     }
     return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
