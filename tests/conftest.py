@@ -39,3 +39,28 @@ def federated_run(small_dataset, feature_cache, tmp_path_factory):
             "local-epochs": 3,
         }
     )
+
+
+@pytest.fixture
+def rewritten_ledger(tmp_path):
+    """``rewrite(run_dir, edit) -> copy``: a copy of the run whose ledger is written anew, each
+    entry's body through ``edit(kind, round, body) -> body`` with a valid hash chain: what a
+    server that rewrites its ledger can do. The copies go under this test's ``tmp_path``."""
+    import shutil
+
+    from shared.run_directory import RunDirectory, read_ledger
+
+    made = []
+
+    def rewrite(run_dir: Path, edit) -> Path:
+        copy = tmp_path / f"rewritten-{len(made)}"
+        shutil.copytree(run_dir, copy)
+        RunDirectory.open(copy).ledger_path.unlink()
+        ledger = RunDirectory.open(copy).open_ledger()
+        for entry in read_ledger(run_dir):
+            ledger.append([(entry.kind, entry.round, edit(entry.kind, entry.round, dict(entry.body)))])
+        ledger.close()
+        made.append(copy)
+        return copy
+
+    return rewrite

@@ -76,6 +76,22 @@ def test_a_canary_file_changed_after_the_run_fails_the_audit(canary_run, tmp_pat
     assert "does not match the ledger header's commitment" in report.failures["empirical-lower-bound"][0]
 
 
+def test_a_server_round_claiming_less_than_its_mechanism_fails_server_accounting(canary_run, rewritten_ledger):
+    """Round 2 claims half its user-level epsilon and round 3 records a tenth of the noise std:
+    each is named (the hash chain is valid, the noise-conformance bound aside)."""
+    def edited(kind, round_, body):
+        if kind == "server-round" and round_ == 2:
+            body["user-level-epsilon"] /= 2
+        if kind == "server-round" and round_ == 3:
+            body["server-noise-std"] /= 10
+        return body
+
+    problems = audit(rewritten_ledger(canary_run, edited)).failures["server-accounting"]
+    assert len(problems) == 2
+    assert problems[0].startswith("server round 2: claims user-level epsilon ") and "< recomputed" in problems[0]
+    assert problems[1].startswith(f"server round 3: noise std {NOISE * CLIP / 10:g} / denominator 12.0 are not z*C = {NOISE * CLIP}")
+
+
 def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))

@@ -189,6 +189,84 @@ def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federa
     assert len(problems) == 24 and all("(the device's word) but the server measured" in p for p in problems)
 
 
+def _client(edit):
+    """An ``edit`` for ``rewritten_ledger`` that touches client-round bodies only."""
+    return lambda kind, round_, body: edit(body, round_) if kind == "client-round" else body
+
+
+def test_a_claim_below_its_recomputation_fails_epsilon_recomputed(federated_run, rewritten_ledger):
+    def halved(body, round_):
+        if body["identity"] == "partition-3" and round_ == 2:
+            body["epsilon"] /= 2
+        return body
+
+    problems = audit(rewritten_ledger(federated_run, _client(halved))).failures["epsilon-recomputed"]
+    assert len(problems) == 2 and all(p.startswith("client ") for p in problems)
+    assert " round 2: claims " in problems[0] and "< recomputed" in problems[0]
+    assert "below PRV" in problems[1]  # the final history's three accountants
+
+
+def test_an_epsilon_that_falls_while_each_claim_covers_its_history_fails_epsilon_monotone(federated_run, rewritten_ledger):
+    """Round 1 over-claims (allowed: a claim may exceed its recomputation), so round 2's honest
+    claim is a fall: only the monotonicity check can see it."""
+    def over_claimed(body, round_):
+        if body["identity"] == "partition-5" and round_ == 1:
+            body["epsilon"] = 1000.0
+        return body
+
+    report = audit(rewritten_ledger(federated_run, _client(over_claimed)))
+    assert not report.failures["epsilon-recomputed"]
+    problems = report.failures["epsilon-monotone"]
+    assert len(problems) == 1 and problems[0].startswith("client ") and "round 2: epsilon fell from 1000.0000 to " in problems[0]
+
+
+def test_a_released_checkpoint_with_batchnorm_statistics_fails(federated_run, tmp_path):
+    import torch
+
+    run_dir = _copy_run(federated_run, tmp_path)
+    run = RunDirectory.open(run_dir)
+    checkpoint = run.load_checkpoint(run.final_checkpoint())
+    checkpoint["item_tower"]["fusion.norm.running_mean"] = torch.zeros(4)
+    torch.save(checkpoint, run.final_checkpoint())
+    problems = audit(run_dir).failures["no-batchnorm-stats"]
+    assert problems == ["final.pt: BatchNorm statistics released: fusion.norm.running_mean"]
+
+
+def test_a_config_json_that_is_not_the_ledgers_fails_ledger_anchored(federated_run, tmp_path):
+    import json
+
+    run_dir = _copy_run(federated_run, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["noise-multiplier"] = 4 * float(config["noise-multiplier"])
+    (run_dir / "config.json").write_text(json.dumps(config))
+    problems = audit(run_dir).failures["ledger-anchored"]
+    assert problems == ["ledger header's config differs from config.json on noise-multiplier"]
+
+
+def test_an_unsigned_spend_after_signed_ones_and_a_changed_key_fail_spend_signed(federated_run, rewritten_ledger, tmp_path):
+    from shared.privacy.spend_signature import load_or_create_key, public_pem, sign
+
+    def unsigned(body, round_):
+        if body["identity"] == "partition-2" and round_ == 2:
+            del body["signature"], body["public-key"]
+        return body
+
+    problems = audit(rewritten_ledger(federated_run, _client(unsigned))).failures["spend-signed"]
+    assert len(problems) == 1 and problems[0].endswith("round 2: unsigned, although device partition-2 signs its spend")
+
+    other = load_or_create_key(tmp_path / "another-key.pem")
+
+    def another_key(body, round_):  # a valid signature over the true spend, by another key
+        if body["identity"] == "partition-2" and round_ == 2:
+            body["public-key"] = public_pem(other)
+            body["signature"] = sign(other, {**body, "round": round_})
+        return body
+
+    problems = audit(rewritten_ledger(federated_run, _client(another_key))).failures["spend-signed"]
+    assert len(problems) == 2 and problems[0].endswith("round 2: device partition-2 signed with another key than in round one")
+    assert problems[1].endswith("round 2: signed with a key that is not simulated device partition-2's own")
+
+
 def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tmp_path):
     import json
 

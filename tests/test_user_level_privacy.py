@@ -286,6 +286,27 @@ def test_audit_fails_when_the_catalog_is_not_the_one_the_release_recorded(honest
     assert problems == [f"{run / 'catalog.npz'}: not the public catalog the popularity release recorded (catalog-sha256)"]
 
 
+def test_a_device_counted_twice_or_a_release_file_not_the_ledgers_fails_release_clipping(honest_run, rewritten_ledger, tmp_path):
+    def counted_twice(kind, round_, body):
+        if kind == "release" and body["release"] == "cooccurrence":
+            body["contributors"][1] = body["contributors"][0]
+        return body
+
+    problems = _audit_failure(rewritten_ledger(honest_run, counted_twice), "release-clipping")
+    assert problems == ["release 2 (cooccurrence): 12 contributions from 11 distinct devices"]
+
+    import shutil
+
+    run = tmp_path / "changed-releases"
+    shutil.copytree(honest_run, run)
+    with np.load(run / "releases.npz") as data:
+        stored = {key: data[key] for key in data.files}
+    stored["selection"] = stored["selection"] + 1.0
+    np.savez(run / "releases.npz", **stored)
+    problems = _audit_failure(run, "release-clipping")
+    assert problems == ["release 3 (selection): releases.npz does not hold the released vector the ledger recorded"]
+
+
 def test_audit_fails_when_the_served_weights_are_not_the_selections(small_dataset, feature_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(server.user_level, "CANDIDATES", tuple(reversed(server.user_level.CANDIDATES)))
     run = _user_run(small_dataset, feature_cache, tmp_path, "other-weights")
