@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.checksums import file_sha256
+from shared.export_signature import check_signed
 from shared.explain import (
     Explanation,
     explain_tower,
@@ -46,8 +47,12 @@ class Export:
     titles: dict[str, str]
 
 
-def load_export(model_dir: str | Path) -> Export:
-    """The export, every file checked against the manifest's SHA-256.
+def load_export(model_dir: str | Path, trusted_key: str | Path | None = None) -> Export:
+    """The export, every file checked against the manifest's SHA-256, and the manifest's
+    signature against ``trusted_key`` (a PEM public key the device already holds): unsigned,
+    signed by another key, or changed after signing is refused. ``None``: the caller trusts
+    the folder itself (a researcher reading an export of their own run); the device's command
+    line always passes a key.
 
     Every file the export writes must be listed there: a manifest with a file taken out (so a
     swapped file would go unchecked) is refused, as is a manifest naming a path outside the
@@ -57,6 +62,8 @@ def load_export(model_dir: str | Path) -> Export:
     if not manifest_path.is_file():
         raise ValueError(f"{manifest_path}: not found: {model_dir} is not a folder written by fedmmrec export")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if trusted_key is not None:
+        check_signed(manifest, manifest_path, trusted_key)
     kind = manifest.get("kind", "item-tower")  # exports made before user-level ones had no kind
     if kind not in EXPORTED_FILES:
         raise ValueError(f"{manifest_path}: unknown kind {kind!r}")

@@ -12,6 +12,10 @@ Layout written under ``--out`` (private keys are created with mode 0600):
     superlink.crt, superlink.key   the SuperLink's TLS certificate, signed by the CA
     supernode-K/node.key           SuperNode K's private key (stays on device K)
     supernode-K/node.pub           its public key (registered at the SuperLink)
+    export.key, export.pub         the key ``fedmmrec export --signing-key`` signs exports with
+                                   (keep export.key with the server); every device gets
+                                   export.pub and ``fedmmrec recommend --trusted-key`` refuses
+                                   an export it did not sign
 
 Existing files are never overwritten: a second run into the same folder is an error naming the
 file, so a deployment's keys cannot be replaced by accident.
@@ -19,6 +23,7 @@ file, so a deployment's keys cannot be replaced by accident.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -43,6 +48,8 @@ class DeploymentKeys:
     superlink_key: Path
     node_private_keys: list[Path]
     node_public_keys: list[Path]
+    export_key: Path | None = None
+    export_public_key: Path | None = None
 
 
 def _write_new(path: Path, data: bytes, private: bool = False) -> None:
@@ -120,4 +127,9 @@ def write_deployment_keys(out: str | Path, hosts: list[str], nodes: int) -> Depl
         _write_new(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
         files.node_private_keys.append(private)
         files.node_public_keys.append(public)
-    return files
+    export_key = ec.generate_private_key(NODE_CURVE)
+    _write_new(out / "export.key", _pem_key(export_key), private=True)
+    _write_new(out / "export.pub", export_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ))
+    return dataclasses.replace(files, export_key=out / "export.key", export_public_key=out / "export.pub")

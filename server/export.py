@@ -37,6 +37,7 @@ from shared.data import load_catalog
 from shared.explain import tower_shapley
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, catalog_tensors
+from shared.export_signature import signed_manifest
 from shared.privacy.ledger import verify_chain
 from shared.run_directory import MODEL_FILE, RunDirectory
 
@@ -64,9 +65,15 @@ class _TowerOnTensors(nn.Module):
         return self.tower({**inputs, "item": unknown.long(), "item_known": unknown})
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
+EXPORT_KEY = "export-key.pem"  # a run's own export-signing key, when no deployment key is given
+
+
+def export_run(run_dir: str | Path, out: str | Path, signing_key: str | Path | None = None) -> Path:
     """Write what a device needs to rank (and explain) with numpy alone, and a manifest with
-    every file's SHA-256, the verified ledger head and the privacy summary."""
+    every file's SHA-256, the verified ledger head and the privacy summary, signed
+    (:mod:`shared.export_signature`) with ``signing_key`` (the deployment's ``export.key``) or
+    else the run's own ``export-key.pem``, whose public half is written beside it
+    (``export-key.pub``) for the devices to trust."""
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunDirectory.open(run_dir)
@@ -100,6 +107,15 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         "privacy": summary.get("privacy"),
         **extra,
     }
+    key_path = Path(signing_key) if signing_key else run.file(EXPORT_KEY)
+    if signing_key and not key_path.is_file():
+        raise ValueError(f"{key_path}: signing key not found")
+    try:
+        manifest = signed_manifest(manifest, key_path)
+    except ValueError as exc:
+        raise ValueError(f"{key_path}: not a usable signing key ({exc})") from None
+    if not signing_key:
+        run.file("export-key.pub").write_text(manifest["signer"], encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 

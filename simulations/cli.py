@@ -11,8 +11,8 @@
     fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
-    fedmmrec export RUN_DIR --out DIR         TorchScript item tower + item embeddings for devices
-    fedmmrec recommend --model DIR --history ID[,ID...] [--k 10] [--user-state FILE] [--explain] [--json]
+    fedmmrec export RUN_DIR --out DIR [--signing-key KEY]   what devices rank with, signed
+    fedmmrec recommend --model DIR --trusted-key PUB --history ID[,ID...] [--k 10] [--user-state FILE] [--explain] [--json]
     fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
     fedmmrec deploy devices --data DIR --out DIR --devices N             one dataset folder per device
     fedmmrec deploy localhost --work DIR [--nodes 3] [--set KEY=VALUE]   TLS SuperLink + N SuperNodes here
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from shared.data import DatasetError
@@ -97,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write what a device needs to rank items (TorchScript + embeddings)")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True)
+    export.add_argument("--signing-key", default=None,
+                        help="private key (PEM) to sign the export with: the deployment's export.key (fedmmrec deploy certs); default: the run's own export-key.pem, its public half written beside it as export-key.pub")
 
     rec = sub.add_parser("recommend", help="rank the catalog from an export, with numpy only")
     rec.add_argument("--model", required=True, help="folder written by fedmmrec export")
+    rec.add_argument("--trusted-key", required=True,
+                     help="the public key (PEM) this device trusts exports from: the deployment's export.pub, or a run's export-key.pub; an export it did not sign is refused")
     rec.add_argument("--history", default="", help="comma-separated item ids the user interacted with")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--user-state", default=None, help="the device's device-state.json (its trained embedding)")
@@ -212,28 +217,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from server.export import export_run
 
-        print(f"fedmmrec: wrote {export_run(args.run_dir, args.out)}")
+        print(f"fedmmrec: wrote {export_run(args.run_dir, args.out, args.signing_key)} (signed with "
+              f"{args.signing_key or Path(args.run_dir) / 'export-key.pem'}; devices trust its public key)")
         return 0
     if args.command == "recommend":
         from client.recommend import explanation_lines, load_export, rank
 
         history = [item.strip() for item in args.history.split(",") if item.strip()]
         new = [item.strip() for item in args.new.split(",") if item.strip()]
+        export = load_export(args.model, args.trusted_key)
         if new:
             from client.online import OnlineUser
 
             if args.explain:
                 raise ValueError("--new ranks with the updated vector; --explain explains the exported model: give one of them")
-            user = OnlineUser(args.model, history, args.user_state, replay=args.replay_buffer)
+            user = OnlineUser(export, history, args.user_state, replay=args.replay_buffer)
             for item in new:
                 user.observe(item)
             items = user.top(args.k)
         else:
-            items = rank(args.model, history, args.k, args.user_state, explain=args.explain)
+            items = rank(export, history, args.k, args.user_state, explain=args.explain)
         if args.json:
             print(json.dumps([item.to_json() if args.explain else {"item": item.item, "score": item.score} for item in items], indent=2))
         else:
-            print("\n".join(explanation_lines(items, load_export(args.model).titles)))
+            print("\n".join(explanation_lines(items, export.titles)))
         return 0
     if args.command == "streaming-study":
         import os

@@ -29,7 +29,7 @@ def test_deployment_keys_are_private_and_never_overwritten(tmp_path):
     ca = x509.load_pem_x509_certificate(keys.ca_certificate.read_bytes())
     cert.verify_directly_issued_by(ca)
     assert load_ssh_public_key(keys.node_public_keys[1].read_bytes()).curve.name == "secp384r1"
-    for private in [keys.superlink_key, tmp_path / "ca.key", *keys.node_private_keys]:
+    for private in [keys.superlink_key, tmp_path / "ca.key", keys.export_key, *keys.node_private_keys]:
         assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
     before = keys.ca_certificate.read_bytes()
     with pytest.raises(FileExistsError, match="ca.crt"):

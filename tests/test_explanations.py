@@ -75,10 +75,11 @@ def test_recommend_explain_prints_parts_and_json(user_run, small_dataset, tmp_pa
     out = export_run(user_run, tmp_path / "export")
     dataset, train = _user(small_dataset, 0)
     history = ",".join(dataset.item_ids[i] for i in train)
-    assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain"]) == 0
+    trusted = str(user_run / "export-key.pub")  # the run's own export key (no deployment key given)
+    assert cli(["recommend", "--model", str(out), "--trusted-key", trusted, "--history", history, "--k", "2", "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].strip().startswith("why: ") and "%" in lines[1] and lines[2].strip().startswith("because you interacted with: ")
-    assert cli(["recommend", "--model", str(out), "--history", history, "--k", "2", "--explain", "--json"]) == 0
+    assert cli(["recommend", "--model", str(out), "--trusted-key", trusted, "--history", history, "--k", "2", "--explain", "--json"]) == 0
     parsed = json.loads(capsys.readouterr().out)
     assert len(parsed) == 2 and sum(parsed[0]["parts"].values()) == pytest.approx(parsed[0]["score"], abs=1e-9)
     assert len(parsed[0]["because-you-interacted-with"]) == 3
@@ -214,7 +215,8 @@ def test_a_new_interaction_updates_the_users_vector_on_the_device_at_once(user_r
     assert float(export.arrays["item_embeddings.npy"][index] @ online.user) > before  # BPR moved toward it
     assert len(online.buffer) == len(history) + 1 and new not in [i.item for i in online.top(10)]
 
-    assert cli(["recommend", "--model", str(user_level), "--history", ",".join(history), "--new", new, "--k", "3",
+    assert cli(["recommend", "--model", str(user_level), "--trusted-key", str(user_run / "export-key.pub"),
+                "--history", ",".join(history), "--new", new, "--k", "3",
                 "--replay-buffer", "50"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == [i.item for i in rank(user_level, history + [new], k=3)]

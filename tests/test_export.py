@@ -48,7 +48,8 @@ def test_exported_model_matches_the_trained_one_and_ranks(federated_run, tmp_pat
 
     from simulations.cli import main
 
-    assert main(["recommend", "--model", str(out), "--history", ",".join(history), "--k", "3"]) == 0
+    assert main(["recommend", "--model", str(out), "--trusted-key", str(federated_run / "export-key.pub"),
+                 "--history", ",".join(history), "--k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].lstrip().startswith("1 ")
     (out / "item_ids.json").write_text("[]")
@@ -72,3 +73,40 @@ def test_recommend_refuses_a_manifest_that_leaves_an_exported_file_unchecked(fed
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"file name '../summary.json' is not in the export folder"):
         recommend(out, ["x"])
+
+
+def test_a_device_ranks_only_with_an_export_signed_by_the_key_it_trusts(federated_run, tmp_path, capsys):
+    """The attack: edit an exported file and recompute its hash in the manifest. The manifest
+    still checks; its signature does not. Unsigned and other-key exports are refused too; the
+    deployment's export key (fedmmrec deploy certs) signs as well as the run's own."""
+    import json
+
+    from client.recommend import load_export
+    from server.certificates import write_deployment_keys
+    from shared.checksums import file_sha256
+    from simulations.cli import main
+
+    out = export_run(federated_run, tmp_path / "export")
+    trusted = federated_run / "export-key.pub"
+    assert load_export(out, trusted).manifest["signer"] == trusted.read_text()
+    embeddings = np.load(out / "item_embeddings.npy")
+    np.save(out / "item_embeddings.npy", embeddings[::-1].copy())
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["item_embeddings.npy"] = file_sha256(out / "item_embeddings.npy")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    load_export(out)  # the hashes alone agree ...
+    with pytest.raises(ValueError, match="its signature does not verify against .*changed after signing; refused"):
+        load_export(out, trusted)  # ... the signature does not
+    assert main(["recommend", "--model", str(out), "--trusted-key", str(trusted), "--history", "", "--k", "1"]) == 2
+    assert "changed after signing; refused" in capsys.readouterr().err
+
+    del manifest["signature"], manifest["signer"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest.json: not signed: this device ranks only with exports signed by"):
+        load_export(out, trusted)
+
+    keys = write_deployment_keys(tmp_path / "keys", ["localhost"], 1)
+    deployed = export_run(federated_run, tmp_path / "deployed", keys.export_key)
+    assert load_export(deployed, keys.export_public_key).manifest["signer"] == keys.export_public_key.read_text()
+    with pytest.raises(ValueError, match="signed by another key than"):
+        load_export(deployed, trusted)
