@@ -12,6 +12,30 @@ SMALL = SynthConfig(users=12, items=120, seed=3, mean_interactions=30)
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-mm"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_ray_cluster_per_session():
+    """Flower's Ray backend starts a Ray cluster for every simulation and shuts it down after
+    (about 4 s of a small test run's 11 on two cores); the suite runs some 70 simulations.
+    Within a test session the cluster starts once and stays: each simulation still creates its
+    own actors (fresh worker processes) and terminates them, so nothing passes from one run to
+    the next but the idle cluster. ``fedmmrec run`` keeps Flower's own lifecycle."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = raybackend.RayBackend.terminate
+
+    def terminate_actors_only(self) -> None:
+        if self.pool:
+            self.pool.terminate_all_actors()
+
+    raybackend.RayBackend.terminate = terminate_actors_only
+    yield
+    raybackend.RayBackend.terminate = original
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("synth") / "small", SMALL)
