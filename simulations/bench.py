@@ -247,10 +247,11 @@ def movielens_quick_grid(work: Path) -> dict[str, Any]:
     return figures
 
 
-def online_latency(work: Path, cache: Path, events: int = 200) -> dict[str, Any]:
+def online_latency(work: Path, cache: Path, events: int = 200, runs: dict[str, Path] | None = None) -> dict[str, Any]:
     """p50 / p99 milliseconds of ``observe`` + ``top(10)`` on exports of a user-level run and of
     an item-tower run of the default data, each new interaction an item the user had not seen;
-    beside them the same percentiles of ``top(10)`` alone (the floor)."""
+    beside them the same percentiles of ``top(10)`` alone (the floor). ``runs``: finished run
+    directories by kind (``user-level``, ``item-tower``) to export instead of running them."""
     import numpy as np
 
     from client.online import OnlineUser
@@ -263,8 +264,8 @@ def online_latency(work: Path, cache: Path, events: int = 200) -> dict[str, Any]
 
     out: dict[str, Any] = {}
     for kind, privacy in (("user-level", "user"), ("item-tower", "none")):
-        run_dir = simulate({"privacy": privacy, "num-server-rounds": 3, "feature-cache": str(cache),
-                            "run-dir": str(work / "online-runs"), "run-id": kind})
+        run_dir = runs[kind] if runs else simulate({"privacy": privacy, "num-server-rounds": 3, "feature-cache": str(cache),
+                                                    "run-dir": str(work / "online-runs"), "run-id": kind})
         export = load_export(export_run(run_dir, work / f"online-{kind}"))  # verified once, not per event
         saved = RunDirectory.open(run_dir).read_config()
         config = resolve(None, {key: value for key, value in saved.items() if key in DEFAULTS})

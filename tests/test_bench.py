@@ -21,12 +21,20 @@ def test_bench_dp_part_reports_both_engines_and_every_grad_sample_mode(tmp_path,
     assert format_table({"x": {"y": 1.0}}) == "| measure | figure |\n| --- | --- |\n| x: y | 1 |"
 
 
-def test_bench_online_part_times_a_new_interaction_to_the_next_top10_on_both_exports(tmp_path, monkeypatch):
+def test_bench_online_part_times_a_new_interaction_to_the_next_top10_on_both_exports(
+    tmp_path, monkeypatch, user_run, federated_run
+):
+    """The bench's own path (run_bench, parts=online) on the session's finished runs: the
+    default mode's and an item tower's (the bench command runs 100-user ones itself)."""
     import simulations.bench as bench
 
     original = bench.online_latency
-    monkeypatch.setattr(bench, "online_latency", lambda work, cache: original(work, cache, events=5))
+    runs = {"user-level": user_run, "item-tower": federated_run}
+    monkeypatch.setattr(bench, "online_latency", lambda work, cache: original(work, cache, events=5, runs=runs))
     figures = run_bench(tmp_path / "bench.json", repeats=1, parts=("online",))["online-response"]
+    assert sorted(figures) == sorted(
+        f"{kind}-{name}-ms-{p}" for kind in ("user-level", "item-tower") for name in ("update-and-top10", "top10-alone") for p in ("p50", "p99")
+    )
     for kind in ("user-level", "item-tower"):
         for name in ("update-and-top10", "top10-alone"):
             assert figures[f"{kind}-{name}-ms-p99"] >= figures[f"{kind}-{name}-ms-p50"] > 0

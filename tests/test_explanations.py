@@ -25,12 +25,6 @@ from simulations.explanations import run_explanations
 from simulations.simulate import simulate
 
 
-@pytest.fixture(scope="module")
-def user_run(small_dataset, feature_cache, tmp_path_factory):
-    return simulate({"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "cooccurrence-items": 60,
-                     "run-dir": str(tmp_path_factory.mktemp("user")), "run-id": "explained"})
-
-
 def _user(small_dataset, k: int):
     dataset = load_dataset(small_dataset)
     split = split_for(dataset, resolve())
