@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -120,7 +121,9 @@ def train(msg: Message, context: Context) -> Message:
         bytes_sent=sum(int(a.numpy().nbytes) for a in arrays.values()),
     )
     privacy = _privacy(result.history, tc, pseudonym(context), _identity(context))
-    privacy = dataclasses.replace(privacy, update_norm=update_norm(msg.content[ARRAYS], arrays))
+    norm = update_norm(msg.content[ARRAYS], arrays)
+    # A non-finite update is the server's to reject (validation); its norm cannot be signed as JSON.
+    privacy = dataclasses.replace(privacy, update_norm=norm if math.isfinite(norm) else -1.0)
     return train_reply(msg, arrays, metrics, _signed(privacy, metrics, context, config))
 
 

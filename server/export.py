@@ -110,10 +110,7 @@ def export_run(run_dir: str | Path, out: str | Path, signing_key: str | Path | N
     key_path = Path(signing_key) if signing_key else run.file(EXPORT_KEY)
     if signing_key and not key_path.is_file():
         raise ValueError(f"{key_path}: signing key not found")
-    try:
-        manifest = signed_manifest(manifest, key_path)
-    except ValueError as exc:
-        raise ValueError(f"{key_path}: not a usable signing key ({exc})") from None
+    manifest = signed_manifest(json.loads(json.dumps(manifest, default=str), parse_constant=str), key_path)
     if not signing_key:
         run.file("export-key.pub").write_text(manifest["signer"], encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

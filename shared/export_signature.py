@@ -25,7 +25,10 @@ SIGNATURE_FIELDS = ("signer", "signature")
 
 def signed_manifest(manifest: dict[str, Any], key_path: Path) -> dict[str, Any]:
     """``manifest`` with the signer's public key and its signature over everything else."""
-    key = load_or_create_key(key_path)
+    try:
+        key = load_or_create_key(key_path)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{key_path}: not a usable signing key ({exc})") from None
     body = {k: v for k, v in manifest.items() if k not in SIGNATURE_FIELDS}
     body["signer"] = public_pem(key)
     return {**body, "signature": sign_record(key, body)}

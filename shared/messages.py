@@ -170,7 +170,7 @@ def spend_entry(reply: Message) -> dict[str, Any]:
         "accountant": str(privacy.get("accountant", "")),
         "history": json.loads(str(privacy.get("history", "[]"))),
         "epsilon": float(metrics["epsilon"]),
-        **({"update-norm": float(privacy["update-norm"])} if float(privacy.get("update-norm", -1.0)) >= 0 else {}),
+        **({"update-norm": float(privacy["update-norm"])} if "update-norm" in privacy else {}),
         **{key: str(privacy[key]) for key in ("signature", "public-key") if key in privacy},
     }
 

@@ -92,6 +92,18 @@ def test_a_server_round_claiming_less_than_its_mechanism_fails_server_accounting
     assert problems[1].startswith(f"server round 3: noise std {NOISE * CLIP / 10:g} / denominator 12.0 are not z*C = {NOISE * CLIP}")
 
 
+def test_a_server_that_inflates_the_updates_it_aggregated_fails_noise_conformance(canary_run, rewritten_ledger):
+    """More updates claimed than the ledger's devices and canaries widen every bound the
+    noise check draws (the clipped signal they allow): the count itself is checked."""
+    def inflated(kind, round_, body):
+        if kind == "server-round" and round_ == 1:
+            body["updates-aggregated"] = 1000
+        return body
+
+    problems = audit(rewritten_ledger(canary_run, inflated)).failures["noise-conformance"]
+    assert len(problems) == 1 and problems[0].startswith("server round 1: 1000 updates aggregated, but the ledger counts 12 devices and ")
+
+
 def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))

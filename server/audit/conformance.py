@@ -77,13 +77,22 @@ def _check(report, where: str, norm: float, noise_std: float, signal_max: float,
 
 def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=None) -> None:
     config = header.get("config", {})
-    devices = [
+    trained = [
         e for e in entries
-        if e.kind == "client-round" and "update-norm" in e.body and float(e.body["noise-multiplier"]) > 0
+        if e.kind == "client-round" and float(e.body["noise-multiplier"]) > 0
         and int(e.body["steps"]) > 0 and not e.body.get("declined") and not e.body.get("rejected")
     ]
-    servers = [e for e in entries if e.kind == "server-round" and e.body.get("server-dp") and "update-dimension" in e.body]
-    initial, final = _checkpoints(run, servers)
+    devices = [e for e in trained if float(e.body.get("update-norm", -1.0)) >= 0 and "update-dimension" in e.body]
+    for e in trained:
+        if e not in devices:
+            report.fail(CHECK, f"client {e.body['client']} round {e.round}: a counted DP-SGD update without its norm or size: its noise cannot be checked")
+    servers = [e for e in entries if e.kind == "server-round" and e.body.get("server-dp")]
+    for e in servers:
+        if "update-dimension" not in e.body or "released-update-norm" not in e.body:
+            report.fail(CHECK, f"server round {e.round}: a DP-FedAvg release without its measured norm or size")
+    servers = [e for e in servers if "update-dimension" in e.body and "released-update-norm" in e.body]
+    initial, final, distance_rounds = _checkpoints(report, run, servers)
+    _check_counts(report, servers, entries)
     tests = 2 * (len(devices) + len(servers)) + (2 if final is not None else 0)
     if not tests:
         report.figures["noise conformance"] = "not applicable: no DP-SGD update or DP-FedAvg release with measured norms"
@@ -113,7 +122,7 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
         server_cuts.append(_check(report, where, float(body["released-update-norm"]), noise_std, signal_max, body, tail, claim))
     model_cut = None
     if final is not None:
-        model_cut = _check_model_distance(report, servers, initial, final, tail)
+        model_cut = _check_model_distance(report, distance_rounds, initial, final, tail)
     report.ok(CHECK)
     power = []
     if device_cuts:
@@ -126,22 +135,27 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
     report.figures["noise conformance"] = "; ".join(power) + f"; false alarm {FALSE_ALARM_PER_RUN:g} per run"
 
 
-def _checkpoints(run, servers: list[Entry]):
-    """(initial, final) flat models of a DP-FedAvg run whose every round is in the ledger; (None,
-    None) when there is nothing to compare (no DP rounds, or a checkpoint missing: the
-    ledger-anchored check reports the files a run must keep)."""
+def _checkpoints(report, run, servers: list[Entry]):
+    """(initial, final, rounds) flat models of a DP-FedAvg run and the rounds between them;
+    (None, None, []) when there is nothing to compare. A missing checkpoint of a run with DP
+    rounds fails (it is the evidence); a model that grew (a run continued on new data) is
+    flagged, its distance not comparable coordinate by coordinate."""
     if run is None or not servers:
-        return None, None
-    rounds = [e.round for e in servers]
+        return None, None, []
     initial_path, final_path = run.round_checkpoint(0), run.final_checkpoint()
-    if rounds != list(range(1, len(rounds) + 1)) or final_path is None or not initial_path.is_file():
-        return None, None
+    if final_path is None or not initial_path.is_file():
+        report.fail(CHECK, f"{run.checkpoints}: initial.pt or the final checkpoint is missing: the released model cannot be held to the claimed noise")
+        return None, None, []
     from shared.privacy.dp_fedavg import flatten
 
-    return (
-        flatten(run.load_checkpoint(initial_path)["item_tower"]).astype(np.float64),
-        flatten(run.load_checkpoint(final_path)["item_tower"]).astype(np.float64),
-    )
+    final_state = run.load_checkpoint(final_path)
+    last = int(final_state.get("meta", {}).get("round", servers[-1].round))  # latest.pt may lag the ledger by a round
+    rounds = [e for e in servers if e.round <= last]
+    initial, final = (flatten(run.load_checkpoint(initial_path)["item_tower"]), flatten(final_state["item_tower"]))
+    if initial.size != final.size:
+        report.flags.append("noise-conformance: the model grew during the run (continued on new data): final minus initial not compared")
+        return None, None, []
+    return initial.astype(np.float64), final.astype(np.float64), rounds
 
 
 def _check_model_distance(report, servers: list[Entry], initial, final, tail: float) -> float:
@@ -152,3 +166,18 @@ def _check_model_distance(report, servers: list[Entry], initial, final, tail: fl
     where = f"final minus initial model ({len(servers)} DP-FedAvg rounds): norm"
     claim = "the rounds' claimed noise"
     return _check(report, where, float(np.linalg.norm(final - initial)), math.sqrt(variance), signal, body, tail, claim)
+
+
+def _check_counts(report, servers: list[Entry], entries: list[Entry]) -> None:
+    """Each round's ``updates-aggregated`` (the clipped signal the bounds allow for) is the
+    round's counted device entries plus its canaries: a server that inflates it to widen the
+    bounds fails."""
+    counted: dict[int, int] = {}
+    for e in entries:
+        if e.kind == "client-round" and not e.body.get("declined") and not e.body.get("rejected"):
+            counted[e.round] = counted.get(e.round, 0) + 1
+    for e in servers:
+        expected = counted.get(e.round, 0) + int(e.body.get("canaries-in-round", 0))
+        if int(e.body["updates-aggregated"]) != expected:
+            report.fail(CHECK, f"server round {e.round}: {e.body['updates-aggregated']} updates aggregated, but the ledger counts "
+                               f"{counted.get(e.round, 0)} devices and {int(e.body.get('canaries-in-round', 0))} canaries")

@@ -163,16 +163,13 @@ def released_norm_floor(noise_std: float, dimension: int, tail: float) -> float:
     sum ``s`` of the contributions, when ``noise`` is Gaussian of std ``noise_std`` over
     ``dimension`` values drawn apart from ``s`` (as an honest server draws it).
 
-    ``||s + noise||^2 = ||s||^2 + 2 <s, noise> + ||noise||^2``; ``<s, noise>`` is normal with
-    std ``noise_std ||s||``, so it is above ``-z noise_std ||s||`` but with probability
-    ``tail / 2`` (z its quantile), and ``||s||^2 - 2 z noise_std ||s|| >= -(z noise_std)^2``;
-    ``||noise||^2 / noise_std^2`` is above the chi-square quantile ``low`` but with probability
-    ``tail / 2``. Hence ``||s + noise||^2 >= noise_std^2 (low - z^2)``: a released vector with
-    less norm than that did not carry the claimed noise, whatever the server's measurements say.
-    """
-    low, _ = chi_square_interval(dimension, tail / 2)
-    z = NormalDist().inv_cdf(1 - tail / 2)
-    return noise_std * math.sqrt(max(0.0, low - z * z))
+    Anderson's inequality: a centred Gaussian puts no more mass on a ball shifted by ``s`` than
+    on the ball itself, so ``P(||s + noise|| < r) <= P(||noise|| < r)`` for every ``s``; and
+    ``||noise||^2 / noise_std^2`` is chi-square with ``dimension`` degrees of freedom. A released
+    vector below ``noise_std sqrt(chi2_low)`` did not carry the claimed noise, whatever the
+    server's measurements say."""
+    low, _ = chi_square_interval(dimension, tail)
+    return noise_std * math.sqrt(low)
 
 
 def _noise(report, releases, run: RunDirectory) -> None:
@@ -180,7 +177,7 @@ def _noise(report, releases, run: RunDirectory) -> None:
     against the least norm the claimed noise leaves it (the second needs no trust in the
     server's measurement)."""
     check = "release-noise"
-    tail = FALSE_ALARM_PER_RUN / (3 * max(1, len(releases)))
+    tail = FALSE_ALARM_PER_RUN / (3 * max(1, len(releases)))  # two-sided measured norm, one-sided vector
     stored = run.load_arrays(RELEASES_FILE) if run.file(RELEASES_FILE).is_file() else {}
     power, reach = [], []
     for entry in releases:
@@ -202,7 +199,8 @@ def _noise(report, releases, run: RunDirectory) -> None:
         power.append(f"{body.get('release')}: noise below {math.sqrt(low / dimension):.3f} x claimed std")
         vector = stored.get(str(body.get("release")))
         if vector is None or vector.size != dimension:
-            continue  # release-clipping names a releases.npz that does not hold the release
+            report.fail(check, f"{where}: releases.npz holds no released vector of {dimension} values to check the noise in")
+            continue
         floor, norm = released_norm_floor(std, dimension, tail), float(np.linalg.norm(vector))
         if norm < floor:
             report.fail(
@@ -298,6 +296,24 @@ def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
     gap = float(np.abs(pair[0] - pair[1]).max())
     if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(pair[1]).max())):
         report.fail(check, f"{model_path}: the served {item_model} differ from those of the recorded co-occurrence release and catalog by up to {gap:.3g}: the model was not fitted to what was released")
+    if model.factor_map is None:
+        report.fail(check, f"{model_path}: serves no content-to-factor map, which the releases and catalog give")
+    elif item_model == "factors":  # the content-to-factor map turns with the factors: compare its Gram too
+        stacked = [np.vstack([m.factors, m.factor_map]) for m in (model, expected)]
+        gap = float(np.abs(stacked[0] @ stacked[0].T - stacked[1] @ stacked[1].T).max()) if model.factor_map.shape == expected.factor_map.shape else math.inf
+        scale = float(np.abs(stacked[1] @ stacked[1].T).max()) if math.isfinite(gap) else 1.0
+    else:
+        gap = float(np.abs(model.factor_map - expected.factor_map).max()) if model.factor_map.shape == expected.factor_map.shape else math.inf
+        scale = float(np.abs(expected.factor_map).max()) if math.isfinite(gap) else 1.0
+    if model.factor_map is not None and gap > MODEL_TOLERANCE * max(1.0, scale):
+        report.fail(check, f"{model_path}: the served content-to-factor map differs from the one the releases and catalog give (by up to {gap:.3g})")
+    if (
+        model.popularity_map is None or model.popularity_map.shape != expected.popularity_map.shape
+        or float(np.abs(model.popularity_map - expected.popularity_map).max()) > MODEL_TOLERANCE * max(1.0, float(np.abs(expected.popularity_map).max()))
+        or not np.array_equal(np.asarray(model.from_content, dtype=bool), np.asarray(expected.from_content, dtype=bool))
+        or bool(model.item_item) != bool(expected.item_item)
+    ):
+        report.fail(check, f"{model_path}: the served content-to-popularity map, content-placed items or model kind are not the ones the releases and catalog give")
     gap = float(np.abs(model.popularity - expected.popularity).max())
     if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(expected.popularity).max())):
         report.fail(check, f"{model_path}: the served popularity differs from the recorded popularity release shrunk toward the catalog's content by up to {gap:.3g}")
