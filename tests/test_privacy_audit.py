@@ -12,19 +12,10 @@ from shared.privacy.ledger import verify_chain
 from shared.run_directory import RunDirectory, read_ledger
 
 
-def _rewrite_client_entries(source: Path, tmp_path: Path, edit) -> Path:
-    """A copy of the run whose ledger is written anew, every client-round body through ``edit``
-    (body, round) -> body, with a valid hash chain: what a server rewriting its ledger can do."""
-    run_dir = _copy_run(source, tmp_path)
-    RunDirectory.open(run_dir).ledger_path.unlink()
-    rewritten = RunDirectory.open(run_dir).open_ledger()
-    for entry in read_ledger(source):
-        body = dict(entry.body)
-        if entry.kind == "client-round":
-            body = edit(body, entry.round)
-        rewritten.append([(entry.kind, entry.round, body)])
-    rewritten.close()
-    return run_dir
+def _client(edit):
+    """An ``edit`` for the ``rewritten_ledger`` fixture that rewrites client-round bodies only
+    (body, round) -> body: what a server rewriting its ledger can do."""
+    return lambda kind, round_, body: edit(body, round_) if kind == "client-round" else body
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -123,7 +114,7 @@ def test_accountant_reset_between_rounds_is_caught(federated_run, tmp_path):
     assert not report.passed
 
 
-def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(federated_run, tmp_path):
+def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(federated_run, rewritten_ledger):
     """Every client entry claims 4x the noise multiplier, with epsilons and the hash chain
     recomputed: the accounting checks agree with it; the metrics, summary, clients.jsonl and
     the devices' own state files do not."""
@@ -133,7 +124,7 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
         body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
         return body
 
-    run_dir = _rewrite_client_entries(federated_run, tmp_path, four_times_the_noise)
+    run_dir = rewritten_ledger(federated_run, _client(four_times_the_noise))
     report = audit(run_dir)
     assert not report.failures["hash-chain"] and not report.failures["epsilon-recomputed"]
     problems = report.failures["ledger-anchored"]
@@ -147,7 +138,7 @@ def test_a_ledger_rewritten_whole_with_lower_spend_is_caught_by_its_anchors(fede
     assert run_audit(run_dir) == 1
 
 
-def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp_path):
+def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, rewritten_ledger, tmp_path):
     """A server that rewrites a device's spend and signs it with a key of its own."""
     from shared.privacy.spend_signature import load_or_create_key, public_pem, sign
 
@@ -162,12 +153,12 @@ def test_a_spend_re_signed_with_the_servers_own_key_is_caught(federated_run, tmp
             body["signature"] = sign(forger, {**body, "round": round_})
         return body
 
-    run_dir = _rewrite_client_entries(federated_run, tmp_path, re_signed)
+    run_dir = rewritten_ledger(federated_run, _client(re_signed))
     problems = audit(run_dir).failures["spend-signed"]
     assert problems and all("signed with a key that is not simulated device partition-0's own" in p for p in problems)
 
 
-def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federated_run, tmp_path):
+def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federated_run, rewritten_ledger):
     """A server that records a noise-sized norm for an update that had none: rewriting the
     device's own (signed) norm breaks its signature; keeping it and recording another
     measurement beside it is a disagreement the noise check names."""
@@ -175,7 +166,7 @@ def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federa
         body["update-norm"] = body["measured-update-norm"] = 3 * body["update-norm"]
         return body
 
-    report = audit(_rewrite_client_entries(federated_run, tmp_path / "signed", rewritten_norm))
+    report = audit(rewritten_ledger(federated_run, _client(rewritten_norm)))
     problems = report.failures["spend-signed"]
     assert len(problems) == 24 and all("signature does not match the spend the ledger records" in p for p in problems)
 
@@ -183,15 +174,10 @@ def test_the_update_norm_the_noise_check_reads_is_the_devices_signed_word(federa
         body["measured-update-norm"] = 3 * body["update-norm"]
         return body
 
-    report = audit(_rewrite_client_entries(federated_run, tmp_path / "measured", other_measurement))
+    report = audit(rewritten_ledger(federated_run, _client(other_measurement)))
     assert not report.failures["spend-signed"]
     problems = report.failures["noise-conformance"]
     assert len(problems) == 24 and all("(the device's word) but the server measured" in p for p in problems)
-
-
-def _client(edit):
-    """An ``edit`` for ``rewritten_ledger`` that touches client-round bodies only."""
-    return lambda kind, round_, body: edit(body, round_) if kind == "client-round" else body
 
 
 def test_a_claim_below_its_recomputation_fails_epsilon_recomputed(federated_run, rewritten_ledger):
@@ -285,7 +271,7 @@ def test_export_takes_the_ledger_head_from_the_verified_ledger(federated_run, tm
         export_run(run_dir, tmp_path / "out2")
 
 
-def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tmp_path):
+def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, rewritten_ledger):
     def a_third_of_the_steps(body, round_):
         if round_ == 1:
             body["steps"] = body["steps"] // 3
@@ -293,7 +279,7 @@ def test_fewer_steps_than_local_epochs_times_batches_is_caught(federated_run, tm
             body["epsilon"] = epsilon_of([tuple(h) for h in body["history"]], 1e-5)
         return body
 
-    run_dir = _rewrite_client_entries(federated_run, tmp_path, a_third_of_the_steps)
+    run_dir = rewritten_ledger(federated_run, _client(a_third_of_the_steps))
     problems = audit(run_dir).failures["sample-rate"]
     assert len(problems) == 12 and all("but local-epochs 3 x ceil(n=" in p for p in problems)
 
