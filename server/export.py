@@ -66,6 +66,7 @@ class _TowerOnTensors(nn.Module):
 
 
 EXPORT_KEY = "export-key.pem"  # a run's own export-signing key, when no deployment key is given
+EXPORT_PUBLIC_KEY = "export-key.pub"  # its public half, for the devices to trust
 
 
 def export_run(run_dir: str | Path, out: str | Path, signing_key: str | Path | None = None) -> Path:
@@ -112,7 +113,7 @@ def export_run(run_dir: str | Path, out: str | Path, signing_key: str | Path | N
         raise ValueError(f"{key_path}: signing key not found")
     manifest = signed_manifest(json.loads(json.dumps(manifest, default=str), parse_constant=str), key_path)
     if not signing_key:
-        run.file("export-key.pub").write_text(manifest["signer"], encoding="utf-8")
+        run.file(EXPORT_PUBLIC_KEY).write_text(manifest["signer"], encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 

@@ -215,10 +215,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_experiment(args.config, base=_overrides(args.set))
         return 0
     if args.command == "export":
-        from server.export import export_run
+        from server.export import EXPORT_KEY, export_run
 
         print(f"fedmmrec: wrote {export_run(args.run_dir, args.out, args.signing_key)} (signed with "
-              f"{args.signing_key or Path(args.run_dir) / 'export-key.pem'}; devices trust its public key)")
+              f"{args.signing_key or Path(args.run_dir) / EXPORT_KEY}; devices trust its public key)")
         return 0
     if args.command == "recommend":
         from client.recommend import explanation_lines, load_export, rank
