@@ -8,7 +8,9 @@
   folder the server names in its config (one SuperNode per user).
 
 Loaded once per process (simulation actors serve many rounds and users): the catalog
-features come from the on-disk cache and are shared by all partitions.
+features come from the on-disk cache and are shared by all partitions. They stay numpy arrays:
+torch is imported only when a mode trains or ranks with the item tower (``LocalData.catalog``),
+so a device in the default mode, which only computes statistics, never loads it.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from shared.data import leave_last_out, load_dataset
-from shared.features import load_or_compute_features
-from shared.models.recommender import catalog_tensors
+from shared.features import ItemFeatures, load_or_compute_features
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class LocalData:
     """What one device trains and evaluates on (item indices into the public catalog)."""
 
     user_id: str
-    catalog: dict[str, torch.Tensor]
+    features: ItemFeatures  # the public catalog's backbone features (numpy), shared per process
     train_items: np.ndarray
     test_item: int
     cold_items: frozenset[int]
@@ -40,7 +45,12 @@ class LocalData:
 
     @property
     def num_items(self) -> int:
-        return int(self.catalog["text"].shape[0])
+        return int(self.features.text.shape[0])
+
+    @property
+    def catalog(self) -> dict[str, torch.Tensor]:
+        """The catalog as the item tower's input tensors (torch is imported here, on first use)."""
+        return _catalog_tensors(self.features, tuple(int(i) for i in self.held_out_items))
 
 
 def _data_version(data_dir: str) -> tuple:
@@ -67,7 +77,22 @@ def _load_split_version(data_dir: str, cache_dir: str, cold_fraction: float, see
     split = leave_last_out(dataset, cold_fraction, seed)
     features = load_or_compute_features(dataset, cache_dir or None, progress=False)
     cold_items = frozenset(int(i) for i in split.cold_items)
-    return dataset, split, catalog_tensors(features, split.held_out_items), cold_items
+    return dataset, split, features, cold_items
+
+
+_TENSORS: dict[tuple[int, tuple[int, ...]], tuple[ItemFeatures, dict]] = {}
+
+
+def _catalog_tensors(features: ItemFeatures, held_out: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """One set of tensors per loaded catalog and hold-out (kept with the features they view)."""
+    key = (id(features), held_out)
+    if key not in _TENSORS or _TENSORS[key][0] is not features:
+        from shared.models.recommender import catalog_tensors
+
+        if len(_TENSORS) >= 4:
+            _TENSORS.clear()
+        _TENSORS[key] = (features, catalog_tensors(features, np.asarray(held_out, dtype=np.int64)))
+    return _TENSORS[key][1]
 
 
 def _device_cache_dir(node_config: dict) -> str:
@@ -89,7 +114,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
         cold = (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
-    dataset, split, catalog, cold_items = _load_split(data_dir, cache_dir, *cold)
+    dataset, split, features, cold_items = _load_split(data_dir, cache_dir, *cold)
     if not 0 <= partition < len(split.users):
         raise ValueError(
             f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "
@@ -97,7 +122,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         )
     return LocalData(
         user_id=dataset.user_ids[split.users[partition]],
-        catalog=catalog,
+        features=features,
         train_items=split.train_items[partition],
         test_item=int(split.test_item[partition]),
         # A device sees only its own interactions, so it cannot tell which items nobody has

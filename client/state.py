@@ -16,9 +16,10 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
 from shared.privacy.accounting import History, history_from_json, history_to_json
 from shared.run_directory import DEVICE_STATE_FILE as STATE_FILE
@@ -29,6 +30,9 @@ USER_KEY = "private-user"
 PRIVACY_KEY = "privacy"
 TRAINED_KEY = "trained"  # the items this device has trained on (its replay memory's population)
 STATE_FORMAT = "fedmmrec-device-state/1"
+
+if TYPE_CHECKING:  # only the tower's modes hold a user embedding; the statistics need no torch
+    import torch
 
 
 class DeviceStateError(ValueError):
@@ -44,6 +48,20 @@ def state_path(context: Context, config: dict) -> Path | None:
     if config.get("device-state-dir") and "partition-id" in context.node_config:
         return simulated_device_folder(str(config["device-state-dir"]), int(context.node_config["partition-id"])) / STATE_FILE
     return None
+
+
+def who(context: Context) -> int:
+    """This client's index: its partition in a simulation (so runs repeat), its node id on a device."""
+    return int(context.node_config.get("partition-id", context.node_id % 100_003))
+
+
+def identity(context: Context) -> str:
+    """Who this device is to the server, apart from its pseudonym: its simulated partition, or
+    its Flower node id (bound to the key it authenticates with) on a real device. The server
+    keeps spend under it, so a device that lost its state cannot start a fresh budget."""
+    if "partition-id" in context.node_config and "data-dir" not in context.node_config:
+        return f"partition-{int(context.node_config['partition-id'])}"
+    return f"node-{context.node_id}"
 
 
 def signing_key_path(context: Context, config: dict) -> Path | None:
@@ -75,7 +93,7 @@ def restore_device_state(context: Context, config: dict, user_id: str) -> None:
         raw = json.loads(path.read_text(encoding="utf-8"))
         fmt, owner = raw["format"], raw["user"]
         history = history_from_json(json.dumps(raw["history"]))
-        weight = torch.tensor(raw["user-embedding"], dtype=torch.float32) if raw["user-embedding"] else None
+        weight = np.asarray(raw["user-embedding"], dtype=np.float32) if raw["user-embedding"] else None
         epsilon = float(raw["epsilon"])
         name = str(raw["pseudonym"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -88,7 +106,7 @@ def restore_device_state(context: Context, config: dict, user_id: str) -> None:
     context.state[PRIVACY_KEY] = ConfigRecord({"history": history_to_json(history), "epsilon": epsilon, "pseudonym": name})
     context.state[TRAINED_KEY] = ConfigRecord({"items": json.dumps([int(i) for i in raw.get("trained-items", [])])})
     if weight is not None:
-        context.state[USER_KEY] = ArrayRecord({"weight": weight})
+        context.state[USER_KEY] = ArrayRecord({"weight": Array(weight)})
 
 
 def load_user_embedding(context: Context):

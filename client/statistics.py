@@ -9,8 +9,7 @@ nothing and weakens no one's guarantee.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message
 
 from client.local_data import LocalData
 from shared.config import parse_modalities
@@ -24,20 +23,18 @@ from shared.cooccurrence import (
 from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
 
 TASKS = ("popularity", "cooccurrence", "selection")
-_CONTENT: dict[int, np.ndarray] = {}
+_CONTENT: dict[tuple, tuple] = {}  # (features id, modalities) -> (features, content)
 
 
 def catalog_content(data: LocalData, modalities: tuple[str, ...]) -> np.ndarray:
     """The public catalog's content matrix over the run's ``modalities``, computed on the
-    device from its cached features (once per process: the catalog tensors are shared by every
+    device from its cached features (once per process: the features are shared by every
     partition it serves)."""
-    key = (id(data.catalog["text"]), modalities)
-    if key not in _CONTENT:
-        c = data.catalog
-        _CONTENT[key] = content_matrix(
-            c["text"].numpy(), c["text_mask"].numpy(), c["image"].numpy(), c["image_mask"].numpy(), modalities
-        )
-    return _CONTENT[key]
+    key = (id(data.features), modalities)
+    if key not in _CONTENT or _CONTENT[key][0] is not data.features:
+        f = data.features
+        _CONTENT[key] = (f, content_matrix(f.text, f.text_mask, f.image, f.image_mask, modalities))
+    return _CONTENT[key][1]
 
 
 def run_modalities(msg: Message) -> tuple[str, ...]:
@@ -60,7 +57,7 @@ def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
 def statistic_reply(msg: Message, data: LocalData, task: str, client_id: str) -> Message:
     """The reply carrying this device's contribution to release ``task``."""
     vector = contribution(msg, data, task).astype(np.float32)
-    arrays = ArrayRecord({CONTRIBUTION_KEY: torch.from_numpy(vector)})
+    arrays = ArrayRecord({CONTRIBUTION_KEY: Array(vector)})
     return contribution_reply(msg, arrays, len(data.train_items), int(vector.nbytes), client_id, task)
 
 

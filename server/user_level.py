@@ -33,8 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from server.replies import MESSAGE_TIMEOUT_S, ok_replies
@@ -170,7 +169,7 @@ def _contributions(replies: list[Message], dimension: int, who: list[str]) -> It
 
 
 def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
-    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()})
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()})
 
 
 def run_user_level(
@@ -203,7 +202,7 @@ def run_user_level(
     released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
-    arrays = ArrayRecord({"known": torch.from_numpy(known.astype(np.int64))})
+    arrays = ArrayRecord()  # the first release needs nothing but the task: a device counts its own items
     secure = None
     if config.privacy.user_noise == "distributed":
         secure = SecureAggregation(grid, nodes, config, [dimensions[name] for name in names], log)
@@ -250,7 +249,7 @@ def run_user_level(
         head = ledger.append([("release", server_round, body)])
         if name == "popularity":
             released["top-items"] = top_items(noisy, known, m)
-            arrays = ArrayRecord({"top-items": torch.from_numpy(released["top-items"])})
+            arrays = ArrayRecord({"top-items": Array(np.ascontiguousarray(released["top-items"]))})
         elif name == "cooccurrence":
             model, rank = fit_model(
                 released["popularity"], fitted_stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,

@@ -27,12 +27,14 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from shared.privacy.ledger import Entry, Ledger, read_entries
+
+if TYPE_CHECKING:  # checkpoints need torch; devices read only their folder names from here
+    import torch
 
 VERSIONED_PACKAGES = ("flwr", "torch", "torchvision", "opacus", "transformers", "numpy")
 DEVICE_STATE_FILE = "device-state.json"
@@ -142,6 +144,8 @@ class RunDirectory:
 
     def save_checkpoint(self, name: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
         buffer = io.BytesIO()
+        import torch
+
         torch.save({"item_tower": state, "meta": meta}, buffer)
         path = self.checkpoint_path(name)
         _atomic_write_bytes(path, buffer.getvalue())
@@ -208,6 +212,8 @@ class RunDirectory:
         return read_entries(self.ledger_path)
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        import torch
+
         return torch.load(path, map_location="cpu")
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:

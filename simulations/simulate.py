@@ -19,9 +19,16 @@ from shared.data.prepare import resolve_data_dir
 from shared.run_directory import RunDirectory
 
 
-def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None) -> Path:
+ENGINES = ("ray", "in-process")
+
+
+def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None, engine: str = "ray") -> Path:
     """Run one federated simulation; return its run directory (``client_app``: another
-    ClientApp, for benchmarks)."""
+    ClientApp, for benchmarks). ``engine``: Flower's simulation engine (``ray``, what
+    ``fedmmrec run`` uses) or ``in-process`` (:mod:`simulations.in_process`: the same server and
+    ClientApp code in this process, devices one after another, no round timeouts)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from flwr.simulation import run_simulation
@@ -55,12 +62,18 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
         from simulations.faults import (
             app as client_app,  # the real client, made to misbehave
         )
-    run_simulation(
-        server_app=build_server_app(config.flat()),
-        client_app=client_app,
-        num_supernodes=users,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
-    )
+    if engine == "in-process":
+        from server.federation import run_federated
+        from simulations.in_process import InProcessGrid
+
+        run_federated(InProcessGrid(client_app, users), resolve(None, config.flat()))
+    else:
+        run_simulation(
+            server_app=build_server_app(config.flat()),
+            client_app=client_app,
+            num_supernodes=users,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
+        )
     run_dir = Path(config.run.run_dir) / config.run.run_id
     if not run_dir.is_dir() or not RunDirectory.open(run_dir).has_summary():
         raise RuntimeError(f"{run_dir}: the simulation ended without a summary; see the log above")

@@ -19,6 +19,13 @@ from simulations.simulate import read_summary, simulate
 NOISE, CLIP, ROUNDS = 5.0, 0.05, 3
 
 
+def _simulate(settings):
+    """Central DP's server-side checks read what the server computed: the in-process engine
+    (the real server and ClientApp code in this process) serves them. Flower's own engine
+    carries the local-DP and default-mode runs of the other tests."""
+    return simulate(settings, engine="in-process")
+
+
 def _central(small_dataset, feature_cache, run_dir, run_id: str, **extra) -> dict:
     return {
         "data-dir": str(small_dataset),
@@ -38,7 +45,7 @@ def _central(small_dataset, feature_cache, run_dir, run_id: str, **extra) -> dic
 @pytest.fixture(scope="module")
 def canary_run(small_dataset, feature_cache, tmp_path_factory):
     runs = tmp_path_factory.mktemp("central")
-    return simulate(_central(small_dataset, feature_cache, runs, "canaries", canaries=500))
+    return _simulate(_central(small_dataset, feature_cache, runs, "canaries", canaries=500))
 
 
 def test_central_dp_run_is_recorded_and_passes_the_audit(canary_run):
@@ -106,7 +113,7 @@ def test_a_server_that_inflates_the_updates_it_aggregated_fails_noise_conformanc
 
 def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: np.zeros(size))
-    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))
+    run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))
     report = audit(run_dir)
     # Everything the ledger claims is internally consistent ...
     assert not report.failures["hash-chain"] and not report.failures["server-accounting"]
@@ -124,7 +131,7 @@ def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_datase
 def test_server_noise_cut_to_a_tenth_is_caught_from_the_released_norms(small_dataset, feature_cache, tmp_path, monkeypatch):
     real = shared.privacy.dp_fedavg.gaussian_noise
     monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
-    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
+    run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
     problems = audit(run_dir).failures["noise-conformance"]
     assert len(problems) == ROUNDS + 1 and all("released update norm" in p for p in problems[:ROUNDS])
     assert problems[ROUNDS].startswith(f"final minus initial model ({ROUNDS} DP-FedAvg rounds): norm")
@@ -146,7 +153,7 @@ def test_server_noise_cut_with_full_size_norms_recorded_is_caught_from_the_check
         return float(np.hypot(real_norm(before, after), 1.0 * CLIP * np.sqrt(d) / 12))
 
     monkeypatch.setattr(server.recorder, "update_norm", full_size)
-    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "tenth-lied", **{"server-noise-multiplier": 1.0}))
+    run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "tenth-lied", **{"server-noise-multiplier": 1.0}))
     problems = audit(run_dir).failures["noise-conformance"]
     assert len(problems) == 1 and problems[0].startswith(f"final minus initial model ({ROUNDS} DP-FedAvg rounds): norm")
     assert run_audit(run_dir) == 1
@@ -155,7 +162,7 @@ def test_server_noise_cut_with_full_size_norms_recorded_is_caught_from_the_check
 def test_server_budget_stops_the_run_before_it_is_exceeded(small_dataset, feature_cache, tmp_path):
     mechanism = CentralDP(CLIP, NOISE, 1.0, 12)
     cap = (mechanism.epsilon(2, 1e-5) + mechanism.epsilon(3, 1e-5)) / 2
-    run_dir = simulate(
+    run_dir = _simulate(
         _central(small_dataset, feature_cache, tmp_path, "capped", **{"num-server-rounds": 5, "server-epsilon-cap": cap})
     )
     entries = read_ledger(run_dir)
@@ -188,7 +195,7 @@ def test_a_canary_check_that_could_not_fail_says_inconclusive_not_pass(small_dat
     the claim of z = 0.5 over 3 rounds, so the check is INCONCLUSIVE and names what would do."""
     from server.audit.report import to_markdown
 
-    run_dir = simulate(_central(small_dataset, feature_cache, tmp_path, "weak", canaries=100, **{"server-noise-multiplier": 0.5}))
+    run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "weak", canaries=100, **{"server-noise-multiplier": 0.5}))
     report = audit(run_dir)
     claimed = read_summary(run_dir)["privacy"]["user-level-epsilon"]
     assert claimed > 10

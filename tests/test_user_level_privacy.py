@@ -45,7 +45,8 @@ def _user_run(small_dataset, feature_cache, runs, run_id: str, **extra):
             "user-noise": "central",  # these tests are the central mechanism's (the secure sum's are tests/test_secure_sum.py)
             "user-epsilon": 3.0,
             **extra,
-        }
+        },
+        engine="in-process",  # what the server computes and records: the same code without Ray's processes
     )
 
 

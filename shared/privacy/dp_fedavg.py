@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from flwr.app import ArrayRecord
 
 from shared.privacy.accounting import History, epsilon_of
 from shared.privacy.canaries import CanarySet
+
+if TYPE_CHECKING:  # torch is imported where a model is rebuilt: the clip is numpy only (devices)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ def flatten(state: dict[str, torch.Tensor] | ArrayRecord) -> np.ndarray:
 
 def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
     """Inverse of :func:`flatten` onto the keys, shapes and dtypes of ``like``."""
+    import torch
+
     out, offset = {}, 0
     for key in sorted(like.keys()):
         reference = like[key].numpy()
