@@ -50,14 +50,23 @@ def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", ov
 
 
 def _traffic(runs: Path) -> dict[str, Any]:
-    """Payload bytes per client per round of the newest run (TLS and HTTP framing excluded)."""
+    """Payload bytes per client of the newest run, round by round (or release by release) and
+    in all (TLS and HTTP framing excluded): a default-mode run sends most in its co-occurrence
+    release, not its last."""
     found = [RunDirectory.open(p) for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
     found = sorted((run for run in found if run.metrics_path.is_file()), key=lambda run: run.metrics_path.stat().st_mtime)
     if not found:
         return {}
     rows = found[-1].read_metrics()
+
+    def by_round(key: str) -> list[float | None]:
+        return [row.get(key) for row in rows]
+
+    sent, received = by_round("bytes-sent-per-client"), by_round("bytes-received-per-client")
     return {
         "run-dir": str(found[-1].path),
-        "bytes-sent-per-client-per-round": rows[-1].get("bytes-sent-per-client") if rows else None,
-        "bytes-received-per-client-per-round": rows[-1].get("bytes-received-per-client") if rows else None,
+        "bytes-sent-per-client-by-round": sent,
+        "bytes-sent-per-client-total": sum(v for v in sent if v is not None),
+        "bytes-received-per-client-by-round": received,
+        "bytes-received-per-client-total": sum(v for v in received if v is not None),
     }

@@ -93,8 +93,10 @@ def rewritten_ledger(tmp_path):
 @pytest.fixture(scope="session")
 def user_run(small_dataset, feature_cache, tmp_path_factory):
     """A real default-mode run (privacy = user, the secure sum) of the 12-user dataset, over the
-    60 most popular items: what the explanation, export and online tests read."""
+    60 most popular items: what the explanation, export and online tests read. They read the
+    finished run only, so it runs on the in-process engine (the same server and ClientApp code,
+    no Ray processes)."""
     from simulations.simulate import simulate
 
     return simulate({"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "cooccurrence-items": 60,
-                     "run-dir": str(tmp_path_factory.mktemp("user")), "run-id": "explained"})
+                     "run-dir": str(tmp_path_factory.mktemp("user")), "run-id": "explained"}, engine="in-process")

@@ -46,9 +46,9 @@ def _grow(source, target, new_items: int = 2):
 def test_a_run_continues_on_grown_data_and_its_spend_composes(small_dataset, feature_cache, tmp_path):
     runs = tmp_path / "runs"
     base = {"feature-cache": str(feature_cache), "privacy": "local", "fraction-train": 1.0, "local-epochs": 1}
-    run_dir = simulate({**base, "data-dir": str(small_dataset), "num-server-rounds": 2, "run-dir": str(runs), "run-id": "grow"})
+    run_dir = simulate({**base, "data-dir": str(small_dataset), "num-server-rounds": 2, "run-dir": str(runs), "run-id": "grow"}, engine="in-process")
     grown = _grow(small_dataset, tmp_path / "grown")
-    simulate({"resume": str(run_dir), "data-dir": str(grown), "num-server-rounds": 4})
+    simulate({"resume": str(run_dir), "data-dir": str(grown), "num-server-rounds": 4}, engine="in-process")
 
     entries = read_ledger(run_dir)
     change = [e.body for e in entries if e.kind == "data"]
@@ -80,14 +80,14 @@ def test_a_run_continues_on_grown_data_and_its_spend_composes(small_dataset, fea
     assert np.load(out / "item_embeddings.npy").shape[0] == 122  # the new items, embedded from their content
 
     # A resume after the continue stays on the grown data (the ledger's data entry, not config.json).
-    simulate({"resume": str(run_dir), "num-server-rounds": 5})
+    simulate({"resume": str(run_dir), "num-server-rounds": 5}, engine="in-process")
     assert read_summary(run_dir)["dataset"]["items"] == 122 and audit(run_dir).passed
 
 
 def test_data_that_does_not_extend_the_runs_is_refused_with_the_reason(small_dataset, feature_cache, tmp_path):
     runs = tmp_path / "runs"
     run_dir = simulate({"feature-cache": str(feature_cache), "privacy": "local", "data-dir": str(small_dataset),
-                        "num-server-rounds": 1, "run-dir": str(runs), "run-id": "strict", "local-epochs": 1})
+                        "num-server-rounds": 1, "run-dir": str(runs), "run-id": "strict", "local-epochs": 1}, engine="in-process")
     reordered = tmp_path / "reordered"
     shutil.copytree(small_dataset, reordered)
     lines = (reordered / "items.csv").read_text(encoding="utf-8").splitlines()

@@ -23,7 +23,8 @@ def test_clients_at_their_cap_decline_and_the_run_stops_cleanly(small_dataset, f
             "fraction-train": 1.0,
             "epsilon-cap": 1.0,  # below what a single local round costs
             "privacy": "local",
-        }
+        },
+        engine="in-process",
     )
     rows = read_metrics(run_dir)
     assert len(rows) == 1  # stopped after the first round: nobody could train
@@ -64,7 +65,8 @@ def test_clients_at_their_cap_are_replaced_by_others(small_dataset, feature_cach
             "fraction-train": 0.5,
             "epsilon-cap": cap,
             "privacy": "local",
-        }
+        },
+        engine="in-process",
     )
     row = read_metrics(run_dir)[0]
     # Every affordable client trained, wherever the sampler started: declines were replaced

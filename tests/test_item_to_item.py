@@ -108,7 +108,7 @@ def test_text_only_content_has_no_image_columns():
 
 
 def test_federated_ease_without_noise_is_ease_on_the_pooled_interactions(small_dataset, feature_cache, tmp_path):
-    """Through Flower: every device sends its unit co-occurrence, the server sums (no noise at
+    """Through the ClientApp and the server: every device sends its unit co-occurrence, the server sums (no noise at
     ``user-epsilon = inf``) and solves EASE; the served weights equal EASE computed directly from
     the split's training interactions, and the cold items are the content map times the weight."""
     settings = {
@@ -117,7 +117,7 @@ def test_federated_ease_without_noise_is_ease_on_the_pooled_interactions(small_d
         "ease-lambda": 1.5, "cold-weight": 2.5, "cooccurrence-items": 1000, "cold-start-items": 0.1,
         "modalities": "text",
     }
-    run = simulate(settings)
+    run = simulate(settings, engine="in-process")
     config = resolve(None, settings)
     dataset = load_dataset(small_dataset)
     split = split_for(dataset, config)
