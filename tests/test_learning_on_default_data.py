@@ -5,8 +5,10 @@ configuration ranks held-out items far better than chance.
 The rank percentile (0 best, 0.5 for a random ranker, whose mean over 100 users has std ~0.03)
 is the low-variance measure; HR@10 over 100 users is coarse (one user is 0.01), so the user-level
 job is held to beating most-popular on both HR@10 and NDCG@10 by a margin of several users.
-The DP-SGD run (30 rounds, Opacus accounting on every client) takes about 2.5 minutes on 2 CPU
-cores; the user-level job about 15 seconds.
+Both runs ask what the server and the devices compute, so they run on the in-process engine
+(the real server and ClientApp, devices in a fixed order): the DP-SGD run (Opacus accounting on
+every client) takes about 55 s on 2 CPU cores (80 s on Ray's engine), the user-level job about
+25 s. Flower's Ray engine is exercised by the session's local-DP run (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def default_data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("default") / "synth", SynthConfig())
 
 
-def _run(data, feature_cache, runs, **extra):
-    return simulate({"data-dir": str(data), "feature-cache": str(feature_cache), "run-dir": str(runs), **extra})
+def _run(data, feature_cache, runs, engine="in-process", **extra):
+    return simulate({"data-dir": str(data), "feature-cache": str(feature_cache), "run-dir": str(runs), **extra}, engine=engine)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def user_level_run(default_data, feature_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_dp_run(default_data, feature_cache, tmp_path_factory):
-    return read_summary(_run(default_data, feature_cache, tmp_path_factory.mktemp("runs"), privacy="local"))
+    return _run(default_data, feature_cache, tmp_path_factory.mktemp("runs"), privacy="local")
 
 
 def test_default_job_is_user_level_dp_at_epsilon_8_and_beats_most_popular(user_level_run):
@@ -60,14 +62,42 @@ def test_default_job_is_user_level_dp_at_epsilon_8_and_beats_most_popular(user_l
     assert audit(user_level_run).passed
 
 
-def test_dp_federated_model_ranks_held_out_items_better_than_random(local_dp_run):
-    final = local_dp_run["final"]
+def test_dp_federated_model_ranks_held_out_items_better_than_random_and_most_popular(local_dp_run):
+    # 0.376 on this seed in process (devices in a fixed order; on Ray's engine, where the order
+    # varies, 0.41-0.43); a random ranker's mean over 100 users is 0.50 with std ~0.03, and
+    # most-popular's is 0.59: the DP-trained tower is four standard deviations from chance
+    final, popular = read_summary(local_dp_run)["final"], read_summary(local_dp_run)["baselines"]["most-popular"]
     assert final["clients-evaluated"] == 100
-    assert final["rank-percentile"] < 0.45
+    assert final["rank-percentile"] < 0.42
+    assert final["rank-percentile"] < popular["rank-percentile"] - 0.15
 
 
 def test_privacy_and_traffic_are_reported(local_dp_run):
-    privacy = local_dp_run["privacy"]
-    assert privacy["mode"] == "local" and privacy["clients-trained"] == 100
-    assert 0 < privacy["epsilon-mean"] <= privacy["epsilon-max"] < 100
-    assert local_dp_run["communication"]["bytes-sent-per-client-per-round"] < 1_000_000
+    """Every device's example-level epsilon is what Opacus' own RDP accountant gives for the
+    DP-SGD steps in its state file; the summary's max and mean are over those; a device sends
+    exactly the item tower's trainable arrays each round."""
+    import json
+
+    import numpy as np
+    import torch
+    from opacus.accountants import RDPAccountant
+
+    summary = read_summary(local_dp_run)
+    privacy = summary["privacy"]
+    assert privacy["mode"] == "local" and privacy["clients-trained"] == 100 and privacy["delta"] == 1e-5
+    epsilons, by_history = [], {}
+    for state_file in sorted((local_dp_run / "devices").glob("partition-*/device-state.json")):
+        state = json.loads(state_file.read_text())
+        history = tuple(tuple(step) for step in state["history"])
+        if history not in by_history:
+            accountant = RDPAccountant()
+            accountant.history = list(history)
+            by_history[history] = accountant.get_epsilon(delta=1e-5)
+        epsilons.append(by_history[history])
+        assert state["epsilon"] == pytest.approx(epsilons[-1], rel=1e-9), state_file
+    assert len(epsilons) == 100
+    assert privacy["epsilon-max"] == pytest.approx(max(epsilons), rel=1e-9)
+    assert privacy["epsilon-mean"] == pytest.approx(float(np.mean(epsilons)), rel=1e-9)
+    tower = torch.load(local_dp_run / "checkpoints" / "final.pt")["item_tower"]
+    tower_bytes = sum(v.numel() * v.element_size() for v in tower.values())
+    assert summary["communication"] == {"bytes-sent-per-client-per-round": tower_bytes, "item-tower-bytes": tower_bytes}

@@ -1,5 +1,8 @@
-"""Faults a federation meets, in real Flower simulations with the fault-injecting ClientApp
-(``simulations/faults.py``): broken, crashed, late and poisoned clients."""
+"""Faults a federation meets, with the fault-injecting ClientApp (``simulations/faults.py``):
+broken, crashed, late and poisoned clients. What the server does with a bad reply is a question
+of what it computes, so those runs use the in-process engine (the real server and ClientApp, an
+exception turned into an error reply as Flower does); the straggler needs a round timeout,
+which only Flower's engine has."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
 
 
-def _run(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
+def _run(small_dataset, feature_cache, tmp_path, run_id: str, engine: str = "in-process", **extra):
     return simulate(
         {
             "data-dir": str(small_dataset),
@@ -21,7 +24,8 @@ def _run(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
             "fraction-train": 1.0,
             "privacy": "local",
             **extra,
-        }
+        },
+        engine=engine,
     )
 
 
@@ -49,7 +53,7 @@ def test_a_straggler_is_dropped_at_the_round_timeout(small_dataset, feature_cach
     # The straggler answers only after the server closed the round (an event), so it misses the
     # timeout on any machine; the 60 s are for the eleven others on a busy 2-core machine.
     run_dir = _run(
-        small_dataset, feature_cache, tmp_path, "straggler", **{"num-server-rounds": 1, "faults": "slow:5", "round-timeout": 60.0}
+        small_dataset, feature_cache, tmp_path, "straggler", "ray", **{"num-server-rounds": 1, "faults": "slow:5", "round-timeout": 60.0}
     )
     row = read_metrics(run_dir)[0]
     assert row["clients-trained"] == 11 and row["clients-failed"] == 1 and not row["round-skipped"]

@@ -65,10 +65,11 @@ def _run_then_lose_a_device(small_dataset, feature_cache, tmp_path, run_id: str)
         {
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": run_id,
             "privacy": "local", "num-server-rounds": 2, "fraction-train": 1.0,
-        }
+        },
+        engine="in-process",  # what the server and devices compute; the kill above needs processes
     )
     (run_dir / "devices" / "partition-3" / "device-state.json").unlink()  # the device lost its state
-    simulate({"resume": str(run_dir), "num-server-rounds": 3})
+    simulate({"resume": str(run_dir), "num-server-rounds": 3}, engine="in-process")
     return run_dir
 
 
