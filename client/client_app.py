@@ -2,7 +2,8 @@
 
 - ``privacy = user`` (the default): one bounded statistic of the device's history per release
   (masked with its noise share under the secure sum), and ranking with the released model.
-  numpy only: the device never imports torch, so it starts fast and stays small.
+  numpy only: the device never imports torch, so it starts fast and stays small; deployed, it
+  gets the catalog's content matrix from the server (``receive_catalog``), not from images.
 - the item tower's modes: DP-SGD training and ranking in :mod:`client.tower`, imported on the
   first message that needs it.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.catalog_content import receive_catalog
 from client.local_data import local_data
 from client.mods import private_state_guard
 from client.ranking import ranking_reply
@@ -24,7 +26,7 @@ from client.statistics import statistic_reply
 from shared.messages import SECURE_STAGES, TASK_KEY, message_config
 from shared.privacy.spend_signature import device_key
 
-app = ClientApp(mods=[private_state_guard])
+app = ClientApp(mods=[private_state_guard, receive_catalog])
 
 
 @app.train()
@@ -41,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
         key_path = signing_key_path(context, config)
         key = device_key(key_path) if key_path is not None else None
         return stage_reply(msg, context, data, task, pseudonym(context), identity(context), key)
-    return statistic_reply(msg, data, task, pseudonym(context))
+    return statistic_reply(msg, data, task, pseudonym(context), dict(context.node_config))
 
 
 @app.evaluate()
@@ -49,7 +51,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = message_config(msg)
     data = local_data(dict(context.node_config), config)
     if config["privacy"] == "user":  # the released model and this device's own history
-        return ranking_reply(msg, context, data, released_model_scores(msg, data))
+        return ranking_reply(msg, context, data, released_model_scores(msg, data, dict(context.node_config)))
     restore_device_state(context, config, data.user_id)
     from client import tower
 

@@ -1,16 +1,18 @@
 """Find this device's data: one ClientApp, two ways to find it.
 
 - Deployment: ``node_config["data-dir"]`` is the device's own dataset folder (same format as
-  any dataset; its interactions are this user's). The backbone features are cached on the
-  device, in ``node_config["feature-cache"]`` or else ``<state-dir>/features``, so they are
-  computed once per catalog and survive SuperNode restarts.
+  any dataset; its interactions are this user's). A mode that trains the item tower needs the
+  catalog's backbone features, cached on the device in ``node_config["feature-cache"]`` or else
+  ``<state-dir>/features``, so they are computed once per catalog and survive SuperNode
+  restarts; the default mode needs neither them nor the images (the server ships the content
+  matrix: :mod:`client.catalog_content`).
 - Simulation: ``node_config["partition-id"]`` picks user ``k`` of the split of the dataset
   folder the server names in its config (one SuperNode per user).
 
-Loaded once per process (simulation actors serve many rounds and users): the catalog
-features come from the on-disk cache and are shared by all partitions. They stay numpy arrays:
-torch is imported only when a mode trains or ranks with the item tower (``LocalData.catalog``),
-so a device in the default mode, which only computes statistics, never loads it.
+Loaded once per process (simulation actors serve many rounds and users). The catalog features
+are read (or computed) on first use only, come from the on-disk cache and are shared by all
+partitions. They stay numpy arrays: torch is imported only when a mode trains or ranks with the
+item tower (``LocalData.catalog``), so a device in the default mode never loads it.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ class LocalData:
     """What one device trains and evaluates on (item indices into the public catalog)."""
 
     user_id: str
-    features: ItemFeatures  # the public catalog's backbone features (numpy), shared per process
+    num_items: int  # the public catalog's size (items.csv)
     train_items: np.ndarray
     test_item: int
     cold_items: frozenset[int]
     held_out_items: np.ndarray  # cold-start protocol: items that do not exist at training time
     on_device: bool = False  # a real device (its own data-dir), not a simulated partition
     validation_item: int = -1  # the most recent training interaction (for on-device validation)
+    data_dir: str = ""
+    feature_cache: str = ""
 
     @property
-    def num_items(self) -> int:
-        return int(self.features.text.shape[0])
+    def features(self) -> ItemFeatures:
+        """The public catalog's backbone features (numpy), loaded on first use, shared per process."""
+        return _features(self.data_dir, self.feature_cache, _data_version(self.data_dir))
 
     @property
     def catalog(self) -> dict[str, torch.Tensor]:
@@ -66,17 +71,21 @@ def _data_version(data_dir: str) -> tuple:
     return tuple(out)
 
 
-def _load_split(data_dir: str, cache_dir: str, cold_fraction: float = 0.0, seed: int = 0):
-    return _load_split_version(data_dir, cache_dir, cold_fraction, seed, _data_version(data_dir))
+def _load_split(data_dir: str, cold_fraction: float = 0.0, seed: int = 0):
+    return _load_split_version(data_dir, cold_fraction, seed, _data_version(data_dir))
 
 
 @lru_cache(maxsize=4)
-def _load_split_version(data_dir: str, cache_dir: str, cold_fraction: float, seed: int, version: tuple):
-    dataset = load_dataset(data_dir)
+def _load_split_version(data_dir: str, cold_fraction: float, seed: int, version: tuple):
+    dataset = load_dataset(data_dir, check_images=False, need_images=False)  # the features' loader needs them, when used
     split = leave_last_out(dataset, cold_fraction, seed)
-    features = load_or_compute_features(dataset, cache_dir or None, progress=False)
     cold_items = frozenset(int(i) for i in split.cold_items)
-    return dataset, split, features, cold_items
+    return dataset, split, cold_items
+
+
+@lru_cache(maxsize=4)
+def _features(data_dir: str, cache_dir: str, version: tuple) -> ItemFeatures:
+    return load_or_compute_features(load_dataset(data_dir), cache_dir or None, progress=False)
 
 
 _TENSORS: dict[tuple[int, tuple[int, ...]], tuple[ItemFeatures, dict]] = {}
@@ -113,7 +122,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
         cold = (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
-    dataset, split, features, cold_items = _load_split(data_dir, cache_dir, *cold)
+    dataset, split, cold_items = _load_split(data_dir, *cold)
     if not 0 <= partition < len(split.users):
         raise ValueError(
             f"{data_dir}: partition {partition} out of range: the dataset has {len(split.users)} "
@@ -121,7 +130,7 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         )
     return LocalData(
         user_id=dataset.user_ids[split.users[partition]],
-        features=features,
+        num_items=dataset.num_items,
         train_items=split.train_items[partition],
         test_item=int(split.test_item[partition]),
         # A device sees only its own interactions, so it cannot tell which items nobody has
@@ -130,4 +139,6 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
         held_out_items=split.held_out_items,
         on_device=on_device,
         validation_item=int(split.validation_item[partition]) if len(split.validation_item) else -1,
+        data_dir=data_dir,
+        feature_cache=cache_dir,
     )

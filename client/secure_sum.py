@@ -103,7 +103,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         release = plan.release(str(fields["release"]))
         if not session.held:
             session.hold(list(fields["held"]))
-        statistic = contribution(msg, data, release.name)
+        statistic = contribution(msg, data, release.name, dict(context.node_config))
         masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"])
         _keep(context, session)
         record.update({"client": client_id, "identity": identity})

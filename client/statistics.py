@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
+from client.catalog_content import catalog_content
 from client.local_data import LocalData
 from shared.config import parse_modalities
 from shared.cooccurrence import (
     CooccurrenceModel,
-    content_matrix,
     cooccurrence_contribution,
     popularity_contribution,
     selection_contribution,
@@ -23,25 +23,13 @@ from shared.cooccurrence import (
 from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
 
 TASKS = ("popularity", "cooccurrence", "selection")
-_CONTENT: dict[tuple, tuple] = {}  # (features id, modalities) -> (features, content)
-
-
-def catalog_content(data: LocalData, modalities: tuple[str, ...]) -> np.ndarray:
-    """The public catalog's content matrix over the run's ``modalities``, computed on the
-    device from its cached features (once per process: the features are shared by every
-    partition it serves)."""
-    key = (id(data.features), modalities)
-    if key not in _CONTENT or _CONTENT[key][0] is not data.features:
-        f = data.features
-        _CONTENT[key] = (f, content_matrix(f.text, f.text_mask, f.image, f.image_mask, modalities))
-    return _CONTENT[key][1]
 
 
 def run_modalities(msg: Message) -> tuple[str, ...]:
     return parse_modalities(message_config(msg).get("modalities", "text,image"))
 
 
-def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
+def contribution(msg: Message, data: LocalData, task: str, node_config: dict) -> np.ndarray:
     """This device's contribution to release ``task``."""
     if task == "popularity":
         return popularity_contribution(data.train_items, data.num_items)
@@ -49,14 +37,14 @@ def contribution(msg: Message, data: LocalData, task: str) -> np.ndarray:
         return cooccurrence_contribution(data.train_items, msg.content[ARRAYS]["top-items"].numpy())
     if task == "selection":
         return selection_contribution(
-            released_model(msg), data.train_items, data.validation_item, catalog_content(data, run_modalities(msg))
+            released_model(msg), data.train_items, data.validation_item, catalog_content(msg, node_config, data, run_modalities(msg))
         )
     raise ValueError(f"unknown release task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def statistic_reply(msg: Message, data: LocalData, task: str, client_id: str) -> Message:
+def statistic_reply(msg: Message, data: LocalData, task: str, client_id: str, node_config: dict) -> Message:
     """The reply carrying this device's contribution to release ``task``."""
-    vector = contribution(msg, data, task).astype(np.float32)
+    vector = contribution(msg, data, task, node_config).astype(np.float32)
     arrays = ArrayRecord({CONTRIBUTION_KEY: Array(vector)})
     return contribution_reply(msg, arrays, len(data.train_items), int(vector.nbytes), client_id, task)
 
@@ -65,7 +53,8 @@ def released_model(msg: Message) -> CooccurrenceModel:
     return CooccurrenceModel.from_arrays({key: value.numpy() for key, value in msg.content[ARRAYS].items()})
 
 
-def scores(msg: Message, data: LocalData) -> np.ndarray:
+def scores(msg: Message, data: LocalData, node_config: dict) -> np.ndarray:
     """Every catalog item's score for this device's user under the released model."""
     model = released_model(msg)
-    return model.scores(data.train_items, catalog_content(data, run_modalities(msg)) if model.content_weight else None)
+    content = catalog_content(msg, node_config, data, run_modalities(msg)) if model.content_weight else None
+    return model.scores(data.train_items, content)

@@ -60,7 +60,7 @@ def _run_user_level(grid: Grid, setup: RunSetup):
     features = load_or_compute_features(setup.dataset, config.data.feature_cache or None, progress=False)
     nodes = sorted(grid.get_node_ids())
 
-    def evaluate(arrays: ArrayRecord, server_round: int) -> dict[str, float]:
-        return evaluate_nodes(grid, nodes, arrays, config.device_settings(), server_round)
+    def evaluate(through: Grid, arrays: ArrayRecord, server_round: int) -> dict[str, float]:
+        return evaluate_nodes(through, nodes, arrays, config.device_settings(), server_round)
 
     return run_user_level(grid, config, features, known, setup.run_dir, setup.ledger, evaluate)

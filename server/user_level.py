@@ -36,6 +36,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp import Grid
 
+from server.catalog_shipment import CatalogShipment
 from server.replies import MESSAGE_TIMEOUT_S, ok_replies
 from shared.config import RunConfig, parse_modalities
 from shared.cooccurrence import (
@@ -183,7 +184,7 @@ def run_user_level(
     log=print,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
     """Run the releases, fit and save the model, evaluate; return (final evaluation, metric
-    rows, user-level epsilon). ``evaluate(arrays, round)`` asks the devices to rank."""
+    rows, user-level epsilon). ``evaluate(grid, arrays, round)`` asks the devices to rank."""
     nodes = sorted(grid.get_node_ids())
     rng = np.random.default_rng(secrets.randbits(128))  # noise from OS entropy, never the run seed
     names, stds = planned_releases(config), noise_stds(config)
@@ -199,6 +200,8 @@ def run_user_level(
     catalog = {"content": content, "known": np.asarray(known, dtype=bool)}
     run_dir.save_arrays(CATALOG_FILE, catalog)
     catalog_digest = arrays_sha256(catalog)
+    if config.federation.deployment:  # devices get the content matrix from here, not from images
+        grid = CatalogShipment(grid, content)
     released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
@@ -281,7 +284,7 @@ def run_user_level(
     if secure is not None:
         run_dir.save_arrays(SECURE_FILE, {**evidence, **secure.key_evidence()})
     run_dir.save_arrays(MODEL_FILE, model.to_arrays())
-    evaluation = evaluate(_model_arrays(model), len(names))
+    evaluation = evaluate(grid, _model_arrays(model), len(names))
     rows[-1].update(
         {"factors": rank, "popularity-weight": model.popularity_weight, "content-weight": model.content_weight, **evaluation}
     )

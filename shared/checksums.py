@@ -26,3 +26,9 @@ def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def content_sha256(content: np.ndarray) -> str:
+    """SHA-256 of the public catalog's content matrix as the server ships it to deployed devices
+    (float64), named as :func:`arrays_sha256` names it."""
+    return arrays_sha256({"content": np.asarray(content, dtype=np.float64)})

@@ -29,6 +29,10 @@ ARRAYS, CONFIG, METRICS, PRIVACY = "arrays", "config", "metrics", "privacy"
 ROUND_KEY = "server-round"
 TASK_KEY = "task"  # privacy = user: which release a TRAIN message asks a statistic for
 CONTRIBUTION_KEY = "contribution"
+# A deployment's catalog content (server.catalog_shipment, client.catalog_content): the matrix
+# in the ``catalog`` array record of a server message, its SHA-256 in the config, and the
+# device's "held" in the ``catalog`` config record of its reply.
+CATALOG, CATALOG_CONTENT_KEY, CATALOG_SHA_KEY, CATALOG_HELD_KEY = "catalog", "content", "catalog-sha256", "held"
 
 
 def _kebab(name: str) -> str:

@@ -36,6 +36,7 @@ from flwr.clientapp import ClientApp
 
 from client.client_app import evaluate as honest_evaluate
 from client.client_app import train as honest_train
+from client.catalog_content import receive_catalog
 from client.mods import private_state_guard
 from shared.faults import parse_faults
 from shared.messages import SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
@@ -44,7 +45,7 @@ from shared.run_directory import RunDirectory
 FAULT_SCALE = 1000.0
 FAULT_SLOW_S = 20.0
 
-app = ClientApp(mods=[private_state_guard])
+app = ClientApp(mods=[private_state_guard, receive_catalog])
 
 
 def _broken(kind: str, arrays: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:

@@ -8,12 +8,14 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from client.state import STATE_FILE
 from server.audit import audit
 from shared.run_directory import read_ledger
 from server.certificates import write_deployment_keys
+from shared.checksums import content_sha256
 from shared.privacy.accounting import total_steps
 from simulations.deployment import LocalhostDeployment, _alive
 
@@ -106,6 +108,9 @@ def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_no
         report = audit(secure_dir, node_keys=dep.keys)
         assert report.passed, report.failures
         assert {"secure-plan", "secure-shares", "secure-sum"} <= set(report.failures)
+        # each device got the catalog's content matrix from the server and keeps it by its hash
+        digest = content_sha256(np.load(secure_dir / "catalog.npz")["content"])
+        assert all([p.name for p in (dep.state_dir(k) / "catalog").iterdir()] == [f"{digest}.npy"] for k in range(3))
         pids = dep.stop()
         assert dep.leftover_pids() == []
     assert pids and not any(_alive(pid) for pid in pids)

@@ -75,3 +75,118 @@ def test_the_in_process_engine_turns_a_raising_client_into_an_error_reply():
     (reply,) = grid.send_and_receive([message])
     assert reply.has_error() and "disk full" in reply.error.reason
     assert reply.metadata.src_node_id == FIRST_NODE_ID
+
+
+def _model_message(node: int) -> "Message":
+    """A message carrying a (tiny) released model: what makes a device score the catalog."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+    arrays = ArrayRecord({"content-weight": Array(np.asarray([1.0]))})
+    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"x": 1})}), dst_node_id=node, message_type="evaluate")
+
+
+def test_the_catalog_content_is_shipped_once_kept_by_hash_and_shipped_again_when_lost(tmp_path):
+    import numpy as np
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    import client.catalog_content as on_device
+    from server.catalog_shipment import CatalogShipment
+    from shared.checksums import content_sha256
+    from shared.messages import CATALOG
+
+    app = ClientApp(mods=[on_device.receive_catalog])
+
+    @app.evaluate()
+    def score(msg, context):  # what ranking does with it: read the content the message names
+        content = on_device.catalog_content(msg, dict(context.node_config), None, ("text", "image"))
+        return Message(RecordDict({"metrics": MetricRecord({"total": float(content.sum())})}), reply_to=msg)
+
+    content = np.arange(12.0).reshape(3, 4) / 7.0
+    grid = InProcessGrid(app, 1)
+    node = FIRST_NODE_ID
+    grid.contexts[node].node_config["state-dir"] = str(tmp_path / "state")
+    shipment = CatalogShipment(grid, content)
+    stored = tmp_path / "state" / "catalog" / f"{content_sha256(content)}.npy"
+
+    def ask() -> Message:
+        (reply,) = shipment.send_and_receive([_model_message(node)])
+        return reply
+
+    first = ask()
+    assert not first.has_error() and first.content["metrics"]["total"] == content.sum()
+    assert first.content[CATALOG]["held"] == shipment.digest and shipment.holders == {node}
+    assert np.array_equal(np.load(stored), content)
+    on_device._HELD.clear()  # a fresh ClientApp process, as a SuperNode starts for each message
+    assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 1}  # the hash alone
+
+    stored.unlink()  # the device lost its copy
+    on_device._HELD.clear()
+    lost = ask()
+    assert lost.has_error() and "holds no catalog content with SHA-256" in lost.error.reason and shipment.holders == set()
+    assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 2}
+
+    np.save(stored, content + 1.0)  # changed on the device
+    on_device._HELD.clear()
+    changed = ask()
+    assert changed.has_error() and "changed on the device" in changed.error.reason
+
+    forged = _model_message(node)  # content that does not match the hash it comes with
+    forged.content["config"]["catalog-sha256"] = shipment.digest
+    forged.content[CATALOG] = CatalogShipment(grid, content * 2).record
+    (refused,) = grid.send_and_receive([forged])
+    assert refused.has_error() and "does not match its SHA-256" in refused.error.reason
+
+
+def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_dataset, feature_cache, tmp_path, monkeypatch):
+    """Twelve devices with their own folders (items.csv and their interactions, no images/) and
+    state folders run the default mode against the real server in deployment mode: none of them
+    loads catalog features; each gets the content matrix once and keeps it under its hash."""
+    import shutil
+
+    import numpy as np
+
+    import client.catalog_content as on_device
+    import client.client_app
+    import client.local_data
+    from server.federation import run_federated
+    from shared.checksums import content_sha256
+    from shared.config import resolve
+    from shared.data.devices import write_device_folders
+    from shared.messages import CATALOG
+    from simulations.simulate import read_summary
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("a deployed default-mode device loaded the catalog's features")
+
+    monkeypatch.setattr(client.local_data, "load_or_compute_features", no_features)
+    on_device._HELD.clear()
+    folders = write_device_folders(small_dataset, tmp_path / "devices", 12)
+    for folder in folders:
+        if (folder / "images").exists():
+            (folder / "images").unlink() if (folder / "images").is_symlink() else shutil.rmtree(folder / "images")
+    carried = {"content": 0, "hash": 0}
+
+    def device(message, context):
+        carried["content"] += CATALOG in message.content.array_records
+        carried["hash"] += "catalog-sha256" in message.content["config"]
+        return client.client_app.app(message, context)
+
+    grid = InProcessGrid(device, 12)
+    for k, node in enumerate(grid.get_node_ids()):
+        grid.contexts[node].node_config.clear()
+        grid.contexts[node].node_config.update({"data-dir": str(folders[k]), "state-dir": str(tmp_path / f"state-{k}")})
+    config = resolve(None, {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path / "runs"),
+                            "run-id": "deployed", "deployment": True, "min-nodes": 12})
+    run_federated(grid, config)
+    run = tmp_path / "runs" / "deployed"
+    assert read_summary(run)["final"]["clients-evaluated"] == 12
+    content = np.load(run / "catalog.npz")["content"]
+    digest = content_sha256(content)
+    for k in range(12):
+        assert [p.name for p in (tmp_path / f"state-{k}" / "catalog").iterdir()] == [f"{digest}.npy"]
+        assert np.array_equal(np.load(tmp_path / f"state-{k}" / "catalog" / f"{digest}.npy"), content)
+    # the selection release's masked input and the ranking carry the model: the hash each time,
+    # the matrix once per device
+    assert carried == {"content": 12, "hash": 24}

@@ -105,7 +105,7 @@ def _check_width(path: Path, line: int, row: list[str], header: list[str]) -> No
         )
 
 
-def _load_items(root: Path, check_images: bool) -> dict:
+def _load_items(root: Path, check_images: bool, need_images: bool = True) -> dict:
     path = root / "items.csv"
     rows, header = _open_csv(path, ITEM_COLUMNS)
     col = {name: header.index(name) for name in ITEM_COLUMNS}
@@ -137,11 +137,12 @@ def _load_items(root: Path, check_images: bool) -> dict:
             image_path = root / image_text
             _check_link_target(path, line, item_id, image_text, image_path, allowed)
             if not image_path.is_file():
-                raise DatasetError(
-                    f"{path}, line {line}: image {image_text!r} of item {item_id!r} not found "
-                    f"at {image_path} (leave the field empty if the item has no image)"
-                )
-            if check_images:
+                if need_images:  # (a default-mode device ranks with the shipped content matrix: it needs none)
+                    raise DatasetError(
+                        f"{path}, line {line}: image {image_text!r} of item {item_id!r} not found "
+                        f"at {image_path} (leave the field empty if the item has no image)"
+                    )
+            elif check_images:
                 _check_image(image_path, path, line, item_id)
         out["ids"].append(item_id)
         out["titles"].append(row[col["title"]].strip())
@@ -295,12 +296,16 @@ def _dataset(root: Path, items: dict, inter: dict) -> Dataset:
     )
 
 
-def load_dataset(root: str | Path, check_images: bool = True) -> Dataset:
-    """Load and validate a dataset folder; raise :class:`DatasetError` naming file and line."""
+def load_dataset(root: str | Path, check_images: bool = True, need_images: bool = True) -> Dataset:
+    """Load and validate a dataset folder; raise :class:`DatasetError` naming file and line.
+
+    ``check_images``: decode every image (else only check that it exists); ``need_images``
+    False: an image that is not there is no error (a default-mode device, which never opens
+    one); its path must still stay inside the folder."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
-    items = _load_items(root, check_images)
+    items = _load_items(root, check_images, need_images)
     inter = _load_interactions(root, {item_id: i for i, item_id in enumerate(items["ids"])})
     return _dataset(root, items, inter)
 

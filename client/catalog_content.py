@@ -1,0 +1,105 @@
+"""The public catalog's content matrix on the device: computed, or received once and kept by hash.
+
+Ranking with the released model and the selection vote score the catalog's content. Two ways
+to have it (:mod:`server.catalog_shipment` is the server's half):
+
+- A simulated device computes it from the catalog features it shares with the server (the
+  server's own computation, on the same files).
+- A deployed device gets it from the server with the first message that carries the released
+  model, and its SHA-256 with every such message. :func:`receive_catalog` (a ClientApp mod)
+  checks the hash, keeps the matrix in the device's state folder under that hash and adds
+  "held" to the reply, so later messages carry the hash alone; :func:`catalog_content` then
+  reads it back (checking the hash again: a file changed on the device is refused). Such a
+  device needs neither the catalog's images nor the feature backbones, nor torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from client.local_data import LocalData
+from shared.checksums import content_sha256
+from shared.cooccurrence import content_matrix
+from shared.messages import CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
+
+CATALOG_FOLDER = "catalog"  # <state-dir>/catalog/<sha256>.npy
+
+_HELD: dict[str, np.ndarray] = {}  # sha256 -> content, this process's copy (the latest only)
+_COMPUTED: dict[tuple, tuple] = {}  # (features id, modalities) -> (features, content)
+
+
+class CatalogContentError(RuntimeError):
+    """The device cannot use the catalog content it was given or told to use."""
+
+
+def _stored_path(node_config: dict, digest: str) -> Path | None:
+    state_dir = node_config.get("state-dir")
+    return Path(str(state_dir)) / CATALOG_FOLDER / f"{digest}.npy" if state_dir else None
+
+
+def _keep(node_config: dict, digest: str, content: np.ndarray) -> None:
+    """Keep ``content`` in this process and, on a device with a state folder, on disk (written
+    to a temporary name, then renamed: never a half-written file)."""
+    _HELD.clear()
+    _HELD[digest] = content
+    path = _stored_path(node_config, digest)
+    if path is not None and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{digest}.partial.npy")
+        np.save(partial, content, allow_pickle=False)
+        os.replace(partial, path)
+
+
+def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: check and keep the catalog content a message carries; tell the server in
+    the reply that this device holds it (only when it is on disk, where the next message's
+    fresh process will find it)."""
+    digest = str(msg.content[CONFIG].get(CATALOG_SHA_KEY, "")) if CONFIG in msg.content.config_records else ""
+    node_config = dict(context.node_config)
+    if digest and CATALOG in msg.content.array_records:
+        content = msg.content[CATALOG][CATALOG_CONTENT_KEY].numpy()
+        if content_sha256(content) != digest:
+            raise CatalogContentError(f"the catalog content received does not match its SHA-256 {digest}: refused")
+        _keep(node_config, digest, content)
+    path = _stored_path(node_config, digest) if digest else None
+    held = path is not None and path.is_file()
+    reply = call_next(msg, context)
+    if held and not reply.has_error():
+        reply.content[CATALOG] = ConfigRecord({CATALOG_HELD_KEY: digest})
+    return reply
+
+
+def catalog_content(msg: Message, node_config: dict, data: LocalData, modalities: tuple[str, ...]) -> np.ndarray:
+    """The content matrix this message's released model is scored with: the one named by the
+    message's SHA-256 (a deployment), else computed from the device's catalog features."""
+    digest = str(msg.content[CONFIG].get(CATALOG_SHA_KEY, ""))
+    if not digest:
+        return _computed(data, modalities)
+    if digest in _HELD:
+        return _HELD[digest]
+    path = _stored_path(node_config, digest)
+    if path is None or not path.is_file():
+        raise CatalogContentError(
+            f"this device holds no catalog content with SHA-256 {digest} (it keeps it in <state-dir>/{CATALOG_FOLDER}/); "
+            "the server sends it again with the next message"
+        )
+    content = np.load(path, allow_pickle=False)
+    if content_sha256(content) != digest:
+        raise CatalogContentError(f"{path}: changed on the device, no longer the catalog content with SHA-256 {digest}: refused")
+    _keep(node_config, digest, content)
+    return content
+
+
+def _computed(data: LocalData, modalities: tuple[str, ...]) -> np.ndarray:
+    """The matrix from the device's own catalog features, once per process (the features are
+    shared by every partition a simulation process serves)."""
+    key = (id(data.features), modalities)
+    if key not in _COMPUTED or _COMPUTED[key][0] is not data.features:
+        f = data.features
+        _COMPUTED[key] = (f, content_matrix(f.text, f.text_mask, f.image, f.image_mask, modalities))
+    return _COMPUTED[key][1]
