@@ -274,9 +274,13 @@ STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
 
 
-def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def resolve(
+    run_config: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None, check_model: bool = True
+) -> RunConfig:
     """Defaults, then ``run_config`` (Flower's), then ``overrides``; unknown keys and invalid
-    choices are errors that name the key and the valid choices."""
+    choices are errors that name the key and the valid choices. ``check_model`` False skips
+    the item tower's checks, which load torch: a default-mode device resolving the settings
+    the server (which checked them) sent it."""
     merged = dict(DEFAULTS)
     for source in (run_config or {}, overrides or {}):
         for key, value in source.items():
@@ -330,7 +334,8 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
             raise ValueError("ease-lambda must be positive and cold-weight at least 0")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
-    model_spec(merged, num_items=1)  # validates fusion and modalities
+    if check_model:
+        model_spec(merged, num_items=1)  # validates fusion and modalities (imports torch)
     return RunConfig.from_flat(merged)
 
 

@@ -41,8 +41,19 @@ class Watched:
 data, cache, runs = sys.argv[1:4]
 run = simulate({"data-dir": data, "feature-cache": cache, "run-dir": runs, "run-id": "lean"}, client_app=Watched(), engine="in-process")
 heavy = sorted(n for n in asked if n.split(".")[0] in ("torch", "opacus", "transformers", "torchvision") or n == "client.tower")
-print(json.dumps({"at-import": at_import, "heavy": heavy, "calls": Watched.calls,
+modules = sorted(n for n in asked if n in sys.modules)  # the server loaded torch here: see what these load alone
+print(json.dumps({"at-import": at_import, "heavy": heavy, "calls": Watched.calls, "modules": modules,
                   "evaluated": read_summary(run)["final"]["clients-evaluated"]}))
+"""
+
+# Every module a device message imported (already loaded or not), imported alone in a fresh
+# interpreter: a device path through a module that needs torch fails here even though the
+# server, in the same process above, had loaded torch first.
+ALONE = """
+import importlib, json, sys
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+print(json.dumps(sorted(m for m in ("torch", "opacus", "transformers", "torchvision") if m in sys.modules)))
 """
 
 
@@ -55,6 +66,10 @@ def test_a_default_mode_device_never_imports_torch(small_dataset, feature_cache,
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["at-import"] == []
     assert found["heavy"] == []
+    assert "shared.cooccurrence" in found["modules"]  # the device scores with it
+    alone = subprocess.run([sys.executable, "-c", ALONE, json.dumps(found["modules"])], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads(alone.stdout.strip().splitlines()[-1]) == []
     # 12 devices: key agreement (2 stages), 3 releases x (masked input + unmasking), ranking
     assert found["calls"] == 12 * 9 and found["evaluated"] == 12
 
