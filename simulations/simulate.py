@@ -22,6 +22,15 @@ from shared.run_directory import RunDirectory
 ENGINES = ("ray", "in-process")
 
 
+def ray_init_args() -> dict[str, Any]:
+    """How the simulation starts Ray: a cluster of this machine's cores, or, with ``RAY_ADDRESS``
+    set (``ray start`` prints it), the running Ray cluster there, whose nodes all host
+    ClientApp actors (docs/ray-cluster.md)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return {"address": os.environ["RAY_ADDRESS"]}
+    return {"num_cpus": os.cpu_count() or 1}
+
+
 def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None, engine: str = "ray") -> Path:
     """Run one federated simulation; return its run directory (``client_app``: another
     ClientApp, for benchmarks). ``engine``: Flower's simulation engine (``ray``, what
@@ -72,7 +81,7 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
             server_app=build_server_app(config.flat()),
             client_app=client_app,
             num_supernodes=users,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": os.cpu_count() or 1}},
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": ray_init_args()},
         )
     run_dir = Path(config.run.run_dir) / config.run.run_id
     if not run_dir.is_dir() or not RunDirectory.open(run_dir).has_summary():

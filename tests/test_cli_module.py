@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,3 +18,12 @@ def test_module_entry_point_runs_deploy_certs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "1 SuperNode key pairs" in result.stdout
+
+
+def test_a_simulation_joins_the_ray_cluster_ray_address_names(monkeypatch):
+    from simulations.simulate import ray_init_args
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_init_args() == {"num_cpus": os.cpu_count() or 1}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6390")
+    assert ray_init_args() == {"address": "10.0.0.7:6390"}  # no num_cpus: Ray refuses it when joining

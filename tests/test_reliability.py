@@ -97,6 +97,32 @@ def test_robust_aggregation_resists_sign_flipped_updates(population, feature_cac
     assert rank["fedavg"] > rank["clean"] + 0.04, rank
 
 
+def test_trimming_the_byzantine_fraction_or_krum_resists_boosted_updates(population, feature_cache, tmp_path):
+    """Five of 48 clients boost their honest update 1000 times (``scale``: model replacement).
+    One round; the global model's step (final minus initial, all arrays) against the clean
+    run's: FedTrimmedAvg with ``byzantine-fraction`` 0 is FedAvg and follows the five (about
+    5 x 1000 / 48 times the step); at 0.2 it drops 9 values from each end of every coordinate,
+    the five among them; Krum, told f = 0.2 x 48, serves one honest update."""
+
+    def step(name: str, **extra) -> float:
+        run = _run(population, feature_cache, tmp_path, name, **{"num-server-rounds": 1, "privacy": "none"}, **extra)
+        initial = torch.load(run / "checkpoints" / "initial.pt")["item_tower"]
+        final = torch.load(run / "checkpoints" / "final.pt")["item_tower"]
+        return float(torch.sqrt(sum(((final[k] - initial[k]).double() ** 2).sum() for k in initial)))
+
+    clean = step("clean")
+    boosted = {"faults": "scale:0-4"}
+    ratio = {
+        "trimmed-0": step("trimmed-0", **boosted, strategy="fedtrimmedavg", **{"byzantine-fraction": 0.0}) / clean,
+        "trimmed-0.2": step("trimmed-0.2", **boosted, strategy="fedtrimmedavg", **{"byzantine-fraction": 0.2}) / clean,
+        "krum-0.2": step("krum-0.2", **boosted, strategy="krum", **{"byzantine-fraction": 0.2}) / clean,
+    }
+    # measured: 305, 0.83 and 2.5 (one honest update is longer than the mean of 48, in which
+    # their disagreements cancel; a boosted one is 1000 times longer)
+    assert ratio["trimmed-0"] > 50, ratio
+    assert ratio["trimmed-0.2"] < 1.5 and ratio["krum-0.2"] < 10, ratio
+
+
 def test_a_fault_spec_names_partitions_one_by_one_or_by_range():
     from shared.faults import parse_faults
 
