@@ -16,6 +16,7 @@ to have it (:mod:`server.catalog_shipment` is the server's half):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from shared.cooccurrence import content_matrix
 from shared.messages import CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
 
 CATALOG_FOLDER = "catalog"  # <state-dir>/catalog/<sha256>.npy
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 _HELD: dict[str, np.ndarray] = {}  # sha256 -> content, this process's copy (the latest only)
 _COMPUTED: dict[tuple, tuple] = {}  # (features id, modalities) -> (features, content)
@@ -38,6 +40,10 @@ class CatalogContentError(RuntimeError):
 
 
 def _stored_path(node_config: dict, digest: str) -> Path | None:
+    """Where the matrix with this SHA-256 lives on the device; the digest comes from the
+    server's message, so it must be 64 hex digits before it names a file (never a path)."""
+    if not SHA256_HEX.fullmatch(digest):
+        raise CatalogContentError(f"catalog-sha256 {digest[:80]!r} is not a SHA-256 (64 hex digits): refused")
     state_dir = node_config.get("state-dir")
     return Path(str(state_dir)) / CATALOG_FOLDER / f"{digest}.npy" if state_dir else None
 

@@ -349,8 +349,14 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     }
 
 
+BENCH_PARTS = ("quality", "communication", "features", "dp", "clients", "scale", "movielens", "online", "secure")
+
+
 def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str, ...] = ()) -> dict[str, Any]:
-    parts = parts or ("quality", "communication", "features", "dp", "clients", "scale", "movielens", "online", "secure")
+    unknown = [p for p in parts if p not in BENCH_PARTS]
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PARTS)}")
+    parts = parts or BENCH_PARTS
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedmmrec-bench-") as tmp:
         work = Path(tmp)

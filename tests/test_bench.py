@@ -54,3 +54,24 @@ def test_bench_secure_part_counts_what_one_device_sends_over_the_whole_protocol(
     assert figures["bytes-sent-per-device"] == sum(
         figures[k] for k in ("public-key-bytes", "encrypted-share-bytes", "masked-input-bytes", "signed-record-bytes", "unmask-share-bytes")
     )
+
+
+def test_the_bench_command_writes_the_parts_it_was_asked_for(tmp_path, capsys):
+    """``fedmmrec bench --parts secure --out F``: the command line's path to the same figures,
+    written to F (the secure part is the one that takes a second: counts, not timings)."""
+    from simulations.bench import secure_device_cost
+    from simulations.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--parts", "secure", "--repeats", "1", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert list(written) == ["secure-sum-device"]
+    expected = json.loads(json.dumps(secure_device_cost(), default=float))
+    assert sorted(written["secure-sum-device"]) == sorted(expected)
+    # what is fixed by the protocol; timings and the DER signature's length (a few bytes) vary
+    fixed = ("devices", "neighbours", "threshold", "masked-input-bytes", "unmask-share-bytes", "public-key-bytes", "encrypted-share-bytes")
+    assert {k: written["secure-sum-device"][k] for k in fixed} == {k: expected[k] for k in fixed}
+    assert f"fedmmrec: wrote {out}" in capsys.readouterr().out
+    assert main(["bench", "--parts", "secure,speed", "--out", str(tmp_path / "other.json")]) == 2
+    assert "unknown bench part(s) speed; choose from quality, communication" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()

@@ -153,6 +153,13 @@ def test_the_catalog_content_is_shipped_once_kept_by_hash_and_shipped_again_when
     (refused,) = grid.send_and_receive([forged])
     assert refused.has_error() and "does not match its SHA-256" in refused.error.reason
 
+    outside = tmp_path / "outside.npy"  # a "hash" that is a path: never opened
+    np.save(outside, content)
+    crafted = _model_message(node)
+    crafted.content["config"]["catalog-sha256"] = "../../outside"
+    (refused,) = grid.send_and_receive([crafted])
+    assert refused.has_error() and "is not a SHA-256 (64 hex digits)" in refused.error.reason
+
 
 def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_dataset, feature_cache, tmp_path, monkeypatch):
     """Twelve devices with their own folders (items.csv and their interactions, no images/) and
