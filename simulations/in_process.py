@@ -86,7 +86,10 @@ class InProcessGrid(Grid):
 
     @property
     def run(self):
-        raise NotImplementedError("the in-process engine has no SuperLink run record")
+        """An empty run record (no FAB, no SuperLink): this engine runs code already imported."""
+        from flwr.supercore.run import Run
+
+        return Run.create_empty(RUN_ID)
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
