@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,27 @@ def _stored_path(node_config: dict, digest: str) -> Path | None:
     return Path(str(state_dir)) / CATALOG_FOLDER / f"{digest}.npy" if state_dir else None
 
 
-def _keep(node_config: dict, digest: str, content: np.ndarray) -> None:
-    """Keep ``content`` in this process and, on a device with a state folder, on disk (written
-    to a temporary name, then renamed: never a half-written file)."""
+def _keep(node_config: dict, digest: str, content: np.ndarray, received: bool) -> None:
+    """Keep ``content`` in this process and, on a device with a state folder, on disk. Content
+    that just ``received`` its hash check replaces whatever file is there (a damaged copy is
+    repaired); it is written to a temporary file of its own, flushed, then renamed, so no
+    process ever reads a half-written matrix."""
     _HELD.clear()
     _HELD[digest] = content
     path = _stored_path(node_config, digest)
-    if path is not None and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{digest}.partial.npy")
-        np.save(partial, content, allow_pickle=False)
+    if path is None or (path.is_file() and not received):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{digest}.", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.save(out, content, allow_pickle=False)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
 
 
 def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -69,9 +80,11 @@ def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable
     node_config = dict(context.node_config)
     if digest and CATALOG in msg.content.array_records:
         content = msg.content[CATALOG][CATALOG_CONTENT_KEY].numpy()
+        if content.dtype != np.float64 or content.ndim != 2:
+            raise CatalogContentError(f"the catalog content received is {content.dtype} of shape {content.shape}, not a float64 matrix: refused")
         if content_sha256(content) != digest:
             raise CatalogContentError(f"the catalog content received does not match its SHA-256 {digest}: refused")
-        _keep(node_config, digest, content)
+        _keep(node_config, digest, content, received=True)
     path = _stored_path(node_config, digest) if digest else None
     held = path is not None and path.is_file()
     reply = call_next(msg, context)
@@ -94,10 +107,17 @@ def catalog_content(msg: Message, node_config: dict, data: LocalData, modalities
             f"this device holds no catalog content with SHA-256 {digest} (it keeps it in <state-dir>/{CATALOG_FOLDER}/); "
             "the server sends it again with the next message"
         )
-    content = np.load(path, allow_pickle=False)
-    if content_sha256(content) != digest:
-        raise CatalogContentError(f"{path}: changed on the device, no longer the catalog content with SHA-256 {digest}: refused")
-    _keep(node_config, digest, content)
+    try:
+        content = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):  # truncated or not an array file at all
+        content = np.zeros((0,))
+    if content.dtype != np.float64 or content.ndim != 2 or content_sha256(content) != digest:
+        path.unlink()  # the server sends the matrix again after this error; nothing stale says "held"
+        raise CatalogContentError(
+            f"<state-dir>/{CATALOG_FOLDER}/{digest}.npy: changed on the device, no longer the catalog content with that SHA-256: "
+            "removed, the server sends it again with the next message"
+        )
+    _keep(node_config, digest, content, received=False)
     return content
 
 

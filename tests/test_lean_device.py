@@ -104,7 +104,7 @@ def _model_message(node: int) -> "Message":
 
 def test_the_catalog_content_is_shipped_once_kept_by_hash_and_shipped_again_when_lost(tmp_path):
     import numpy as np
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Array, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     import client.catalog_content as on_device
@@ -143,16 +143,29 @@ def test_the_catalog_content_is_shipped_once_kept_by_hash_and_shipped_again_when
     assert lost.has_error() and "holds no catalog content with SHA-256" in lost.error.reason and shipment.holders == set()
     assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 2}
 
-    np.save(stored, content + 1.0)  # changed on the device
+    np.save(stored, content + 1.0)  # changed on the device: refused, removed, shipped again, repaired
     on_device._HELD.clear()
     changed = ask()
-    assert changed.has_error() and "changed on the device" in changed.error.reason
+    assert changed.has_error() and "changed on the device" in changed.error.reason and not stored.exists()
+    assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 3}
+    assert np.array_equal(np.load(stored), content) and shipment.holders == {node}
+    stored.write_bytes(stored.read_bytes()[:100])  # truncated (a power cut mid-write)
+    on_device._HELD.clear()
+    assert ask().has_error() and not stored.exists()
+    assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 4}
+    assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]  # no temporary file left
 
     forged = _model_message(node)  # content that does not match the hash it comes with
     forged.content["config"]["catalog-sha256"] = shipment.digest
     forged.content[CATALOG] = CatalogShipment(grid, content * 2).record
     (refused,) = grid.send_and_receive([forged])
     assert refused.has_error() and "does not match its SHA-256" in refused.error.reason
+    as_float32 = _model_message(node)  # the same values in another type: not the matrix the hash names
+    as_float32.content["config"]["catalog-sha256"] = shipment.digest
+    as_float32.content[CATALOG] = CatalogShipment(grid, content).record
+    as_float32.content[CATALOG]["content"] = Array(content.astype(np.float32))
+    (refused,) = grid.send_and_receive([as_float32])
+    assert refused.has_error() and "not a float64 matrix" in refused.error.reason
 
     outside = tmp_path / "outside.npy"  # a "hash" that is a path: never opened
     np.save(outside, content)
