@@ -23,7 +23,7 @@ from client.secure_sum import stage_reply
 from client.state import identity, pseudonym, restore_device_state, signing_key_path
 from client.statistics import scores as released_model_scores
 from client.statistics import statistic_reply
-from shared.messages import SECURE_STAGES, TASK_KEY, message_config
+from shared.messages import RANK_TASK, SECURE_STAGES, TASK_KEY, message_config
 from shared.privacy.spend_signature import device_key
 
 app = ClientApp(mods=[private_state_guard, receive_catalog])
@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config = message_config(msg)
     data = local_data(dict(context.node_config), config)
-    if config["privacy"] == "user":  # the released model and this device's own history
+    if config.get(TASK_KEY) == RANK_TASK:  # the released model and this device's own history
         return ranking_reply(msg, context, data, released_model_scores(msg, data, dict(context.node_config)))
     restore_device_state(context, config, data.user_id)
     from client import tower

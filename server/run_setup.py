@@ -12,9 +12,9 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
-from server.aggregation import Aggregator, make_aggregator
+from server.aggregation import Aggregator
 from server.book import ResumePoint
-from server.ledger_header import ledger_header
+from server.mechanisms import PrivacyMechanism, mechanism_for
 from server.resume import data_change, grown_arrays, resume_point, resumed_config
 from shared.config import RunConfig, model_spec
 from shared.data import (
@@ -43,7 +43,8 @@ class RunSetup:
     run_dir: RunDirectory
     ledger: Ledger
     initial: ArrayRecord
-    aggregator: Aggregator | None  # None for privacy = user (releases, not rounds)
+    mechanism: PrivacyMechanism
+    aggregator: Aggregator | None  # None for a mechanism of releases, not rounds
     resume: ResumePoint | None
 
 
@@ -86,8 +87,9 @@ def open_run_directory(config: RunConfig) -> tuple[RunDirectory, RunConfig]:
 def set_up(grid: Grid, config: RunConfig) -> RunSetup:
     if config.run.resume:
         config = resumed_config(config)
-        if config.privacy.privacy == "user":
-            raise ValueError("privacy = user: a run of releases is not resumed; start a new run (it spends a new budget)")
+    mechanism = mechanism_for(config)  # the settings it reads are checked before anything is written
+    if config.run.resume and not mechanism.resumable:
+        raise ValueError(f"privacy = {config.privacy.privacy}: a run of releases is not resumed; start a new run (it spends a new budget)")
     data_dir = resolve_data_dir(config)
     config = config.replace(data_dir=str(data_dir))
     dataset, split, num_clients = population(grid, config, data_dir)
@@ -99,8 +101,8 @@ def set_up(grid: Grid, config: RunConfig) -> RunSetup:
     if not config.run.resume:
         run_dir.write_config(config.flat())
     print(f"fedmmrec: run directory {run_dir.path}", flush=True)
-    if config.privacy.privacy == "none":
-        print("fedmmrec: WARNING: privacy = none: this run is NOT differentially private", flush=True)
+    if mechanism.warning:
+        print(f"fedmmrec: WARNING: {mechanism.warning}", flush=True)
     torch.manual_seed(config.run.seed)
     initial = ArrayRecord(ItemTower(model_spec(config, dataset.num_items)).state_dict())
     ledger, resume, aggregator = run_dir.open_ledger(), None, None
@@ -115,8 +117,8 @@ def set_up(grid: Grid, config: RunConfig) -> RunSetup:
             print(f"fedmmrec: continuing on {config.data.data_dir}: {change['new-items']} new items, "
                   f"{change['new-interactions']} new interactions, {change['new-users']} new users", flush=True)
         print(f"fedmmrec: resuming after round {resume.round} of {config.federation.num_server_rounds}", flush=True)
-    if config.privacy.privacy != "user":
-        aggregator = make_aggregator(config, num_clients, initial, canaries if resume else None)
+    mechanism = mechanism_for(config)  # with the run directory's settings (data-dir, device-state-dir)
+    aggregator = mechanism.aggregator(num_clients, initial, canaries if resume else None)
     if resume and aggregator:
         aggregator.restore(resume.strategy_state)
     if not resume:
@@ -124,5 +126,5 @@ def set_up(grid: Grid, config: RunConfig) -> RunSetup:
             run_dir.save_checkpoint("initial.pt", initial.to_torch_state_dict(), {"round": 0})
         canaries = getattr(aggregator, "canaries", None)
         commitment = canaries.write(run_dir.canaries_path) if canaries else None
-        ledger.append([("header", 0, ledger_header(config, num_clients, commitment))])
-    return RunSetup(config, dataset, split, num_clients, run_dir, ledger, initial, aggregator, resume)
+        ledger.append([("header", 0, mechanism.header(num_clients, commitment))])
+    return RunSetup(config, dataset, split, num_clients, run_dir, ledger, initial, mechanism, aggregator, resume)

@@ -1,4 +1,5 @@
-"""``privacy = user``: user-level DP from three noisy releases of device statistics.
+"""``privacy = user``: user-level DP from a few noisy releases of device statistics (two, or
+three with ``selection-budget-share > 0``), driven by :func:`run_releases`.
 
 The round structure (the math and its reasons are in :mod:`shared.cooccurrence`):
 
@@ -10,35 +11,24 @@ The round structure (the math and its reasons are in :mod:`shared.cooccurrence`)
 - the server post-processes the releases (and the public catalog content) into the served
   model, and every device ranks the catalog with its own history, which never leaves it.
 
-Each device contributes once to each release: the user-level epsilon composes three mechanisms
-of sensitivity 1, with the noise stds split from the ``user-epsilon`` budget
-(``popularity-budget-share`` and ``selection-budget-share``).
-
-Who adds the noise (``user-noise``):
-
-- ``central``: the server clips each contribution to norm 1 (the guarantee never rests on an
-  honest device), sums, adds Gaussian noise and releases; composed exactly in Gaussian DP,
-  cross-checked by ``dp-accounting``'s PLD accountant. The server sees every contribution.
-- ``distributed``: :mod:`server.secure_release`: each device clips, rounds and adds its share of
-  Skellam noise, and masks its statistic; the server only unmasks the noisy sum over at least
-  ``1 - secure-dropout`` of the devices (Skellam RDP at the count that sent its noise).
+Each device contributes once to each release: the user-level epsilon composes mechanisms of
+sensitivity 1, with the noise split from the ``user-epsilon`` budget
+(``popularity-budget-share`` and ``selection-budget-share``). Who adds the noise is the
+mechanism's releaser: the server's Gaussian (:mod:`server.mechanisms.gaussian_releases`) or the
+devices' Skellam shares under secure aggregation (:mod:`server.mechanisms.secure_releases`).
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 
 from server.catalog_shipment import CatalogShipment
-from server.replies import MESSAGE_TIMEOUT_S, ok_replies
-from shared.config import RunConfig, parse_modalities
+from shared.config import parse_modalities
 from shared.cooccurrence import (
     CANDIDATES,
     CooccurrenceModel,
@@ -48,134 +38,22 @@ from shared.cooccurrence import (
     top_items,
     triangle_size,
 )
-from shared.messages import (
-    CONTRIBUTION_KEY,
-    TASK_KEY,
-    client_id,
-    server_messages,
-    update_of,
-)
-from shared.privacy.accounting import gaussian_epsilon, split_budget
-from shared.privacy.dp_fedavg import clip, gaussian_noise
-from shared.privacy.ledger import Ledger
-from server.secure_release import SecureAggregation, SecureAggregationAborted, SecureRelease
 from shared.checksums import arrays_sha256
-from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, SECURE_FILE, RunDirectory
-from shared.secure_sum.plan import ReleasePlan, SecurePlan
-from shared.user_releases import budget_shares, planned_releases
+from shared.privacy.ledger import Ledger
+from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory
+from shared.user_releases import planned_releases
 
-SENSITIVITY = 1.0
-
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    """What one Gaussian release did, as measured by the server (the audit's evidence)."""
-
-    release: str
-    dimension: int
-    sensitivity: float
-    noise_std: float
-    contributions: int
-    contributions_clipped: int
-    contribution_norm_max: float
-    noise_norm: float
-    released_norm: float
-    user_level_epsilon: float
-
-    def ledger_body(self, contributors: list[str]) -> dict[str, Any]:
-        body = {key.replace("_", "-"): value for key, value in asdict(self).items()}
-        body["contributors"] = contributors
-        if not np.isfinite(body["user-level-epsilon"]):
-            body["user-level-epsilon"] = -1.0
-        return body
-
-
-def noise_stds(config: RunConfig) -> list[float]:
-    """The releases' noise stds (of the sum) for the configured budget, in release order."""
-    return split_budget(float(config.privacy.user_epsilon), float(config.privacy.delta), budget_shares(config))
-
-
-def gaussian_release(
-    contributions: Iterable[np.ndarray], dimension: int, noise_std: float, rng: np.random.Generator
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Sum of contributions clipped to L2 norm 1, plus Gaussian noise of ``noise_std``.
-
-    Also the measurements the ledger keeps: how many were clipped, the largest norm after
-    clipping, and the norm of the noise actually added (released minus clipped sum)."""
-    total = np.zeros(dimension)
-    clipped, largest = 0, 0.0
-    for contribution in contributions:
-        bounded, norm = clip(contribution, SENSITIVITY)
-        clipped += int(norm > SENSITIVITY * (1 + 1e-6))
-        largest = max(largest, float(np.linalg.norm(bounded)))
-        total += bounded
-    released = total + gaussian_noise(rng, dimension, noise_std)
-    return released, {
-        "contributions-clipped": clipped,
-        "contribution-norm-max": largest,
-        "noise-norm": float(np.linalg.norm(released - total)),
-        "released-norm": float(np.linalg.norm(released)),
-    }
-
-
-def secure_ledger_body(plan: SecurePlan, release: ReleasePlan, result: SecureRelease, epsilon: float) -> dict[str, Any]:
-    """A secure release's ledger entry: the plan it ran under, who took part, what each device
-    signed it added, and the epsilon at the honest noise the signed shares realised."""
-    return {
-        "release": release.name,
-        "mechanism": "secure sum, distributed Skellam noise",
-        "dimension": release.dimension,
-        "sensitivity": SENSITIVITY,
-        "scale": release.scale,
-        "rounding-bound": release.bound,
-        "field-bits": 32,
-        "share-variance": release.share_variance,
-        "devices": plan.devices,
-        "min-survivors": plan.min_survivors,
-        "threshold": plan.threshold,
-        "colluders": plan.colluders,
-        "participants": len(result.participants),
-        "contributions": len(result.survivors),
-        "dropped": len(result.dropped),
-        "honest-variance": result.honest_variance,
-        "noise-std": float(np.sqrt(result.honest_variance)) / release.scale,
-        "user-level-epsilon": epsilon if np.isfinite(epsilon) else -1.0,
-        "contributors": [str(r["client"]) for r in result.records],
-        "signed": result.records,
-    }
-
-
-def _ask(grid: Grid, nodes: list[int], task: str, arrays: ArrayRecord, config: RunConfig, server_round: int):
-    messages = server_messages(nodes, arrays, {**config.device_settings(), TASK_KEY: task}, server_round)
-    return ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
-
-
-def _contributions(replies: list[Message], dimension: int, who: list[str]) -> Iterator[np.ndarray]:
-    """One contribution per device pseudonym, of the right size, converted one at a time as the
-    sum consumes them (943 co-occurrence triangles at float64 would hold 1.4 GB at once); each
-    counted device's pseudonym is appended to ``who``.
-
-    A second reply under a pseudonym already counted is dropped: each user is in each sum once,
-    which is what the sensitivity of 1 assumes."""
-    seen: set[str] = set()
-    for reply in replies:
-        name = client_id(reply)
-        vector = update_of(reply)[CONTRIBUTION_KEY].numpy().astype(np.float64).ravel()
-        if name in seen or vector.size != dimension or not np.all(np.isfinite(vector)):
-            print(f"  node {reply.metadata.src_node_id}: contribution dropped (duplicate, wrong size or not finite)", flush=True)
-            continue
-        seen.add(name)
-        who.append(name)
-        yield vector
+if TYPE_CHECKING:
+    from server.mechanisms.releases import ReleasesMechanism
 
 
 def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()})
 
 
-def run_user_level(
+def run_releases(
     grid: Grid,
-    config: RunConfig,
+    mechanism: "ReleasesMechanism",
     features,
     known: np.ndarray,
     run_dir: RunDirectory,
@@ -185,9 +63,9 @@ def run_user_level(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
     """Run the releases, fit and save the model, evaluate; return (final evaluation, metric
     rows, user-level epsilon). ``evaluate(grid, arrays, round)`` asks the devices to rank."""
+    config = mechanism.config
     nodes = sorted(grid.get_node_ids())
-    rng = np.random.default_rng(secrets.randbits(128))  # noise from OS entropy, never the run seed
-    names, stds = planned_releases(config), noise_stds(config)
+    names = planned_releases(config)
     num_items = len(known)
     m = min(int(config.privacy.cooccurrence_items), int(known.sum()))
     dimensions = {"popularity": num_items, "cooccurrence": triangle_size(m), "selection": len(CANDIDATES)}
@@ -206,44 +84,15 @@ def run_user_level(
     rows: list[dict[str, Any]] = []
     model, rank = None, 0
     arrays = ArrayRecord()  # the first release needs nothing but the task: a device counts its own items
-    secure = None
-    if config.privacy.user_noise == "distributed":
-        secure = SecureAggregation(grid, nodes, config, [dimensions[name] for name in names], log)
-        secure.setup(server_round=1)
-        log(
-            f"[secure aggregation] {len(secure.participants)} of {len(nodes)} devices shared their keys with "
-            f"{secure.plan.neighbours} neighbours each (threshold {secure.plan.threshold}); a release needs "
-            f"{secure.plan.min_survivors} devices, {secure.plan.colluders} may collude"
-        )
-    honest: list[float] = []
+    releaser = mechanism.releaser(grid, nodes, {name: dimensions[name] for name in names}, ledger, log)
+    releaser.start()
     fitted_stds: list[float] = []
-    evidence: dict[str, np.ndarray] = {}
     for server_round, name in enumerate(names, start=1):
-        started, dimension, std = time.time(), dimensions[name], stds[server_round - 1]
-        who: list[str] = []
-        if secure is None:
-            replies = _ask(grid, nodes, name, arrays, config, server_round)
-            noisy, measured = gaussian_release(_contributions(replies, dimension, who), dimension, std, rng)
-            epsilon = gaussian_epsilon(stds[:server_round], float(config.privacy.delta))
-            record = ReleaseRecord(
-                release=name, dimension=dimension, sensitivity=SENSITIVITY, noise_std=std,
-                contributions=len(who), user_level_epsilon=epsilon,
-                **{key.replace("-", "_"): value for key, value in measured.items()},
-            )
-            body = record.ledger_body(who)
-        else:
-            try:
-                result = secure.release(name, arrays, server_round)
-            except SecureAggregationAborted as exc:
-                ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
-                raise
-            noisy, who = result.noisy, [str(r["client"]) for r in result.records]
-            honest.append(result.honest_variance)
-            epsilon = secure.plan.epsilon(honest)
-            plan = secure.plan.release(name)
-            std = float(np.sqrt(result.total_variance)) / plan.scale  # the noise in the sum, for the model's fit
-            evidence.update(result.evidence)
-            body = {**secure_ledger_body(secure.plan, plan, result, epsilon), "fitted-noise-std": std}
+        started, dimension = time.time(), dimensions[name]
+        released_now = releaser.release(server_round, name, dimension, arrays)
+        noisy, who, epsilon, std, body = (
+            released_now.noisy, released_now.contributors, released_now.epsilon, released_now.fitted_std, released_now.body
+        )
         if name == "popularity":
             body["catalog-sha256"] = catalog_digest
         fitted_stds.append(std)
@@ -281,8 +130,7 @@ def run_user_level(
             f"{sent / 1024:.0f} KiB sent per device"
         )
     run_dir.save_arrays(RELEASES_FILE, released)
-    if secure is not None:
-        run_dir.save_arrays(SECURE_FILE, {**evidence, **secure.key_evidence()})
+    releaser.finish(run_dir)
     run_dir.save_arrays(MODEL_FILE, model.to_arrays())
     evaluation = evaluate(grid, _model_arrays(model), len(names))
     rows[-1].update(

@@ -266,8 +266,6 @@ class RunConfig(Mapping):
         keys = DEVICE_KEYS | (FAULT_KEYS if self.run.faults else frozenset())
         return {key: self[key] for key in RUN_CONFIG if key in keys}
 
-PRIVACY_MODES = ("user", "local", "central", "both", "none")
-USER_NOISE = ("distributed", "central")
 DP_ENGINES = ("fast", "opacus")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -280,7 +278,8 @@ def resolve(
     """Defaults, then ``run_config`` (Flower's), then ``overrides``; unknown keys and invalid
     choices are errors that name the key and the valid choices. ``check_model`` False skips
     the item tower's checks, which load torch: a default-mode device resolving the settings
-    the server (which checked them) sent it."""
+    the server (which checked them) sent it. The privacy mechanism checks its own settings
+    (``privacy`` and what it reads): :func:`server.mechanisms.mechanism_for`."""
     merged = dict(DEFAULTS)
     for source in (run_config or {}, overrides or {}):
         for key, value in source.items():
@@ -304,34 +303,6 @@ def resolve(
         from shared.faults import parse_faults
 
         parse_faults(merged["faults"])
-    if merged["privacy"] not in PRIVACY_MODES:
-        raise ValueError(f"privacy {merged['privacy']!r}: choose one of {', '.join(PRIVACY_MODES)}")
-    if central_dp(merged) and merged["strategy"] != "fedavg":
-        raise ValueError("central DP (privacy = central or both) aggregates with DP-FedAvg: use strategy = fedavg")
-    if merged["canaries"] and not central_dp(merged):
-        raise ValueError("canaries audit the server-side mechanism: they need privacy = central or both")
-    if merged["privacy"] == "user":
-        if not (merged["user-epsilon"] > 0):
-            raise ValueError("user-epsilon must be positive (inf: no noise, NOT PRIVATE)")
-        if not 0.0 < merged["popularity-budget-share"] < 1.0 or not 0.0 <= merged["selection-budget-share"] < 1.0 or (
-            merged["popularity-budget-share"] + merged["selection-budget-share"] >= 1.0
-        ):
-            raise ValueError(
-                "popularity-budget-share must be in (0, 1), selection-budget-share in [0, 1), and their sum below 1 "
-                "(the rest is the co-occurrence release's)"
-            )
-        if merged["user-noise"] not in USER_NOISE:
-            raise ValueError(f"user-noise {merged['user-noise']!r}: choose one of {', '.join(USER_NOISE)}")
-        if merged["secure-neighbours"] < 2 or not 0.0 <= merged["secure-dropout"] < 1.0 or not 0.0 <= merged["secure-colluders"] < 1.0:
-            raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
-        if merged["cooccurrence-items"] < 1 or merged["max-factors"] < 1:
-            raise ValueError("cooccurrence-items and max-factors must be at least 1")
-        from shared.cooccurrence import ITEM_MODELS
-
-        if merged["item-model"] not in ITEM_MODELS:
-            raise ValueError(f"item-model {merged['item-model']!r}: choose one of {', '.join(ITEM_MODELS)}")
-        if not merged["ease-lambda"] > 0 or not merged["cold-weight"] >= 0:
-            raise ValueError("ease-lambda must be positive and cold-weight at least 0")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     if check_model:

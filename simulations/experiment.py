@@ -212,7 +212,8 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     privacy = summary.get("privacy", {})
     row = {"setting": setting, "kind": kind, "seed": seed, "run-dir": str(run_dir)}
     row.update({m: summary["final"].get(m, float("nan")) for m in METRICS})
-    row["epsilon-max"] = privacy.get("epsilon-max", "") if privacy.get("mode") in ("local", "both") else ""
+    example_level = privacy.get("epsilon-max", "")  # "not applicable" where no device trains under DP-SGD
+    row["epsilon-max"] = example_level if isinstance(example_level, (int, float)) else ""
     row["user-level-epsilon"] = privacy.get("user-level-epsilon") or ""
     row["privacy-mode"] = privacy.get("mode", "")
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")

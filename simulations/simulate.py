@@ -48,6 +48,9 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     from server.server_app import build_server_app
 
     config = resolve(None, overrides)
+    from server.mechanisms import mechanism_for
+
+    mechanism_for(config)  # the privacy settings fail here, before Flower starts
     if config.run.resume:  # continue a run directory: its saved config names the data and the id
         resume_dir = Path(config.run.resume).resolve()
         saved = RunDirectory.open(resume_dir).read_config()

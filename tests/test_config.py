@@ -17,6 +17,7 @@ from shared.config import (
     resolve,
     train_config,
 )
+from server.mechanisms import mechanism_for
 from shared.models.recommender import ModelSpec
 from shared.training import TrainConfig
 
@@ -79,17 +80,21 @@ def test_unknown_key_and_bad_fusion_are_rejected():
         resolve(None, {"fusion": "sum"})
     assert resolve(None, {"privacy": "none", "lr": "0.1"})["privacy"] == "none"
     with pytest.raises(ValueError, match="privacy 'off': choose one of user, local, central, both, none"):
-        resolve(None, {"privacy": "off"})
+        mechanism_for(resolve(None, {"privacy": "off"}))
+    with pytest.raises(ValueError, match="user-noise 'both': choose one of distributed, central"):
+        mechanism_for(resolve(None, {"user-noise": "both"}))
     with pytest.raises(ValueError, match="canaries audit the server-side mechanism"):
-        resolve(None, {"canaries": 10})
+        mechanism_for(resolve(None, {"canaries": 10}))
+    with pytest.raises(ValueError, match="central DP \\(privacy = central or both\\) aggregates with DP-FedAvg: use strategy = fedavg"):
+        mechanism_for(resolve(None, {"privacy": "both", "strategy": "krum"}))
 
 
 def test_user_level_budget_settings_are_checked():
     config = resolve(None, {"user-epsilon": "inf"})
     assert config["privacy"] == "user" and config["user-epsilon"] == float("inf")
     with pytest.raises(ValueError, match="user-epsilon must be positive"):
-        resolve(None, {"user-epsilon": 0})
+        mechanism_for(resolve(None, {"user-epsilon": 0}))
     with pytest.raises(ValueError, match="and their sum below 1 \\(the rest is the co-occurrence release's\\)"):
-        resolve(None, {"popularity-budget-share": 0.5, "selection-budget-share": 0.5})
+        mechanism_for(resolve(None, {"popularity-budget-share": 0.5, "selection-budget-share": 0.5}))
     with pytest.raises(ValueError, match="cooccurrence-items and max-factors must be at least 1"):
-        resolve(None, {"max-factors": 0})
+        mechanism_for(resolve(None, {"max-factors": 0}))

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+import server.mechanisms.gaussian_releases
 import server.user_level
 from server.audit import audit, run_audit
 from server.audit.user_level import chi_square_interval
@@ -149,15 +150,15 @@ def _audit_failure(run_dir, check: str) -> list[str]:
 
 
 def test_audit_fails_when_the_noise_is_cut(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.user_level.gaussian_noise
-    monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: real(rng, size, 0.8 * std))
+    real = server.mechanisms.gaussian_releases.gaussian_noise
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_noise", lambda rng, size, std: real(rng, size, 0.8 * std))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-cut")
     problems = _audit_failure(run, "release-noise")
     assert any(p.startswith("release 2 (cooccurrence): noise norm") for p in problems)
 
 
 def test_audit_fails_when_the_noise_is_off(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(server.user_level, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-off")
     problems = _audit_failure(run, "release-noise")
     measured = [p.split(":")[0] for p in problems if "noise norm 0 is 0.000 x the expected" in p]
@@ -174,14 +175,14 @@ def test_audit_fails_when_the_server_adds_half_the_noise_and_records_a_full_draw
     """The server's measurements are its word: this one adds half the noise and records the
     norm of a full-size draw, so the chi-square check of the measured norm passes; the
     released vectors, kept in releases.npz, cannot have so little norm."""
-    real = server.user_level.gaussian_release
+    real = server.mechanisms.gaussian_releases.gaussian_release
 
     def half_noise(contributions, dimension, std, rng):
         released, measured = real(contributions, dimension, std / 2, rng)
         return released, {**measured, "noise-norm": 2 * measured["noise-norm"]}
 
-    monkeypatch.setattr(server.user_level, "gaussian_release", half_noise)
-    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_release", half_noise)
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
     run = _user_run(small_dataset, feature_cache, tmp_path, "half-noise")
     problems = _audit_failure(run, "release-noise")
     # Co-occurrence (7,260 values): half the noise is half the floor (65.8 against 126.4).
@@ -193,15 +194,15 @@ def test_audit_fails_when_the_server_adds_half_the_noise_and_records_a_full_draw
 
 
 def test_audit_fails_when_clipping_does_not_bound(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(server.user_level, "clip", lambda update, bound: (1.5 * update, float(np.linalg.norm(update))))
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "clip", lambda update, bound: (1.5 * update, float(np.linalg.norm(update))))
     run = _user_run(small_dataset, feature_cache, tmp_path, "no-clip")
     problems = _audit_failure(run, "release-clipping")
     assert any("a contribution of norm 1.5 entered the sum" in p for p in problems)
 
 
 def test_audit_fails_when_the_noise_std_is_below_the_budget(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.user_level.noise_stds
-    monkeypatch.setattr(server.user_level, "noise_stds", lambda config: [0.5 * s for s in real(config)])
+    real = server.mechanisms.gaussian_releases.noise_stds
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "noise_stds", lambda config: [0.5 * s for s in real(config)])
     run = _user_run(small_dataset, feature_cache, tmp_path, "low-std")
     problems = _audit_failure(run, "release-accounting")
     assert any("noise std" in p and "that user-epsilon 3 gives" in p for p in problems)
@@ -209,8 +210,8 @@ def test_audit_fails_when_the_noise_std_is_below_the_budget(small_dataset, featu
 
 
 def test_audit_fails_when_the_claimed_epsilon_is_too_low(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.user_level.gaussian_epsilon
-    monkeypatch.setattr(server.user_level, "gaussian_epsilon", lambda stds, delta: 0.5 * real(stds, delta))
+    real = server.mechanisms.gaussian_releases.gaussian_epsilon
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_epsilon", lambda stds, delta: 0.5 * real(stds, delta))
     run = _user_run(small_dataset, feature_cache, tmp_path, "low-claim")
     problems = _audit_failure(run, "release-accounting")
     assert any("claims user-level epsilon" in p and "< recomputed" in p for p in problems)
@@ -236,7 +237,7 @@ def test_audit_fails_when_the_served_model_is_not_fitted_to_the_release(
         return real(popularity, popularity_std, top, (other + other.T) / 2, std, *args, **kwargs)
 
     monkeypatch.setattr(server.user_level, "fit_model", fitted_elsewhere)
-    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
     run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
     problems = _audit_failure(run, "release-model")
     assert problems[0].startswith(f"{run / 'model.npz'}: {problem}")
@@ -253,15 +254,15 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
     refits the model from releases.npz and catalog.npz and sees either."""
     import dataclasses
 
-    real_release, real_top, real_fit = server.user_level.gaussian_release, server.user_level.top_items, server.user_level.fit_model
+    real_release, real_top, real_fit = server.mechanisms.gaussian_releases.gaussian_release, server.user_level.top_items, server.user_level.fit_model
     raw: dict[str, np.ndarray] = {}
 
     def keeping_the_sum(contributions, dimension, std, rng):
-        kept = [server.user_level.clip(c, 1.0)[0] for c in contributions]
+        kept = [server.mechanisms.gaussian_releases.clip(c, 1.0)[0] for c in contributions]
         raw.setdefault("popularity", np.sum(kept, axis=0))
         return real_release(iter(kept), dimension, std, rng)
 
-    monkeypatch.setattr(server.user_level, "gaussian_release", keeping_the_sum)
+    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_release", keeping_the_sum)
     if lie == "top items from the raw counts":
         monkeypatch.setattr(server.user_level, "top_items", lambda noisy, known, m: real_top(raw["popularity"], known, m))
         expected = "serves factors for other items than the 40 the popularity release ranked highest"
@@ -272,7 +273,7 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
 
         monkeypatch.setattr(server.user_level, "fit_model", serving_raw)
         expected = "the served popularity differs from the recorded popularity release shrunk toward the catalog's content"
-    monkeypatch.setattr(server.user_level.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
     run = _user_run(small_dataset, feature_cache, tmp_path, "raw", **{"cooccurrence-items": 40})
     problems = _audit_failure(run, "release-model")
     assert len(problems) == 1 and problems[0].startswith(f"{run / 'model.npz'}: {expected}")

@@ -18,15 +18,18 @@ Checks (each named in the report; any failure makes the audit fail):
    loader uses for n local examples, the history's latest rate is that rate, and a round's
    steps are local-epochs x ceil(n / batch size).
 6. ``no-batchnorm-stats``: the released models carry no BatchNorm running statistics.
-7. ``server-accounting`` (central DP runs): every round is in the ledger, its mechanism
-   (clip, noise std, rate, denominator) is the configured one, its history is the composition
-   of the rounds so far, and its user-level epsilon is not below RDP, PRV or PLD.
+Then the run's privacy mechanism (:mod:`server.mechanisms`, found from the ledger header's
+run config) runs its own checks:
+7. ``server-accounting`` (DP-FedAvg, :mod:`server.audit.dp_fedavg`): every round is in the
+   ledger, its mechanism (clip, noise std, rate, denominator) is the configured one, its
+   history is the composition of the rounds so far, and its user-level epsilon is not below
+   RDP, PRV or PLD.
 8. ``release-accounting``, ``release-noise``, ``release-clipping``, ``release-model``
-   (``privacy = user``):
-   :mod:`server.audit.user_level`.
-9. ``empirical-lower-bound`` (runs with canaries): the canary file matches the ledger's
-   commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the claimed
-   user-level epsilon.
+   (Gaussian releases), or the secure sum's checks (Skellam releases):
+   :mod:`server.audit.user_level`, :mod:`server.audit.secure_sum`.
+9. ``empirical-lower-bound`` (DP-FedAvg runs with canaries): the canary file matches the
+   ledger's commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the
+   claimed user-level epsilon.
 Clients with sample rate 1 (no amplification by sampling) are flagged, not failed.
 """
 
@@ -38,11 +41,9 @@ import warnings
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from server.audit.report import AuditReport, to_html, to_markdown
+from server.mechanisms import mechanism_of_ledger
 from shared.privacy.accounting import (
     dp_accounting_epsilon,
     make_accountant,
@@ -51,9 +52,6 @@ from shared.privacy.accounting import (
     total_steps,
     trivial_epsilon,
 )
-from shared.privacy.canaries import read_canaries
-from shared.privacy.dp_fedavg import flatten
-from shared.privacy.empirical import one_run_audit
 from shared.privacy.ledger import Entry, verify_chain
 from shared.run_directory import RunDirectory
 
@@ -131,6 +129,12 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
         return report
     header = headers[0].body
     delta = float(header["delta"])
+    try:
+        mechanism = mechanism_of_ledger(header)
+    except ValueError as exc:
+        report.fail("mechanism-known", f"the ledger header names no known mechanism: {exc}")
+        return report
+    report.ok("mechanism-known")
     report.figures.update(
         {
             "privacy mode": header.get("privacy-mode", "local"),
@@ -153,16 +157,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     _audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
     _check_no_batchnorm(run, report)
     servers = [e for e in entries if e.kind == "server-round"]
-    if header.get("privacy-mode") == "user":
-        from server.audit.user_level import audit_user_level
-
-        audit_user_level(report, run, header, entries, delta, node_keys)
-    elif header.get("server-dp"):
-        _audit_server(report, header, servers, delta, gaps)
-        _audit_canaries(report, run, header, servers, delta)
-    else:
-        report.figures["server epsilon (user-level)"] = "not applicable: no server-side DP"
-        report.figures["empirical lower bound"] = "not run: canaries audit the server-side (central DP) mechanism"
+    mechanism.audit(report, run, header, entries, delta, gaps, node_keys)
     report.figures["accountant agreement"] = (
         f"Opacus PRV vs dp-accounting PLD: max difference {max(gaps):.4f}; Opacus RDP is never below either"
         if gaps else "n/a (no DP histories)"
@@ -180,25 +175,20 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     return report
 
 
-TRUST = {
-    "local": "nobody for the example-level claim: each device adds its own DP-SGD noise; the server sees each device's noised update",
-    "central": "the server: it sees each device's clipped update in the clear and adds the noise",
-    "both": "each device for the example-level claim; the server for the user-level one (it sees the updates and adds that noise)",
-    "none": "NOT PRIVATE: nothing is protected",
-}
 EPSILON_FIGURES = ("user-level epsilon", "server epsilon (user-level)", "client epsilon min / median / max (example-level)")
 
 
 def _guarantee(header: dict, report: AuditReport) -> dict[str, object]:
     """What the run claims, in the words a privacy officer checks first."""
-    mode = header.get("privacy-mode", "local")
+    mechanism = mechanism_of_ledger(header)
+    trust = mechanism.trust if isinstance(mechanism.trust, str) else "(not stated in the ledger header)"
     claimed = [name for name in EPSILON_FIGURES if not str(report.figures.get(name, "not applicable")).startswith("not applicable")]
     epsilon = "; ".join(f"{name}: {report.figures[name]}" for name in claimed)
     return {
         "privacy unit": header["privacy-unit"],
         "epsilon": epsilon or "none claimed",
         "delta": header["delta"],
-        "whom you must trust": header.get("trust") or TRUST.get(mode, "(not stated in the ledger header)"),
+        "whom you must trust": header.get("trust") or trust,
         "verdict": "every check below passed" if report.passed else "FAIL: at least one check below failed",
     }
 
@@ -286,97 +276,6 @@ def _check_sample_rate(report: AuditReport, client: str, entry: Entry, history, 
         )
     if expected_q >= 1.0:
         report.flags.append(f"client {client}: sample rate 1 (n={body['num-examples']}): no amplification by sampling")
-
-
-def _audit_server(report: AuditReport, header: dict[str, Any], servers: list[Entry], delta: float, gaps: list[float]) -> None:
-    check = "server-accounting"
-    config = header["config"]
-    z, clip, q = float(config["server-noise-multiplier"]), float(config["server-clip-norm"]), float(config["fraction-train"])
-    denominator = q * int(header["population"])
-    last = -math.inf
-    for expected_round, entry in enumerate(servers, start=1):
-        body, where = entry.body, f"server round {entry.round}"
-        if entry.round != expected_round or not body.get("server-dp"):
-            report.fail(check, f"{where}: expected DP round {expected_round} (a round is missing or not noised)")
-            continue
-        if [list(h) for h in body["user-level-history"]] != [[z, q, expected_round]]:
-            report.fail(check, f"{where}: history {body['user-level-history']} is not {expected_round} rounds of (z={z}, q={q})")
-        if not math.isclose(body["server-noise-std"], z * clip, rel_tol=1e-9) or not math.isclose(
-            body["denominator"], denominator, rel_tol=1e-9
-        ):
-            report.fail(check, f"{where}: noise std {body['server-noise-std']} / denominator {body['denominator']} "
-                        f"are not z*C = {z * clip} / q*N = {denominator}")
-        claimed = float(body["user-level-epsilon"])
-        claimed = math.inf if claimed < 0 else claimed
-        recomputed = _recompute([(z, q, expected_round)], delta, header["accountant"])
-        if claimed < recomputed * (1 - REL_TOL):
-            report.fail(check, f"{where}: claims user-level epsilon {claimed:.4f} < recomputed {recomputed:.4f}")
-        if claimed < last:
-            report.fail("epsilon-monotone", f"{where}: user-level epsilon fell from {last:.4f} to {claimed:.4f}")
-        last = claimed
-        report.server_epsilons.append((entry.round, claimed))
-    report.ok(check)
-    if servers and math.isfinite(last) and last > 0:
-        _cross_check(report, "server", [(z, q, len(servers))], last, delta, gaps)
-    report.figures["server epsilon (user-level)"] = (
-        f"{last:.3f} after {len(servers)} rounds (z={z:g}, q={q:g}, C={clip:g})" if servers else "no rounds"
-    )
-
-
-def _audit_canaries(report: AuditReport, run: RunDirectory, header: dict[str, Any], servers: list[Entry], delta: float) -> None:
-    check = "empirical-lower-bound"
-    if not header.get("canaries"):
-        report.figures["empirical lower bound"] = "not run: the run had no canaries (run config `canaries`)"
-        return
-    canaries, digest = read_canaries(run.canaries_path)
-    if digest != header.get("canary-commitment"):
-        report.fail(check, "canaries.json does not match the ledger header's commitment (changed after the run started)")
-        return
-    initial = run.load_checkpoint(run.round_checkpoint(0))["item_tower"]
-    final = run.load_checkpoint(run.final_checkpoint())["item_tower"]
-    scores = canaries.scores(flatten(final) - flatten(initial))
-    included = np.array(canaries.included)
-    result = one_run_audit(scores, included, delta)
-    report.canary_scores = {"included": scores[included].tolist(), "excluded": scores[~included].tolist()}
-    claimed = report.server_epsilons[-1][1] if report.server_epsilons else 0.0
-    # The bound's ceiling: every guess right. A ceiling at or below the claim can never fail.
-    ceiling = one_run_audit(included.astype(float), included, delta).epsilon_lower_bound
-    report.figures["empirical lower bound ceiling"] = (
-        f"{ceiling:.3f} with {len(included)} canaries (every guess right) vs claimed {claimed:.3f}"
-    )
-    if ceiling <= claimed:
-        needed = canaries_for_ceiling(claimed, delta)
-        report.inconclusive[check] = (
-            f"INCONCLUSIVE: with {len(included)} canaries the bound cannot exceed {ceiling:.3f}, below the claimed "
-            f"{claimed:.3f}; it could not have failed. Conclusive with {needed} canaries or more, or at a claim below {ceiling:.3f}"
-        )
-        report.figures["empirical lower bound"] = (
-            f"{result.epsilon_lower_bound:.3f} ({result.correct}/{result.guesses} guesses right): "
-            + report.inconclusive[check]
-        )
-        return
-    report.figures["empirical lower bound"] = (
-        f"{result.epsilon_lower_bound:.3f} at {result.confidence:.0%} confidence ({result.correct}/{result.guesses} "
-        f"guesses right, {result.canaries} canaries) vs claimed {claimed:.3f}"
-    )
-    if result.epsilon_lower_bound > claimed:
-        report.fail(
-            check,
-            f"empirical lower bound {result.epsilon_lower_bound:.3f} exceeds the claimed user-level epsilon {claimed:.3f}: "
-            "the run leaks more than it claims",
-        )
-    report.ok(check)
-
-
-def canaries_for_ceiling(claimed: float, delta: float, limit: int = 1_000_000) -> int | str:
-    """The fewest canaries (doubling from 100) whose all-correct bound exceeds ``claimed``."""
-    m = 100
-    while m <= limit:
-        included = np.arange(m) % 2 == 0
-        if one_run_audit(included.astype(float), included, delta).epsilon_lower_bound > claimed:
-            return m
-        m *= 2
-    return f"more than {limit:,}"
 
 
 def _check_no_batchnorm(run: RunDirectory, report: AuditReport) -> None:

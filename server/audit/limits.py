@@ -12,6 +12,10 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "the ledger's entries are chained by SHA-256, complete and in order",
         "a ledger rewritten whole with its hashes recomputed (ledger-anchored and spend-signed catch that)",
     ),
+    "mechanism-known": (
+        "the ledger header's run config names a privacy mechanism this audit has checks for",
+        "a mechanism registered after the run under the same settings but with other checks",
+    ),
     "ledger-anchored": (
         "the ledger agrees with the metrics, summary, config, clients file and device state written at the time",
         "a server that rewrote every file of the run consistently before anyone read it",

@@ -90,19 +90,25 @@ def check_summary_epsilon(report, check: str, run: RunDirectory, last: float) ->
         report.fail(check, f"summary.json claims user-level epsilon {said}, the ledger {last}")
 
 
-def audit_user_level(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None) -> None:
+def audit_secure_releases(
+    report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None
+) -> None:
+    """The secure sum's checks (:mod:`server.audit.secure_sum`) and the served model's refit."""
+    from server.audit.secure_sum import audit_secure
+
+    releases = [e for e in entries if e.kind == "release"]
+    audit_secure(report, run, header, releases, delta, node_keys)
+    _model(report, releases, header["config"], run)
+    report.figures["empirical lower bound"] = (
+        "INCONCLUSIVE: no canaries are inserted into the user-level releases; the devices' signed shares are this mode's evidence"
+    )
+
+
+def audit_gaussian_releases(report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float) -> None:
+    """Accounting, noise, clipping and the served model of the server's Gaussian releases."""
     releases = [e for e in entries if e.kind == "release"]
     planned = header.get("user-level-releases", [])
     config = header["config"]
-    if config.get("user-noise") == "distributed":
-        from server.audit.secure_sum import audit_secure
-
-        audit_secure(report, run, header, releases, delta, node_keys)
-        _model(report, releases, config, run)
-        report.figures["empirical lower bound"] = (
-            "INCONCLUSIVE: no canaries are inserted into the user-level releases; the devices' signed shares are this mode's evidence"
-        )
-        return
     budget = float(config["user-epsilon"])
     popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
     shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])

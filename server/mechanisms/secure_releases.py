@@ -1,0 +1,148 @@
+"""``privacy = user``, ``user-noise = distributed`` (the default): the devices add the noise,
+and secure aggregation lets the server unmask only the noisy sum.
+
+Each device clips its statistic to L2 norm 1, scales and rounds it (conditional randomised
+rounding), adds its share of Skellam noise and masks it modulo 2^32; the protocol
+(:mod:`server.secure_release`) unmasks only sums over at least ``1 - secure-dropout`` of the
+devices. The epsilon is Skellam RDP at the noise of the devices that sent their input less the
+tolerated colluders (Agarwal, Kairouz, Liu 2021). No single party is trusted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
+from shared.config import RunConfig
+from shared.run_directory import SECURE_FILE
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from server.audit.report import AuditReport
+    from server.secure_release import SecureRelease
+    from shared.privacy.ledger import Entry, Ledger
+    from shared.run_directory import RunDirectory
+    from shared.secure_sum.plan import ReleasePlan, SecurePlan
+
+SENSITIVITY = 1.0
+
+
+def secure_ledger_body(plan: "SecurePlan", release: "ReleasePlan", result: "SecureRelease", epsilon: float) -> dict[str, Any]:
+    """A secure release's ledger entry: the plan it ran under, who took part, what each device
+    signed it added, and the epsilon at the honest noise the signed shares realised."""
+    return {
+        "release": release.name,
+        "mechanism": "secure sum, distributed Skellam noise",
+        "dimension": release.dimension,
+        "sensitivity": SENSITIVITY,
+        "scale": release.scale,
+        "rounding-bound": release.bound,
+        "field-bits": 32,
+        "share-variance": release.share_variance,
+        "devices": plan.devices,
+        "min-survivors": plan.min_survivors,
+        "threshold": plan.threshold,
+        "colluders": plan.colluders,
+        "participants": len(result.participants),
+        "contributions": len(result.survivors),
+        "dropped": len(result.dropped),
+        "honest-variance": result.honest_variance,
+        "noise-std": float(np.sqrt(result.honest_variance)) / release.scale,
+        "user-level-epsilon": epsilon if np.isfinite(epsilon) else -1.0,
+        "contributors": [str(r["client"]) for r in result.records],
+        "signed": result.records,
+    }
+
+
+class SecureReleaser(Releaser):
+    """Masked device statistics carrying the devices' noise shares; the server unmasks the sum."""
+
+    def __init__(self, grid: "Grid", nodes: list[int], config: RunConfig, dimensions: list[int], ledger: "Ledger", log) -> None:
+        from server.secure_release import SecureAggregation
+
+        self.secure = SecureAggregation(grid, nodes, config, dimensions, log)
+        self.nodes, self.ledger, self.log = nodes, ledger, log
+        self.honest: list[float] = []
+        self.evidence: dict[str, np.ndarray] = {}
+
+    def start(self) -> None:
+        secure = self.secure
+        secure.setup(server_round=1)
+        self.log(
+            f"[secure aggregation] {len(secure.participants)} of {len(self.nodes)} devices shared their keys with "
+            f"{secure.plan.neighbours} neighbours each (threshold {secure.plan.threshold}); a release needs "
+            f"{secure.plan.min_survivors} devices, {secure.plan.colluders} may collude"
+        )
+
+    def release(self, server_round: int, name: str, dimension: int, arrays: ArrayRecord) -> Released:
+        from server.secure_release import SecureAggregationAborted
+
+        try:
+            result = self.secure.release(name, arrays, server_round)
+        except SecureAggregationAborted as exc:
+            self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
+            raise
+        self.honest.append(result.honest_variance)
+        epsilon = self.secure.plan.epsilon(self.honest)
+        plan = self.secure.plan.release(name)
+        std = float(np.sqrt(result.total_variance)) / plan.scale  # the noise in the sum, for the model's fit
+        self.evidence.update(result.evidence)
+        body = {**secure_ledger_body(self.secure.plan, plan, result, epsilon), "fitted-noise-std": std}
+        return Released(result.noisy, [str(r["client"]) for r in result.records], epsilon, std, body)
+
+    def finish(self, run_dir: "RunDirectory") -> None:
+        run_dir.save_arrays(SECURE_FILE, {**self.evidence, **self.secure.key_evidence()})
+
+
+class SecureReleases(ReleasesMechanism):
+    name = "secure-skellam-releases"
+    variant = ("user-noise", "distributed")
+    unit = "user (all of one device's interactions), noise added by the devices under secure aggregation"
+
+    @classmethod
+    def validate(cls, config: RunConfig) -> None:
+        super().validate(config)
+        p = config.privacy
+        if p.secure_neighbours < 2 or not 0.0 <= p.secure_dropout < 1.0 or not 0.0 <= p.secure_colluders < 1.0:
+            raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
+
+    @property
+    def trust(self) -> str:  # type: ignore[override]
+        p = self.config.privacy
+        return (
+            "no single party: the server sees each device's statistic only masked (uniform modulo 2^32) and unmasks only "
+            f"sums over at least {1 - p.secure_dropout:.0%} of the devices, which already carry the devices' noise. Assumed: an "
+            f"honest-but-curious server that follows the protocol, and at most {p.secure_colluders:.0%} of devices colluding "
+            "with it (their noise is not counted). A malicious server could lie about who dropped out to two groups of "
+            "devices, or forge public keys (no PKI); devices are not checked to clip (no zero-knowledge proofs)"
+        )
+
+    def header_fields(self, canary_commitment: str | None) -> dict[str, Any]:
+        return {
+            **super().header_fields(canary_commitment),
+            "user-level-mechanism": "distributed Skellam mechanism under secure aggregation: each device clips its statistic "
+            "(the same three as the central mechanism) to L2 norm 1, scales and rounds it (conditional randomised rounding, "
+            "the rounded norm bound is the sensitivity), adds its share of Skellam noise, and masks it modulo 2^32 (pairwise "
+            "X25519 masks expanded by ChaCha20, Shamir-shared with its neighbours); the server unmasks only the sum",
+            "user-level-accounting": "Skellam RDP (Agarwal, Kairouz, Liu 2021, Theorem 3.5) at the noise of the devices that "
+            "sent their input less the tolerated colluders, composed over the releases, converted as Opacus' RDP accountant",
+            "user-epsilon": self.user_epsilon_field(),
+            "trust": self.trust,
+        }
+
+    def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:
+        return SecureReleaser(grid, nodes, self.config, list(dimensions.values()), ledger, log)
+
+    @classmethod
+    def audit(
+        cls, report: "AuditReport", run: "RunDirectory", header: dict[str, Any], entries: "list[Entry]",
+        delta: float, gaps: list[float], node_keys: Any = None,
+    ) -> None:
+        """The devices' signed noise shares, the unmasked sums, the keys, and the served model."""
+        from server.audit.user_level import audit_secure_releases
+
+        audit_secure_releases(report, run, header, entries, delta, node_keys)
