@@ -30,7 +30,7 @@ def test_real_run_passes_every_check(federated_run, tmp_path):
     report = audit(run_dir)
     assert report.passed, report.failures
     assert set(report.failures) == {
-        "hash-chain", "ledger-anchored", "identity-budget", "spend-signed", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
+        "hash-chain", "mechanism-known", "ledger-anchored", "identity-budget", "spend-signed", "noise-conformance", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate",
         "no-batchnorm-stats",
     }
     assert report.figures["clients (with a signed example-level spend)"] == 12 and report.figures["rounds"] == 2
