@@ -50,7 +50,7 @@ from shared.data import load_dataset
 from shared.features import load_or_compute_features
 from shared.metrics import metrics_from_rank, rank_of
 from shared.privacy.accounting import gaussian_epsilon, split_budget
-from shared.privacy.dp_fedavg import clip
+from shared.privacy.gaussian import clip
 
 WEEK_S = 7 * 24 * 3600
 MODES = ("frozen", "retrain", "online")

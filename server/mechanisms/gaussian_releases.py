@@ -22,7 +22,7 @@ from server.replies import MESSAGE_TIMEOUT_S, ok_replies
 from shared.config import RunConfig
 from shared.messages import CONTRIBUTION_KEY, TASK_KEY, client_id, server_messages, update_of
 from shared.privacy.accounting import gaussian_epsilon, split_budget
-from shared.privacy.dp_fedavg import clip, gaussian_noise
+from shared.privacy.gaussian import clip, gaussian_noise
 from shared.user_releases import budget_shares, planned_releases
 
 if TYPE_CHECKING:

@@ -11,20 +11,9 @@ can only grow.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 
 History = list[tuple[float, float, int]]
-
-
-@dataclass(frozen=True)
-class PrivacySpend:
-    """Cumulative example-level privacy spent by one client, epsilon at ``delta``."""
-
-    epsilon: float
-    delta: float
-    steps: int
-    history: History
 
 
 def history_to_json(history: History) -> str:

@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord
 
 from shared.privacy.accounting import History, epsilon_of
 from shared.privacy.canaries import CanarySet
+from shared.privacy.gaussian import clip, gaussian_noise  # noqa: F401 (tests break the noise here)
 
 if TYPE_CHECKING:  # torch is imported where a model is rebuilt: the clip is numpy only (devices)
     import torch
@@ -81,17 +82,6 @@ def unflatten(vector: np.ndarray, like: ArrayRecord) -> ArrayRecord:
     if offset != vector.size:
         raise ValueError(f"vector of {vector.size} values does not fit a model of {offset}")
     return ArrayRecord(out)
-
-
-def clip(update: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
-    """``update`` scaled to L2 norm at most ``clip_norm``; also its norm before clipping."""
-    norm = float(np.linalg.norm(update))
-    return (update * min(1.0, clip_norm / norm) if norm > 0 else update), norm
-
-
-def gaussian_noise(rng: np.random.Generator, size: int, std: float) -> np.ndarray:
-    """The noise added to the clipped sum (a function of its own so tests can break it)."""
-    return rng.normal(0.0, std, size=size)
 
 
 @dataclass(frozen=True)

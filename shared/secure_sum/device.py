@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.privacy.dp_fedavg import clip
+from shared.privacy.gaussian import clip
 from shared.secure_sum import masks
 from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
 from shared.secure_sum.quantise import FIELD_BITS, conditional_round, to_field
