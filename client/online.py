@@ -155,10 +155,7 @@ class OnlineUser:
 
     def scores(self) -> np.ndarray:
         if self.export.kind == "user-level":
-            from shared.explain import user_level_terms
-
-            history = np.asarray(self.history, dtype=np.int64)
-            scores = sum(user_level_terms(self.model, history, self.content).values())
+            scores = self.model.scores(np.asarray(self.history, dtype=np.int64), self.content)
         else:
             scores = self.embeddings @ self.user + self.biases
         scores = np.asarray(scores, dtype=np.float64).copy()

@@ -24,7 +24,6 @@ from shared.explain import (
     explain_tower,
     nearest_in_history,
     user_level_because_many,
-    user_level_terms,
 )
 
 EXPORTED_FILES = {
@@ -146,8 +145,8 @@ def _rank_user_level(export: Export, seen: list[int], k: int, explain: bool) -> 
     history = np.asarray(seen, dtype=np.int64)
     if not len(history):
         raise ValueError("give --history (item ids): a user-level model ranks from the user's own history")
-    terms = user_level_terms(model, history, content)
-    scores = sum(terms.values())
+    terms = model.score_terms(history, content)
+    scores = sum(terms.values(), np.zeros(len(export.ids)))  # model.scores: the same sum
     scores[history] = -np.inf
     top = [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     because = user_level_because_many(model, history, content, top) if explain else [[] for _ in top]
@@ -166,7 +165,7 @@ def catalog_parts(export: Export, seen: list[int]) -> dict[str, np.ndarray]:
     ranked as :func:`rank` ranks without a device state."""
     if export.kind == "user-level":
         content = export.arrays["content.npy"].astype(np.float64)
-        return user_level_terms(exported_model(export), np.asarray(seen, dtype=np.int64), content)
+        return exported_model(export).score_terms(np.asarray(seen, dtype=np.int64), content)
     user = export.arrays["item_embeddings.npy"][seen].mean(axis=0)
     parts = export.arrays["item_parts.npy"] @ user  # [N, players]
     out = {name: parts[:, m] for m, name in enumerate(export.manifest["explanation-players"])}

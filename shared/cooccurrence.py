@@ -158,6 +158,21 @@ def content_matrix(
     return np.hstack([text, projected, flags])
 
 
+TEXT_COLUMNS = 384  # MiniLM's dimension: the first columns of content_matrix
+
+
+def unit_content(content: np.ndarray) -> np.ndarray:
+    """The content vectors without the presence flags and the constant, at unit norm [N, D]."""
+    vectors = content[:, :-3]  # without the presence flags and the constant (as content_similarity)
+    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
+
+
+def content_blocks(columns: int) -> dict[str, slice]:
+    """The content matrix's column blocks: MiniLM text, image principal directions, and the
+    presence flags with the constant (``prior``: what any item gets, whatever its content)."""
+    return {"text": slice(0, TEXT_COLUMNS), "image": slice(TEXT_COLUMNS, columns - 3), "prior": slice(columns - 3, columns)}
+
+
 def _ridge(inputs: np.ndarray, targets: np.ndarray, penalty: float = CONTENT_RIDGE) -> np.ndarray:
     gram = inputs.T @ inputs + penalty * np.eye(inputs.shape[1])
     return np.linalg.solve(gram, inputs.T @ targets)
@@ -254,11 +269,58 @@ class CooccurrenceModel:
 
     def scores(self, train_items: np.ndarray, content: np.ndarray | None = None) -> np.ndarray:
         """Scores [N] of every catalog item for a user with these training items (``content``:
-        the catalog's :func:`content_matrix`, needed when the content weight is not 0)."""
+        the catalog's :func:`content_matrix`, needed when the content weight is not 0): the sum
+        of :meth:`score_terms`."""
         if self.content_weight and content is None:
             raise ValueError("this model weighs content similarity: pass the catalog's content matrix")
-        personal, popularity, similarity = self.score_parts(train_items, content if self.content_weight else None)
-        return personal + self.popularity_weight * popularity + self.content_weight * similarity
+        return sum(self.score_terms(train_items, content).values(), np.zeros(len(self.factors)))
+
+    def score_terms(self, history: np.ndarray, content: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every catalog item's score split into named terms [N] each; their sum is
+        :meth:`scores`: the one scoring path (evaluation, ranking, online updates and
+        explanations all go through it).
+
+        ``collaborative`` (the item's factors against the user's) and ``popularity`` for items the
+        releases saw; for items placed from their content (unknown at release time, cold start)
+        those two terms are linear in the content, so they split by its column blocks into
+        ``text``, ``image`` and ``prior``. The content similarity's cosine splits into ``text`` and
+        ``image`` for every item."""
+        history = np.asarray(history, dtype=np.int64)
+        user, scale, top_popularity = self.scales(history)
+        n = len(self.factors)
+        terms = {
+            "collaborative": self.factors @ user / scale,
+            "popularity": self.popularity_weight * self.popularity / top_popularity,
+            "text": np.zeros(n),
+            "image": np.zeros(n),
+        }
+        if content is not None and self.factor_map is not None and self.from_content is not None and self.from_content.any():
+            cold = self.from_content
+            terms["prior"] = np.zeros(n)
+            for name, columns in content_blocks(content.shape[1]).items():
+                block = content[cold][:, columns]
+                terms[name][cold] += block @ self.factor_map[columns] @ user / scale
+                terms[name][cold] += self.popularity_weight * (block @ self.popularity_map[columns]) / top_popularity
+            terms["collaborative"][cold] = 0.0
+            terms["popularity"][cold] = 0.0
+        if self.content_weight and content is not None and len(history):
+            # The content similarity is a cosine over unit vectors, so a modality's share is not its
+            # columns' share of the dot product: an item without a modality is renormalised over the
+            # other. Its parts are the two-player Shapley values of the item's own modalities (text
+            # only, image only, both, none: a zero vector), the catalog's mean going to ``prior``.
+            raw, t = content[:, :-3], TEXT_COLUMNS
+            vectors = unit_content(content)
+            profile = vectors[history].mean(0)
+            profile = profile / (np.linalg.norm(profile) + 1e-9)
+            full = vectors @ profile
+            with_text = raw[:, :t] @ profile[:t] / (np.linalg.norm(raw[:, :t], axis=1) + 1e-9)
+            with_image = raw[:, t:] @ profile[t:] / (np.linalg.norm(raw[:, t:], axis=1) + 1e-9)
+            scale = self.content_weight / (full.std() + 1e-9)
+            terms["text"] += scale * (with_text + full - with_image) / 2
+            terms["image"] += scale * (with_image + full - with_text) / 2
+            terms.setdefault("prior", np.zeros(n))
+            terms["prior"] -= scale * full.mean()
+        return {name: values for name, values in terms.items() if np.any(values)}
 
     def with_weights(self, popularity_weight: float, content_weight: float) -> "CooccurrenceModel":
         return dataclasses.replace(self, popularity_weight=popularity_weight, content_weight=content_weight)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TEXT_COLUMNS = 384  # MiniLM's dimension: the first columns of shared.cooccurrence.content_matrix
+from shared.cooccurrence import content_blocks, unit_content
 
 
 @dataclass
@@ -138,67 +138,7 @@ def nearest_in_history(item_index: int, vectors: np.ndarray, seen: list[int], id
     return [(ids[seen[j]], float(similarity[j])) for j in order]
 
 
-# --- the user-level model: exact terms ----------------------------------------------------
-
-
-def _unit_content(content: np.ndarray) -> np.ndarray:
-    vectors = content[:, :-3]  # without the presence flags and the constant (as content_similarity)
-    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9)
-
-
-def content_blocks(columns: int) -> dict[str, slice]:
-    """The content matrix's column blocks: MiniLM text, image principal directions, and the
-    presence flags with the constant (``prior``: what any item gets, whatever its content)."""
-    return {"text": slice(0, TEXT_COLUMNS), "image": slice(TEXT_COLUMNS, columns - 3), "prior": slice(columns - 3, columns)}
-
-
-def user_level_terms(model, history: np.ndarray, content: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Every catalog item's score split into named terms [N] each; their sum is
-    :meth:`CooccurrenceModel.scores` exactly.
-
-    ``collaborative`` (the item's factors against the user's) and ``popularity`` for items the
-    releases saw; for items placed from their content (unknown at release time, cold start)
-    those two terms are linear in the content, so they split by its column blocks into
-    ``text``, ``image`` and ``prior``. The content similarity's cosine splits into ``text`` and
-    ``image`` for every item."""
-    history = np.asarray(history, dtype=np.int64)
-    user, scale, top_popularity = model.scales(history)
-    n = len(model.factors)
-    terms = {
-        "collaborative": model.factors @ user / scale,
-        "popularity": model.popularity_weight * model.popularity / top_popularity,
-        "text": np.zeros(n),
-        "image": np.zeros(n),
-    }
-    if content is not None and model.factor_map is not None and model.from_content is not None and model.from_content.any():
-        cold = model.from_content
-        terms["prior"] = np.zeros(n)
-        for name, columns in content_blocks(content.shape[1]).items():
-            block = content[cold][:, columns]
-            terms[name][cold] += block @ model.factor_map[columns] @ user / scale
-            terms[name][cold] += model.popularity_weight * (block @ model.popularity_map[columns]) / top_popularity
-        terms["collaborative"][cold] = 0.0
-        terms["popularity"][cold] = 0.0
-    if model.content_weight and content is not None and len(history):
-        # The content similarity is a cosine over unit vectors, so a modality's share is not its
-        # columns' share of the dot product: an item without a modality is renormalised over the
-        # other. Its parts are the two-player Shapley values of the item's own modalities (text
-        # only, image only, both, none: a zero vector), the catalog's mean going to ``prior``.
-        raw = content[:, :-3]
-        text_only, image_only = np.zeros_like(raw), np.zeros_like(raw)
-        text_only[:, :TEXT_COLUMNS], image_only[:, TEXT_COLUMNS:] = raw[:, :TEXT_COLUMNS], raw[:, TEXT_COLUMNS:]
-        vectors = _unit_content(content)
-        profile = vectors[history].mean(0)
-        profile = profile / (np.linalg.norm(profile) + 1e-9)
-        full = vectors @ profile
-        with_text = text_only @ profile / (np.linalg.norm(text_only, axis=1) + 1e-9)
-        with_image = image_only @ profile / (np.linalg.norm(image_only, axis=1) + 1e-9)
-        scale = model.content_weight / (full.std() + 1e-9)
-        terms["text"] += scale * (with_text + full - with_image) / 2
-        terms["image"] += scale * (with_image + full - with_text) / 2
-        terms.setdefault("prior", np.zeros(n))
-        terms["prior"] -= scale * full.mean()
-    return {name: values for name, values in terms.items() if np.any(values)}
+# --- the user-level model: the history items behind a score -----------------------------
 
 
 def user_level_because(model, history: np.ndarray, content: np.ndarray | None, item_index: int, k: int = 3) -> list[tuple[int, float]]:
@@ -219,7 +159,7 @@ def user_level_because_many(
     rows = model.history_rows(history)  # what each history item adds to the user vector
     with_content = model.content_weight and content is not None
     if with_content:
-        vectors = _unit_content(content)
+        vectors = unit_content(content)
         profile = vectors[history].mean(0)
         similarity = vectors @ profile / (np.linalg.norm(profile) + 1e-9)
         history_mean = (vectors[history] @ vectors.T).mean(1)

@@ -30,7 +30,7 @@ from client.recommend import catalog_parts, exported_model, load_export, rank
 from server.export import export_run
 from shared.config import DEFAULTS, resolve
 from shared.data import load_dataset, split_for
-from shared.explain import user_level_terms, without_modality
+from shared.explain import without_modality
 from shared.run_directory import RunDirectory
 
 MODALITIES = ("text", "image")
@@ -102,7 +102,7 @@ def _deletion(export, run: RunDirectory, config, dataset):
 
         def user_level(index: int, history, modality: str) -> float:
             stripped = without_modality(content, modality, rows=[index])  # this item only, as if it never had it
-            terms = user_level_terms(model, np.asarray(history), stripped)
+            terms = model.score_terms(np.asarray(history), stripped)
             return float(sum(values[index] for values in terms.values()))
 
         return user_level

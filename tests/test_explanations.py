@@ -136,7 +136,7 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly(item_model):
     the item's own content moves its score by exactly that block's part (no content
     similarity here: content weight 0)."""
     from shared.cooccurrence import fit_model
-    from shared.explain import user_level_terms, without_modality
+    from shared.explain import without_modality
 
     rng = np.random.default_rng(0)
     n, m = 40, 12
@@ -151,13 +151,13 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly(item_model):
     )
     assert np.flatnonzero(model.from_content).tolist() == [17, 33]  # 5 is a released item: its own factors
     history = np.array([0, 2, 3, 7])
-    terms = user_level_terms(model, history, content)
+    terms = model.score_terms(history, content)
     np.testing.assert_allclose(sum(terms.values()), model.scores(history), atol=1e-9)
     for cold in (17, 33):
         assert terms["collaborative"][cold] == 0.0 and terms["popularity"][cold] == 0.0
         for modality in ("text", "image"):
             stripped = without_modality(content, modality, rows=[cold])
-            after = sum(user_level_terms(model, history, stripped).values())[cold]
+            after = model.scores(history, stripped)[cold]
             assert sum(terms.values())[cold] - after == pytest.approx(terms[modality][cold], abs=1e-9)
     assert terms["text"][0] == 0.0 and terms["prior"][0] == 0.0  # a warm item: collaborative and popularity only
     if item_model == "ease":  # "because": each history item's own weight to the item, scaled as the score is
