@@ -158,7 +158,7 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
         report.server_epsilons.append((entry.round, claimed))
     if honest and plan.epsilon(honest) > budget * (1 + 1e-9):
         report.fail(check, f"the signed shares give user-level epsilon {plan.epsilon(honest):.4f}, above user-epsilon {budget:g}")
-    from server.audit.user_level import check_summary_epsilon
+    from server.audit.releases import check_summary_epsilon
 
     check_summary_epsilon(report, check, run, last)
     report.ok(check)

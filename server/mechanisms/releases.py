@@ -2,7 +2,7 @@
 
 Each device contributes once to each release; the server post-processes the releases (and the
 public catalog's content) into the served item model, and each device ranks the catalog with
-its own history. The driver is :func:`server.user_level.run_releases`; who adds the noise is
+its own history. The driver is :func:`server.releases.run_releases`; who adds the noise is
 the mechanism's :class:`Releaser` (the server's Gaussian, or the devices' Skellam shares under
 secure aggregation).
 """
@@ -108,7 +108,7 @@ class ReleasesMechanism(PrivacyMechanism):
 
         from server.book import RoundBook
         from server.rounds import evaluate_nodes
-        from server.user_level import run_releases
+        from server.releases import run_releases
         from shared.features import load_or_compute_features
 
         known = np.ones(setup.dataset.num_items, dtype=bool)

@@ -1,4 +1,4 @@
-"""The audit's checks for ``privacy = user`` runs (the releases of :mod:`server.user_level`).
+"""The audit's checks for ``privacy = user`` runs (the releases of :mod:`server.releases`).
 
 Each check reads only the run directory and fails with a line naming the release:
 
