@@ -180,12 +180,12 @@ class PrivacyConfig:
     @property
     def local_dp(self) -> bool:
         """Whether devices train with DP-SGD (example-level privacy)."""
-        return self.privacy in ("local", "both")
+        return self.privacy in DP_SGD_MODES
 
     @property
     def central_dp(self) -> bool:
         """Whether the server clips and noises client updates (user-level DP-FedAvg)."""
-        return self.privacy in ("central", "both")
+        return self.privacy in DP_FEDAVG_MODES
 
 
 @dataclass(frozen=True)
@@ -266,6 +266,10 @@ class RunConfig(Mapping):
         keys = DEVICE_KEYS | (FAULT_KEYS if self.run.faults else frozenset())
         return {key: self[key] for key in RUN_CONFIG if key in keys}
 
+# What the device and the aggregator read from the mode (a device does not import the server's
+# mechanisms); each mechanism in server/mechanisms states the same, and a test holds them equal.
+DP_SGD_MODES = ("local", "both")
+DP_FEDAVG_MODES = ("central", "both")
 DP_ENGINES = ("fast", "opacus")
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -331,14 +335,10 @@ def model_spec(config: Mapping[str, Any], num_items: int = 0) -> "ModelSpec":
     )
 
 
-def local_dp(config: Mapping[str, Any]) -> bool:
-    """Whether devices train with DP-SGD (example-level privacy)."""
-    return config["privacy"] in ("local", "both")
-
-
-def central_dp(config: Mapping[str, Any]) -> bool:
-    """Whether the server clips and noises client updates (user-level privacy)."""
-    return config["privacy"] in ("central", "both")
+def from_saved(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A finished run's config (its ``config.json``) with ``overrides``: keys this version does
+    not know (a run written by another version) are left out, not errors."""
+    return resolve(None, {**{key: value for key, value in saved.items() if key in DEFAULTS}, **(overrides or {})})
 
 
 def train_config(config: Mapping[str, Any]) -> "TrainConfig":
@@ -346,7 +346,7 @@ def train_config(config: Mapping[str, Any]) -> "TrainConfig":
     from shared.training import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"dp"}
-    return TrainConfig(dp=local_dp(config), **{name: config[name.replace("_", "-")] for name in names})
+    return TrainConfig(dp=config["privacy"] in DP_SGD_MODES, **{name: config[name.replace("_", "-")] for name in names})
 
 
 def markdown_table() -> str:

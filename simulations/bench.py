@@ -257,7 +257,7 @@ def online_latency(work: Path, cache: Path, events: int = 200, runs: dict[str, P
     from client.online import OnlineUser
     from client.recommend import load_export
     from server.export import export_run
-    from shared.config import DEFAULTS, resolve
+    from shared.config import from_saved
     from shared.data import load_dataset, split_for
     from shared.run_directory import RunDirectory
     from simulations.simulate import simulate
@@ -268,7 +268,7 @@ def online_latency(work: Path, cache: Path, events: int = 200, runs: dict[str, P
                                                     "run-dir": str(work / "online-runs"), "run-id": kind})
         export = load_export(export_run(run_dir, work / f"online-{kind}"))  # verified once, not per event
         saved = RunDirectory.open(run_dir).read_config()
-        config = resolve(None, {key: value for key, value in saved.items() if key in DEFAULTS})
+        config = from_saved(saved)
         dataset = load_dataset(config.data.data_dir)
         split = split_for(dataset, config)
         rng = np.random.default_rng(0)

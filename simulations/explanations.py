@@ -28,7 +28,7 @@ import numpy as np
 
 from client.recommend import catalog_parts, exported_model, load_export, rank
 from server.export import export_run
-from shared.config import DEFAULTS, resolve
+from shared.config import from_saved
 from shared.data import load_dataset, split_for
 from shared.explain import without_modality
 from shared.run_directory import RunDirectory
@@ -41,8 +41,7 @@ def run_explanations(run_dir: str | Path, users: int = 0, k: int = 10) -> dict[s
     saved = run.read_config()
     from server.resume import current_data_dir
 
-    config = resolve(None, {**{key: value for key, value in saved.items() if key in DEFAULTS},
-                            "data-dir": current_data_dir(run, saved)})
+    config = from_saved(saved, {"data-dir": current_data_dir(run, saved)})
     dataset = load_dataset(config.data.data_dir)
     split = split_for(dataset, config)
     cold = set(int(i) for i in split.cold_items)  # no training interaction: content alone ranks them
