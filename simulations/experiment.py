@@ -46,7 +46,6 @@ METRICS = (
     "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm", "recall@20-warm",
     "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
 )
-KINDS = ("federated", "pooled", "most-popular", "library")
 KIND_ALIASES = {"central": "pooled"}  # old name: "central" now means only central DP
 SAME_USERS_METRICS = ("hr@10-warm", "recall@20-warm", "hr@10-sampled", "rank-percentile-warm")
 
@@ -95,8 +94,8 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
             new = KIND_ALIASES[setting["kind"]]
             print(f"fedmmrec: {path}: setting {setting['name']!r}: kind {setting['kind']!r} is now {new!r}", file=sys.stderr)
             setting["kind"] = new
-        if setting.get("kind", "federated") not in KINDS:
-            raise ValueError(f"{path}: setting {setting['name']!r}: kind must be one of {', '.join(KINDS)}")
+        if setting.get("kind", "federated") not in RUNNERS:
+            raise ValueError(f"{path}: setting {setting['name']!r}: kind must be one of {', '.join(RUNNERS)}")
         if setting.get("kind") == "library":
             from simulations.library_baselines import LIBRARY_MODELS
 
@@ -114,26 +113,27 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     }
 
 
-def _run_one(kind: str, overrides: dict[str, Any], run_dir: Path) -> None:
-    if kind == "federated":
-        from simulations.simulate import simulate
+def _run_federated(overrides: dict[str, Any], run_dir: Path) -> None:
+    from simulations.simulate import simulate
 
-        simulate(overrides)
-    elif kind == "pooled":
-        from simulations.pooled import train_pooled
+    simulate(overrides)
 
-        train_pooled(overrides)
-    elif kind == "library":
-        _run_library(overrides, run_dir)
-    else:
-        from shared.baselines import most_popular
-        from shared.config import resolve
-        from shared.data import load_dataset, split_for
-        from shared.data.prepare import resolve_data_dir
 
-        config = resolve(None, overrides)
-        final = most_popular(split_for(load_dataset(resolve_data_dir(config)), config))
-        RunDirectory(run_dir.parent, run_dir.name).write_summary({"kind": "most-popular", "final": final})
+def _run_pooled(overrides: dict[str, Any], run_dir: Path) -> None:
+    from simulations.pooled import train_pooled
+
+    train_pooled(overrides)
+
+
+def _run_most_popular(overrides: dict[str, Any], run_dir: Path) -> None:
+    from shared.baselines import most_popular
+    from shared.config import resolve
+    from shared.data import load_dataset, split_for
+    from shared.data.prepare import resolve_data_dir
+
+    config = resolve(None, overrides)
+    final = most_popular(split_for(load_dataset(resolve_data_dir(config)), config))
+    RunDirectory(run_dir.parent, run_dir.name).write_summary({"kind": "most-popular", "final": final})
 
 
 def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
@@ -160,6 +160,11 @@ def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
         {"kind": "library", "model": name, "final": final, "wall-seconds": round(time.time() - started, 1),
          **({"tuning": tuning} if tuning else {})}
     )
+
+
+# kind -> runner(overrides, run directory): each writes the run directory's summary.json,
+# whose "final" block the results table reads the same way for every kind.
+RUNNERS = {"federated": _run_federated, "pooled": _run_pooled, "library": _run_library, "most-popular": _run_most_popular}
 
 
 def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:
@@ -198,11 +203,11 @@ def most_popular_on_same_users(run_dir: Path) -> dict[str, float]:
     fair comparison uses the same users.
     """
     from shared.baselines import most_popular
-    from shared.config import DEFAULTS, resolve
+    from shared.config import from_saved
     from shared.data import load_dataset, split_for
 
     run = RunDirectory.open(run_dir)
-    config = resolve(None, {k: v for k, v in run.read_config().items() if k in DEFAULTS})
+    config = from_saved(run.read_config())
     return most_popular(split_for(load_dataset(config.data.data_dir), config), run.trained_partitions())
 
 
@@ -245,7 +250,7 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
             else:
                 print(f"fedmmrec: experiment {spec['name']}: {setting['name']}, seed {seed}", flush=True)
                 started = time.time()
-                _run_one(kind, overrides, run_dir)
+                RUNNERS[kind](overrides, run_dir)
                 wall = round(time.time() - started, 1)
             rows.append(_row(setting["name"], kind, seed, run_dir, wall))
     write_results(out, rows, _reference_rows(spec, Path(path)))
