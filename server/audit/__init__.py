@@ -26,7 +26,7 @@ run config) runs its own checks:
    RDP, PRV or PLD.
 8. ``release-accounting``, ``release-noise``, ``release-clipping``, ``release-model``
    (Gaussian releases), or the secure sum's checks (Skellam releases):
-   :mod:`server.audit.user_level`, :mod:`server.audit.secure_sum`.
+   :mod:`server.audit.releases`, :mod:`server.audit.secure_sum`.
 9. ``empirical-lower-bound`` (DP-FedAvg runs with canaries): the canary file matches the
    ledger's commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the
    claimed user-level epsilon.
@@ -35,83 +35,13 @@ Clients with sample rate 1 (no amplification by sampling) are flagged, not faile
 
 from __future__ import annotations
 
-import math
-import statistics
-import warnings
-from collections import defaultdict
-from functools import lru_cache
 from pathlib import Path
 
+from server.audit.clients import audit_clients
 from server.audit.report import AuditReport, to_html, to_markdown
 from server.mechanisms import mechanism_of_ledger
-from shared.privacy.accounting import (
-    dp_accounting_epsilon,
-    make_accountant,
-    merged,
-    opacus_epsilon,
-    total_steps,
-    trivial_epsilon,
-)
-from shared.privacy.ledger import Entry, verify_chain
+from shared.privacy.ledger import verify_chain
 from shared.run_directory import RunDirectory
-
-PRV_EPS_ERROR = 0.01
-REL_TOL = 1e-6
-CHECKS = (
-    "hash-chain", "epsilon-recomputed", "epsilon-monotone", "steps-match-history", "sample-rate", "no-batchnorm-stats",
-)
-
-
-def tight_tolerance(epsilon: float) -> float:
-    """How far two tight accountants (PRV, PLD) may differ: their discretisation errors."""
-    return 0.01 * max(1.0, epsilon) + 0.02
-
-
-TIGHT_ACCOUNTANT_LIMIT = 100.0
-
-
-@lru_cache(maxsize=4096)
-def _three_accountants(history: tuple, delta: float) -> tuple[float, float, float] | None:
-    """(Opacus RDP, Opacus PRV, dp-accounting PLD) epsilon; cached: clients share histories.
-
-    None when RDP is above ``TIGHT_ACCOUNTANT_LIMIT``: the tight accountants' grids grow with
-    epsilon (PRV asks for tens of GB), and such a guarantee is void anyway.
-    """
-    history_list = list(history)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rdp = _recompute(history_list, delta, "rdp")
-        if not rdp <= TIGHT_ACCOUNTANT_LIMIT:
-            return None
-        prv = float(make_accountant("prv", merged(history_list)).get_epsilon(delta, eps_error=PRV_EPS_ERROR))
-        pld = dp_accounting_epsilon(history_list, delta)
-    return rdp, prv, pld
-
-
-def _recompute(history, delta: float, accountant: str) -> float:
-    """A claim recomputed by a fresh Opacus accountant (not the clients' cached fast path)."""
-    history = merged([tuple(h) for h in history])
-    trivial = trivial_epsilon(history)
-    if trivial is not None:
-        return trivial
-    return opacus_epsilon(tuple(history), float(delta), accountant)
-
-
-def _cross_check(report: AuditReport, who: str, history, claimed: float, delta: float, gaps: list[float]) -> None:
-    """RDP >= PRV ~ PLD, and the claim is not below any of them."""
-    epsilons = _three_accountants(tuple(tuple(h) for h in merged(history)), delta)
-    if epsilons is None:
-        report.flags.append(f"{who}: epsilon above {TIGHT_ACCOUNTANT_LIMIT:g}: no meaningful guarantee; tight accountants skipped")
-        return
-    rdp, prv, pld = epsilons
-    tolerance = tight_tolerance(pld)
-    gaps.append(abs(prv - pld))
-    if abs(prv - pld) > tolerance:
-        report.fail("epsilon-recomputed", f"{who}: accountants disagree: PRV {prv:.4f}, dp-accounting PLD {pld:.4f}")
-    if min(prv, pld) > rdp * (1 + REL_TOL) + tolerance:
-        report.fail("epsilon-recomputed", f"{who}: tight accountants ({prv:.4f}, {pld:.4f}) exceed the RDP upper bound {rdp:.4f}")
-    if claimed < min(prv, pld) - tolerance:
-        report.fail("epsilon-recomputed", f"{who}: claims {claimed:.4f}, below PRV {prv:.4f} / PLD {pld:.4f}")
 
 
 def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditReport:
@@ -154,7 +84,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     from server.audit.conformance import audit_conformance
 
     audit_conformance(report, header, entries, run)
-    _audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
+    audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
     _check_no_batchnorm(run, report)
     servers = [e for e in entries if e.kind == "server-round"]
     mechanism.audit(report, run, header, entries, delta, gaps, node_keys)
@@ -191,91 +121,6 @@ def _guarantee(header: dict, report: AuditReport) -> dict[str, object]:
         "whom you must trust": header.get("trust") or trust,
         "verdict": "every check below passed" if report.passed else "FAIL: at least one check below failed",
     }
-
-
-def _audit_clients(
-    report: AuditReport, entries: list[Entry], delta: float, gaps: list[float], local_epochs: int | None = None
-) -> None:
-    by_client: dict[str, list[Entry]] = defaultdict(list)
-    for entry in entries:
-        if entry.kind == "client-round":
-            by_client[str(entry.body["client"])].append(entry)
-    final_eps, rdp_gap = [], 0.0
-    for client, rows in sorted(by_client.items()):
-        rows.sort(key=lambda e: e.round)
-        steps_so_far, last_eps = 0, -math.inf
-        for entry in rows:
-            body = entry.body
-            history = [tuple(h) for h in body["history"]]
-            steps_so_far += int(body["steps"])
-            claimed = float(body["epsilon"])
-            if body["noise-multiplier"] > 0:
-                recomputed = _recompute(history, delta, body.get("accountant") or "rdp")
-                rdp_gap = max(rdp_gap, recomputed - claimed)
-                if claimed < recomputed * (1 - REL_TOL):
-                    report.fail(
-                        "epsilon-recomputed",
-                        f"client {client} round {entry.round}: claims {claimed:.4f} < recomputed {recomputed:.4f}",
-                    )
-                report.client_epsilons.setdefault(client, []).append((entry.round, claimed))
-            if claimed < last_eps:
-                report.fail(
-                    "epsilon-monotone", f"client {client} round {entry.round}: epsilon fell from {last_eps:.4f} to {claimed:.4f}"
-                )
-            last_eps = claimed
-            if body["noise-multiplier"] > 0 and total_steps(history) < steps_so_far:
-                report.fail(
-                    "steps-match-history",
-                    f"client {client} round {entry.round}: history holds {total_steps(history)} steps, rounds recorded {steps_so_far}",
-                )
-            elif body["noise-multiplier"] > 0 and total_steps(history) > steps_so_far:
-                # A round whose reply came too late (or was lost) is spent on the device and
-                # in its history, but not in the ledger: the claim still covers it.
-                report.flags.append(
-                    f"client {client} round {entry.round}: history holds {total_steps(history) - steps_so_far} steps "
-                    "from rounds the server did not receive (late or lost replies); its epsilon includes them"
-                )
-                steps_so_far = total_steps(history)
-            if body["poisson"]:
-                _check_sample_rate(report, client, entry, history, local_epochs)
-        final = rows[-1].body
-        if final["noise-multiplier"] > 0 and final["history"]:
-            _cross_check(report, f"client {client}", final["history"], float(final["epsilon"]), delta, gaps)
-            final_eps.append(float(final["epsilon"]))
-    if by_client:  # with no client entries (privacy = user) these checks could not fail: not shown
-        for check in CHECKS[1:5]:
-            report.ok(check)
-    if by_client:
-        report.figures["clients (with a signed example-level spend)"] = len(by_client)
-    if final_eps:
-        report.figures["client epsilon min / median / max (example-level)"] = (
-            f"{min(final_eps):.3f} / {statistics.median(final_eps):.3f} / {max(final_eps):.3f}"
-        )
-        report.figures["largest recomputed minus claimed epsilon"] = f"{rdp_gap:.1e} (a claim below its recomputation fails)"
-    else:
-        report.figures["client epsilon min / median / max (example-level)"] = "not applicable: no local DP"
-
-
-def _check_sample_rate(report: AuditReport, client: str, entry: Entry, history, local_epochs: int | None = None) -> None:
-    body = entry.body
-    expected_q = 1.0 / math.ceil(body["num-examples"] / body["batch-size"])
-    planned = local_epochs * math.ceil(body["num-examples"] / min(body["batch-size"], body["num-examples"])) if local_epochs else None
-    if planned is not None and not body.get("declined") and int(body["steps"]) not in (0, planned):
-        report.fail(
-            "sample-rate",
-            f"client {client} round {entry.round}: {body['steps']} steps, but local-epochs {local_epochs} x "
-            f"ceil(n={body['num-examples']} / batch {body['batch-size']}) is {planned}",
-        )
-    if not math.isclose(body["sample-rate"], expected_q, rel_tol=1e-9) or (
-        history and not math.isclose(history[-1][1], expected_q, rel_tol=1e-9)
-    ):
-        report.fail(
-            "sample-rate",
-            f"client {client} round {entry.round}: rate {body['sample-rate']} but n={body['num-examples']}, "
-            f"batch {body['batch-size']} give {expected_q}",
-        )
-    if expected_q >= 1.0:
-        report.flags.append(f"client {client}: sample rate 1 (n={body['num-examples']}): no amplification by sampling")
 
 
 def _check_no_batchnorm(run: RunDirectory, report: AuditReport) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from server.audit import REL_TOL, _cross_check, _recompute
+from server.audit.accountants import REL_TOL, cross_check, recompute
 from server.audit.report import AuditReport
 from shared.privacy.canaries import read_canaries
 from shared.privacy.dp_fedavg import flatten
@@ -38,7 +38,7 @@ def audit_server(report: AuditReport, header: dict[str, Any], servers: list[Entr
                         f"are not z*C = {z * clip} / q*N = {denominator}")
         claimed = float(body["user-level-epsilon"])
         claimed = math.inf if claimed < 0 else claimed
-        recomputed = _recompute([(z, q, expected_round)], delta, header["accountant"])
+        recomputed = recompute([(z, q, expected_round)], delta, header["accountant"])
         if claimed < recomputed * (1 - REL_TOL):
             report.fail(check, f"{where}: claims user-level epsilon {claimed:.4f} < recomputed {recomputed:.4f}")
         if claimed < last:
@@ -47,7 +47,7 @@ def audit_server(report: AuditReport, header: dict[str, Any], servers: list[Entr
         report.server_epsilons.append((entry.round, claimed))
     report.ok(check)
     if servers and math.isfinite(last) and last > 0:
-        _cross_check(report, "server", [(z, q, len(servers))], last, delta, gaps)
+        cross_check(report, "server", [(z, q, len(servers))], last, delta, gaps)
     report.figures["server epsilon (user-level)"] = (
         f"{last:.3f} after {len(servers)} rounds (z={z:g}, q={q:g}, C={clip:g})" if servers else "no rounds"
     )
