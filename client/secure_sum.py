@@ -54,7 +54,7 @@ PLAN_KEYS = ("user-epsilon", "delta", "popularity-budget-share", "selection-budg
 def _planned(settings: tuple, devices: int, dimensions: tuple) -> SecurePlan:
     """The plan for these settings, calibrated once per worker process: the noise calibration
     (a bisection over Skellam RDP) was half of a device's time per stage when redone each time."""
-    return secure_plan(resolve(None, {"privacy": "user", **dict(settings)}, check_model=False), devices, list(dimensions))
+    return secure_plan(resolve(None, {"privacy": "user", **dict(settings)}), devices, list(dimensions))
 
 
 AT_MOST = ("user-epsilon", "delta", "secure-dropout")  # larger is weaker

@@ -29,7 +29,8 @@ from client.state import (
     signing_key_path,
     who,
 )
-from shared.config import model_spec, train_config
+from shared.models.recommender import model_spec
+from shared.training import train_config
 from shared.messages import (
     ARRAYS,
     ROUND_KEY,

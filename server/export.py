@@ -31,7 +31,8 @@ from torch import nn
 
 from server.resume import current_data_dir
 from shared.checksums import file_sha256
-from shared.config import model_spec, parse_modalities
+from shared.config import parse_modalities
+from shared.models.recommender import model_spec
 from shared.cooccurrence import content_matrix
 from shared.data import load_catalog
 from shared.explain import tower_shapley

@@ -16,7 +16,7 @@ from server.aggregation import Aggregator
 from server.book import ResumePoint
 from server.mechanisms import PrivacyMechanism, mechanism_for
 from server.resume import data_change, grown_arrays, resume_point, resumed_config
-from shared.config import RunConfig, model_spec
+from shared.config import RunConfig
 from shared.data import (
     Dataset,
     LeaveLastOutSplit,
@@ -26,7 +26,7 @@ from shared.data import (
 )
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features
-from shared.models.recommender import ItemTower
+from shared.models.recommender import ItemTower, model_spec
 from shared.privacy.canaries import read_canaries
 from shared.privacy.ledger import Ledger
 from shared.run_directory import RunDirectory

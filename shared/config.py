@@ -15,14 +15,9 @@ the server's own paths and budgets.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from shared.models.recommender import ModelSpec
-    from shared.training import TrainConfig
+from typing import Any
 
 # key -> (default, meaning); order is the README table's order.
 RUN_CONFIG: dict[str, tuple[Any, str]] = {
@@ -276,14 +271,12 @@ STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
 
 
-def resolve(
-    run_config: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None, check_model: bool = True
-) -> RunConfig:
+def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Defaults, then ``run_config`` (Flower's), then ``overrides``; unknown keys and invalid
-    choices are errors that name the key and the valid choices. ``check_model`` False skips
-    the item tower's checks, which load torch: a default-mode device resolving the settings
-    the server (which checked them) sent it. The privacy mechanism checks its own settings
-    (``privacy`` and what it reads): :func:`server.mechanisms.mechanism_for`."""
+    choices are errors that name the key and the valid choices. numpy-free and torch-free: a
+    default-mode device resolves the settings the server sent it. The privacy mechanism checks
+    its own settings (``privacy`` and what it reads, the item tower's architecture among them):
+    :func:`server.mechanisms.mechanism_for`."""
     merged = dict(DEFAULTS)
     for source in (run_config or {}, overrides or {}):
         for key, value in source.items():
@@ -309,8 +302,6 @@ def resolve(
         parse_faults(merged["faults"])
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
-    if check_model:
-        model_spec(merged, num_items=1)  # validates fusion and modalities (imports torch)
     return RunConfig.from_flat(merged)
 
 
@@ -319,34 +310,10 @@ def parse_modalities(value: Any) -> tuple[str, ...]:
     return tuple(m.strip() for m in str(value).split(",") if m.strip())
 
 
-def model_spec(config: Mapping[str, Any], num_items: int = 0) -> "ModelSpec":
-    """The architecture the config asks for; ``num_items`` (the catalog size) sizes the id parts."""
-    from shared.models.fusion import FUSION_HEADS
-    from shared.models.recommender import ModelSpec
-
-    if config["fusion"] not in FUSION_HEADS:
-        raise ValueError(f"fusion {config['fusion']!r}: choose one of {', '.join(FUSION_HEADS)}")
-    modalities = parse_modalities(config["modalities"])
-    id_items = int(num_items) if config.get("item-ids") else 0
-    if config.get("item-ids") and id_items <= 0:
-        raise ValueError("item-ids: the model needs the catalog size (num_items) to size its id parts")
-    return ModelSpec(
-        modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"], id_items=id_items
-    )
-
-
 def from_saved(saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """A finished run's config (its ``config.json``) with ``overrides``: keys this version does
     not know (a run written by another version) are left out, not errors."""
     return resolve(None, {**{key: value for key, value in saved.items() if key in DEFAULTS}, **(overrides or {})})
-
-
-def train_config(config: Mapping[str, Any]) -> "TrainConfig":
-    """A device's local training settings from the settings its message carries."""
-    from shared.training import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"dp"}
-    return TrainConfig(dp=config["privacy"] in DP_SGD_MODES, **{name: config[name.replace("_", "-")] for name in names})
 
 
 def markdown_table() -> str:

@@ -22,16 +22,19 @@ under the noise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from shared.config import DEFAULTS
+from shared.config import DEFAULTS, DP_SGD_MODES
 from shared.models.recommender import Recommender, item_inputs
 from shared.per_example import PerExampleClipping
 from shared.privacy.accounting import (
@@ -356,3 +359,9 @@ def refit_user(
         loss.backward()
         optimizer.step()
     return (vectors @ user.detach() + biases).detach()
+
+
+def train_config(config: Mapping[str, Any]) -> TrainConfig:
+    """A device's local training settings from the settings its message carries."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"dp"}
+    return TrainConfig(dp=config["privacy"] in DP_SGD_MODES, **{name: config[name.replace("_", "-")] for name in names})

@@ -107,7 +107,8 @@ def _local_training_inputs(overrides: dict[str, Any], cache: Path | None):
 
 def _training_seconds_per_update(data: Path, cache: Path) -> float:
     """Median seconds of one client's local round (default config, DP) over the dataset's users."""
-    from shared.config import model_spec, train_config
+    from shared.models.recommender import model_spec
+    from shared.training import train_config
     from shared.models.recommender import Recommender
     from shared.training import train_local
 
@@ -123,7 +124,8 @@ def _training_seconds_per_update(data: Path, cache: Path) -> float:
 
 
 def dp_overhead(repeats: int) -> dict[str, Any]:
-    from shared.config import model_spec, train_config
+    from shared.models.recommender import model_spec
+    from shared.training import train_config
     from shared.models.recommender import Recommender
     from shared.training import train_local
 

@@ -107,7 +107,7 @@ def _deletion(export, run: RunDirectory, config, dataset):
         return user_level
     import torch
 
-    from shared.config import model_spec
+    from shared.models.recommender import model_spec
     from shared.features import load_or_compute_features
     from shared.models.recommender import ItemTower, catalog_tensors
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from shared.baselines import evaluate_scorer, most_popular
-from shared.config import model_spec, resolve
+from shared.config import resolve
+from shared.models.recommender import model_spec
 from shared.data import load_dataset, split_for
 from shared.data.prepare import resolve_data_dir
 from shared.features import load_or_compute_features

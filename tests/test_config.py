@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import (
-    DEFAULTS,
-    GROUP_OF,
-    markdown_table,
-    model_spec,
-    resolve,
-    train_config,
-)
 from server.mechanisms import mechanism_for
-from shared.models.recommender import ModelSpec
-from shared.training import TrainConfig
+from shared.config import DEFAULTS, GROUP_OF, markdown_table, resolve
+from shared.models.recommender import ModelSpec, model_spec
+from shared.training import TrainConfig, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +70,7 @@ def test_unknown_key_and_bad_fusion_are_rejected():
     with pytest.raises(ValueError, match="unknown run config key 'nois-multiplier'"):
         resolve({"nois-multiplier": 1.0})
     with pytest.raises(ValueError, match="fusion 'sum': choose one of concat, gated, attention"):
-        resolve(None, {"fusion": "sum"})
+        mechanism_for(resolve(None, {"fusion": "sum"}))
     assert resolve(None, {"privacy": "none", "lr": "0.1"})["privacy"] == "none"
     with pytest.raises(ValueError, match="privacy 'off': choose one of user, local, central, both, none"):
         mechanism_for(resolve(None, {"privacy": "off"}))
@@ -98,3 +91,15 @@ def test_user_level_budget_settings_are_checked():
         mechanism_for(resolve(None, {"popularity-budget-share": 0.5, "selection-budget-share": 0.5}))
     with pytest.raises(ValueError, match="cooccurrence-items and max-factors must be at least 1"):
         mechanism_for(resolve(None, {"max-factors": 0}))
+
+
+def test_the_config_imports_no_model_code():
+    """The run config is read by every side, a numpy-only device included: it depends on nothing
+    of the models or the training, not even through an import inside a function (they read
+    their defaults from it, never the reverse: no cycle)."""
+    import ast
+
+    tree = ast.parse((ROOT / "shared" / "config.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith(("torch", "shared.models", "shared.training", "server", "client"))}

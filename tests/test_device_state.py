@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import train
 from client.state import STATE_FILE, DeviceStateError
-from shared.config import model_spec, resolve
+from shared.config import resolve
+from shared.models.recommender import model_spec
 from shared.models.recommender import ItemTower
 from shared.privacy.accounting import total_steps
 

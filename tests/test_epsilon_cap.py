@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from server.audit import audit
-from shared.config import model_spec, resolve
+from shared.config import resolve
+from shared.models.recommender import model_spec
 from shared.models.recommender import ItemTower
 from shared.run_directory import read_ledger, read_metrics
 from simulations.simulate import read_summary, simulate
@@ -45,7 +46,7 @@ def test_clients_at_their_cap_are_replaced_by_others(small_dataset, feature_cach
     """With half the clients sampled and a cap only some can afford, each decline is replaced
     by a client not yet asked, so the round trains as many as it asked for (or every client
     that can afford a round, when fewer can)."""
-    from shared.config import train_config
+    from shared.training import train_config
     from shared.data import leave_last_out, load_dataset
     from shared.training import projected_epsilon
 

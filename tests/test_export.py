@@ -11,7 +11,7 @@ import torch
 
 from client.recommend import recommend
 from server.export import export_run
-from shared.config import model_spec
+from shared.models.recommender import model_spec
 from shared.data import load_dataset
 from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, Recommender, catalog_tensors

@@ -50,7 +50,8 @@ def test_private_user_embedding_never_leaves_the_device(small_dataset, feature_c
 
     from client.client_app import app
     from client.state import USER_KEY
-    from shared.config import model_spec, resolve
+    from shared.config import resolve
+    from shared.models.recommender import model_spec
     from shared.messages import metrics_of, server_messages, update_of
     from shared.models.recommender import ItemTower
 
@@ -80,7 +81,8 @@ def test_private_user_embedding_never_leaves_the_device(small_dataset, feature_c
 def test_fedadam_with_item_ids_runs_and_moves_the_global_model(small_dataset, feature_cache, tmp_path):
     import torch
 
-    from shared.config import model_spec, resolve
+    from shared.config import resolve
+    from shared.models.recommender import model_spec
     from shared.models.recommender import ItemTower
 
     run_dir = simulate(

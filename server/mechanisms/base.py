@@ -74,6 +74,9 @@ class PrivacyMechanism(ABC):
     @classmethod
     def validate(cls, config: RunConfig) -> None:
         """Refuse settings this mechanism cannot honour, saying the fix."""
+        from shared.models.recommender import model_spec
+
+        model_spec(config, num_items=1)  # the item tower's fusion head and modalities, named with the choices
         if config.privacy.canaries and not cls.central_dp:
             raise ValueError("canaries audit the server-side mechanism: they need privacy = central or both")
 

@@ -15,18 +15,20 @@ scored from its content alone, exactly as a catalog item added after training wo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from shared.config import DEFAULTS
+from shared.config import DEFAULTS, parse_modalities
 from shared.features.cache import ItemFeatures
 from shared.features.image import IMAGE_DIM
 from shared.features.text import TEXT_DIM
 from shared.models.encoders import ModalityEncoder
-from shared.models.fusion import make_fusion
+from shared.models.fusion import FUSION_HEADS, make_fusion
 
 MODALITY_DIMS = {"text": TEXT_DIM, "image": IMAGE_DIM}
 
@@ -131,3 +133,16 @@ def item_inputs(catalog: dict[str, torch.Tensor], index: torch.Tensor) -> dict[s
 def item_tower_state(model: Recommender) -> dict[str, torch.Tensor]:
     """The parameters that travel to the server: the item tower only, never user embeddings."""
     return {k: v.detach().clone() for k, v in model.item_tower.state_dict().items()}
+
+
+def model_spec(config: Mapping[str, Any], num_items: int = 0) -> ModelSpec:
+    """The architecture the config asks for; ``num_items`` (the catalog size) sizes the id parts."""
+    if config["fusion"] not in FUSION_HEADS:
+        raise ValueError(f"fusion {config['fusion']!r}: choose one of {', '.join(FUSION_HEADS)}")
+    modalities = parse_modalities(config["modalities"])
+    id_items = int(num_items) if config.get("item-ids") else 0
+    if config.get("item-ids") and id_items <= 0:
+        raise ValueError("item-ids: the model needs the catalog size (num_items) to size its id parts")
+    return ModelSpec(
+        modalities=modalities, dim=int(config["dim"]), hidden=int(config["hidden"]), fusion=config["fusion"], id_items=id_items
+    )
