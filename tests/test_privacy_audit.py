@@ -293,3 +293,20 @@ def test_auditing_nothing_is_a_usage_error_not_a_fail(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "empty")]) == 2
     assert "no privacy ledger (ledger.sqlite) in this folder" in capsys.readouterr().err
     assert not (tmp_path / "empty" / "audit.md").exists()  # nothing written where nothing was audited
+
+
+def test_a_header_that_states_another_mechanisms_unit_fails_mechanism_known(federated_run, rewritten_ledger):
+    """The report leads with the header's unit: a header whose config runs DP-SGD but which
+    claims the user-level unit is refused, not shown."""
+
+    def user_level_words(kind, round_, body):
+        if kind == "header":
+            body["privacy-unit"] = "user (all of one device's interactions), at the server"
+        return body
+
+    report = audit(rewritten_ledger(federated_run, user_level_words))
+    assert not report.passed
+    assert report.failures["mechanism-known"] == [
+        "ledger header's privacy-unit \"user (all of one device's interactions), at the server\" is not dp-sgd's "
+        "'example (one interaction) on each device'"
+    ]

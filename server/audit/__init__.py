@@ -64,6 +64,14 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     except ValueError as exc:
         report.fail("mechanism-known", f"the ledger header names no known mechanism: {exc}")
         return report
+    # The header's own words must be the mechanism's: a header that names one mode in its
+    # config and states another's unit would have the report lead with a claim nobody checked.
+    stated = {"privacy-mode": header.get("privacy-mode"), "privacy-unit": header.get("privacy-unit"),
+              "neighbouring-relation": header.get("neighbouring-relation")}
+    expected = {"privacy-mode": mechanism.mode, "privacy-unit": mechanism.unit, "neighbouring-relation": mechanism.neighbours}
+    for key, value in stated.items():
+        if value is not None and value != expected[key]:
+            report.fail("mechanism-known", f"ledger header's {key} {value!r} is not {mechanism.name}'s {expected[key]!r}")
     report.ok("mechanism-known")
     report.figures.update(
         {
