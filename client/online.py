@@ -155,7 +155,8 @@ class OnlineUser:
 
     def scores(self) -> np.ndarray:
         if self.export.kind == "user-level":
-            scores = self.model.scores(np.asarray(self.history, dtype=np.int64), self.content)
+            terms = self.model.score_terms(np.asarray(self.history, dtype=np.int64), self.content)
+            scores = sum(terms.values(), np.zeros(len(self.export.ids)))  # as fedmmrec recommend ranks
         else:
             scores = self.embeddings @ self.user + self.biases
         scores = np.asarray(scores, dtype=np.float64).copy()

@@ -12,6 +12,7 @@ least these), else the code's defaults; a weaker plan is refused.
 from __future__ import annotations
 
 import functools
+import math
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
@@ -31,7 +32,7 @@ from shared.messages import (
 from shared.privacy.spend_signature import public_pem, sign_record
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import SecurePlan
-from shared.user_releases import secure_plan
+from shared.user_releases import check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
 NOISE = {"add": True}  # the fault hook of simulations/faults.py turns a device's share off
@@ -54,7 +55,13 @@ PLAN_KEYS = ("user-epsilon", "delta", "popularity-budget-share", "selection-budg
 def _planned(settings: tuple, devices: int, dimensions: tuple) -> SecurePlan:
     """The plan for these settings, calibrated once per worker process: the noise calibration
     (a bisection over Skellam RDP) was half of a device's time per stage when redone each time."""
-    return secure_plan(resolve(None, {"privacy": "user", **dict(settings)}), devices, list(dimensions))
+    config = resolve(None, {"privacy": "user", **dict(settings)})
+    try:
+        check_release_settings(config)
+        check_secure_settings(config)
+    except ValueError as exc:
+        raise ProtocolRefusal(f"the server's plan: {exc}: refusing it") from None
+    return secure_plan(config, devices, list(dimensions))
 
 
 AT_MOST = ("user-epsilon", "delta", "secure-dropout")  # larger is weaker
@@ -72,6 +79,8 @@ def check_floor(settings: dict, node_config: dict, on_device: bool) -> None:
         else:
             continue
         asked = float(settings.get(key, DEFAULTS[key]))
+        if not math.isfinite(asked) and not (key == "user-epsilon" and asked == math.inf):
+            raise ProtocolRefusal(f"the server asks for {key} = {asked:g}: not a number; refusing the plan")
         if (asked > floor) if key in AT_MOST else (asked < floor):
             raise ProtocolRefusal(f"the server asks for {key} = {asked:g}, weaker than this device's {floor:g}: refusing the plan")
 

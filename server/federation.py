@@ -21,9 +21,11 @@ def run_federated(grid: Grid, config: RunConfig) -> dict[str, Any]:
     started = time.time()
     setup = set_up(grid, config)
     config, run_dir, mechanism = setup.config, setup.run_dir, setup.mechanism
-    outcome = mechanism.run(grid, setup)
-    ledger_head = setup.ledger.head()[1]
-    setup.ledger.close()
+    try:
+        outcome = mechanism.run(grid, setup)
+        ledger_head = setup.ledger.head()[1]
+    finally:
+        setup.ledger.close()  # committed entries stay whatever stopped the run
     summary = run_summary(run_dir.run_id, mechanism, outcome, setup, ledger_head, time.time() - started)
     run_dir.write_summary(summary)
     print(final_line(summary, mechanism), flush=True)

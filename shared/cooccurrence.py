@@ -273,9 +273,10 @@ class CooccurrenceModel:
         of :meth:`score_terms`."""
         if self.content_weight and content is None:
             raise ValueError("this model weighs content similarity: pass the catalog's content matrix")
-        return sum(self.score_terms(train_items, content).values(), np.zeros(len(self.factors)))
+        terms = self.score_terms(train_items, content, from_content=False)
+        return sum(terms.values(), np.zeros(len(self.factors)))
 
-    def score_terms(self, history: np.ndarray, content: np.ndarray | None) -> dict[str, np.ndarray]:
+    def score_terms(self, history: np.ndarray, content: np.ndarray | None, from_content: bool = True) -> dict[str, np.ndarray]:
         """Every catalog item's score split into named terms [N] each; their sum is
         :meth:`scores`: the one scoring path (evaluation, ranking, online updates and
         explanations all go through it).
@@ -284,7 +285,10 @@ class CooccurrenceModel:
         releases saw; for items placed from their content (unknown at release time, cold start)
         those two terms are linear in the content, so they split by its column blocks into
         ``text``, ``image`` and ``prior``. The content similarity's cosine splits into ``text`` and
-        ``image`` for every item."""
+        ``image`` for every item. ``from_content`` False reads the placed items' factors and
+        popularity from the model instead (:meth:`scores`: a device ranks with what it was sent,
+        whatever content it holds); True recomputes them from ``content``, which is what lets an
+        explanation ask what an item would score without one of its modalities."""
         history = np.asarray(history, dtype=np.int64)
         user, scale, top_popularity = self.scales(history)
         n = len(self.factors)
@@ -294,7 +298,7 @@ class CooccurrenceModel:
             "text": np.zeros(n),
             "image": np.zeros(n),
         }
-        if content is not None and self.factor_map is not None and self.from_content is not None and self.from_content.any():
+        if from_content and content is not None and self.factor_map is not None and self.from_content is not None and self.from_content.any():
             cold = self.from_content
             terms["prior"] = np.zeros(n)
             for name, columns in content_blocks(content.shape[1]).items():

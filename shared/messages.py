@@ -27,7 +27,7 @@ from flwr.app import (
 
 ARRAYS, CONFIG, METRICS, PRIVACY = "arrays", "config", "metrics", "privacy"
 ROUND_KEY = "server-round"
-TASK_KEY = "task"  # privacy = user: which release a TRAIN message asks a statistic for
+TASK_KEY = "task"  # privacy = user: which release a TRAIN message asks a statistic for (or, in an EVALUATE message, RANK_TASK)
 RANK_TASK = "rank-with-released-model"  # an EVALUATE message's task: rank with the released item model (no tower)
 CONTRIBUTION_KEY = "contribution"
 # A deployment's catalog content (server.catalog_shipment, client.catalog_content): the matrix

@@ -157,7 +157,7 @@ def test_a_cold_items_score_splits_into_its_content_blocks_exactly(item_model):
         assert terms["collaborative"][cold] == 0.0 and terms["popularity"][cold] == 0.0
         for modality in ("text", "image"):
             stripped = without_modality(content, modality, rows=[cold])
-            after = model.scores(history, stripped)[cold]
+            after = sum(model.score_terms(history, stripped).values())[cold]
             assert sum(terms.values())[cold] - after == pytest.approx(terms[modality][cold], abs=1e-9)
     assert terms["text"][0] == 0.0 and terms["prior"][0] == 0.0  # a warm item: collaborative and popularity only
     if item_model == "ease":  # "because": each history item's own weight to the item, scaled as the score is
@@ -231,3 +231,25 @@ def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget
         assert epsilon[("0", mode)] < 3.0 and epsilon[("1", mode)] == pytest.approx(3.0, abs=1e-6)
     assert all(int(r["users"]) > 0 and 0.0 <= float(r["hr@10"]) <= 1.0 for r in rows)
     assert (out / "streaming.png").stat().st_size > 10_000 and "| online | 2 |" in (out / "results.md").read_text()
+
+
+def test_a_device_ranks_placed_items_with_the_model_it_was_sent_whatever_content_it_holds():
+    """Items placed from content are read from the model when a device ranks (``scores``), and
+    recomputed from the content given only when an explanation asks (``score_terms``): a device
+    whose content matrix differs from the server's still ranks them as the model says."""
+    from shared.cooccurrence import CooccurrenceModel
+
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(50, 384 + 64 + 3))
+    factor_map, popularity_map = rng.normal(size=(content.shape[1], 4)) * 0.01, rng.normal(size=content.shape[1]) * 0.01
+    placed = np.zeros(50, dtype=bool)
+    placed[40:] = True
+    factors, popularity = rng.normal(size=(50, 4)), np.abs(rng.normal(size=50))
+    factors[placed], popularity[placed] = content[placed] @ factor_map, content[placed] @ popularity_map
+    model = CooccurrenceModel(np.arange(10), factors.astype(np.float32).astype(np.float64), popularity, 0.3, 0.0,
+                              factor_map, popularity_map, placed)
+    history = np.array([1, 2, 3])
+    scores = model.scores(history, content)
+    assert model.scores(history, -content).tolist() == scores.tolist()  # the model's placement, not the content's
+    assert sum(model.score_terms(history, content).values()) == pytest.approx(scores, abs=1e-6)  # float32 factors
+    assert not np.allclose(sum(model.score_terms(history, -content).values())[placed], scores[placed])  # recomputed

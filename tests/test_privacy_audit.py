@@ -310,3 +310,26 @@ def test_a_header_that_states_another_mechanisms_unit_fails_mechanism_known(fede
         "ledger header's privacy-unit \"user (all of one device's interactions), at the server\" is not dp-sgd's "
         "'example (one interaction) on each device'"
     ]
+
+
+def test_a_header_that_claims_server_dp_its_mechanism_does_not_run_fails_mechanism_known(federated_run, rewritten_ledger):
+    """The old audit followed the header's server-dp to DP-FedAvg's checks; the mechanism its
+    config names runs none, so the claim is refused instead of left standing unchecked."""
+
+    def claims_server_dp(kind, round_, body):
+        if kind == "header":
+            body["server-dp"] = True
+        if kind == "server-round":
+            body["server-dp"] = True
+        return body
+
+    report = audit(rewritten_ledger(federated_run, claims_server_dp))
+    assert not report.passed
+    assert report.failures["mechanism-known"] == [
+        "ledger header's server-dp True is not dp-sgd's False",
+        "server rounds [1, 2] claim server-side DP, which dp-sgd does not run",
+    ]
+    # the rounds that claim it carry none of DP-FedAvg's fields: a failure naming one, not a traceback
+    assert report.failures["noise-conformance"][-1] == (
+        "a ledger entry lacks or garbles a field these checks read (KeyError: 'updates-aggregated')"
+    )

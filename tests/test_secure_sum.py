@@ -210,6 +210,26 @@ def test_a_device_refuses_a_plan_weaker_than_its_own_floor():
     with pytest.raises(ProtocolRefusal, match="secure-colluders = 0, weaker than this device's 0.05"):
         check_floor({"secure-colluders": 0.0}, {}, on_device=True)
     check_floor({"user-epsilon": 3.0, "secure-neighbours": 40, "secure-dropout": 0.05}, {}, on_device=True)  # stronger: fine
+    with pytest.raises(ProtocolRefusal, match="user-epsilon = nan: not a number; refusing the plan"):
+        check_floor({"user-epsilon": math.nan}, {}, on_device=True)  # NaN compares false with any floor
+
+
+def test_a_device_checks_the_budget_itself_before_it_plans_its_noise():
+    """A device does not take the server's word that a plan is sound: without a floor (a
+    simulation) it still refuses a budget no release can be planned under."""
+    from client.secure_sum import _planned
+
+    good = {"user-epsilon": 8.0, "delta": 1e-5, "popularity-budget-share": 0.1, "selection-budget-share": 0.1}
+    assert _planned(tuple(sorted(good.items())), 12, (60, 1830, 15)).devices == 12
+    for bad, why in (
+        ({"user-epsilon": math.nan}, "user-epsilon must be positive"),
+        ({"user-epsilon": 0.0}, "user-epsilon must be positive"),
+        ({"delta": 2.0}, "delta must be in \\(0, 1\\)"),
+        ({"popularity-budget-share": 0.6, "selection-budget-share": 0.5}, "popularity-budget-share must be in \\(0, 1\\)"),
+        ({"secure-dropout": 1.0}, "secure-neighbours must be at least 2, secure-dropout and secure-colluders"),
+    ):
+        with pytest.raises(ProtocolRefusal, match=f"the server's plan: {why}"):
+            _planned(tuple(sorted({**good, **bad}.items())), 12, (60, 1830, 15))
     # through the device's stage handler: a node config floor refuses the server's plan
     grid = DeliveringGrid(12)
     grid.contexts[grid.nodes[0]].node_config["user-epsilon"] = 4.0

@@ -1,6 +1,9 @@
 """``fedmmrec audit RUN_DIR``: check a run's privacy claims from its run directory alone.
 
 Checks (each named in the report; any failure makes the audit fail):
+0. ``mechanism-known``: the ledger header's run config names a registered privacy mechanism,
+   the header states its mode, unit, neighbouring relation, server-side DP and trust, and the
+   ledger holds no entries of another mechanism's kind.
 1. ``hash-chain``: the ledger's entries are intact, complete and in order; ``ledger-anchored``
    (:mod:`server.audit.anchors`): it agrees with the metrics, summary, config, clients and
    device-state files, so a ledger rewritten whole with its hashes recomputed is caught.
@@ -40,6 +43,7 @@ from pathlib import Path
 from server.audit.clients import audit_clients
 from server.audit.report import AuditReport, to_html, to_markdown
 from server.mechanisms import mechanism_of_ledger
+from shared.config import from_saved
 from shared.privacy.ledger import verify_chain
 from shared.run_directory import RunDirectory
 
@@ -64,14 +68,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     except ValueError as exc:
         report.fail("mechanism-known", f"the ledger header names no known mechanism: {exc}")
         return report
-    # The header's own words must be the mechanism's: a header that names one mode in its
-    # config and states another's unit would have the report lead with a claim nobody checked.
-    stated = {"privacy-mode": header.get("privacy-mode"), "privacy-unit": header.get("privacy-unit"),
-              "neighbouring-relation": header.get("neighbouring-relation")}
-    expected = {"privacy-mode": mechanism.mode, "privacy-unit": mechanism.unit, "neighbouring-relation": mechanism.neighbours}
-    for key, value in stated.items():
-        if value is not None and value != expected[key]:
-            report.fail("mechanism-known", f"ledger header's {key} {value!r} is not {mechanism.name}'s {expected[key]!r}")
+    _check_mechanism_words(report, mechanism, header, entries)
     report.ok("mechanism-known")
     report.figures.update(
         {
@@ -91,11 +88,11 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
     audit_signatures(report, run, entries, node_keys)
     from server.audit.conformance import audit_conformance
 
-    audit_conformance(report, header, entries, run)
-    audit_clients(report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
+    _malformed_fails(report, "noise-conformance", audit_conformance, report, header, entries, run)
+    _malformed_fails(report, "epsilon-recomputed", audit_clients, report, entries, delta, gaps, header.get("config", {}).get("local-epochs"))
     _check_no_batchnorm(run, report)
     servers = [e for e in entries if e.kind == "server-round"]
-    mechanism.audit(report, run, header, entries, delta, gaps, node_keys)
+    _malformed_fails(report, "mechanism-known", mechanism.audit, report, run, header, entries, delta, gaps, node_keys)
     report.figures["accountant agreement"] = (
         f"Opacus PRV vs dp-accounting PLD: max difference {max(gaps):.4f}; Opacus RDP is never below either"
         if gaps else "n/a (no DP histories)"
@@ -129,6 +126,42 @@ def _guarantee(header: dict, report: AuditReport) -> dict[str, object]:
         "whom you must trust": header.get("trust") or trust,
         "verdict": "every check below passed" if report.passed else "FAIL: at least one check below failed",
     }
+
+
+def _malformed_fails(report: AuditReport, check: str, run_checks, *args) -> None:
+    """Run a family of checks; a ledger entry without a field they read (a server that wrote
+    its ledger by hand) fails ``check`` with the field's name instead of stopping the audit."""
+    try:
+        run_checks(*args)
+    except (KeyError, TypeError, ValueError) as exc:
+        report.fail(check, f"a ledger entry lacks or garbles a field these checks read ({type(exc).__name__}: {exc})")
+
+
+def _check_mechanism_words(report: AuditReport, mechanism, header: dict, entries: list) -> None:
+    """The header's own words and the ledger's entries must be the mechanism's: a header that
+    names one mode in its config and states another's unit, server-side DP or trust would have
+    the report lead with a claim nobody checked; entries of another mechanism's kind would go
+    unchecked."""
+    check = "mechanism-known"
+    expected = {"privacy-mode": mechanism.mode, "privacy-unit": mechanism.unit, "neighbouring-relation": mechanism.neighbours,
+                "server-dp": mechanism.central_dp}
+    for key, value in expected.items():
+        if key in header and header[key] != value:
+            report.fail(check, f"ledger header's {key} {header[key]!r} is not {mechanism.name}'s {value!r}")
+    if "trust" in header:
+        try:
+            trust = mechanism.trust if isinstance(mechanism.trust, str) else mechanism(from_saved(header.get("config", {}))).trust
+        except ValueError as exc:
+            report.fail(check, f"ledger header's config is not one {mechanism.name} runs under: {exc}")
+        else:
+            if header["trust"] != trust:
+                report.fail(check, f"ledger header's trust {header['trust']!r} is not {mechanism.name}'s {trust!r}")
+    foreign = sorted({e.kind for e in entries if e.kind in mechanism.foreign_entries})
+    noised = [e.round for e in entries if e.kind == "server-round" and e.body.get("server-dp")]
+    if foreign:
+        report.fail(check, f"the ledger holds {', '.join(foreign)} entries, which {mechanism.name} never writes")
+    if noised and not mechanism.central_dp:
+        report.fail(check, f"server rounds {noised[:5]} claim server-side DP, which {mechanism.name} does not run")
 
 
 def _check_no_batchnorm(run: RunDirectory, report: AuditReport) -> None:

@@ -13,7 +13,7 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "a ledger rewritten whole with its hashes recomputed (ledger-anchored and spend-signed catch that)",
     ),
     "mechanism-known": (
-        "the ledger header's run config names a privacy mechanism this audit has checks for, and the header states that mechanism's mode, unit and neighbouring relation",
+        "the ledger header's run config names a privacy mechanism this audit has checks for; the header states that mechanism's mode, unit, neighbouring relation, server-side DP and trust, and the ledger holds no entries of another mechanism's kind",
         "a mechanism registered after the run under the same settings but with other checks",
     ),
     "ledger-anchored": (

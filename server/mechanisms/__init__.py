@@ -1,8 +1,9 @@
 """The privacy mechanisms, by name: every privacy mode goes through :class:`PrivacyMechanism`.
 
 A new mechanism is one new file (a subclass of :class:`~server.mechanisms.base.PrivacyMechanism`,
-or of its rounds or releases base) plus one line in :data:`MECHANISMS`; the run loop, the summary,
-the audit and the experiment runner find it here by the run config (or the ledger header's).
+or of its rounds or releases base) plus one line in :data:`MECHANISMS`; the run's set-up, the
+summary and the audit find it here by the run config (or the ledger header's), and
+``simulate`` checks a config with it before Flower starts.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def mechanism_for(config: RunConfig) -> PrivacyMechanism:
 
 def mechanism_of_ledger(header: Mapping[str, Any]) -> type[PrivacyMechanism]:
     """The mechanism a ledger's header was written by, from the run config it records (a header
-    from before ``privacy`` existed is the example-level mode, DP-SGD)."""
+    from before ``privacy`` existed is the example-level mode, DP-SGD; one from before
+    ``user-noise`` existed, the server's Gaussian releases)."""
     config = dict(header.get("config") or {})
     config.setdefault("privacy", header.get("privacy-mode", "local"))
+    if config["privacy"] == "user":
+        config.setdefault("user-noise", "central")  # ledgers written before the secure sum existed
     return mechanism_class(config)
 
 

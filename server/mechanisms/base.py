@@ -5,8 +5,8 @@ names): a mechanism names itself, checks the settings it reads, states its guara
 ledger's header (the unit, the neighbouring relation, whom you must trust), drives the run
 (rounds or releases, both committing checkpoint or release file, then ledger, then metrics),
 says what the summary reports of it, and runs its own audit checks from the ledger alone.
-The loop, the summary, the export, the experiment runner and the audit never ask which mode
-they are in: they ask the mechanism.
+The run's set-up, its driver loop, the summary and the audit never ask which mode they are
+in: they ask the mechanism.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class PrivacyMechanism(ABC):
     local_dp: ClassVar[bool] = False  # devices train with DP-SGD (example-level claims in the ledger)
     central_dp: ClassVar[bool] = False  # the server clips and noises the devices' updates (DP-FedAvg)
     resumable: ClassVar[bool] = True
+    foreign_entries: ClassVar[tuple[str, ...]] = ()  # ledger entry kinds this mechanism never writes
     warning: ClassVar[str | None] = None  # printed when a run starts (NOT PRIVATE)
 
     def __init__(self, config: RunConfig) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from server.mechanisms.base import Outcome, PrivacyMechanism
 from shared.config import RunConfig
 from shared.messages import RANK_TASK, TASK_KEY
+from shared.user_releases import check_release_settings
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
@@ -62,20 +63,13 @@ class ReleasesMechanism(PrivacyMechanism):
     unit = "user (all of one device's interactions), at the server"
     neighbours = "add or remove one user (a device and all its data) from the population"
     resumable = False  # a run of releases is not resumed: a new run spends a new budget
+    foreign_entries = ("server-round", "client-round", "resume", "data")
 
     @classmethod
     def validate(cls, config: RunConfig) -> None:
         super().validate(config)
+        check_release_settings(config)
         p = config.privacy
-        if not (p.user_epsilon > 0):
-            raise ValueError("user-epsilon must be positive (inf: no noise, NOT PRIVATE)")
-        if not 0.0 < p.popularity_budget_share < 1.0 or not 0.0 <= p.selection_budget_share < 1.0 or (
-            p.popularity_budget_share + p.selection_budget_share >= 1.0
-        ):
-            raise ValueError(
-                "popularity-budget-share must be in (0, 1), selection-budget-share in [0, 1), and their sum below 1 "
-                "(the rest is the co-occurrence release's)"
-            )
         if p.cooccurrence_items < 1 or p.max_factors < 1:
             raise ValueError("cooccurrence-items and max-factors must be at least 1")
         from shared.cooccurrence import ITEM_MODELS

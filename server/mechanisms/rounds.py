@@ -27,6 +27,7 @@ class RoundsMechanism(PrivacyMechanism):
     """Rounds of device training aggregated by a Flower strategy (DP-FedAvg under central DP)."""
 
     aggregation = "flower-strategy"  # a name in server.aggregation.AGGREGATORS
+    foreign_entries = ("release", "release-aborted")
 
     def aggregator(self, population: int, initial: "ArrayRecord", canaries: "CanarySet | None") -> "Aggregator":
         from server.aggregation import AGGREGATORS

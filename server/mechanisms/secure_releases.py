@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord
 from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
 from shared.config import RunConfig
 from shared.run_directory import SECURE_FILE
+from shared.user_releases import check_secure_settings
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
@@ -106,9 +107,7 @@ class SecureReleases(ReleasesMechanism):
     @classmethod
     def validate(cls, config: RunConfig) -> None:
         super().validate(config)
-        p = config.privacy
-        if p.secure_neighbours < 2 or not 0.0 <= p.secure_dropout < 1.0 or not 0.0 <= p.secure_colluders < 1.0:
-            raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
+        check_secure_settings(config)
 
     @property
     def trust(self) -> str:  # type: ignore[override]
