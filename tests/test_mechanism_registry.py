@@ -101,3 +101,10 @@ def test_a_new_mechanism_is_one_class_and_one_registry_line(monkeypatch, small_d
     assert unknown.failures["mechanism-known"] == [
         "the ledger header names no known mechanism: privacy 'test-clipped': choose one of user, local, central, both, none"
     ]
+
+
+def test_ledgers_written_before_a_setting_existed_keep_their_mechanism():
+    from server.mechanisms import GaussianReleases
+
+    assert mechanism_of_ledger({"config": {"privacy": "user"}}) is GaussianReleases  # before user-noise: the server's noise
+    assert mechanism_of_ledger({"privacy-unit": "example (one interaction) on each device"}) is MECHANISMS["dp-sgd"]

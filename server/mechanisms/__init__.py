@@ -57,4 +57,4 @@ def mechanism_of_ledger(header: Mapping[str, Any]) -> type[PrivacyMechanism]:
     return mechanism_class(config)
 
 
-__all__ = ["MECHANISMS", "NOT_APPLICABLE", "Outcome", "PrivacyMechanism", "mechanism_class", "mechanism_for", "mechanism_of_ledger"]
+__all__ = ["MECHANISMS", "NOT_APPLICABLE", "GaussianReleases", "SecureReleases", "Outcome", "PrivacyMechanism", "mechanism_class", "mechanism_for", "mechanism_of_ledger"]
