@@ -60,6 +60,7 @@ class ClippedOnly(RoundsMechanism):
     neighbours = "none"
     trust = "nobody: this test mechanism protects nothing"
     warning = "privacy = test-clipped: a test mechanism, NOT PRIVATE"
+    check_limits = {"test-mechanism-rounds": ("the header's round count is the ledger's", "whether any round was private")}
 
     def header_fields(self, canary_commitment: str | None) -> dict[str, Any]:
         return {"test-mechanism": f"{self.config.federation.num_server_rounds} rounds, no noise"}
@@ -94,6 +95,9 @@ def test_a_new_mechanism_is_one_class_and_one_registry_line(monkeypatch, small_d
     report = audit(run_dir)
     assert report.passed and report.failures["test-mechanism-rounds"] == [] and report.failures["mechanism-known"] == []
     assert report.guarantee["whom you must trust"] == "nobody: this test mechanism protects nothing"
+    from server.audit.report import to_markdown
+
+    assert "| test-mechanism-rounds | pass | the header's round count is the ledger's | whether any round was private |" in to_markdown(report)
     # The audit finds the mechanism only through the registry: without its line, nothing to check against.
     monkeypatch.delitem(MECHANISMS, ClippedOnly.name)
     unknown = audit(run_dir)

@@ -70,6 +70,7 @@ def audit(run_dir: str | Path, node_keys: str | Path | None = None) -> AuditRepo
         return report
     _check_mechanism_words(report, mechanism, header, entries)
     report.ok("mechanism-known")
+    report.limits.update(mechanism.check_limits)
     report.figures.update(
         {
             "privacy mode": header.get("privacy-mode", "local"),

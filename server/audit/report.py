@@ -31,6 +31,12 @@ class AuditReport:
     # What the run claims, first in the report: unit, epsilon, delta, whom you must trust.
     guarantee: dict[str, object] = field(default_factory=dict)
     release_names: list[str] = field(default_factory=list)  # the x axis of a user-level run's epsilon plot
+    # What the run's mechanism says its own checks see and cannot see (server.mechanisms).
+    limits: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def limits_of(self, check: str) -> tuple[str, str]:
+        """(what ``check`` verifies, what it cannot see): the mechanism's word, else the audit's."""
+        return self.limits.get(check) or limits_of(check)
 
     @property
     def passed(self) -> bool:
@@ -54,10 +60,10 @@ def to_markdown(report: AuditReport) -> str:
     lines += [f"| {k} | {v} |" for k, v in report.guarantee.items()]
     lines += ["", "## Checks", "", "| check | result | what it verifies | what it cannot see |", "| --- | --- | --- | --- |"]
     for check, problems in report.failures.items():
-        sees, blind = limits_of(check)
+        sees, blind = report.limits_of(check)
         lines.append(f"| {check} | {_result(problems, 5)} | {sees} | {blind} |")
     for check, why in report.inconclusive.items():
-        sees, blind = limits_of(check)
+        sees, blind = report.limits_of(check)
         lines.append(f"| {check} | {why} | {sees} | {blind} |")
     lines += ["", "## Evidence", "", "| figure | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in report.figures.items()]
@@ -128,9 +134,9 @@ def to_html(report: AuditReport) -> str:
     rows = "".join(row(k, v) for k, v in report.figures.items())
     checks = "<tr><th>check</th><th>result</th><th>what it verifies</th><th>what it cannot see</th></tr>" + "".join(
         f"<tr><td>{html.escape(c)}</td><td class={'ok' if not p else 'bad'}>{html.escape(_result(p, 10))}</td>"
-        + "".join(f"<td>{html.escape(t)}</td>" for t in limits_of(c)) + "</tr>"
+        + "".join(f"<td>{html.escape(t)}</td>" for t in report.limits_of(c)) + "</tr>"
         for c, p in report.failures.items()
-    ) + "".join(row(c, w, *limits_of(c)) for c, w in report.inconclusive.items())
+    ) + "".join(row(c, w, *report.limits_of(c)) for c, w in report.inconclusive.items())
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in report.flags[:50])
     images = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"

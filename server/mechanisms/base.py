@@ -61,6 +61,9 @@ class PrivacyMechanism(ABC):
     central_dp: ClassVar[bool] = False  # the server clips and noises the devices' updates (DP-FedAvg)
     resumable: ClassVar[bool] = True
     foreign_entries: ClassVar[tuple[str, ...]] = ()  # ledger entry kinds this mechanism never writes
+    # check -> (what it verifies, what it cannot see), for checks of its own the audit's table
+    # (server/audit/limits.py) does not describe; shown beside each result in the report.
+    check_limits: ClassVar[dict[str, tuple[str, str]]] = {}
     warning: ClassVar[str | None] = None  # printed when a run starts (NOT PRIVATE)
 
     def __init__(self, config: RunConfig) -> None:
