@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.data.split import LeaveLastOutSplit
-from shared.metrics import (
-    mean_metrics_by_coldness,
-    metrics_from_rank,
-    rank_of,
-    rank_percentile,
-    sampled_metrics,
-    sampled_rng,
-)
+from shared.metrics import mean_metrics_by_coldness, user_metrics
 
 
 def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] | None = None) -> dict[str, float]:
@@ -24,11 +17,8 @@ def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] 
     partitions = range(len(split.test_item)) if users is None else sorted(users)
     for k in partitions:
         test, train = split.test_item[k], split.train_items[k]
-        scores = scores_for_user(k)
-        rank = rank_of(scores, int(test), train)
-        row = metrics_from_rank(rank)
-        row["rank-percentile"] = rank_percentile(rank, len(scores), train, int(test))
-        row.update(sampled_metrics(scores, int(test), train, sampled_rng(k)))
+        row = user_metrics(scores_for_user(k), int(test), train, k)
+        row.pop("rank")
         rows.append(row)
     cold = [int(split.test_item[k]) in cold_items for k in partitions]
     out = mean_metrics_by_coldness(rows, cold)

@@ -87,3 +87,18 @@ def rank_percentile(rank: int, num_items: int, train: np.ndarray, test: int) -> 
     what cold-start content does long before it reaches the top 10."""
     candidates = num_items - len(set(np.asarray(train).tolist()) - {int(test)})
     return rank / max(1, candidates - 1)
+
+
+def user_metrics(scores: np.ndarray, test: int, train: np.ndarray, user_index: int) -> dict[str, float]:
+    """One user's row under any model's ``scores`` [N]: where the held-out item ranks among the
+    items the user has not interacted with (HR@10, NDCG@10, Recall@20, rank percentile) and
+    the sampled protocol against the user's fixed 99 negatives. The one evaluation call for
+    every model: a device ranking with the tower or the released model, and a study scoring
+    the pooled model, most-popular or a library peer."""
+    rank = rank_of(scores, int(test), train)
+    return {
+        "rank": rank,
+        "rank-percentile": rank_percentile(rank, len(scores), train, int(test)),
+        **metrics_from_rank(rank),
+        **sampled_metrics(scores, int(test), train, sampled_rng(user_index)),
+    }
