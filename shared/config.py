@@ -76,7 +76,6 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "run-id": ("", "run directory name; empty: a timestamp"),
     "resume": ("", "run directory to continue from the last round its ledger committed (after a crash); keeps its saved config, except `num-server-rounds` when given"),
     "device-state-dir": ("", "simulation: where each simulated device keeps its state (`partition-<id>/device-state.json`); empty: `<run directory>/devices`"),
-    "faults": ("", "simulation only: inject faults, e.g. `nan:0 flip:1,2 crash:3 slow:4` (kind:partition ids; see `simulations/faults.py`); `nonoise`, `lownoise`, `noclip` make a device's DP-SGD lie about its mechanism, for the audit"),
     "deployment": (False, "real SuperNodes that hold their own data: `data-dir` is the server's catalog (`items.csv`, `images/`) and its interactions are not read; the run waits for `min-nodes` SuperNodes (see \"Deploy on devices\")"),
     "min-nodes": (2, "deployment: SuperNodes that must be connected before round 1 (the server waits up to 10 minutes)"),
     "seed": (0, "seed for client sampling, negatives, noise and initial weights"),
@@ -97,7 +96,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "model": ("fusion", "modalities", "item-ids", "dim", "hidden"),
     "data": ("data-dir", "cold-start-items", "synth-users", "synth-items", "synth-seed", "feature-cache"),
-    "run": ("run-dir", "run-id", "resume", "device-state-dir", "faults", "seed"),
+    "run": ("run-dir", "run-id", "resume", "device-state-dir", "seed"),
 }
 GROUP_OF: dict[str, str] = {key: group for group, keys in GROUPS.items() for key in keys}
 
@@ -111,9 +110,6 @@ DEVICE_KEYS: frozenset[str] = frozenset(
     # threshold, the minimum) from the budget itself, so the server cannot talk it down
     + ("user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "popularity-budget-share", "selection-budget-share")
 )
-# Simulated faults (simulations/faults.py) also need to see the server's round closing.
-FAULT_KEYS: frozenset[str] = frozenset(("faults", "run-dir", "run-id", "round-timeout"))
-
 
 def field_name(key: str) -> str:
     return key.replace("-", "_")
@@ -208,7 +204,6 @@ class RunSettings:
     run_id: str
     resume: str
     device_state_dir: str
-    faults: str
     seed: int
 
 
@@ -256,10 +251,8 @@ class RunConfig(Mapping):
         return resolve(None, {**self.flat(), **{key.replace("_", "-"): value for key, value in changes.items()}})
 
     def device_settings(self) -> dict[str, Any]:
-        """What every message to a device carries: :data:`DEVICE_KEYS` (and, with simulated
-        faults, what a straggler needs to see its round close)."""
-        keys = DEVICE_KEYS | (FAULT_KEYS if self.run.faults else frozenset())
-        return {key: self[key] for key in RUN_CONFIG if key in keys}
+        """What every message to a device carries: :data:`DEVICE_KEYS`."""
+        return {key: self[key] for key in RUN_CONFIG if key in DEVICE_KEYS}
 
 # What the device and the aggregator read from the mode (a device does not import the server's
 # mechanisms); each mechanism in server/mechanisms states the same, and a test holds them equal.
@@ -296,10 +289,6 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
         raise ValueError(f"dp-engine {merged['dp-engine']!r}: choose one of {', '.join(DP_ENGINES)}")
     if merged["strategy"] not in STRATEGIES:
         raise ValueError(f"strategy {merged['strategy']!r}: choose one of {', '.join(STRATEGIES)}")
-    if merged["faults"]:
-        from shared.faults import parse_faults
-
-        parse_faults(merged["faults"])
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     return RunConfig.from_flat(merged)

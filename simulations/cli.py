@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the federated simulation (the main job)")
     _add_set(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's own log")
+    run.add_argument("--faults", default="", metavar="SPEC",
+                     help='simulation only: partitions that misbehave, e.g. "nan:0 flip:1,2 crash:3 slow:4" (docs/faults.md)')
 
     for name, text in (("train-pooled", "train the same model on all users' data pooled, without DP (baseline)"),
                        ("train-central", "old name of train-pooled (deprecated)")):
@@ -160,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from simulations.simulate import simulate
 
-        simulate(_overrides(args.set), quiet=not args.verbose)
+        simulate(_overrides(args.set), quiet=not args.verbose, faults=args.faults)
         return 0
     if args.command in ("train-pooled", "train-central"):
         from simulations.pooled import train_pooled

@@ -116,7 +116,8 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
 def _run_federated(overrides: dict[str, Any], run_dir: Path) -> None:
     from simulations.simulate import simulate
 
-    simulate(overrides)
+    settings = dict(overrides)
+    simulate(settings, faults=str(settings.pop("faults", "")))  # a grid's faults: the simulation's, not the run config's
 
 
 def _run_pooled(overrides: dict[str, Any], run_dir: Path) -> None:
@@ -176,9 +177,9 @@ def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:
     from shared.config import resolve
 
     saved = run.read_config()
-    wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id")})
+    wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id", "faults")})
     changed = [f"{k}: ran with {saved[k]!r}, the grid asks {wanted[k]!r}" for k in overrides
-               if k in saved and k not in ("run-dir", "run-id") and not _same_value(saved[k], wanted[k])]
+               if k in saved and k not in ("run-dir", "run-id", "faults") and not _same_value(saved[k], wanted[k])]
     if changed:
         raise ValueError(
             f"{run_dir}: this finished run's config differs from the grid's ({'; '.join(changed)}); "

@@ -1,6 +1,6 @@
 """A fault-injecting ClientApp for reliability studies: the real client, made to misbehave.
 
-``faults`` (run config) lists faults and the simulated partitions that commit them, e.g.
+A fault spec lists faults and the simulated partitions that commit them, e.g.
 ``"nan:0 shape:1 missing:2 extra:3 crash:4 slow:5 flip:6,7 scale:8"``:
 
 - ``nan``, ``shape``, ``missing``, ``extra``: a broken update (a NaN weight, a reshaped
@@ -19,8 +19,11 @@
 - ``slow``: a straggler: the client answers only after the server has closed the round without
   it (with a ``round-timeout``), or after ``FAULT_SLOW_S`` seconds (without one).
 
-``fedmmrec run --set faults=...`` and :func:`simulations.simulate.simulate` use this app when
-``faults`` is set; deployments never do.
+It is test machinery, so it is not in the run config nor in any message: the simulation layer
+builds this app around the real one (:func:`fault_app`) when ``fedmmrec run --faults SPEC`` or
+:func:`simulations.simulate.simulate` (``faults=``) is given a spec, and the spec, the run
+directory and the round timeout a straggler waits on are bound into it here. Deployments never
+use it.
 """
 
 from __future__ import annotations
@@ -39,13 +42,12 @@ from client.client_app import train as honest_train
 from client.catalog_content import receive_catalog
 from client.mods import private_state_guard
 from shared.faults import parse_faults
-from shared.messages import SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
+from shared.messages import ROUND_KEY, SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
 from shared.run_directory import RunDirectory
 
 FAULT_SCALE = 1000.0
 FAULT_SLOW_S = 20.0
 
-app = ClientApp(mods=[private_state_guard, receive_catalog])
 
 
 def _broken(kind: str, arrays: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
@@ -66,13 +68,12 @@ def _broken(kind: str, arrays: ArrayRecord, sent: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
 
 
-def _wait_for_round_to_close(config: dict) -> None:
+def _wait_for_round_to_close(run_path: Path, round_timeout: float, this_round: int) -> None:
     """A straggler that misses its round whatever the machine's load: it answers only once the
     server has closed the round without it (the round's line is in ``metrics.jsonl``), or after
     ``FAULT_SLOW_S`` when the run has no round timeout. An event, not a race against a clock."""
-    metrics = RunDirectory.open(Path(str(config["run-dir"])) / str(config["run-id"])).metrics_path
-    this_round = int(config["server-round"])
-    deadline = time.time() + (FAULT_SLOW_S if float(config["round-timeout"]) <= 0 else 3600.0)
+    metrics = RunDirectory.open(run_path).metrics_path
+    deadline = time.time() + (FAULT_SLOW_S if round_timeout <= 0 else 3600.0)
     while time.time() < deadline:
         if metrics.is_file() and any(
             json.loads(line).get("round") == this_round for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()
@@ -106,9 +107,26 @@ def _lying(engine, noise_factor: float, clip_factor: float):
 SECURE_DROPS = {"dropshare": SECURE_SHARE, "dropinput": SECURE_INPUT, "dropunmask": SECURE_UNMASK}
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    kind = parse_faults(str(msg.content["config"]["faults"])).get(int(context.node_config["partition-id"]))
+def fault_app(spec: str, run_path: Path, round_timeout: float) -> ClientApp:
+    """The real ClientApp, with the partitions ``spec`` names misbehaving; ``run_path``: the run
+    directory whose metrics tell a straggler its round closed; ``round_timeout``: the run's."""
+    faults = parse_faults(spec)
+    app = ClientApp(mods=[private_state_guard, receive_catalog])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        kind = faults.get(int(context.node_config["partition-id"]))
+        return _misbehaving_train(kind, msg, context, run_path, round_timeout)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return honest_evaluate(msg, context)
+
+    return app
+
+
+def _misbehaving_train(kind: str | None, msg: Message, context: Context, run_path: Path, round_timeout: float) -> Message:
+    """The honest device's train handler, made to commit fault ``kind`` (None: honest)."""
     if kind in SECURE_DROPS and msg.content["config"].get(TASK_KEY) == SECURE_DROPS[kind]:
         raise RuntimeError(f"injected fault: device dropped out at {SECURE_DROPS[kind]}")
     if kind == "noshare":
@@ -131,13 +149,9 @@ def train(msg: Message, context: Context) -> Message:
     if kind == "crash":
         raise RuntimeError("injected fault: client crashed during training")
     if kind == "slow":
-        _wait_for_round_to_close(dict(msg.content["config"]))
+        _wait_for_round_to_close(run_path, round_timeout, int(msg.content["config"][ROUND_KEY]))
     reply = honest_train(msg, context)
     if kind and kind != "slow" and "arrays" in reply.content.array_records:
         reply.content["arrays"] = _broken(kind, reply.content["arrays"], msg.content["arrays"])
     return reply
 
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return honest_evaluate(msg, context)

@@ -31,11 +31,15 @@ def ray_init_args() -> dict[str, Any]:
     return {"num_cpus": os.cpu_count() or 1}
 
 
-def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None, engine: str = "ray") -> Path:
+def simulate(
+    overrides: dict[str, Any] | None = None, quiet: bool = True, client_app=None, engine: str = "ray", faults: str = ""
+) -> Path:
     """Run one federated simulation; return its run directory (``client_app``: another
     ClientApp, for benchmarks). ``engine``: Flower's simulation engine (``ray``, what
     ``fedmmrec run`` uses) or ``in-process`` (:mod:`simulations.in_process`: the same server and
-    ClientApp code in this process, devices one after another, no round timeouts)."""
+    ClientApp code in this process, devices one after another, no round timeouts). ``faults``:
+    partitions that misbehave (:mod:`simulations.faults`; test machinery, never in the run
+    config or a message)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -48,6 +52,10 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     from server.server_app import build_server_app
 
     config = resolve(None, overrides)
+    if faults:
+        from shared.faults import parse_faults
+
+        parse_faults(faults)  # a bad spec fails here, before Flower starts
     from server.mechanisms import mechanism_for
 
     mechanism_for(config)  # the privacy settings fail here, before Flower starts
@@ -70,10 +78,10 @@ def simulate(overrides: dict[str, Any] | None = None, quiet: bool = True, client
     )
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    if config.run.faults:
-        from simulations.faults import (
-            app as client_app,  # the real client, made to misbehave
-        )
+    if faults:
+        from simulations.faults import fault_app
+
+        client_app = fault_app(faults, Path(config.run.run_dir) / config.run.run_id, float(config.federation.round_timeout))
     if engine == "in-process":
         from server.federation import run_federated
         from simulations.in_process import InProcessGrid

@@ -68,3 +68,18 @@ def test_export_command_signs_with_the_key_it_is_given(federated_run, tmp_path, 
     assert load_export(out, keys.export_public_key).kind == "item-tower"
     assert main(["export", str(federated_run), "--out", str(tmp_path / "x"), "--signing-key", str(tmp_path / "none.key")]) == 2
     assert "none.key: signing key not found" in capsys.readouterr().err
+
+
+def test_run_takes_a_fault_spec_for_the_simulation_only(small_dataset, monkeypatch, capsys):
+    """``--faults`` is the simulation's hook (not a run-config key): a bad spec is refused with
+    the reason before Flower starts, and a good one reaches the simulation."""
+    assert main(["run", "--faults", "melt:1", "--set", f"data-dir={small_dataset}"]) == 2
+    assert "fedmmrec: error: faults: 'melt:1': expected KIND:ID[,ID or A-B...] with KIND one of nan, shape" in capsys.readouterr().err
+    assert main(["run", "--set", "faults=nan:1"]) == 2
+    assert "unknown run config key 'faults'" in capsys.readouterr().err
+    import simulations.simulate
+
+    seen = {}
+    monkeypatch.setattr(simulations.simulate, "simulate", lambda overrides, quiet, faults: seen.update(faults=faults, **overrides))
+    assert main(["run", "--faults", "crash:3 slow:4", "--set", f"data-dir={small_dataset}"]) == 0
+    assert seen == {"faults": "crash:3 slow:4", "data-dir": str(small_dataset)}

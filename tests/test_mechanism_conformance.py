@@ -13,12 +13,13 @@ from shared.run_directory import read_ledger
 from simulations.simulate import simulate
 
 
-def _local(small_dataset, feature_cache, tmp_path, run_id: str, **extra):
+def _local(small_dataset, feature_cache, tmp_path, run_id: str, faults: str = "", **extra):
     return simulate(
         {
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": run_id,
             "privacy": "local", "num-server-rounds": 1, "fraction-train": 1.0, **extra,
-        }
+        },
+        faults=faults,
     )
 
 

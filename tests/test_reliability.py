@@ -15,6 +15,7 @@ from simulations.simulate import read_summary, simulate
 
 
 def _run(small_dataset, feature_cache, tmp_path, run_id: str, engine: str = "in-process", **extra):
+    faults = extra.pop("faults", "")  # the simulation's fault hook, not a run-config key
     return simulate(
         {
             "data-dir": str(small_dataset),
@@ -26,6 +27,7 @@ def _run(small_dataset, feature_cache, tmp_path, run_id: str, engine: str = "in-
             **extra,
         },
         engine=engine,
+        faults=faults,
     )
 
 

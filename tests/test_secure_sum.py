@@ -341,12 +341,13 @@ def test_rebuilding_with_reused_weights_is_pycryptodomes_combine():
 # --- through Flower, the faults app and the audit ---------------------------------------------
 
 
-def _secure_run(small_dataset, feature_cache, runs, run_id: str, **extra):
+def _secure_run(small_dataset, feature_cache, runs, run_id: str, faults: str = "", **extra):
     return simulate(
         {
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
             "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 8, **extra,
-        }
+        },
+        faults=faults,
     )
 
 
