@@ -19,13 +19,12 @@ device with a long history keeps a bounded, representative memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from client.recommend import Export, exported_model, load_export
+from client.exports import Export, exported_model_of, load_export
 from shared.explain import Explanation
 
 DEFAULT_REPLAY = 200  # node config "replay-buffer" overrides it
@@ -98,6 +97,7 @@ class OnlineUser:
         seed: int = 0,
     ) -> None:
         self.export: Export = model_dir if isinstance(model_dir, Export) else load_export(model_dir)
+        self.model = exported_model_of(self.export)
         self.index = {item: i for i, item in enumerate(self.export.ids)}
         self.history: list[int] = []
         self.buffer = ReplayBuffer(replay, rng=np.random.default_rng(seed))
@@ -105,20 +105,7 @@ class OnlineUser:
         self.steps, self.lr = steps, lr
         for item in history:
             self._remember(self._lookup(item))
-        if self.export.kind == "user-level":
-            self.model = exported_model(self.export)
-            self.content = self.export.arrays["content.npy"].astype(np.float64)
-            self.user = self.model.user_vector(np.asarray(self.history, dtype=np.int64))
-        else:
-            self.embeddings = self.export.arrays["item_embeddings.npy"].astype(np.float64)
-            self.biases = self.export.arrays["item_biases.npy"].astype(np.float64)
-            if user_state:
-                state = json.loads(Path(user_state).read_text(encoding="utf-8"))
-                self.user = np.asarray(state["user-embedding"], dtype=np.float64).reshape(-1)
-            elif self.history:
-                self.user = self.embeddings[self.history].mean(0)
-            else:
-                self.user = np.zeros(self.embeddings.shape[1])
+        self.user = self.model.user(self.history, user_state, required=False)
 
     def _lookup(self, item: str) -> int:
         if item not in self.index:
@@ -133,33 +120,10 @@ class OnlineUser:
         """A new interaction: update the user's vector now (nothing leaves the device)."""
         index = self._lookup(item)
         self._remember(index)
-        if self.export.kind == "user-level":  # exact: the vector is the history times the factors
-            self.user = self.model.user_vector(np.asarray(self.history, dtype=np.int64))
-            return
-        self._bpr_steps(index)
-
-    def _bpr_steps(self, new: int) -> None:
-        """BPR on the user vector only: the new item and replayed ones against random negatives."""
-        replayed = self.buffer.items()
-        seen = set(self.history)
-        for _ in range(self.steps):
-            positives = [new] + [replayed[j] for j in self.rng.integers(len(replayed), size=min(7, len(replayed)))]
-            negatives = self.rng.integers(len(self.embeddings), size=len(positives))
-            keep = [k for k, n in enumerate(negatives) if int(n) not in seen]
-            if not keep:
-                continue
-            pos, neg = self.embeddings[[positives[k] for k in keep]], self.embeddings[negatives[keep]]
-            margin = (pos - neg) @ self.user + self.biases[[positives[k] for k in keep]] - self.biases[negatives[keep]]
-            weight = 1.0 / (1.0 + np.exp(margin))  # d(-log sigmoid(margin)) / d margin, negated
-            self.user = self.user + self.lr * (weight[:, None] * (pos - neg)).mean(0)
+        self.user = self.model.updated(self.user, self.history, index, self)
 
     def scores(self) -> np.ndarray:
-        if self.export.kind == "user-level":
-            terms = self.model.score_terms(np.asarray(self.history, dtype=np.int64), self.content)
-            scores = sum(terms.values(), np.zeros(len(self.export.ids)))  # as fedmmrec recommend ranks
-        else:
-            scores = self.embeddings @ self.user + self.biases
-        scores = np.asarray(scores, dtype=np.float64).copy()
+        scores = np.asarray(self.model.scores(self.user, self.history), dtype=np.float64).copy()
         scores[self.history] = -np.inf
         return scores
 

@@ -257,7 +257,7 @@ def online_latency(work: Path, cache: Path, events: int = 200, runs: dict[str, P
     import numpy as np
 
     from client.online import OnlineUser
-    from client.recommend import load_export
+    from client.exports import load_export
     from server.export import export_run
     from shared.config import from_saved
     from shared.data import load_dataset, split_for

@@ -223,7 +223,8 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{args.signing_key or Path(args.run_dir) / EXPORT_KEY}; devices trust its public key)")
         return 0
     if args.command == "recommend":
-        from client.recommend import explanation_lines, load_export, rank
+        from client.exports import load_export
+        from client.recommend import explanation_lines, rank
 
         history = [item.strip() for item in args.history.split(",") if item.strip()]
         new = [item.strip() for item in args.new.split(",") if item.strip()]

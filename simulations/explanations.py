@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from client.recommend import catalog_parts, exported_model, load_export, rank
+from client.exports import exported_model, load_export
+from client.recommend import catalog_parts, rank
 from server.export import export_run
 from shared.config import from_saved
 from shared.data import load_dataset, split_for

@@ -58,7 +58,7 @@ def test_deploy_devices_writes_one_folder_per_device_with_that_users_interaction
 
 
 def test_export_command_signs_with_the_key_it_is_given(federated_run, tmp_path, capsys):
-    from client.recommend import load_export
+    from client.exports import load_export
     from server.certificates import write_deployment_keys
 
     keys = write_deployment_keys(tmp_path / "keys", ["localhost"], 0)

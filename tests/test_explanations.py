@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from client.recommend import exported_model, load_export, rank
+from client.exports import exported_model, load_export
+from client.recommend import rank
 from server.export import export_run
 from shared.config import resolve
 from shared.cooccurrence import CooccurrenceModel, content_matrix

@@ -81,7 +81,7 @@ def test_a_device_ranks_only_with_an_export_signed_by_the_key_it_trusts(federate
     deployment's export key (fedmmrec deploy certs) signs as well as the run's own."""
     import json
 
-    from client.recommend import load_export
+    from client.exports import load_export
     from server.certificates import write_deployment_keys
     from shared.checksums import file_sha256
     from simulations.cli import main
