@@ -26,7 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client.local_data import LocalData
 from shared.checksums import content_sha256
-from shared.cooccurrence import content_matrix
+from shared.item_content import content_matrix
 from shared.messages import CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
 
 CATALOG_FOLDER = "catalog"  # <state-dir>/catalog/<sha256>.npy

@@ -4,8 +4,8 @@ manifest (:func:`load_export`), and the model they hold behind one interface
 rank, explain and update with, whichever kind it is:
 
 - ``user-level``: the released item model of the user-level mechanisms
-  (:class:`~shared.cooccurrence.CooccurrenceModel`); a user's scores are the exact terms of its
-  own history (:meth:`~shared.cooccurrence.CooccurrenceModel.score_terms`), and a new
+  (:class:`~shared.item_model.CooccurrenceModel`); a user's scores are the exact terms of its
+  own history (:meth:`~shared.item_model.CooccurrenceModel.score_terms`), and a new
   interaction changes its vector exactly.
 - ``item-tower``: the tower's catalog embeddings and biases; a user's score is ``u . e + b``
   with ``u`` its private trained vector (its device state) or the mean of its history's
@@ -96,7 +96,7 @@ def load_export(model_dir: str | Path, trusted_key: str | Path | None = None) ->
 
 def exported_model(export: Export):
     """The released model of a user-level export (numpy; the arrays the manifest checked)."""
-    from shared.cooccurrence import CooccurrenceModel
+    from shared.item_model import CooccurrenceModel
 
     prefix = "model.npz:"
     return CooccurrenceModel.from_arrays({k[len(prefix):]: v for k, v in export.arrays.items() if k.startswith(prefix)})

@@ -14,12 +14,8 @@ from flwr.app import Array, ArrayRecord, Message
 from client.catalog_content import catalog_content
 from client.local_data import LocalData
 from shared.config import parse_modalities
-from shared.cooccurrence import (
-    CooccurrenceModel,
-    cooccurrence_contribution,
-    popularity_contribution,
-    selection_contribution,
-)
+from shared.cooccurrence import cooccurrence_contribution, popularity_contribution, selection_contribution
+from shared.item_model import CooccurrenceModel
 from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
 
 TASKS = ("popularity", "cooccurrence", "selection")

@@ -33,7 +33,7 @@ from server.resume import current_data_dir
 from shared.checksums import file_sha256
 from shared.config import parse_modalities
 from shared.models.recommender import model_spec
-from shared.cooccurrence import content_matrix
+from shared.item_content import content_matrix
 from shared.data import load_catalog
 from shared.explain import tower_shapley
 from shared.features import load_or_compute_features

@@ -29,15 +29,9 @@ from flwr.serverapp import Grid
 
 from server.catalog_shipment import CatalogShipment
 from shared.config import parse_modalities
-from shared.cooccurrence import (
-    CANDIDATES,
-    CooccurrenceModel,
-    content_matrix,
-    fit_model,
-    matrix_from_triangle,
-    top_items,
-    triangle_size,
-)
+from shared.cooccurrence import CANDIDATES, fit_model, matrix_from_triangle, top_items, triangle_size
+from shared.item_content import content_matrix
+from shared.item_model import CooccurrenceModel
 from shared.checksums import arrays_sha256
 from shared.privacy.ledger import Ledger
 from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory

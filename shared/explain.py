@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.cooccurrence import content_blocks, unit_content
+from shared.item_content import content_blocks, unit_content
 
 
 @dataclass

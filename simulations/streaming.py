@@ -37,15 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.cooccurrence import (
-    content_matrix,
-    cooccurrence_contribution,
-    fit_model,
-    matrix_from_triangle,
-    popularity_contribution,
-    top_items,
-    triangle_size,
-)
+from shared.cooccurrence import cooccurrence_contribution, fit_model, matrix_from_triangle, popularity_contribution, top_items, triangle_size
+from shared.item_content import content_matrix
 from shared.data import load_dataset
 from shared.features import load_or_compute_features
 from shared.metrics import metrics_from_rank, rank_of

@@ -15,7 +15,8 @@ from client.exports import exported_model, load_export
 from client.recommend import rank
 from server.export import export_run
 from shared.config import resolve
-from shared.cooccurrence import CooccurrenceModel, content_matrix
+from shared.item_content import content_matrix
+from shared.item_model import CooccurrenceModel
 from shared.data import load_dataset, split_for
 from shared.explain import tower_shapley
 from shared.features import load_or_compute_features
@@ -238,7 +239,7 @@ def test_a_device_ranks_placed_items_with_the_model_it_was_sent_whatever_content
     """Items placed from content are read from the model when a device ranks (``scores``), and
     recomputed from the content given only when an explanation asks (``score_terms``): a device
     whose content matrix differs from the server's still ranks them as the model says."""
-    from shared.cooccurrence import CooccurrenceModel
+    from shared.item_model import CooccurrenceModel
 
     rng = np.random.default_rng(0)
     content = rng.normal(size=(50, 384 + 64 + 3))

@@ -13,14 +13,9 @@ import pytest
 
 from server.audit import audit
 from shared.config import resolve
-from shared.cooccurrence import (
-    EASE_CONTENT_RIDGE,
-    CooccurrenceModel,
-    _ridge,
-    content_matrix,
-    ease_weights,
-    fit_model,
-)
+from shared.cooccurrence import EASE_CONTENT_RIDGE, _ridge, ease_weights, fit_model
+from shared.item_content import content_matrix
+from shared.item_model import CooccurrenceModel
 from shared.data import load_dataset, split_for
 from shared.features import load_or_compute_features
 from simulations.simulate import read_summary, simulate

@@ -16,16 +16,9 @@ import server.mechanisms.gaussian_releases
 import server.releases
 from server.audit import audit, run_audit
 from server.audit.releases import chi_square_interval
-from shared.cooccurrence import (
-    CANDIDATES,
-    CooccurrenceModel,
-    content_similarity,
-    cooccurrence_contribution,
-    matrix_from_triangle,
-    popularity_contribution,
-    selection_contribution,
-    triangle_size,
-)
+from shared.cooccurrence import CANDIDATES, cooccurrence_contribution, matrix_from_triangle, popularity_contribution, selection_contribution, triangle_size
+from shared.item_content import content_similarity
+from shared.item_model import CooccurrenceModel
 from shared.privacy.accounting import (
     dp_accounting_gaussian_epsilon,
     gaussian_epsilon,

@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from shared.checksums import arrays_sha256
-from shared.cooccurrence import CANDIDATES, CooccurrenceModel, fit_model, matrix_from_triangle, top_items
+from shared.cooccurrence import CANDIDATES, fit_model, matrix_from_triangle, top_items
+from shared.item_model import CooccurrenceModel
 from shared.privacy.accounting import (
     dp_accounting_gaussian_epsilon,
     gaussian_epsilon,
