@@ -139,6 +139,7 @@ class ReleasedItemModel(ExportedModel):
         super().__init__(export)
         self.model = exported_model(export)
         self.content = export.arrays["content.npy"].astype(np.float64)
+        self._last: tuple[tuple[int, ...] | None, dict[str, np.ndarray]] = (None, {})  # the last history's terms
 
     def user(self, seen: list[int], user_state: str | Path | None = None, required: bool = True) -> np.ndarray:
         if required and not seen:
@@ -146,7 +147,11 @@ class ReleasedItemModel(ExportedModel):
         return self.model.user_vector(np.asarray(seen, dtype=np.int64))
 
     def parts(self, user: np.ndarray, seen: list[int]) -> dict[str, np.ndarray]:
-        return self.model.score_terms(np.asarray(seen, dtype=np.int64), self.content)
+        # rank() asks for the scores, then the parts of the same user: the terms are computed once
+        key = tuple(int(i) for i in seen)
+        if self._last[0] != key:
+            self._last = (key, self.model.score_terms(np.asarray(seen, dtype=np.int64), self.content))
+        return self._last[1]
 
     def scores(self, user: np.ndarray, seen: list[int]) -> np.ndarray:
         return sum(self.parts(user, seen).values(), np.zeros(len(self.ids)))  # its parts, exactly

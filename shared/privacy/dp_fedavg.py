@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord
 
 from shared.privacy.accounting import History, epsilon_of
 from shared.privacy.canaries import CanarySet
-from shared.privacy.gaussian import clip, gaussian_noise  # noqa: F401 (tests break the noise here)
+from shared.privacy.gaussian import clip, gaussian_noise  # module names tests patch to break the noise
 
 if TYPE_CHECKING:  # torch is imported where a model is rebuilt: the clip is numpy only (devices)
     import torch
