@@ -14,5 +14,5 @@ from shared.metrics import user_metrics
 
 def ranking_reply(msg: Message, context: Context, data: LocalData, scores: np.ndarray) -> Message:
     """Metrics of this device's held-out item under ``scores`` (full ranking and sampled)."""
-    row = user_metrics(scores, data.test_item, data.train_items, who(context))
+    row = user_metrics(scores, data.test_item, data.train_items, who(context), data.cold_items)
     return evaluation_reply(msg, {**row, "cold": int(data.test_item in data.cold_items)})

@@ -17,7 +17,7 @@ def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] 
     partitions = range(len(split.test_item)) if users is None else sorted(users)
     for k in partitions:
         test, train = split.test_item[k], split.train_items[k]
-        row = user_metrics(scores_for_user(k), int(test), train, k)
+        row = user_metrics(scores_for_user(k), int(test), train, k, split.cold_items)
         row.pop("rank")
         rows.append(row)
     cold = [int(split.test_item[k]) in cold_items for k in partitions]

@@ -14,6 +14,13 @@ import numpy as np
 
 METRIC_NAMES = ("hr@10", "ndcg@10", "recall@20")
 SAMPLED_NEGATIVES = 99
+# The sampled protocol twice: negatives from every item the user never interacted with (the NCF
+# literature's), and from the warm items only (those that existed at training time). A library
+# model scores a film it never saw at minus infinity, so the cold negatives of the first are
+# free for it and cost a model that places new films from content; the second ranks every
+# model against the same warm films. Without cold items the two are equal.
+WARM_NEGATIVES = "-warm-negatives"
+SAMPLED_NAMES = ("hr@10-sampled", "ndcg@10-sampled", f"hr@10-sampled{WARM_NEGATIVES}", f"ndcg@10-sampled{WARM_NEGATIVES}")
 
 
 def rank_of(scores: np.ndarray, target: int, exclude: np.ndarray) -> int:
@@ -37,18 +44,29 @@ def metrics_from_rank(rank: int) -> dict[str, float]:
     }
 
 
-def sampled_metrics(scores: np.ndarray, target: int, exclude: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+def sampled_metrics(
+    scores: np.ndarray,
+    target: int,
+    exclude: np.ndarray,
+    rng: np.random.Generator,
+    not_negatives: np.ndarray | None = None,
+    suffix: str = "",
+) -> dict[str, float]:
     """The sampled protocol of the NCF literature: the held-out item against 99 items the user
     never interacted with, drawn uniformly without replacement; HR@10 and NDCG@10 of its rank
-    there (pessimistic ties). Seed ``rng`` per user so every model meets the same negatives."""
+    there (pessimistic ties). Seed ``rng`` per user so every model meets the same negatives.
+    ``not_negatives``: items never drawn either (the warm-only variant passes the cold items);
+    ``suffix`` names that variant's keys."""
     blocked = np.zeros(len(scores), dtype=bool)
     blocked[exclude] = True
+    if not_negatives is not None:
+        blocked[np.asarray(not_negatives, dtype=np.int64)] = True
     blocked[target] = True
     pool = np.flatnonzero(~blocked)
     negatives = rng.choice(pool, size=min(SAMPLED_NEGATIVES, len(pool)), replace=False)
     rank = int(np.count_nonzero(np.asarray(scores)[negatives] >= scores[target]))
     full = metrics_from_rank(rank)
-    return {"hr@10-sampled": full["hr@10"], "ndcg@10-sampled": full["ndcg@10"]}
+    return {f"hr@10-sampled{suffix}": full["hr@10"], f"ndcg@10-sampled{suffix}": full["ndcg@10"]}
 
 
 def sampled_rng(user_index: int) -> np.random.Generator:
@@ -67,7 +85,7 @@ def mean_metrics_by_coldness(per_user: list[dict[str, float]], cold: list[bool])
     """Mean metrics over all users, and over those whose held-out item is cold / warm
     (``hr@10-cold``, ``hr@10-warm``, ...); NaN for an empty subset."""
     out = mean_metrics(per_user)
-    for name in ("hr@10-sampled", "ndcg@10-sampled"):
+    for name in SAMPLED_NAMES:
         if per_user and all(name in row for row in per_user):
             out[name] = float(np.mean([row[name] for row in per_user]))
     for suffix, keep in (("cold", True), ("warm", False)):
@@ -89,16 +107,21 @@ def rank_percentile(rank: int, num_items: int, train: np.ndarray, test: int) -> 
     return rank / max(1, candidates - 1)
 
 
-def user_metrics(scores: np.ndarray, test: int, train: np.ndarray, user_index: int) -> dict[str, float]:
+def user_metrics(
+    scores: np.ndarray, test: int, train: np.ndarray, user_index: int, cold_items: np.ndarray | None = None
+) -> dict[str, float]:
     """One user's row under any model's ``scores`` [N]: where the held-out item ranks among the
     items the user has not interacted with (HR@10, NDCG@10, Recall@20, rank percentile) and
-    the sampled protocol against the user's fixed 99 negatives. The one evaluation call for
-    every model: a device ranking with the tower or the released model, and a study scoring
-    the pooled model, most-popular or a library peer."""
+    the sampled protocol against the user's fixed 99 negatives, twice: drawn from every unseen
+    item, and from the unseen items outside ``cold_items`` (the held-out item itself may be
+    cold). The one evaluation call for every model: a device ranking with the tower or the
+    released model, and a study scoring the pooled model, most-popular or a library peer."""
     rank = rank_of(scores, int(test), train)
+    cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(sorted(cold_items), dtype=np.int64)
     return {
         "rank": rank,
         "rank-percentile": rank_percentile(rank, len(scores), train, int(test)),
         **metrics_from_rank(rank),
         **sampled_metrics(scores, int(test), train, sampled_rng(user_index)),
+        **sampled_metrics(scores, int(test), train, sampled_rng(user_index), cold, WARM_NEGATIVES),
     }

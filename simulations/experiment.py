@@ -44,7 +44,8 @@ from shared.run_directory import RunDirectory
 
 METRICS = (
     "hr@10", "ndcg@10", "recall@20", "hr@10-cold", "hr@10-warm", "ndcg@10-cold", "ndcg@10-warm", "recall@20-warm",
-    "hr@10-sampled", "ndcg@10-sampled", "rank-percentile-cold", "rank-percentile-warm",
+    "hr@10-sampled", "ndcg@10-sampled", "hr@10-sampled-warm-negatives", "ndcg@10-sampled-warm-negatives",
+    "rank-percentile-cold", "rank-percentile-warm",
 )
 KIND_ALIASES = {"central": "pooled"}  # old name: "central" now means only central DP
 SAME_USERS_METRICS = ("hr@10-warm", "recall@20-warm", "hr@10-sampled", "rank-percentile-warm")

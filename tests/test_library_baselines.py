@@ -50,6 +50,24 @@ def test_cornac_ease_on_our_split_gives_the_metrics_of_a_direct_computation(spli
     assert evaluate_scorer(split, lambda k: np.round(adapter(k), 10)) == by_hand
 
 
+def test_the_warm_negatives_protocol_is_blind_to_how_a_model_scores_new_films(split_and_features):
+    """Two scorers that differ only on the cold films: above every warm film, or at minus
+    infinity (a library peer's "never seen"). Against warm negatives only they differ by exactly
+    the cold test users (a cold held-out film is a hit for one and a miss for the other); against
+    all unseen items the first also loses warm users' hits to cold negatives."""
+    split, _ = split_and_features
+    cold = np.zeros(split.num_items, dtype=bool)
+    cold[split.cold_items] = True
+    popularity = split.train_popularity().astype(np.float64)
+    above = evaluate_scorer(split, lambda k: np.where(cold, 1e9, popularity))
+    never = evaluate_scorer(split, lambda k: np.where(cold, -np.inf, popularity))
+    assert above["users-cold"] > 0
+    warm_only = "hr@10-sampled-warm-negatives"
+    assert above[warm_only] - never[warm_only] == pytest.approx(above["users-cold"] / above["users"])
+    assert above["hr@10-sampled"] < above[warm_only]
+    assert never["hr@10-sampled"] >= never[warm_only]  # cold negatives are free for "never seen"
+
+
 def test_content_knn_sums_the_nearest_history_similarities(split_and_features):
     split, _ = split_and_features
     content = np.eye(split.num_items)[:, :8] + 0.0  # items 0-7 one-hot, the rest zero

@@ -76,6 +76,30 @@ def test_sampled_protocol_ranks_against_99_unseen_items():
     assert sampled_metrics(worst, target, seen, sampled_rng(0))["hr@10-sampled"] == 1.0
 
 
+def test_sampled_protocol_twice_the_second_never_draws_a_cold_item_as_a_negative():
+    import numpy as np
+
+    from shared.metrics import user_metrics
+
+    n, target, seen, cold = 500, 7, np.array([1, 2, 3]), np.arange(400, 500)
+    scores = np.zeros(n)
+    scores[cold] = 10.0  # a model that places every new film above the held-out item
+    scores[target] = 5.0
+    row = user_metrics(scores, target, seen, 0, cold)
+    # Drawn from all 496 unseen items, about 20 of the 99 negatives are cold and outrank it.
+    assert row["hr@10-sampled"] == 0.0 and row["ndcg@10-sampled"] == 0.0
+    # Drawn from the warm ones only, it outranks all 99 (the full ranking is unchanged).
+    assert row["hr@10-sampled-warm-negatives"] == 1.0 and row["ndcg@10-sampled-warm-negatives"] == 1.0
+    assert row["rank"] == 100
+    # A cold held-out item is ranked against warm negatives too.
+    cold_row = user_metrics(scores, 450, seen, 0, cold)
+    assert cold_row["hr@10-sampled-warm-negatives"] == 1.0 and cold_row["hr@10-sampled"] == 0.0
+    # Without cold items (or without the cold-start protocol) the two protocols are one.
+    plain = user_metrics(np.random.default_rng(3).random(n), target, seen, 0)
+    assert plain["hr@10-sampled"] == plain["hr@10-sampled-warm-negatives"]
+    assert plain["ndcg@10-sampled"] == plain["ndcg@10-sampled-warm-negatives"]
+
+
 def test_cold_start_hold_out_removes_items_from_every_training_set(small_dataset):
     dataset = load_dataset(small_dataset)
     split = split_for(dataset, {"cold-start-items": 0.3, "seed": 4})
