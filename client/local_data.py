@@ -71,14 +71,14 @@ def _data_version(data_dir: str) -> tuple:
     return tuple(out)
 
 
-def _load_split(data_dir: str, cold_fraction: float = 0.0, seed: int = 0):
-    return _load_split_version(data_dir, cold_fraction, seed, _data_version(data_dir))
+def _load_split(data_dir: str, cold_fraction: float = 0.0, seed: int = 0, evaluate_on: str = "test"):
+    return _load_split_version(data_dir, cold_fraction, seed, evaluate_on, _data_version(data_dir))
 
 
 @lru_cache(maxsize=4)
-def _load_split_version(data_dir: str, cold_fraction: float, seed: int, version: tuple):
+def _load_split_version(data_dir: str, cold_fraction: float, seed: int, evaluate_on: str, version: tuple):
     dataset = load_dataset(data_dir, check_images=False, need_images=False)  # the features' loader needs them, when used
-    split = leave_last_out(dataset, cold_fraction, seed)
+    split = leave_last_out(dataset, cold_fraction, seed, evaluate_on)
     cold_items = frozenset(int(i) for i in split.cold_items)
     return dataset, split, cold_items
 
@@ -117,11 +117,14 @@ def local_data(node_config: dict, server_config: dict) -> LocalData:
     on_device = "data-dir" in node_config
     if on_device:  # the cold-start hold-out is a simulation protocol: a device's folder is used as it is
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
-        cache_dir, cold = _device_cache_dir(node_config), (0.0, 0)
+        cache_dir, cold = _device_cache_dir(node_config), (0.0, 0, "test")
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
-        cold = (float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)))
+        cold = (
+            float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)),
+            str(server_config.get("evaluate-on", "test")),
+        )
     dataset, split, cold_items = _load_split(data_dir, *cold)
     if not 0 <= partition < len(split.users):
         raise ValueError(

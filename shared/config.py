@@ -68,6 +68,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "hidden": (64, "adapter hidden size per modality"),
     "data-dir": ("", "dataset folder; empty: the embedded synthetic dataset (generated on first use)"),
     "cold-start-items": (0.0, "share of the catalog's items held out of training entirely (seeded by `seed`); users whose last interaction is one of them test cold start (the `-cold` metrics)"),
+    "evaluate-on": ("test", "`test`: each user's last interaction is held out (the figures you report); `validation`: the split one step earlier, for choosing settings without a test item: the test interaction is dropped, each user's most recent other interaction is held out, and a second, disjoint `cold-start-items` share of the films is held out as pseudo-cold"),
     "synth-users": (100, "users of the generated synthetic dataset"),
     "synth-items": (500, "items of the generated synthetic dataset"),
     "synth-seed": (0, "seed of the generated synthetic dataset"),
@@ -95,7 +96,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
     "model": ("fusion", "modalities", "item-ids", "dim", "hidden"),
-    "data": ("data-dir", "cold-start-items", "synth-users", "synth-items", "synth-seed", "feature-cache"),
+    "data": ("data-dir", "cold-start-items", "evaluate-on", "synth-users", "synth-items", "synth-seed", "feature-cache"),
     "run": ("run-dir", "run-id", "resume", "device-state-dir", "seed"),
 }
 GROUP_OF: dict[str, str] = {key: group for group, keys in GROUPS.items() for key in keys}
@@ -192,6 +193,7 @@ class ModelConfig:
 class DataConfig:
     data_dir: str
     cold_start_items: float
+    evaluate_on: str
     synth_users: int
     synth_items: int
     synth_seed: int
@@ -259,6 +261,7 @@ class RunConfig(Mapping):
 DP_SGD_MODES = ("local", "both")
 DP_FEDAVG_MODES = ("central", "both")
 DP_ENGINES = ("fast", "opacus")
+EVALUATE_ON = ("test", "validation")  # shared/data/split.py's, kept here so a device resolves numpy-free
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 DEFAULTS: dict[str, Any] = {key: default for key, (default, _) in RUN_CONFIG.items()}
@@ -289,6 +292,8 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
         raise ValueError(f"dp-engine {merged['dp-engine']!r}: choose one of {', '.join(DP_ENGINES)}")
     if merged["strategy"] not in STRATEGIES:
         raise ValueError(f"strategy {merged['strategy']!r}: choose one of {', '.join(STRATEGIES)}")
+    if merged["evaluate-on"] not in EVALUATE_ON:
+        raise ValueError(f"evaluate-on {merged['evaluate-on']!r}: choose one of {', '.join(EVALUATE_ON)}")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     return RunConfig.from_flat(merged)

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from shared.baselines import most_popular
 from shared.data import leave_last_out, load_dataset, split_for
@@ -115,6 +116,40 @@ def test_cold_start_hold_out_removes_items_from_every_training_set(small_dataset
     cold = set(split.cold_items.tolist())
     assert result["users-cold"] == sum(int(t) in cold for t in split.test_item) and result["hr@10-cold"] == 0.0
     assert leave_last_out(dataset).held_out_items.size == 0
+
+
+def test_the_validation_split_is_the_test_split_one_step_earlier_with_its_own_pseudo_cold_films(small_dataset):
+    """``evaluate-on = validation``: no test item and no real cold film is trained on or held out,
+    each user's held-out item is the test split's validation item, and a disjoint pseudo-cold
+    set of the same size is held out of training, so new-film settings are chosen on warm films."""
+    dataset = load_dataset(small_dataset)
+    config = {"cold-start-items": 0.3, "seed": 4}
+    test = split_for(dataset, config)
+    validation = split_for(dataset, {**config, "evaluate-on": "validation"})
+    real_cold = set(test.held_out_items.tolist())
+    pseudo = set(validation.held_out_items.tolist()) - real_cold
+    assert real_cold <= set(validation.held_out_items.tolist())
+    assert len(pseudo) == len(real_cold) and not pseudo & real_cold
+    assert pseudo <= set(np.concatenate(test.train_items).tolist())  # warm in the test split
+    by_user = dict(zip(test.users, test.validation_item.tolist()))
+    assert validation.test_item.tolist() == [by_user[u] for u in validation.users]
+    tests_of = dict(zip(test.users, test.test_item.tolist()))
+    for user, items, target in zip(validation.users, validation.train_items, validation.test_item):
+        trained = set(items.tolist())
+        assert not trained & set(validation.held_out_items.tolist()) and int(target) not in trained
+        # the test item is not trained on (it may be trained on only if seen earlier too)
+        order = dataset.inter_item[dataset.inter_user == user]
+        if int((order == tests_of[user]).sum()) == 1:
+            assert tests_of[user] not in trained
+    assert any(int(t) in pseudo for t in validation.test_item), "pseudo-cold films are validation targets"
+    # A simulated device reads the same split from the run config the server sends it.
+    from client.local_data import local_data
+
+    device = local_data({"partition-id": 3}, {"data-dir": str(small_dataset), **config, "evaluate-on": "validation"})
+    assert device.test_item == int(validation.test_item[3]) and device.train_items.tolist() == validation.train_items[3].tolist()
+    assert device.cold_items == frozenset(validation.cold_items.tolist()) != frozenset(test.cold_items.tolist())
+    with pytest.raises(ValueError, match="evaluate-on must be one of test, validation, got 'train'"):
+        leave_last_out(dataset, 0.3, 4, "train")
 
 
 def test_held_out_items_are_never_drawn_as_negatives():

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import EVALUATE_ON
 from shared.data.schema import Dataset
 
 
@@ -58,9 +59,31 @@ def held_out_items(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(candidates, size=count, replace=False)).astype(np.int64)
 
 
-def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) -> LeaveLastOutSplit:
+
+
+def pseudo_cold_items(warm: np.ndarray, held_out: np.ndarray, seed: int) -> np.ndarray:
+    """The validation split's stand-ins for new films: as many items as ``held_out`` has, drawn
+    (seeded apart from it) among the ``warm`` items (trained on in the test split), so the
+    calibration of content-placed items is chosen on films whose interactions are training data."""
+    candidates = np.setdiff1d(warm, held_out)
+    count = min(len(candidates), len(held_out))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 1]).choice(candidates, size=count, replace=False)).astype(np.int64)
+
+
+def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0, evaluate_on: str = "test") -> LeaveLastOutSplit:
     """Split by timestamp (ties keep file order); users with < 2 interactions are skipped, and
-    so are users left with no training item once the cold-start items are removed."""
+    so are users left with no training item once the cold-start items are removed.
+
+    ``evaluate_on = "validation"`` is the same split one step earlier, for choosing settings
+    without touching a test item: each user's test interaction is dropped, the held-out item is
+    the user's validation item (the most recent interaction with a film outside the cold-start
+    hold-out), and a second, disjoint set of ``cold_fraction`` of the films (pseudo-cold, warm in
+    the test split) is held out of training too, so cold-start metrics are measured on films
+    whose content and interactions are training data."""
+    if evaluate_on not in EVALUATE_ON:
+        raise ValueError(f"evaluate-on must be one of {', '.join(EVALUATE_ON)}, got {evaluate_on!r}")
     held_out = held_out_items(dataset, cold_fraction, seed)
     is_held_out = np.zeros(dataset.num_items, dtype=bool)
     is_held_out[held_out] = True
@@ -70,10 +93,20 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
     boundaries = np.flatnonzero(np.diff(users_sorted)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(order)]])
+    validating = evaluate_on == "validation"
+    if validating:  # the test item and the real cold films leave the sequences; pseudo-cold join
+        not_last = np.ones(len(order), dtype=bool)
+        not_last[ends - 1] = False
+        pseudo = pseudo_cold_items(np.unique(items_sorted[not_last]), held_out, seed)
+        is_test_cold = is_held_out.copy()
+        is_held_out[pseudo] = True
+        held_out = np.union1d(held_out, pseudo).astype(np.int64)
     users, train_items, test_items, validation_items, skipped, emptied = [], [], [], [], [], []
     for start, end in zip(starts, ends):
         user = int(users_sorted[start])
         seq = items_sorted[start:end]
+        if validating:
+            seq = seq[:-1][~is_test_cold[seq[:-1]]]
         if len(seq) < 2:
             skipped.append(user)
             continue
@@ -87,8 +120,9 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
         validation_items.append(int(train[-1]))
     if skipped:
         warnings.warn(
-            f"{dataset.root / 'interactions.csv'}: {len(skipped)} user(s) with fewer than 2 "
-            f"interactions skipped (nothing to train on and hold out), e.g. user "
+            f"{dataset.root / 'interactions.csv'}: {len(skipped)} user(s) with fewer than 2 interactions"
+            f"{' besides their test item and cold-start films' if validating else ''} skipped (nothing to "
+            f"train on and hold out), e.g. user "
             f"{dataset.user_ids[skipped[0]]!r}",
             stacklevel=2,
         )
@@ -116,4 +150,6 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0) 
 
 def split_for(dataset: Dataset, config: dict[str, Any]) -> LeaveLastOutSplit:
     """The split a run config asks for: one place, so server, clients and baselines agree."""
-    return leave_last_out(dataset, float(config.get("cold-start-items", 0.0)), int(config.get("seed", 0)))
+    return leave_last_out(
+        dataset, float(config.get("cold-start-items", 0.0)), int(config.get("seed", 0)), str(config.get("evaluate-on", "test"))
+    )
