@@ -30,6 +30,9 @@ from shared.item_content import content_matrix
 from shared.messages import CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
 
 CATALOG_FOLDER = "catalog"  # <state-dir>/catalog/<sha256>.npy
+# The most catalog content a device accepts (node config `catalog-max-mb`): a MovieLens-100K
+# catalog is about 1.8 MB per 500 items; 64 MB is a catalog of about 18,000 items at that width.
+CATALOG_MAX_MB = 64.0
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 _HELD: dict[str, np.ndarray] = {}  # sha256 -> content, this process's copy (the latest only)
@@ -70,6 +73,23 @@ def _keep(node_config: dict, digest: str, content: np.ndarray, received: bool) -
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+    # The device keeps the latest catalog only (the server sends another one again when asked),
+    # and no temporary file a power cut left behind.
+    for old in path.parent.iterdir():
+        if old != path and old.suffix == ".npy":
+            old.unlink(missing_ok=True)
+
+
+def catalog_limit_bytes(node_config: dict) -> int:
+    """The node config's `catalog-max-mb` (default :data:`CATALOG_MAX_MB`) in bytes."""
+    value = node_config.get("catalog-max-mb", CATALOG_MAX_MB)
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = float("nan")
+    if not limit > 0:
+        raise CatalogContentError(f"node config catalog-max-mb = {value!r}: must be a positive number of megabytes")
+    return int(limit * 1_000_000)
 
 
 def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -79,7 +99,14 @@ def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable
     digest = str(msg.content[CONFIG].get(CATALOG_SHA_KEY, "")) if CONFIG in msg.content.config_records else ""
     node_config = dict(context.node_config)
     if digest and CATALOG in msg.content.array_records:
-        content = msg.content[CATALOG][CATALOG_CONTENT_KEY].numpy()
+        shipped = msg.content[CATALOG][CATALOG_CONTENT_KEY]
+        limit = catalog_limit_bytes(node_config)
+        if len(shipped.data) > limit:  # refused before it is decoded, hashed or written
+            raise CatalogContentError(
+                f"the catalog content received is {len(shipped.data):,} bytes, over this device's "
+                f"catalog-max-mb ({limit:,} bytes): refused (raise it in the node config to accept it)"
+            )
+        content = shipped.numpy()
         if content.dtype != np.float64 or content.ndim != 2:
             raise CatalogContentError(f"the catalog content received is {content.dtype} of shape {content.shape}, not a float64 matrix: refused")
         if content_sha256(content) != digest:

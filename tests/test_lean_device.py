@@ -156,6 +156,24 @@ def test_the_catalog_content_is_shipped_once_kept_by_hash_and_shipped_again_when
     assert ask().content["metrics"]["total"] == content.sum() and shipment.shipped == {node: 4}
     assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]  # no temporary file left
 
+    stray = stored.parent / f".{shipment.digest}.123.npy"  # a temporary a power cut left behind
+    stray.write_bytes(b"half")
+    newer = np.arange(8.0).reshape(2, 4)  # the next catalog replaces this one on disk
+    newer_shipment = CatalogShipment(grid, newer)
+    (reply,) = newer_shipment.send_and_receive([_model_message(node)])
+    assert reply.content["metrics"]["total"] == newer.sum()
+    assert sorted(p.name for p in stored.parent.iterdir()) == [f"{content_sha256(newer)}.npy"]
+
+    grid.contexts[node].node_config["catalog-max-mb"] = 0.0001  # 100 bytes: the 8x4 matrix ships as 256 bytes of values + a 128-byte .npy header
+    big = CatalogShipment(grid, np.ones((8, 4)))
+    (refused,) = big.send_and_receive([_model_message(node)])
+    assert refused.has_error() and "is 384 bytes, over this device's catalog-max-mb (100 bytes): refused" in refused.error.reason
+    assert sorted(p.name for p in stored.parent.iterdir()) == [f"{content_sha256(newer)}.npy"]  # nothing written
+    grid.contexts[node].node_config["catalog-max-mb"] = "many"
+    (refused,) = CatalogShipment(grid, np.ones((2, 2))).send_and_receive([_model_message(node)])
+    assert refused.has_error() and "catalog-max-mb = 'many': must be a positive number of megabytes" in refused.error.reason
+    del grid.contexts[node].node_config["catalog-max-mb"]
+
     forged = _model_message(node)  # content that does not match the hash it comes with
     forged.content["config"]["catalog-sha256"] = shipment.digest
     forged.content[CATALOG] = CatalogShipment(grid, content * 2).record
