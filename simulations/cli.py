@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--weeks", type=int, default=0, help="weeks to advance (0: to the end of the data)")
     stream.add_argument("--seeds", default="0,1,2")
     stream.add_argument("--feature-cache", default="")
+    stream.add_argument("--item-model", default="factors", choices=("factors", "ease"), help="what the releases become (run config item-model)")
+    stream.add_argument("--ease-lambda", type=float, default=2.0, help="item-model ease: the ridge penalty (run config ease-lambda)")
+    stream.add_argument("--cold-weight", type=float, default=1.0, help="multiplier on new films' content-placed term (run config cold-weight)")
 
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
@@ -252,7 +255,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         data = args.data or os.environ.get("FEDMMREC_MOVIELENS", "../shared/data/movielens-100k-mm")
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-        run_streaming(data, args.out, epsilon=args.epsilon, weeks=args.weeks, seeds=seeds, feature_cache=args.feature_cache or None)
+        run_streaming(
+            data, args.out, epsilon=args.epsilon, weeks=args.weeks, seeds=seeds, feature_cache=args.feature_cache or None,
+            item_model=args.item_model, ease_lambda=args.ease_lambda, cold_weight=args.cold_weight,
+        )
         print(f"fedmmrec: wrote {args.out}/results.csv, results.md, streaming.png")
         return 0
     if args.command == "explanations":

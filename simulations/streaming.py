@@ -22,6 +22,14 @@ budgets composed exactly in Gaussian DP (the cumulative epsilon is printed per w
 devices and the server are simulated in one process (the releases' arithmetic, not Flower's
 transport: 943 devices x 3 settings x every week would be hours of Flower on 2 cores). The
 selection release is not used (``popularity-weight`` fixed at 0.3, no content similarity).
+``item_model``, ``ease_lambda`` and ``cold_weight`` are the run config's keys of the same names
+(``fedmmrec experiment`` chooses them on validation items): how the releases become the model,
+and how far films placed from their content (the week's new films) are pushed into lists.
+
+Per week and mode it counts, besides HR@10 and NDCG@10, how often a new film (one that entered
+the catalog that week) reaches a user's top 10 (``new-film-slots``: top-10 positions held by new
+films over the week's predicted users; ``lists-with-new-film``: users with at least one) and how
+often a new film the user did pick was among them (``new-film-hits`` of ``new-films``).
 
 Writes ``results.csv``, ``results.md`` and ``streaming.png`` (HR@10 over the weeks, and the
 cumulative epsilon) to ``--out``.
@@ -103,18 +111,24 @@ def _release(histories: list[np.ndarray], num_items: int, m: int, stds: tuple[fl
 def run_streaming(
     data_dir: str | Path, out: str | Path, epsilon: float = 8.0, delta: float = 1e-5, weeks: int = 0,
     warmup_share: float = 0.5, m: int = 600, max_factors: int = 24, seeds: tuple[int, ...] = (0, 1, 2),
-    feature_cache: str | None = None, log=print,
+    feature_cache: str | None = None, log=print, item_model: str = "factors", ease_lambda: float = 2.0,
+    cold_weight: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Run every mode over the timeline once per seed (the seed draws the noise); write the
     results; return the rows (one per seed, week and mode)."""
+    if item_model not in ("factors", "ease"):
+        raise ValueError(f"item-model {item_model!r}: choose factors or ease")
+    if not (cold_weight >= 0 and ease_lambda > 0):
+        raise ValueError("cold-weight must be at least 0 and ease-lambda positive")
+    model = {"item_model": item_model, "ease_lambda": ease_lambda, "cold_weight": cold_weight}
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        rows += _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log)
-    write_results(Path(out), rows, epsilon, delta)
+        rows += _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model)
+    write_results(Path(out), rows, epsilon, delta, model)
     return rows
 
 
-def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log) -> list[dict[str, Any]]:
+def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model_settings) -> list[dict[str, Any]]:
     dataset = load_dataset(data_dir)
     features = load_or_compute_features(dataset, feature_cache, progress=False)
     content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
@@ -153,13 +167,15 @@ def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, see
                     popularity = total["popularity"] / total["releases"]
                     matrix = total["matrix"][np.ix_(top, top)] / np.maximum(covered, 1)
                     fit_std = (pair[0] / math.sqrt(total["releases"]), pair[1] / math.sqrt(max(covered.min(), 1)))
-                models[mode], _ = fit_model(popularity, fit_std[0], top, matrix, fit_std[1], content, known, max_factors, 0.3)
+                models[mode], _ = fit_model(
+                    popularity, fit_std[0], top, matrix, fit_std[1], content, known, max_factors, 0.3, **model_settings
+                )
                 spent = [*stds["frozen"]] if mode == "frozen" else [*stds["weekly"][: 2 * (week + 1)]]
             rows.append({"seed": seed, "week": week, "mode": mode, "user-level-epsilon": gaussian_epsilon(spent, delta),
                          **_predict(models[mode], line, begin, end, histories, first_seen)})
         log(f"[seed {seed}, week {week + 1}/{line.weeks}] " + ", ".join(
             f"{r['mode']} HR@10 {r['hr@10']:.3f} (eps {r['user-level-epsilon']:.2f})" for r in rows[-3:]
-        ) + f"; {rows[-1]['users']} users, {rows[-1]['new-films']} new films")
+        ) + f"; {rows[-1]['users']} users, {rows[-1]['new-films']} picked a new film")
     return rows
 
 
@@ -170,7 +186,8 @@ def _predict(model, line: Timeline, begin: float, end: float, histories: list[np
     for u, i in zip(line.users[in_week].tolist(), line.items[in_week].tolist()):
         targets.setdefault(u, i)
     unavailable = first_seen >= end  # not in the catalog yet
-    hits, ndcgs, new_hits, new = [], [], [], 0
+    entered = first_seen >= begin  # new this week (and, below, available by its end)
+    hits, ndcgs, new_hits, new, slots, lists = [], [], [], 0, 0, 0
     for u, target in targets.items():
         history = histories[u]
         if target in set(history.tolist()):
@@ -178,6 +195,12 @@ def _predict(model, line: Timeline, begin: float, end: float, histories: list[np
         scores = model.scores(history)
         scores[unavailable] = -np.inf
         metrics = metrics_from_rank(rank_of(scores, target, history))
+        listed = scores.copy()
+        listed[history] = -np.inf
+        top10 = np.argpartition(-listed, 10)[:10]
+        listed_new = int(np.count_nonzero(entered[top10] & np.isfinite(listed[top10])))
+        slots += listed_new
+        lists += listed_new > 0
         hits.append(metrics["hr@10"])
         ndcgs.append(metrics["ndcg@10"])
         if first_seen[target] >= begin:  # a film that entered the catalog this week
@@ -189,10 +212,13 @@ def _predict(model, line: Timeline, begin: float, end: float, histories: list[np
         "ndcg@10": float(np.mean(ndcgs)) if ndcgs else float("nan"),
         "new-films": new,
         "hr@10-new-films": float(np.mean(new_hits)) if new_hits else float("nan"),
+        "new-film-hits": int(sum(new_hits)),
+        "new-film-slots": slots,
+        "lists-with-new-film": lists,
     }
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], epsilon: float, delta: float) -> None:
+def write_results(out: Path, rows: list[dict[str, Any]], epsilon: float, delta: float, model: dict[str, Any] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -201,11 +227,13 @@ def write_results(out: Path, rows: list[dict[str, Any]], epsilon: float, delta: 
     lines = [
         f"# Streaming study: user-level DP, total epsilon {epsilon:g} at delta {delta:g}",
         "",
+        "Model: " + (", ".join(f"{k.replace('_', '-')} {v}" for k, v in model.items()) if model else "the defaults") + ".",
+        "",
         f"Seeds {', '.join(str(x) for x in sorted({r['seed'] for r in rows}))}; figures are the mean over seeds "
         "(± their std) of each seed's mean over predictions (every active user, every week).",
         "",
-        "| mode | weeks | predictions per seed | HR@10 | NDCG@10 | HR@10 on new films (n) | epsilon after week 1 | epsilon at the end |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | weeks | predictions per seed | HR@10 | NDCG@10 | HR@10 on new films (n) | new films in top-10 lists, per seed (lists with one) | new-film hits per seed | epsilon after week 1 | epsilon at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode in MODES:
         per_seed = []
@@ -218,12 +246,15 @@ def write_results(out: Path, rows: list[dict[str, Any]], epsilon: float, delta: 
                 np.average([r["ndcg@10"] for r in mine], weights=weights),
                 sum(h * n for h, n in new) / sum(n for _, n in new) if new else float("nan"),
                 sum(n for _, n in new), int(weights.sum()), len(mine), mine[0]["user-level-epsilon"], mine[-1]["user-level-epsilon"],
+                sum(int(r["new-film-slots"]) for r in mine), sum(int(r["lists-with-new-film"]) for r in mine),
+                sum(int(r["new-film-hits"]) for r in mine),
             ))
         hr, ndcg, new_hr = (np.array([p[j] for p in per_seed]) for j in range(3))
         first = per_seed[0]
         lines.append(
             f"| {mode} | {first[5]} | {first[4]} | {hr.mean():.3f} ± {hr.std():.3f} | {ndcg.mean():.3f} ± {ndcg.std():.3f} | "
-            f"{new_hr.mean():.3f} ({first[3]}) | {first[6]:.2f} | {first[7]:.2f} |"
+            f"{new_hr.mean():.3f} ({first[3]}) | {', '.join(str(p[8]) for p in per_seed)} ({', '.join(str(p[9]) for p in per_seed)}) | "
+            f"{', '.join(str(p[10]) for p in per_seed)} | {first[6]:.2f} | {first[7]:.2f} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(out, rows, epsilon)

@@ -223,7 +223,8 @@ def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget
     retrain and online spend equal weekly shares that compose to exactly the budget."""
     out = tmp_path / "stream"
     assert cli(["streaming-study", "--data", str(small_dataset), "--out", str(out), "--weeks", "2", "--seeds", "0",
-                "--feature-cache", str(feature_cache), "--epsilon", "3"]) == 0
+                "--feature-cache", str(feature_cache), "--epsilon", "3", "--item-model", "ease", "--ease-lambda", "50",
+                "--cold-weight", "4"]) == 0
     assert "week 2/2" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["week"], r["mode"]) for r in rows] == [(str(w), m) for w in (0, 1) for m in ("frozen", "retrain", "online")]
@@ -233,6 +234,40 @@ def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget
         assert epsilon[("0", mode)] < 3.0 and epsilon[("1", mode)] == pytest.approx(3.0, abs=1e-6)
     assert all(int(r["users"]) > 0 and 0.0 <= float(r["hr@10"]) <= 1.0 for r in rows)
     assert (out / "streaming.png").stat().st_size > 10_000 and "| online | 2 |" in (out / "results.md").read_text()
+    assert "Model: item-model ease, ease-lambda 50.0, cold-weight 4.0." in (out / "results.md").read_text()
+    for r in rows:  # the new-film counts agree with each other
+        assert int(r["lists-with-new-film"]) <= int(r["new-film-slots"]) <= 10 * int(r["lists-with-new-film"])
+        assert int(r["new-film-hits"]) == (round(float(r["hr@10-new-films"]) * int(r["new-films"])) if int(r["new-films"]) else 0)
+
+
+def test_the_streaming_study_counts_new_films_in_lists_and_their_hits():
+    """A week's new films (first seen in it) are counted where they reach a predicted user's top
+    10, and a user whose first pick of the week is a new film in its top 10 is a new-film hit."""
+    import numpy as np
+
+    from simulations.streaming import WEEK_S, Timeline, _predict
+
+    class Scores:  # the study's model interface: scores(history) over the whole catalog
+        def __init__(self, scores):
+            self.values = np.asarray(scores, dtype=float)
+
+        def scores(self, history):
+            return self.values.copy()
+
+    n = 30
+    first_seen = np.zeros(n)
+    first_seen[[20, 21]] = WEEK_S + 5.0  # new this week
+    first_seen[29] = 3 * WEEK_S  # not in the catalog yet: never listed however it scores
+    line = Timeline(users=np.array([0, 1, 2]), items=np.array([20, 3, 21]), times=np.array([WEEK_S + 10.0] * 3),
+                    start=WEEK_S, weeks=1)
+    histories = [np.array([0]), np.array([1]), np.array([2])]
+    scores = np.arange(n, dtype=float)  # items 29, 28, ... on top; 20 and 21 are 10th and 9th after 29
+    row = _predict(Scores(scores), line, WEEK_S, 2 * WEEK_S, histories, first_seen)
+    assert (row["users"], row["new-films"], row["new-film-hits"]) == (3, 2, 2)
+    assert (row["new-film-slots"], row["lists-with-new-film"]) == (6, 3)  # 21 and 20 in all three top 10s
+    scores[[20, 21]] = -1.0  # the same new films scored last: in no list, no hit
+    row = _predict(Scores(scores), line, WEEK_S, 2 * WEEK_S, histories, first_seen)
+    assert (row["new-films"], row["new-film-hits"], row["new-film-slots"], row["lists-with-new-film"]) == (2, 0, 0, 0)
 
 
 def test_a_device_ranks_placed_items_with_the_model_it_was_sent_whatever_content_it_holds():

@@ -1,5 +1,5 @@
 """Load: a simulation of 1,000 clients (one SuperNode per user) runs to completion within the
-memory of a 24 GB CI machine; the peak of the whole process tree is printed."""
+memory it is documented to take (docs/performance.md); the peak of the whole process tree is printed."""
 
 from __future__ import annotations
 
@@ -29,4 +29,6 @@ def test_a_thousand_clients_run_to_completion(feature_cache, tmp_path):
     print(f"1,000 clients, 2 rounds of 30: peak memory {peak.bytes / GIB:.2f} GiB, {summary['wall-seconds']} s")
     assert summary["dataset"]["users"] == 1000 and summary["rounds"] == 2
     assert summary["final"]["clients-evaluated"] >= 30
-    assert 0 < peak.bytes < 12 * GIB
+    # docs/performance.md measures 3.88 GiB for this run on the 2-core machine (two Ray workers);
+    # half as much again is a regression, whatever the machine's 24 GB allow.
+    assert 0 < peak.bytes < 1.5 * 3.88 * GIB
