@@ -9,6 +9,7 @@
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail, 2 nothing to audit
     fedmmrec explanations RUN_DIR [--users N]  what drives the recommendations; deletion check
     fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
+    fedmmrec population-study --out DIR [--populations 1000,5000,20000,50000]  statistics vs device-trained tower
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR [--signing-key KEY]   what devices rank with, signed
@@ -47,6 +48,8 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared.content_adapter import TowerSettings
+
     parser = argparse.ArgumentParser(prog="fedmmrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -129,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--item-model", default="factors", choices=("factors", "ease"), help="what the releases become (run config item-model)")
     stream.add_argument("--ease-lambda", type=float, default=2.0, help="item-model ease: the ridge penalty (run config ease-lambda)")
     stream.add_argument("--cold-weight", type=float, default=1.0, help="multiplier on new films' content-placed term (run config cold-weight)")
+
+    population = sub.add_parser("population-study", help="the statistics against a DP-FedAvg-trained tower at growing populations")
+    population.add_argument("--out", required=True)
+    population.add_argument("--populations", default="1000,5000,20000,50000", help="devices (synthetic users), comma-separated")
+    population.add_argument("--seeds", default="0,1,2")
+    population.add_argument("--epsilon", type=float, default=8.0, help="user-level epsilon of every private row (delta 1e-5)")
+    population.add_argument("--evaluate-on", default="test", choices=("test", "validation"), help="validation: choose the tower's settings")
+    population.add_argument("--evaluated-users", type=int, default=3000, help="users ranked per population (the same for every row)")
+    population.add_argument("--data-root", default="", help="where the generated datasets go (default: OUT/data)")
+    population.add_argument("--feature-cache", default="")
+    population.add_argument("--rounds", type=int, default=TowerSettings.rounds, help="DP-FedAvg rounds of the tower")
+    population.add_argument("--devices-per-round", type=int, default=TowerSettings.devices_per_round, help="expected devices per round")
+    population.add_argument("--server-lr", type=float, default=TowerSettings.server_lr)
+    population.add_argument("--tower-weight", type=float, default=TowerSettings.weight, help="the tower term's weight in the score")
 
     features = sub.add_parser("features", help="precompute the frozen backbones' item features")
     _add_set(features)
@@ -260,6 +277,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             item_model=args.item_model, ease_lambda=args.ease_lambda, cold_weight=args.cold_weight,
         )
         print(f"fedmmrec: wrote {args.out}/results.csv, results.md, streaming.png")
+        return 0
+    if args.command == "population-study":
+        from shared.content_adapter import TowerSettings
+        from simulations.population import run_population
+
+        try:
+            populations = tuple(int(p) for p in args.populations.split(",") if p.strip())
+            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        except ValueError:
+            raise SystemExit("fedmmrec: --populations and --seeds take comma-separated integers")
+        if not populations or min(populations) < 10 or args.rounds < 1 or args.devices_per_round < 1 or args.evaluated_users < 1:
+            raise SystemExit("fedmmrec: populations of at least 10 devices, and positive --rounds, --devices-per-round, --evaluated-users")
+        settings = TowerSettings(rounds=args.rounds, devices_per_round=args.devices_per_round, server_lr=args.server_lr, weight=args.tower_weight)
+        run_population(
+            args.out, populations, seeds, epsilon=args.epsilon, evaluate_on=args.evaluate_on, settings=settings,
+            evaluated_users=args.evaluated_users, data_root=args.data_root or None, feature_cache=args.feature_cache or None,
+        )
+        print(f"fedmmrec: wrote {args.out}/results.csv, results.md, population.png")
         return 0
     if args.command == "explanations":
         from simulations.explanations import run_explanations, to_markdown

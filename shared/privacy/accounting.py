@@ -127,6 +127,15 @@ def dp_accounting_epsilon(history: History, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
+def releases_and_rounds_epsilon(release_stds: list[float], noise_multiplier: float, rate: float, rounds: int, delta: float) -> float:
+    """User-level epsilon at ``delta`` of Gaussian releases of sensitivity 1 (noise std
+    ``release_stds``) followed by ``rounds`` DP-FedAvg rounds (Poisson ``rate``, clip-relative
+    ``noise_multiplier``): a release is a round at rate 1, and dp-accounting's PLD accountant
+    composes them all (tight for both; RDP would overstate the releases)."""
+    history = [(float(std), 1.0, 1) for std in release_stds] + ([(float(noise_multiplier), float(rate), int(rounds))] if rounds else [])
+    return dp_accounting_epsilon(history, delta)
+
+
 # --- User-level releases: Gaussian mechanisms of sensitivity 1, no sampling -----------------
 
 
