@@ -96,7 +96,7 @@ class TowerSettings:
     rounds: int = 20
     devices_per_round: int = 1000  # expected; the Poisson rate is min(1, this / population)
     clip_norm: float = 1.0
-    server_lr: float = 1.0
+    server_lr: float = 3.0
     temperature: float = 10.0
-    weight: float = 1.0
+    weight: float = 3.0
     targets: int = 4  # leave-one-out targets per device and round

@@ -9,7 +9,7 @@
     fedmmrec audit RUN_DIR                    check the run's privacy ledger; exit 0 pass, 1 fail, 2 nothing to audit
     fedmmrec explanations RUN_DIR [--users N]  what drives the recommendations; deletion check
     fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
-    fedmmrec population-study --out DIR [--populations 1000,5000,20000,50000]  statistics vs device-trained tower
+    fedmmrec population-study --out DIR [--populations 250,1000,5000,20000,50000]  statistics vs device-trained tower
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR [--signing-key KEY]   what devices rank with, signed
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     population = sub.add_parser("population-study", help="the statistics against a DP-FedAvg-trained tower at growing populations")
     population.add_argument("--out", required=True)
-    population.add_argument("--populations", default="1000,5000,20000,50000", help="devices (synthetic users), comma-separated")
+    population.add_argument("--populations", default="250,1000,5000,20000,50000", help="devices (synthetic users), comma-separated")
     population.add_argument("--seeds", default="0,1,2")
     population.add_argument("--epsilon", type=float, default=8.0, help="user-level epsilon of every private row (delta 1e-5)")
     population.add_argument("--evaluate-on", default="test", choices=("test", "validation"), help="validation: choose the tower's settings")

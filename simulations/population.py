@@ -58,10 +58,15 @@ from shared.item_content import content_matrix
 from shared.metrics import metrics_from_rank, rank_of, rank_percentile
 from shared.privacy.accounting import gaussian_epsilon, releases_and_rounds_epsilon, split_budget
 
-POPULATIONS = (1000, 5000, 20000, 50000)
+POPULATIONS = (250, 1000, 5000, 20000, 50000)
 CATALOG = SynthConfig(items=500, seed=0)
 SHARES = (0.1, 0.9)  # popularity, co-occurrence: of the mu^2 budget
-METHODS = ("statistics", "statistics, half budget", "statistics + tower (DP-FedAvg)", "tower without noise (NOT PRIVATE)")
+STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS = (
+    "statistics", "statistics + public content term", "statistics, half budget", "statistics + tower (DP-FedAvg)",
+    "tower without noise (NOT PRIVATE)",
+)
+METHODS = (STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS)
+COMPARED = (STATISTICS, WITH_CONTENT)  # what the tower must beat: the releases, with or without public content
 
 
 def population_data(users: int, data_root: Path, evaluate_on: str, feature_cache: str | None):
@@ -188,7 +193,7 @@ def run_population(
     full = split_budget(epsilon, delta, list(SHARES))
     half = [std * math.sqrt(2.0) for std in full]  # half the mu^2 budget
     rows: list[dict[str, Any]] = []
-    paired: dict[int, list[np.ndarray]] = {}
+    paired: dict[str, dict[int, list[np.ndarray]]] = {}
     for population in populations:
         started = time.time()
         split, content = population_data(population, data_root, evaluate_on, feature_cache)
@@ -200,13 +205,18 @@ def run_population(
         for seed in seeds:
             rng = np.random.default_rng([seed, population])
             measured: dict[str, dict[str, np.ndarray]] = {}
-            for method, stds in ((METHODS[0], full), (METHODS[1], half)):
+            models = {}
+            for method, stds in ((STATISTICS, full), (HALF, half)):
                 begin = time.time()
-                model = release_statistics(split, content, stds, rng)
-                measured[method] = evaluate(model.scores, split, users)
+                models[method] = release_statistics(split, content, stds, rng)
+                measured[method] = evaluate(models[method].scores, split, users)
                 rows.append(_row(population, seed, method, measured[method], gaussian_epsilon(stds, delta), time.time() - begin))
-            untrained = ContentAdapter(model, projection, np.eye(projection.shape[1]), settings.weight)
-            for method, multiplier in ((METHODS[2], z), (METHODS[3], 0.0)):
+            begin = time.time()
+            public = ContentAdapter(models[STATISTICS], projection, np.eye(projection.shape[1]), settings.weight)
+            measured[WITH_CONTENT] = evaluate(public.scores, split, users)  # the tower before any device trained it
+            rows.append(_row(population, seed, WITH_CONTENT, measured[WITH_CONTENT], gaussian_epsilon(full, delta), time.time() - begin))
+            untrained = ContentAdapter(models[HALF], projection, np.eye(projection.shape[1]), settings.weight)
+            for method, multiplier in ((TOWER, z), (NOISELESS, 0.0)):
                 begin = time.time()
                 tower = train_tower(untrained, split, settings, multiplier, rng)
                 measured[method] = evaluate(tower.scores, split, users)
@@ -214,9 +224,10 @@ def run_population(
                 rows.append(_row(population, seed, method, measured[method], spent, time.time() - begin,
                                  **{"noise-multiplier": multiplier, "sample-rate": rate, "rounds": settings.rounds,
                                     "tower-weights": projection.shape[1] ** 2}))
-            paired.setdefault(population, []).append(measured[METHODS[2]]["hit"] - measured[METHODS[0]]["hit"])
+            for compared in COMPARED:
+                paired.setdefault(compared, {}).setdefault(population, []).append(measured[TOWER]["hit"] - measured[compared]["hit"])
             write_csv(out / "results.csv", rows)
-            log(f"[population {population}, seed {seed}] " + ", ".join(f"{r['method']} HR@10 {r['hr@10']:.3f}" for r in rows[-4:]))
+            log(f"[population {population}, seed {seed}] " + ", ".join(f"{r['method']} HR@10 {r['hr@10']:.3f}" for r in rows[-5:]))
     write_summary(out, rows, paired, epsilon, delta, evaluate_on, settings)
     return rows
 
@@ -248,9 +259,9 @@ def crossover(intervals: dict[int, tuple[float, float]]) -> int | None:
     return winning
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]], paired: dict[int, list[np.ndarray]], epsilon: float, delta: float,
-                  evaluate_on: str, settings: TowerSettings) -> None:
-    intervals = {population: difference_interval(d) for population, d in paired.items()}
+def write_summary(out: Path, rows: list[dict[str, Any]], paired: dict[str, dict[int, list[np.ndarray]]], epsilon: float,
+                  delta: float, evaluate_on: str, settings: TowerSettings) -> None:
+    intervals = {compared: {p: difference_interval(d) for p, d in by_population.items()} for compared, by_population in paired.items()}
     lines = [
         f"# Population study: user-level epsilon {epsilon:g} at delta {delta:g} ({evaluate_on} items)",
         "",
@@ -274,15 +285,18 @@ def write_summary(out: Path, rows: list[dict[str, Any]], paired: dict[int, list[
                 f"| {population} | {method} | {'inf' if eps == float('inf') else f'{eps:.2f}'} | "
                 + " | ".join(f"{c.mean():.3f} ± {c.std():.3f}" for c in cells[:4]) + f" | {cells[4].mean():.0f} |"
             )
-    lines += ["", "Tower row minus statistics row, HR@10 per user (same users and seeds), with its 95% interval:", ""]
-    lines += [f"- {p} devices: {m:+.4f} ± {h:.4f}" for p, (m, h) in sorted(intervals.items())]
-    found = crossover(intervals)
-    lines += ["", f"Crossover: {'from ' + str(found) + ' devices on, the tower row leads at 95%' if found else 'none in the populations run (the tower row never leads at 95% from some population on)'}."]
+    for compared in COMPARED:
+        lines += ["", f"Tower row minus `{compared}`, HR@10 per user (same users and seeds), with its 95% interval:", ""]
+        lines += [f"- {p} devices: {m:+.4f} ± {h:.4f}" for p, (m, h) in sorted(intervals[compared].items())]
+    leads = {p: min((intervals[c][p] for c in COMPARED), key=lambda mh: mh[0] - mh[1]) for p in intervals[STATISTICS]}
+    found = crossover(leads)
+    lines += ["", "Crossover (the tower row ahead of both at 95%, at that population and every larger one run): "
+              + (f"from {found} devices on." if found else "none in the populations run.")]
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plot(out, rows, intervals, epsilon)
 
 
-def _plot(out: Path, rows: list[dict[str, Any]], intervals: dict[int, tuple[float, float]], epsilon: float) -> None:
+def _plot(out: Path, rows: list[dict[str, Any]], intervals: dict[str, dict[int, tuple[float, float]]], epsilon: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,17 +304,19 @@ def _plot(out: Path, rows: list[dict[str, Any]], intervals: dict[int, tuple[floa
 
     populations = sorted({r["population"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, style in zip(METHODS, ("-o", "--o", "-s", ":^")):
+    for method, style in zip(METHODS, ("-o", "-.o", "--o", "-s", ":^")):
         means = [np.mean([r["hr@10"] for r in rows if r["population"] == p and r["method"] == method]) for p in populations]
         stds = [np.std([r["hr@10"] for r in rows if r["population"] == p and r["method"] == method]) for p in populations]
         left.errorbar(populations, means, yerr=stds, fmt=style, label=method, capsize=3, markersize=4)
     left.set(xscale="log", xlabel="devices (users)", ylabel="HR@10 (mean ± std over seeds)", title=f"User-level epsilon {epsilon:g}")
     left.legend(fontsize=8)
-    means = [intervals[p][0] for p in populations]
-    widths = [intervals[p][1] for p in populations]
-    right.errorbar(populations, means, yerr=widths, fmt="-s", capsize=3)
+    for compared, style in zip(COMPARED, ("-s", "-.o")):
+        means = [intervals[compared][p][0] for p in populations]
+        widths = [intervals[compared][p][1] for p in populations]
+        right.errorbar(populations, means, yerr=widths, fmt=style, capsize=3, label=f"minus {compared}")
     right.axhline(0.0, color="grey", linestyle=":")
-    right.set(xscale="log", xlabel="devices (users)", ylabel="HR@10 difference (95% interval)", title="statistics + tower minus statistics")
+    right.set(xscale="log", xlabel="devices (users)", ylabel="HR@10 difference (95% interval)", title=f"{TOWER}, per user")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "population.png", dpi=110)
     plt.close(fig)

@@ -93,17 +93,19 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
     assert code == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["population"], r["method"]) for r in rows] == [
-        (p, m) for p in ("40", "80") for m in
-        ("statistics", "statistics, half budget", "statistics + tower (DP-FedAvg)", "tower without noise (NOT PRIVATE)")
+        (p, m) for p in ("40", "80") for m in (
+            "statistics", "statistics, half budget", "statistics + public content term", "statistics + tower (DP-FedAvg)",
+            "tower without noise (NOT PRIVATE)",
+        )
     ]
-    assert [float(r["user-level-epsilon"]) for r in rows[:2]] == pytest.approx([8.0, 5.2976], abs=1e-4)
-    assert 7.9 < float(rows[2]["user-level-epsilon"]) <= 8.0 and rows[3]["user-level-epsilon"] == "inf"
-    assert [float(r["sample-rate"]) for r in rows if r["method"].startswith("statistics +")] == [0.5, 0.25]
+    assert [float(r["user-level-epsilon"]) for r in rows[:3]] == pytest.approx([8.0, 5.2976, 8.0], abs=1e-4)
+    assert 7.9 < float(rows[3]["user-level-epsilon"]) <= 8.0 and rows[4]["user-level-epsilon"] == "inf"
+    assert [float(r["sample-rate"]) for r in rows if r["method"] == "statistics + tower (DP-FedAvg)"] == [0.5, 0.25]
     assert {r["evaluated-users"] for r in rows} == {"30"}
-    assert rows[2]["tower-weights"] == str(TowerSettings.components**2)
+    assert rows[3]["tower-weights"] == str(TowerSettings.components**2)
     summary = (out / "results.md").read_text()
     assert "server lr 0.5, temperature 10, weight 2" in summary and "2 rounds, 20 devices per round" in summary
-    assert summary.count("\n- ") == 2 and "Crossover: " in summary
+    assert summary.count("\n- ") == 4 and "Crossover (the tower row ahead of both at 95%" in summary
     assert (out / "population.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="populations of at least 10 devices"):
