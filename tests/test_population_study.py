@@ -34,6 +34,8 @@ def _leave_one_out_loss(adapter: ContentAdapter, history: np.ndarray, targets: n
         rest = history[history != target]
         logits = temperature * (adapter.statistics.scores(rest) + adapter.weight * embeddings @ embeddings[rest].mean(0))
         logits[rest] = -np.inf
+        new_films = np.flatnonzero(adapter.statistics.from_content)
+        logits[new_films[new_films != target]] = -np.inf  # new films are not negatives
         shifted = logits - logits.max()
         losses.append(-(shifted[target] - math.log(np.exp(shifted).sum())))
     return float(np.mean(losses))
@@ -43,7 +45,8 @@ def test_a_devices_tower_update_is_minus_the_gradient_of_its_leave_one_out_loss(
     rng = np.random.default_rng(1)
     items, rank = 12, 3
     statistics = CooccurrenceModel(
-        top_items=np.arange(8), factors=rng.normal(size=(items, rank)), popularity=rng.random(items), popularity_weight=0.3
+        top_items=np.arange(8), factors=rng.normal(size=(items, rank)), popularity=rng.random(items), popularity_weight=0.3,
+        from_content=np.arange(items) >= 10,  # two new films, placed from their content
     )
     content = np.hstack([rng.normal(size=(items, 20)), np.ones((items, 3))])
     adapter = ContentAdapter(statistics, content_projection(content, 4), np.eye(4) + 0.1 * rng.normal(size=(4, 4)), weight=0.7)
@@ -59,6 +62,11 @@ def test_a_devices_tower_update_is_minus_the_gradient_of_its_leave_one_out_loss(
         ) / 2e-6
     np.testing.assert_allclose(update, -numeric, rtol=1e-5, atol=1e-8)
     assert not np.any(adapter.update(np.array([5]), np.array([5]), 3.0))  # nothing left to rank it from
+    everything_negative = ContentAdapter(
+        CooccurrenceModel(statistics.top_items, statistics.factors, statistics.popularity, 0.3), adapter.projection,
+        adapter.weights, adapter.weight,
+    )
+    assert not np.allclose(everything_negative.update(history, targets, 3.0), update)  # the new films' exclusion matters
 
 
 def test_the_tower_noise_spends_what_the_half_budget_releases_leave_and_no_more():
@@ -105,7 +113,7 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
     assert rows[3]["tower-weights"] == str(TowerSettings.components**2)
     summary = (out / "results.md").read_text()
     assert "server lr 0.5, temperature 10, weight 2" in summary and "2 rounds, 20 devices per round" in summary
-    assert summary.count("\n- ") == 4 and "Crossover (the tower row ahead of both at 95%" in summary
+    assert summary.count("\n- ") == 8 and summary.count("Crossover over ") == 2
     assert (out / "population.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="populations of at least 10 devices"):
