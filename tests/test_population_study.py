@@ -96,7 +96,8 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
     code = main([
         "population-study", "--out", str(out), "--populations", "40,80", "--seeds", "0", "--rounds", "2",
         "--devices-per-round", "20", "--evaluated-users", "30", "--feature-cache", str(feature_cache),
-        "--server-lr", "0.5", "--tower-weight", "2",
+        "--server-lr", "0.5", "--tower-weight", "2", "--epsilon", "8", "--evaluate-on", "validation",
+        "--data-root", str(tmp_path / "generated"),
     ])
     assert code == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -111,7 +112,9 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
     assert [float(r["sample-rate"]) for r in rows if r["method"] == "statistics + tower (DP-FedAvg)"] == [0.5, 0.25]
     assert {r["evaluated-users"] for r in rows} == {"30"}
     assert rows[3]["tower-weights"] == str(TowerSettings.components**2)
+    assert sorted(p.name for p in (tmp_path / "generated").iterdir()) == ["users-40", "users-80"]
     summary = (out / "results.md").read_text()
+    assert summary.startswith("# Population study: user-level epsilon 8 at delta 1e-05 (validation items)")
     assert "server lr 0.5, temperature 10, weight 2" in summary and "2 rounds, 20 devices per round" in summary
     assert summary.count("\n- ") == 8 and summary.count("Crossover over ") == 2
     assert (out / "population.png").stat().st_size > 10_000
