@@ -84,13 +84,13 @@ def population_data(users: int, data_root: Path, evaluate_on: str, feature_cache
     return leave_last_out(dataset, 0.1 if evaluate_on == "validation" else 0.0, 0, evaluate_on), content
 
 
-def cooccurrence_sum(histories: list[np.ndarray], top: np.ndarray) -> np.ndarray:
+def cooccurrence_sum(histories: list[np.ndarray], top: np.ndarray, num_items: int) -> np.ndarray:
     """The sum over devices of :func:`shared.cooccurrence.cooccurrence_contribution` (each of
     L2 norm 1 or 0, so the server's clip changes nothing), as one sparse product."""
     from scipy import sparse
 
     m = len(top)
-    position = np.full(max(int(top.max()) + 1, max((int(h.max()) for h in histories if len(h)), default=0) + 1), -1)
+    position = np.full(num_items, -1)  # each catalog item's row among the top items, -1 outside
     position[top] = np.arange(m)
     rows, cols = [], []
     for user, history in enumerate(histories):
@@ -118,22 +118,29 @@ def release_statistics(split: LeaveLastOutSplit, content: np.ndarray, stds: list
         known[items] = True
     popularity, _ = gaussian_release((popularity_contribution(h, n) for h in split.train_items), n, stds[0], rng)
     top = top_items(popularity, known, min(m, int(known.sum())))
-    triangle = cooccurrence_sum(split.train_items, top) + gaussian_noise(rng, triangle_size(len(top)), stds[1])
+    triangle = cooccurrence_sum(split.train_items, top, n) + gaussian_noise(rng, triangle_size(len(top)), stds[1])
     model, _ = fit_model(popularity, stds[0], top, matrix_from_triangle(triangle, len(top)), stds[1], content, known, max_factors, 0.3)
     return model
 
 
 def tower_noise_multiplier(release_stds: list[float], rate: float, rounds: int, epsilon: float, delta: float) -> float:
-    """The smallest DP-FedAvg noise multiplier (to 1%) whose rounds, composed with the
-    releases, stay within ``epsilon`` at ``delta``."""
-    lo, hi = 0.3, 1.0
-    while releases_and_rounds_epsilon(release_stds, hi, rate, rounds, delta) > epsilon:
+    """The smallest DP-FedAvg noise multiplier (to 1%, at least 0.05) whose rounds, composed
+    with the releases, stay within ``epsilon`` at ``delta``."""
+    def fits(multiplier: float) -> bool:
+        return releases_and_rounds_epsilon(release_stds, multiplier, rate, rounds, delta) <= epsilon
+
+    lo, hi = 0.5, 1.0  # bracket: fits(hi) and not fits(lo)
+    while not fits(hi):
         lo, hi = hi, hi * 2.0
         if hi > 1e4:
             raise ValueError("no noise multiplier fits the budget: the releases alone spend it")
+    while fits(lo):
+        if lo < 0.05:
+            return lo
+        lo, hi = lo / 2.0, lo
     while hi / lo > 1.01:
         mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if releases_and_rounds_epsilon(release_stds, mid, rate, rounds, delta) > epsilon else (lo, mid)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi
 
 

@@ -22,7 +22,7 @@ def test_the_study_sums_exactly_the_co_occurrence_every_device_sends():
     histories = [np.unique(rng.integers(0, 30, size=rng.integers(1, 9))) for _ in range(25)] + [np.array([29])]
     top = np.array([0, 2, 3, 5, 7, 11, 13, 17, 19, 23])  # item 29 is outside: that device sends zeros
     expected = sum((cooccurrence_contribution(h, top) for h in histories), np.zeros(triangle_size(len(top))))
-    np.testing.assert_allclose(cooccurrence_sum(histories, top), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cooccurrence_sum(histories, top, 30), expected, rtol=0, atol=1e-12)
 
 
 def _leave_one_out_loss(adapter: ContentAdapter, history: np.ndarray, targets: np.ndarray, temperature: float) -> float:
@@ -76,9 +76,10 @@ def test_the_tower_noise_spends_what_the_half_budget_releases_leave_and_no_more(
     assert gaussian_epsilon(half, 1e-5) == pytest.approx(5.2976, abs=1e-4)
     # PLD composition of the releases alone agrees with the exact Gaussian-DP figure.
     assert releases_and_rounds_epsilon(full, 1.0, 0.1, 0, 1e-5) == pytest.approx(8.0, abs=1e-3)
-    z = tower_noise_multiplier(half, 0.05, 20, 8.0, 1e-5)
-    assert releases_and_rounds_epsilon(half, z, 0.05, 20, 1e-5) <= 8.0
-    assert releases_and_rounds_epsilon(half, z / 1.01, 0.05, 20, 1e-5) > 8.0
+    for rate, rounds in ((0.05, 20), (0.001, 5)):  # a multiplier above the first guess, and one below it
+        z = tower_noise_multiplier(half, rate, rounds, 8.0, 1e-5)
+        assert releases_and_rounds_epsilon(half, z, rate, rounds, 1e-5) <= 8.0
+        assert releases_and_rounds_epsilon(half, z / 1.01, rate, rounds, 1e-5) > 8.0
     with pytest.raises(ValueError, match="the releases alone spend it"):
         tower_noise_multiplier(split_budget(8.0, 1e-5, [0.5, 0.5]), 0.05, 20, 8.0, 1e-5)
 
