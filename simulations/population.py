@@ -29,7 +29,9 @@ co-occurrence sum computed at once by :func:`cooccurrence_sum`, tested equal to 
 release (:func:`server.mechanisms.gaussian_releases.gaussian_release`), the model fit
 (:func:`shared.cooccurrence.fit_model`) and DP-FedAvg's clip, noise and fixed denominator
 (:func:`shared.privacy.dp_fedavg.aggregate`). Flower's transport is left out: 50,000 devices
-on 2 cores would be hours of message passing for the same arithmetic.
+on 2 cores would be hours of message passing for the same arithmetic. The study draws its noise
+and sampling from seeded generators so that its rows reproduce; the Flower path draws them from
+OS entropy, as a deployment must.
 
 Evaluation: each evaluated user's last interaction (warm, or one of the 10% of films that no
 training history holds, only content ranks them) against the whole catalog outside its history
