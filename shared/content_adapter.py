@@ -17,13 +17,14 @@ A device's update is the gradient of its own leave-one-out loss (each of a few h
 in turn is the target, ranked by softmax at ``temperature`` among the items outside the rest of
 its history that existed at release time), negated: one local step of size 1. New films are
 left out of that softmax: no history holds one, so as negatives they would only teach the tower
-to rank every new film last (measured: it halved cold HR@10 before they were left out). :mod:`shared.privacy.dp_fedavg` clips and
-noises it like any DP-FedAvg update. numpy only.
+to rank every new film last (measured: it halved cold HR@10 before they were left out).
+:mod:`shared.privacy.dp_fedavg` clips and noises it like any DP-FedAvg update. numpy only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -48,7 +49,12 @@ class ContentAdapter:
     statistics: CooccurrenceModel
     projection: np.ndarray  # P [N, d], public
     weights: np.ndarray  # W [d, d], trained by DP-FedAvg
-    weight: float = 1.0  # how much the content term adds to the statistics' score
+    weight: float  # how much the content term adds to the statistics' score
+
+    @cached_property
+    def embeddings(self) -> np.ndarray:
+        """Every item's embedding ``P W`` [N, d]: once per model, not once per device."""
+        return self.projection @ self.weights
 
     def scores(self, history: np.ndarray) -> np.ndarray:
         """Every catalog item's score for a device with this history [N]."""
@@ -56,14 +62,13 @@ class ContentAdapter:
         base = self.statistics.scores(history)
         if len(history) == 0:
             return base
-        embeddings = self.projection @ self.weights
-        return base + self.weight * embeddings @ embeddings[history].mean(0)
+        return base + self.weight * self.embeddings @ self.embeddings[history].mean(0)
 
     def update(self, history: np.ndarray, targets: np.ndarray, temperature: float) -> np.ndarray:
         """A device's update of ``W`` [d, d]: minus the mean gradient of its leave-one-out
         softmax loss over ``targets`` (items of its history). Zeros without a usable target."""
         history = np.asarray(history, dtype=np.int64)
-        embeddings = self.projection @ self.weights
+        embeddings = self.embeddings
         gradient = np.zeros_like(self.weights)
         used = 0
         for target in np.asarray(targets, dtype=np.int64).tolist():
