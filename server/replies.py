@@ -4,6 +4,7 @@ reply into its ledger entry."""
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,36 @@ from shared.messages import is_decline, server_messages, spend_entry
 from shared.privacy.ledger import canonical
 
 MESSAGE_TIMEOUT_S = 3600.0
+PULL_INTERVAL_S = 0.2
+
+
+class RoundDeadline:
+    """When a round stops waiting for its train replies: ``seconds`` after its messages went
+    out (``round-timeout``). The round loop's one clock, kept in one place so that a test can
+    put an event in its place (tests/test_reliability.py: the deadline passes once every
+    client but the straggler has answered, on any machine's speed)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def passed(self, waiting: int) -> bool:
+        """Whether to stop waiting; ``waiting``: the replies still missing."""
+        return time.monotonic() >= self.end
+
+
+def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Flower's ``Grid.send_and_receive`` with its deadline made explicit: push the messages,
+    then pull until every reply is in or the :class:`RoundDeadline` has passed."""
+    waiting = set(grid.push_messages(messages))
+    deadline, received = RoundDeadline(timeout), []
+    while waiting:
+        replies = list(grid.pull_messages(waiting))
+        received += replies
+        waiting -= {reply.metadata.reply_to_message_id for reply in replies}
+        if not waiting or deadline.passed(len(waiting)):
+            break
+        time.sleep(PULL_INTERVAL_S)
+    return received
 
 
 def ok_replies(replies) -> list[Message]:
@@ -55,7 +86,7 @@ class TrainReplies:
     def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
         """Send ``messages``; file the replies; return this batch's declines."""
         self.asked += [m.metadata.dst_node_id for m in messages]
-        received = list(grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        received = send_and_collect(grid, messages, self.timeout) if messages else []
         answered = ok_replies(received)  # logs error replies (crashed clients)
         self.failed += len(messages) - len(answered)
         if len(received) < len(messages):
