@@ -20,8 +20,13 @@ from shared.data.synth import SynthConfig, generate
 from shared.run_directory import read_ledger
 from simulations.simulate import read_summary, simulate
 
+# The default catalog's features (500 items, about 30 s) are computed once per test worker:
+# the population study's command test reads them too, so both run on one worker. The runs are
+# session fixtures: a worker may run that test between these, which would end a module's.
+pytestmark = pytest.mark.xdist_group("default-catalog")
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")
 def default_data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("default") / "synth", SynthConfig())
 
@@ -30,12 +35,12 @@ def _run(data, feature_cache, runs, engine="in-process", **extra):
     return simulate({"data-dir": str(data), "feature-cache": str(feature_cache), "run-dir": str(runs), **extra}, engine=engine)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def user_level_run(default_data, feature_cache, tmp_path_factory):
     return _run(default_data, feature_cache, tmp_path_factory.mktemp("user-runs"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_dp_run(default_data, feature_cache, tmp_path_factory):
     # The figures read are the final evaluation's, which asks every device that trained
     # whatever fraction-evaluate is; the rounds' own evaluations (2,800 device calls at the
