@@ -1,6 +1,6 @@
 """The ``fedmmrec`` command line.
 
-    fedmmrec run [--set KEY=VALUE ...]        federated DP simulation (one client per user)
+    fedmmrec run [--set KEY=VALUE ...] [--engine superlink|ray|in-process]   federated DP simulation (one client per user)
     fedmmrec train-pooled [--set KEY=VALUE]   the same model on pooled data, not private
     fedmmrec baseline most-popular [--set ...]
     fedmmrec data synth --out DIR [--users N --items M --seed S]
@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's own log")
     run.add_argument("--faults", default="", metavar="SPEC",
-                     help='simulation only: partitions that misbehave, e.g. "nan:0 flip:1,2 crash:3 slow:4" (docs/faults.md)')
+                     help='simulation only: partitions that misbehave, e.g. "nan:0 flip:1,2 crash:3 slow:4" (docs/faults.md); '
+                          "runs on the ray engine")
+    run.add_argument("--engine", choices=["superlink", "ray", "in-process"], default=None,
+                     help="superlink (default): flwr run against a SuperLink of its own, stopped after; "
+                          "ray: flwr.simulation.run_simulation (deprecated in Flower 1.41; the default with --faults); "
+                          "in-process: the devices called one after another in this process")
 
     for name, text in (("train-pooled", "train the same model on all users' data pooled, without DP (baseline)"),
                        ("train-central", "old name of train-pooled (deprecated)")):
@@ -182,7 +187,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from simulations.simulate import simulate
 
-        simulate(_overrides(args.set), quiet=not args.verbose, faults=args.faults)
+        engine = args.engine or ("ray" if args.faults else "superlink")
+        try:
+            simulate(_overrides(args.set), quiet=not args.verbose, faults=args.faults, engine=engine)
+        except KeyboardInterrupt:
+            print("fedmmrec: interrupted; the run and every process it started are stopped "
+                  "(continue it with --set resume=RUN_DIR)", file=sys.stderr)
+            return 130
         return 0
     if args.command in ("train-pooled", "train-central"):
         from simulations.pooled import train_pooled

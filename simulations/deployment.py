@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -75,9 +76,55 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as TOML writes it: JSON's strings, numbers and booleans, except the
+    non-finite floats (``user-epsilon = inf`` is a documented setting), which JSON cannot say."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value)
+
+
 def toml_run_config(config: dict[str, Any]) -> str:
     """``--run-config`` text: ``key=value`` pairs with TOML values."""
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in config.items())
+    return " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
+
+
+def processes_in_home(flwr_home: str | Path) -> list[int]:
+    """Live processes started with ``FLWR_HOME=flwr_home`` (every process a SuperLink or
+    SuperNode of ours starts inherits it, also those that detach into sessions of their own)."""
+    marker = f"FLWR_HOME={flwr_home}".encode() + b"\0"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker in (proc / "environ").read_bytes() and _alive(int(proc.name)):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def stop_processes(started: list[subprocess.Popen], flwr_home: str | Path, grace_s: float = 10.0) -> list[int]:
+    """Stop ``started`` and every process they started or that carries ``flwr_home``: SIGTERM,
+    ``grace_s`` to exit, then SIGKILL; return their ids."""
+    pids = []
+    for proc in started:
+        if proc.poll() is None:
+            pids += process_tree(proc.pid)
+    pids += [pid for pid in processes_in_home(flwr_home) if pid not in pids]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids + processes_in_home(flwr_home):
+        _signal(pid, signal.SIGKILL)
+    for proc in started:
+        proc.wait()
+    deadline = time.time() + 5.0
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    return pids
 
 
 @dataclass
@@ -282,38 +329,12 @@ class LocalhostDeployment:
     # -- tear-down ------------------------------------------------------------------------
     def leftover_pids(self) -> list[int]:
         """Live processes that inherited this deployment's ``FLWR_HOME`` (all of ours do)."""
-        marker = f"FLWR_HOME={self.env['FLWR_HOME']}".encode() + b"\0"
-        found = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                try:
-                    if marker in (proc / "environ").read_bytes() and _alive(int(proc.name)):
-                        found.append(int(proc.name))
-                except OSError:
-                    continue
-        return found
+        return processes_in_home(self.env["FLWR_HOME"])
 
     def stop(self, grace_s: float = 10.0) -> list[int]:
         """Stop every process started here, and every process those started (SuperExec and
         ClientApp processes detach into sessions of their own), by process id; return them."""
-        pids = []
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                pids += process_tree(proc.pid)
-        pids += [pid for pid in self.leftover_pids() if pid not in pids]
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.time() + grace_s
-        while time.time() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.1)
-        for pid in pids + self.leftover_pids():
-            _signal(pid, signal.SIGKILL)
-        for proc in self.processes.values():
-            proc.wait()
-        deadline = time.time() + 5.0
-        while time.time() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.1)
-        return pids
+        return stop_processes(list(self.processes.values()), self.env["FLWR_HOME"], grace_s)
 
     def __enter__(self) -> "LocalhostDeployment":
         return self

@@ -1,8 +1,16 @@
-"""Run the Flower app as an in-process simulation (one SuperNode per user).
+"""Run the Flower app as a simulation (one SuperNode per user), on one of three engines.
 
-``flwr run .`` is the Flower-native way; this runner is what ``fedmmrec run``, the tests and
-the experiment runner use: it needs no SuperLink process, passes run-config overrides
-directly, and knows the number of users before it starts the SuperNodes.
+- ``superlink`` (what ``fedmmrec run`` uses): Flower's supported path, ``flwr run`` against a
+  SuperLink of its own in simulation mode (:mod:`simulations.local_superlink`), stopped after.
+- ``ray``: Flower's simulation engine through ``flwr.simulation.run_simulation`` (deprecated in
+  Flower 1.41) in this process. What the tests and studies use where they need to reach into
+  the run: another ClientApp (benchmarks, the fault-injecting one), a patched server clock,
+  and one Ray cluster for a whole test session.
+- ``in-process``: :mod:`simulations.in_process`, the same server and ClientApp code with the
+  devices called one after another, for questions of what is computed.
+
+All three know the number of users before they start the SuperNodes and take run-config
+overrides as typed values.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from shared.data.prepare import resolve_data_dir
 from shared.run_directory import RunDirectory
 
 
-ENGINES = ("ray", "in-process")
+ENGINES = ("superlink", "ray", "in-process")
 
 
 def ray_init_args() -> dict[str, Any]:
@@ -36,17 +44,20 @@ def simulate(
 ) -> Path:
     """Run one federated simulation; return its run directory (``client_app``: another
     ClientApp, for benchmarks). ``engine``: Flower's simulation engine (``ray``, what
-    ``fedmmrec run`` uses) or ``in-process`` (:mod:`simulations.in_process`: the same server and
-    ClientApp code in this process, devices one after another, no round timeouts). ``faults``:
+    the tests use), ``superlink`` (``flwr run`` against a SuperLink of its own: what ``fedmmrec
+    run`` uses; the app's own ClientApp only) or ``in-process`` (:mod:`simulations.in_process`:
+    the same server and ClientApp code in this process, devices one after another, no round
+    timeouts). ``faults``:
     partitions that misbehave (:mod:`simulations.faults`; test machinery, never in the run
     config or a message)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from flwr.simulation import run_simulation
-
     from client.client_app import app as real_client_app
+
+    if engine == "superlink" and (faults or client_app is not None):
+        raise ValueError("the superlink engine runs the app's own ClientApp (pyproject.toml); faults or another ClientApp need engine ray")
 
     client_app = client_app or real_client_app
     from server.server_app import build_server_app
@@ -87,7 +98,21 @@ def simulate(
         from simulations.in_process import InProcessGrid
 
         run_federated(InProcessGrid(client_app, users), resolve(None, config.flat()))
+    elif engine == "superlink":
+        from simulations.local_superlink import LocalSimulation
+
+        with LocalSimulation(verbose=not quiet) as link:
+            link.start()
+            try:
+                code = link.run(config.flat(), users)
+            except KeyboardInterrupt:
+                link.stop_run()
+                raise
+            if code != 0:
+                print(f"fedmmrec: flwr run exited with {code}; the local SuperLink's log ends:\n{link.log_tail()}", flush=True)
     else:
+        from flwr.simulation import run_simulation
+
         run_simulation(
             server_app=build_server_app(config.flat()),
             client_app=client_app,

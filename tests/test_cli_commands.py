@@ -80,6 +80,10 @@ def test_run_takes_a_fault_spec_for_the_simulation_only(small_dataset, monkeypat
     import simulations.simulate
 
     seen = {}
-    monkeypatch.setattr(simulations.simulate, "simulate", lambda overrides, quiet, faults: seen.update(faults=faults, **overrides))
+    monkeypatch.setattr(simulations.simulate, "simulate",
+                        lambda overrides, quiet, faults, engine: seen.update(faults=faults, engine=engine, **overrides))
     assert main(["run", "--faults", "crash:3 slow:4", "--set", f"data-dir={small_dataset}"]) == 0
-    assert seen == {"faults": "crash:3 slow:4", "data-dir": str(small_dataset)}
+    assert seen == {"faults": "crash:3 slow:4", "engine": "ray", "data-dir": str(small_dataset)}  # faults need Flower's in-process engine
+    seen.clear()
+    assert main(["run", "--set", f"data-dir={small_dataset}"]) == 0
+    assert seen == {"faults": "", "engine": "superlink", "data-dir": str(small_dataset)}  # flwr run against a SuperLink of its own

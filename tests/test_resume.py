@@ -39,7 +39,9 @@ def test_a_killed_run_resumes_to_the_same_final_round(small_dataset, feature_cac
         "data-dir": small_dataset, "feature-cache": feature_cache, "run-dir": tmp_path, "run-id": "crashy",
         "num-server-rounds": 4, "fraction-train": 0.5, "privacy": "local",
     }
-    command = [sys.executable, "-m", "simulations.cli", "run"]
+    # Flower's in-process engine: the server runs in the process group the test kills (on the
+    # default superlink engine it is the SuperLink's simulation process, in a session of its own)
+    command = [sys.executable, "-m", "simulations.cli", "run", "--engine", "ray"]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     _kill_after_round(command, run_dir / "metrics.jsonl", rounds=2)
