@@ -20,13 +20,8 @@ from shared.data.synth import SynthConfig, generate
 from shared.run_directory import read_ledger
 from simulations.simulate import read_summary, simulate
 
-# The default catalog's features (500 items, about 30 s) are computed once per test worker:
-# the population study's command test reads them too, so both run on one worker. The runs are
-# session fixtures: a worker may run that test between these, which would end a module's.
-pytestmark = pytest.mark.xdist_group("default-catalog")
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def default_data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("default") / "synth", SynthConfig())
 
@@ -35,12 +30,12 @@ def _run(data, feature_cache, runs, engine="in-process", **extra):
     return simulate({"data-dir": str(data), "feature-cache": str(feature_cache), "run-dir": str(runs), **extra}, engine=engine)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def user_level_run(default_data, feature_cache, tmp_path_factory):
     return _run(default_data, feature_cache, tmp_path_factory.mktemp("user-runs"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_dp_run(default_data, feature_cache, tmp_path_factory):
     # The figures read are the final evaluation's, which asks every device that trained
     # whatever fraction-evaluate is; the rounds' own evaluations (2,800 device calls at the
@@ -79,9 +74,12 @@ def test_dp_federated_model_ranks_held_out_items_better_than_random_and_most_pop
     assert final["clients-evaluated"] == 100
     assert final["rank-percentile"] < 0.42
     assert final["rank-percentile"] < popular["rank-percentile"] - 0.15
+    # One test reads this run (the suite's workers each compute the fixtures their tests need):
+    # its privacy and traffic figures are checked here too.
+    _privacy_and_traffic_are_reported(local_dp_run)
 
 
-def test_privacy_and_traffic_are_reported(local_dp_run):
+def _privacy_and_traffic_are_reported(local_dp_run):
     """Every device's example-level epsilon is what Opacus' own RDP accountant gives for the
     DP-SGD steps in its state file; the summary's max and mean are over those; a device sends
     exactly the item tower's trainable arrays each round."""

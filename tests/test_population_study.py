@@ -90,7 +90,6 @@ def test_the_crossover_is_where_the_tower_leads_at_95_percent_from_then_on():
     assert crossover({1000: (0.02, 0.01), 5000: (0.03, 0.01), 20000: (-0.01, 0.005)}) is None
 
 
-@pytest.mark.xdist_group("default-catalog")  # the default catalog's features, as tests/test_learning_on_default_data.py
 def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tmp_path, feature_cache, capsys):
     from simulations.cli import main
 
