@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -45,8 +46,17 @@ def _device_steps(dep: LocalhostDeployment, k: int) -> int:
     return total_steps([tuple(step) for step in state["history"]])
 
 
-def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_node(small_dataset, tmp_path):
+def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_node(small_dataset, feature_cache, tmp_path):
     pids: list[int] = []
+    # The catalog's features, as the operator computes them once (`fedmmrec features`): from the
+    # session's cache, which other tests fill, instead of encoding the catalog again here.
+    from shared.data import load_catalog
+    from shared.features import load_or_compute_features
+
+    load_or_compute_features(load_catalog(small_dataset), feature_cache, progress=False)
+    (tmp_path / "deploy" / "catalog-features").mkdir(parents=True)
+    for npz in feature_cache.glob("*.npz"):  # written atomically: never a partial file
+        shutil.copyfile(npz, tmp_path / "deploy" / "catalog-features" / npz.name)
     with LocalhostDeployment(tmp_path / "deploy", small_dataset, nodes=3) as dep:
         dep.start()
         assert len(set(dep.node_ids)) == 3
