@@ -191,8 +191,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             simulate(_overrides(args.set), quiet=not args.verbose, faults=args.faults, engine=engine)
         except KeyboardInterrupt:
-            print("fedmmrec: interrupted; the run and every process it started are stopped "
-                  "(continue it with --set resume=RUN_DIR)", file=sys.stderr)
+            print("fedmmrec: interrupted; the run and every process it started are stopped (a run of rounds "
+                  "continues with --set resume=RUN_DIR; a run of releases starts anew, on a new budget)", file=sys.stderr)
             return 130
         return 0
     if args.command in ("train-pooled", "train-central"):

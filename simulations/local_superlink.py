@@ -130,8 +130,11 @@ class LocalSimulation:
     def stop_run(self) -> None:
         """Ask the SuperLink to stop the run (on Ctrl-C), before the processes are stopped."""
         if self.run_id is not None and self.processes and self.processes[0].poll() is None:
-            subprocess.run(["flwr", "stop", str(self.run_id), CONNECTION], env=self.env, cwd=self.app_dir,
-                           capture_output=True, timeout=30)
+            try:
+                subprocess.run(["flwr", "stop", str(self.run_id), CONNECTION], env=self.env, cwd=self.app_dir,
+                               capture_output=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass  # stop() ends the processes whatever the SuperLink said
 
     def stop(self) -> list[int]:
         """Stop every process started here and every one they started; remove the temporary home."""
