@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import pytest
 
 from simulations.deployment import processes_in_home, toml_run_config, toml_value
 from simulations.local_superlink import shown
-from shared.run_directory import read_ledger
 from simulations.simulate import read_summary, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +35,11 @@ def test_flowers_own_log_lines_are_shown_only_when_verbose():
     assert all(shown(line, verbose=True) for line in flower)
 
 
-def _cli_run(small_dataset, feature_cache, tmp_path, run_id: str) -> subprocess.Popen:
+def _cli_run(small_dataset, feature_cache, tmp_path, run_id: str, **extra) -> subprocess.Popen:
     """``fedmmrec run`` (noiseless: the same figures on every engine) as a user starts it, its
     temporary SuperLink home under ``tmp_path`` so that the test can look for what is left."""
     settings = {"data-dir": small_dataset, "feature-cache": feature_cache, "run-dir": tmp_path / "runs", "run-id": run_id,
-                "cooccurrence-items": 60, "user-epsilon": "inf"}
+                "cooccurrence-items": 60, "user-epsilon": "inf", **extra}
     command = [sys.executable, "-m", "simulations.cli", "run"]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
@@ -50,14 +48,16 @@ def _cli_run(small_dataset, feature_cache, tmp_path, run_id: str) -> subprocess.
                             start_new_session=True)
 
 
-def _released(run_dir: Path) -> bool:
-    """Whether the run's ledger holds a release (the run is under way on the SuperLink)."""
-    if not (run_dir / "ledger.sqlite").is_file():
-        return False
-    try:
-        return any(entry.kind == "release" for entry in read_ledger(run_dir))
-    except sqlite3.Error:  # being written
-        return False
+def _simulating(tmp_path: Path) -> bool:
+    """Whether a run's SuperLink has started its simulation process (the run was submitted)."""
+    for home in _homes(tmp_path):
+        for pid in processes_in_home(home):
+            try:
+                if b"flwr-simulation" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _homes(tmp_path: Path) -> list[Path]:
@@ -84,11 +84,12 @@ def test_fedmmrec_run_goes_through_flwr_run_and_leaves_nothing_running(small_dat
 
 
 def test_ctrl_c_stops_the_run_and_every_process_it_started(small_dataset, feature_cache, tmp_path):
-    proc = _cli_run(small_dataset, feature_cache, tmp_path, "interrupted")
-    run_dir = tmp_path / "runs" / "interrupted"
+    # The run cannot end by itself: as a deployment it waits for 13 SuperNodes and the simulation
+    # has 12. So Ctrl-C comes while it runs, however slow the machine (no race with its end).
+    proc = _cli_run(small_dataset, feature_cache, tmp_path, "interrupted", deployment="true", **{"min-nodes": 13})
     deadline = time.monotonic() + 600  # a guard against a hang, not the event waited for
-    while not _released(run_dir):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first release"
+    while not _simulating(tmp_path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its simulation started"
         time.sleep(0.2)
     homes = _homes(tmp_path)
     assert len(homes) == 1 and processes_in_home(homes[0])  # the SuperLink and its simulation run
