@@ -28,19 +28,21 @@ from typing import Any, TextIO
 from simulations.deployment import APP_DIR, free_ports, stop_processes, toml_run_config
 
 CONNECTION = "fedmmrec-simulation"
-FLOWER_LOG_LINE = re.compile(r"^(\x1b\[\d+m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:")
+FLOWER_LOG_LINE = re.compile(r"^((DEBUG|INFO|WARNING)\s*:|\d\d/\d\d/\d{4} [\d:]+:(DEBUG|INFO|WARNING):)")
+RAY_ACTOR_PREFIX = re.compile(r"^\(\w+ pid=\d+(, ip=[\d.]+)?\)\s*")  # Ray forwards a ClientApp actor's log lines with it
 FLOWER_CLI_LINES = ("Using SuperLink:", "Successfully started run", "Successfully installed", "Starting logstream")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def shown(line: str, verbose: bool) -> bool:
     """Whether a line of ``flwr run --stream`` reaches the console: Flower's own INFO and
-    WARNING lines and its CLI's notes only with ``verbose``; everything else (the ServerApp's
+    WARNING lines (also as Ray forwards them from a ClientApp actor) and its CLI's notes only
+    with ``verbose``; everything else (the ServerApp's
     lines, errors, tracebacks) always."""
     if verbose:
         return True
-    plain = ANSI.sub("", line)
-    return not (FLOWER_LOG_LINE.match(line) or FLOWER_LOG_LINE.match(plain) or plain.startswith(FLOWER_CLI_LINES))
+    plain = RAY_ACTOR_PREFIX.sub("", ANSI.sub("", line))
+    return not (FLOWER_LOG_LINE.match(plain) or plain.startswith(FLOWER_CLI_LINES))
 
 
 class LocalSimulation:
