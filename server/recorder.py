@@ -132,8 +132,16 @@ class RoundRecorder:
             spent.append(f"user-level epsilon {row['user-level-epsilon']:.2f}")
         self.log(
             f"[round {row['round']}/{self.config.federation.num_server_rounds}] trained {row['clients-trained']} clients, "
-            f"loss {row['train-loss']:.4f}, HR@10 {row.get('hr@10', float('nan')):.3f}, "
-            f"NDCG@10 {row.get('ndcg@10', float('nan')):.3f} ({row.get('clients-evaluated', 0)} clients), "
+            f"loss {row['train-loss']:.4f}, {_evaluated(row)}, "
             f"{', '.join(spent) or 'NOT PRIVATE'}, {row['bytes-sent-per-client'] / 1024:.0f} KiB sent per client, "
             f"{row['round-seconds']:.1f}s"
         )
+
+
+def _evaluated(row: dict[str, Any]) -> str:
+    """The round's evaluation as its line says it (none: ``fraction-evaluate = 0``, or no device
+    that trained answered)."""
+    if not row.get("clients-evaluated"):
+        return "not evaluated"
+    return f"HR@10 {row['hr@10']:.3f}, NDCG@10 {row['ndcg@10']:.3f} ({row['clients-evaluated']} clients)"
+

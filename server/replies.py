@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +18,12 @@ from shared.privacy.ledger import canonical
 
 MESSAGE_TIMEOUT_S = 3600.0
 PULL_INTERVAL_S = 3.0  # what Flower's gRPC grid waits between pulls; its in-memory grid says its own
+FIRST_PULL_WAIT_S = 0.1  # then doubled up to the grid's interval: a quick stage is not held 3 s
 
 
-class RoundDeadline:
-    """When a round stops waiting for its train replies: ``seconds`` after its messages went
-    out (``round-timeout``). The round loop's one clock, kept in one place so that a test can
-    put an event in its place (tests/test_reliability.py: the deadline passes once every
-    client but the straggler has answered, on any machine's speed)."""
+class Deadline:
+    """When the server stops waiting for replies: ``seconds`` after the messages went out, on
+    the monotonic clock."""
 
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
@@ -33,18 +33,34 @@ class RoundDeadline:
         return time.monotonic() >= self.end
 
 
-def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+class RoundDeadline(Deadline):
+    """A round's deadline for its train replies (``round-timeout``): a class of its own so that
+    a test can put an event in its place and leave every other wait as it is
+    (tests/test_reliability.py: the deadline passes once every client but the straggler has
+    answered, on any machine's speed)."""
+
+
+def send_and_collect(grid: Grid, messages: Iterable[Message], deadline: Deadline | None = None) -> list[Message]:
     """Flower's ``Grid.send_and_receive`` with its deadline made explicit: push the messages,
-    then pull until every reply is in or the :class:`RoundDeadline` has passed."""
-    waiting = set(grid.push_messages(messages))
-    deadline, received = RoundDeadline(timeout), []
+    then pull until every reply is in or ``deadline`` has passed (by default
+    ``MESSAGE_TIMEOUT_S``, the wait Flower's own call is given here).
+
+    Between pulls it waits 0.1 s, then twice as long each time up to the grid's own interval
+    (3 s over gRPC, as Flower's grid waits). With Flower's fixed 3 s, a stage of the secure
+    sum whose devices answer within a second still waits up to 3 s past its last reply; a long
+    round still pulls once every 3 s after its first six pulls."""
+    waiting = set(grid.push_messages(list(messages)))
+    deadline, received = deadline or Deadline(MESSAGE_TIMEOUT_S), []
+    ceiling = float(getattr(grid, "pull_interval", PULL_INTERVAL_S))
+    wait = min(FIRST_PULL_WAIT_S, ceiling)
     while waiting:
         replies = list(grid.pull_messages(waiting))
         received += replies
         waiting -= {reply.metadata.reply_to_message_id for reply in replies}
         if not waiting or deadline.passed(len(waiting)):
             break
-        time.sleep(getattr(grid, "pull_interval", PULL_INTERVAL_S))
+        time.sleep(wait)
+        wait = min(2 * wait, ceiling)
     return received
 
 
@@ -86,7 +102,7 @@ class TrainReplies:
     def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
         """Send ``messages``; file the replies; return this batch's declines."""
         self.asked += [m.metadata.dst_node_id for m in messages]
-        received = send_and_collect(grid, messages, self.timeout) if messages else []
+        received = send_and_collect(grid, messages, RoundDeadline(self.timeout)) if messages else []
         answered = ok_replies(received)  # logs error replies (crashed clients)
         self.failed += len(messages) - len(answered)
         if len(received) < len(messages):

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from server.aggregation import Aggregator
 from server.book import ResumePoint, RoundBook
 from server.recorder import RoundRecorder, RoundTiming
-from server.replies import MESSAGE_TIMEOUT_S, collect_train, ok_replies
+from server.replies import collect_train, ok_replies, send_and_collect
 from shared.config import RunConfig
 from shared.messages import metrics_of, server_messages
 from shared.metrics import mean_metrics_by_coldness
@@ -31,7 +31,7 @@ def evaluate_nodes(grid: Grid, node_ids: list[int], arrays: ArrayRecord, setting
     if not node_ids:
         return {}
     messages = server_messages(node_ids, arrays, settings, server_round, MessageType.EVALUATE)
-    rows = [metrics_of(r) for r in ok_replies(grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))]
+    rows = [metrics_of(r) for r in ok_replies(send_and_collect(grid, messages))]
     rows = [row for row in rows if int(row.get("trained", 1))]  # a device that never trained cannot rank
     if not rows:
         return {}
@@ -65,7 +65,8 @@ def run_rounds(
         arrays = result.arrays
         spends = recorder.admit(server_round, batch, sent, result)
         pool = book.evaluation_pool(nodes)
-        k = max(1, int(round(config.federation.fraction_evaluate * len(pool)))) if pool else 0
+        fraction = config.federation.fraction_evaluate  # 0: no evaluation during the rounds, the final one only
+        k = max(1, int(round(fraction * len(pool)))) if pool and fraction > 0 else 0
         evaluation = evaluate_nodes(grid, sorted(rng.sample(pool, k)) if k < len(pool) else pool, arrays, settings, server_round)
         rows.append(recorder.commit(server_round, batch, sent, result, spends, evaluation, timing, aggregator))
         if aggregator.stop_after(len(batch.trained), len(batch.declined)):

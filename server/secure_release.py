@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from server.replies import MESSAGE_TIMEOUT_S, ok_replies
+from server.replies import ok_replies, send_and_collect
 from shared.config import RunConfig
 from shared.messages import (
     MASKED_KEY,
@@ -89,7 +89,7 @@ class SecureAggregation:
     def _send(self, stage: str, fields_of: dict[int, dict[str, Any]], arrays: ArrayRecord, server_round: int) -> dict[int, Message]:
         settings = self.config.device_settings()
         messages = [secure_message(self.nodes[i], stage, fields, arrays, settings, server_round) for i, fields in fields_of.items()]
-        replies = ok_replies(self.grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+        replies = ok_replies(send_and_collect(self.grid, messages))
         index = {node: i for i, node in enumerate(self.nodes)}
         return {index[r.metadata.src_node_id]: r for r in replies if r.metadata.src_node_id in index}
 

@@ -23,7 +23,7 @@ from typing import Any
 RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "num-server-rounds": (30, "federated rounds"),
     "fraction-train": (0.3, "fraction of clients (users) sampled to train each round"),
-    "fraction-evaluate": (1.0, "fraction of clients that have trained which evaluate each round"),
+    "fraction-evaluate": (1.0, "fraction of clients that have trained which evaluate each round (at least one; 0: none, the final evaluation only)"),
     "strategy": ("fedavg", "server aggregation: `fedavg`, `fedadam`, or robust: `fedmedian`, `fedtrimmedavg`, `krum` (Flower's)"),
     "byzantine-fraction": (0.2, "robust strategies: share of sampled clients assumed malicious (FedTrimmedAvg trims it from each end; Krum's f)"),
     "round-timeout": (0.0, "seconds the server waits for a round's replies; clients that have not answered are dropped; 0: an hour"),
@@ -296,6 +296,8 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
         raise ValueError(f"evaluate-on {merged['evaluate-on']!r}: choose one of {', '.join(EVALUATE_ON)}")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
+    if not 0.0 <= merged["fraction-evaluate"] <= 1.0:
+        raise ValueError("fraction-evaluate must be in [0, 1] (0: no evaluation during the rounds, the final one only)")
     return RunConfig.from_flat(merged)
 
 

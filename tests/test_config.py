@@ -81,6 +81,10 @@ def test_unknown_key_and_bad_fusion_are_rejected():
         mechanism_for(resolve(None, {"canaries": 10}))
     with pytest.raises(ValueError, match="central DP \\(privacy = central or both\\) aggregates with DP-FedAvg: use strategy = fedavg"):
         mechanism_for(resolve(None, {"privacy": "both", "strategy": "krum"}))
+    for fraction in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"fraction-evaluate must be in \[0, 1\] \(0: no evaluation during the rounds"):
+            resolve(None, {"fraction-evaluate": fraction})
+    assert resolve(None, {"fraction-evaluate": 0})["fraction-evaluate"] == 0.0
 
 
 def test_user_level_budget_settings_are_checked():

@@ -86,6 +86,35 @@ def test_the_round_deadline_is_round_timeout_seconds_after_the_messages_went_out
     assert deadline.passed(waiting=3)
 
 
+def test_the_server_pulls_soon_then_at_the_grids_interval(monkeypatch):
+    # A stage whose devices answer in a second is not held Flower's fixed 3 s; a long round
+    # does not pull more often than the grid's interval once the first waits have doubled up.
+    from types import SimpleNamespace
+
+    from server import replies
+
+    class Grid:  # the reply comes at the eighth pull
+        def __init__(self, **interval):
+            self.pulls = 0
+            self.__dict__.update(interval)
+
+        def push_messages(self, messages):
+            return ["m1"]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id="m1"))] if self.pulls == 8 else []
+
+    waits = []
+    monkeypatch.setattr(replies.time, "sleep", waits.append)
+    over_grpc = Grid()
+    assert len(replies.send_and_collect(over_grpc, ["message"])) == 1
+    assert over_grpc.pulls == 8 and waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0]
+    waits.clear()
+    replies.send_and_collect(Grid(pull_interval=0.1), ["message"])  # Flower's in-memory grid
+    assert waits == [0.1] * 7
+
+
 def test_a_round_with_too_few_replies_is_skipped_and_the_model_kept(small_dataset, feature_cache, tmp_path):
     run_dir = _run(small_dataset, feature_cache, tmp_path, "skipped", **{"num-server-rounds": 1, "faults": "crash:4", "min-replies": 12})
     row = read_metrics(run_dir)[0]

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
-from server.replies import MESSAGE_TIMEOUT_S, ok_replies
+from server.replies import ok_replies, send_and_collect
 from shared.config import RunConfig
 from shared.messages import CONTRIBUTION_KEY, TASK_KEY, client_id, server_messages, update_of
 from shared.privacy.accounting import gaussian_epsilon, split_budget
@@ -116,7 +116,7 @@ class GaussianReleaser(Releaser):
     def release(self, server_round: int, name: str, dimension: int, arrays: ArrayRecord) -> Released:
         settings = {**self.config.device_settings(), TASK_KEY: name}
         messages = server_messages(self.nodes, arrays, settings, server_round)
-        replies = ok_replies(self.grid.send_and_receive(messages, timeout=MESSAGE_TIMEOUT_S))
+        replies = ok_replies(send_and_collect(self.grid, messages))
         who: list[str] = []
         std = self.stds[server_round - 1]
         noisy, measured = gaussian_release(contributions(replies, dimension, who), dimension, std, self.rng)
