@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,90 +37,19 @@ from server.certificates import write_deployment_keys
 from shared.data import load_catalog
 from shared.data.devices import write_device_folders
 from shared.features import load_or_compute_features
+from simulations.flower_processes import (
+    flower_environment,
+    free_ports,
+    processes_in_home,
+    send_signal,
+    stop_processes,
+    toml_run_config,
+    write_connection,
+)
 from simulations.memory import PeakMemory, process_tree
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmmrec-localhost"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS reports free now (bound to port 0 together, so they are distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as TOML writes it: JSON's strings, numbers and booleans, except the
-    non-finite floats (``user-epsilon = inf`` is a documented setting), which JSON cannot say."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return json.dumps(value)
-
-
-def toml_run_config(config: dict[str, Any]) -> str:
-    """``--run-config`` text: ``key=value`` pairs with TOML values."""
-    return " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
-
-
-def processes_in_home(flwr_home: str | Path) -> list[int]:
-    """Live processes started with ``FLWR_HOME=flwr_home`` (every process a SuperLink or
-    SuperNode of ours starts inherits it, also those that detach into sessions of their own)."""
-    marker = f"FLWR_HOME={flwr_home}".encode() + b"\0"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if marker in (proc / "environ").read_bytes() and _alive(int(proc.name)):
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
-def stop_processes(started: list[subprocess.Popen], flwr_home: str | Path, grace_s: float = 10.0) -> list[int]:
-    """Stop ``started`` and every process they started or that carries ``flwr_home``: SIGTERM,
-    ``grace_s`` to exit, then SIGKILL; return their ids."""
-    pids = []
-    for proc in started:
-        if proc.poll() is None:
-            pids += process_tree(proc.pid)
-    pids += [pid for pid in processes_in_home(flwr_home) if pid not in pids]
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    for pid in pids + processes_in_home(flwr_home):
-        _signal(pid, signal.SIGKILL)
-    for proc in started:
-        proc.wait()
-    deadline = time.time() + 5.0
-    while time.time() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    return pids
 
 
 @dataclass
@@ -149,14 +74,7 @@ class LocalhostDeployment:
         self.superlink_port, *self.node_ports = free_ports(1 + nodes + 1)
         self.processes: dict[str, subprocess.Popen] = {}
         self.node_ids: list[int] = []
-        self.env = {
-            **os.environ,
-            "FLWR_HOME": str(self.work / "flwr-home"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
+        self.env = flower_environment(self.work / "flwr-home")
 
     # -- set-up ---------------------------------------------------------------------------
     @property
@@ -184,13 +102,7 @@ class LocalhostDeployment:
             for npz in catalog_cache.glob("*.npz"):
                 if not (features / npz.name).exists():
                     shutil.copyfile(npz, features / npz.name)
-        home = self.work / "flwr-home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.superlink_port}"\nroot-certificates = "{self.keys / "ca.crt"}"\n',
-            encoding="utf-8",
-        )
+        write_connection(self.work / "flwr-home", CONNECTION, self.superlink_port, root_certificates=self.keys / "ca.crt")
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str, command: list[str], cwd: Path | None = None) -> subprocess.Popen:
@@ -301,13 +213,13 @@ class LocalhostDeployment:
         until the SuperLink sees it offline, and start it again with the same key and folders."""
         proc = self.processes[f"supernode-{k}"]
         tree = process_tree(proc.pid)
-        _signal(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
+        send_signal(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             pass
         for pid in tree:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         proc.wait()
         deadline = time.time() + timeout
         while self.node_status(k) == "online":
@@ -316,15 +228,23 @@ class LocalhostDeployment:
             time.sleep(1.0)
         self._spawn(f"supernode-{k}", self.supernode_command(k))
 
-    def try_unregistered_node(self, timeout: float = 60.0) -> tuple[int, str]:
-        """Start a SuperNode whose key was never registered; return its exit code and log."""
+    def start_unregistered_node(self) -> subprocess.Popen:
+        """Start a SuperNode whose key was never registered (the SuperLink must refuse it); it
+        gives up after two retries. Other work can go on meanwhile."""
         k = self.nodes
-        proc = self._spawn(f"supernode-{k}-unregistered", self.supernode_command(k, ["--max-retries", "2", "--max-wait-time", "20"]))
+        return self._spawn(f"supernode-{k}-unregistered", self.supernode_command(k, ["--max-retries", "2", "--max-wait-time", "20"]))
+
+    def unregistered_node_outcome(self, proc: subprocess.Popen, timeout: float = 60.0) -> tuple[int, str]:
+        """The unregistered SuperNode's exit code (-1: still running after ``timeout``) and log."""
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-        return proc.poll() if proc.poll() is not None else -1, self.log_text(f"supernode-{k}-unregistered")
+        return proc.poll() if proc.poll() is not None else -1, self.log_text(f"supernode-{self.nodes}-unregistered")
+
+    def try_unregistered_node(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Start a SuperNode whose key was never registered; return its exit code and log."""
+        return self.unregistered_node_outcome(self.start_unregistered_node(), timeout)
 
     # -- tear-down ------------------------------------------------------------------------
     def leftover_pids(self) -> list[int]:

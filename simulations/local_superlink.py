@@ -7,13 +7,13 @@ shared one on fixed ports and leaves it running after the run; this one listens 
 OS reports free and keeps its state in a temporary ``FLWR_HOME``, so two runs on one machine
 never meet, and :meth:`LocalSimulation.stop` leaves nothing running (the SuperLink, the
 simulation process it starts, and Ray's workers), whether the run ended, failed or was
-interrupted with Ctrl-C. The run's console output is the ServerApp's own lines (one per round
+interrupted with Ctrl-C; if ``fedmmrec`` itself is killed (SIGKILL, no handler runs), a guard
+process does the same. The run's console output is the ServerApp's own lines (one per round
 or release, the run directory at the end); Flower's own log lines are shown with ``verbose``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from simulations.deployment import APP_DIR, free_ports, stop_processes, toml_run_config
+from simulations.deployment import APP_DIR
+from simulations.flower_processes import flower_environment, free_ports, start_guard, stop_processes, toml_run_config, write_connection
 
 CONNECTION = "fedmmrec-simulation"
 FLOWER_LOG_LINE = re.compile(r"^((DEBUG|INFO|WARNING)\s*:|\d\d/\d\d/\d{4} [\d:]+:(DEBUG|INFO|WARNING):)")
@@ -55,30 +56,24 @@ class LocalSimulation:
         self.home = self.work / "flwr-home"
         self.port, self.control_port, self.fleet_port, self.health_port = free_ports(4)
         self.processes: list[subprocess.Popen] = []
+        self.guard: subprocess.Popen | None = None
         self.run_id: int | None = None
-        self.env = {
-            **os.environ,
-            "FLWR_HOME": str(self.home),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "RAY_DEDUP_LOGS": "0",
-            "PYTHONWARNINGS": "ignore::FutureWarning",  # Ray's note on accelerator variables, every run
-        }
+        self.env = flower_environment(
+            self.home,
+            RAY_DEDUP_LOGS="0",
+            PYTHONWARNINGS="ignore::FutureWarning",  # Ray's note on accelerator variables, every run
+        )
 
     @property
     def log(self) -> Path:
         return self.work / "superlink.log"
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink and wait until its HTTP API answers."""
-        self.home.mkdir(parents=True)
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n',
-            encoding="utf-8",
-        )
+        """Start the SuperLink and wait until its HTTP API answers; and a guard that stops
+        everything and removes the temporary home if this process is killed (SIGKILL leaves it
+        no handler)."""
+        self.guard = start_guard(self.home, self.work)
+        write_connection(self.home, CONNECTION, self.port)
         command = [
             "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",
@@ -142,6 +137,9 @@ class LocalSimulation:
         """Stop every process started here and every one they started; remove the temporary home."""
         pids = stop_processes(self.processes, self.home, grace_s=10.0)
         shutil.rmtree(self.work, ignore_errors=True)
+        if self.guard is not None:  # nothing left for it to do
+            self.guard.kill()
+            self.guard.wait()
         return pids
 
     def __enter__(self) -> "LocalSimulation":

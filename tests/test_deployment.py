@@ -18,7 +18,8 @@ from shared.run_directory import read_ledger
 from server.certificates import write_deployment_keys
 from shared.checksums import content_sha256
 from shared.privacy.accounting import total_steps
-from simulations.deployment import LocalhostDeployment, _alive
+from simulations.deployment import LocalhostDeployment
+from simulations.flower_processes import alive
 
 
 def test_deployment_keys_are_private_and_never_overwritten(tmp_path):
@@ -61,21 +62,25 @@ def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_no
         dep.start()
         assert len(set(dep.node_ids)) == 3
 
-        code, log = dep.try_unregistered_node()
-        assert code != 0, log
-        assert "Failed to activate SuperNode" in log
-        assert "No SuperNode found with the given public key" in dep.log_text("superlink")
+        # A SuperNode whose key was never registered tries to join while the first run goes on.
+        stranger = dep.start_unregistered_node()
 
         # One round: each message starts a fresh ClientApp process that imports torch (~10 s
-        # each on 2 cores), so the round's own evaluation asks one device; the final one asks all.
-        result = dep.run({"run-id": "one-round", "num-server-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 0.01, "privacy": "local"})
+        # each on 2 cores), so the round has no evaluation of its own; the final one asks all.
+        result = dep.run({"run-id": "one-round", "num-server-rounds": 1, "fraction-train": 1.0, "fraction-evaluate": 0.0, "privacy": "local"})
         assert result.returncode == 0, result.output[-4000:]
         assert "deployment: 3 SuperNodes connected" in result.output
+        assert "[round 1/1] trained 3 clients" in result.output and ", not evaluated, " in result.output
         run_dir = dep.work / "runs" / "one-round"
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [row["round"] for row in rows] == [1]
         assert [row["clients-trained"] for row in rows] == [3]
-        assert rows[-1]["clients-evaluated"] == 1
+        assert "clients-evaluated" not in rows[-1] and "hr@10" not in rows[-1]
+
+        code, log = dep.unregistered_node_outcome(stranger)
+        assert code != 0, log
+        assert "Failed to activate SuperNode" in log
+        assert "No SuperNode found with the given public key" in dep.log_text("superlink")
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["final"]["clients-evaluated"] == 3
         assert summary["dataset"]["users"] == 3 and summary["dataset"]["interactions"] is None
@@ -125,4 +130,4 @@ def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_no
         assert [_device_steps(dep, k) for k in range(3)] == steps_after_run  # the default mode spends no DP-SGD steps
         pids = dep.stop()
         assert dep.leftover_pids() == []
-    assert pids and not any(_alive(pid) for pid in pids)
+    assert pids and not any(alive(pid) for pid in pids)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deployment import processes_in_home, stop_processes, toml_run_config, toml_value
+from simulations.flower_processes import processes_in_home, stop_processes, toml_run_config, toml_value
 from simulations.local_superlink import shown
 from simulations.simulate import read_summary, simulate
 
@@ -123,3 +123,32 @@ def test_the_superlink_engine_refuses_faults_which_need_a_clientapp_in_this_proc
 
     assert main(["run", "--engine", "superlink", "--faults", "crash:1", "--set", f"data-dir={small_dataset}"]) == 2
     assert "faults or another ClientApp need engine ray" in capsys.readouterr().err
+
+
+def test_a_killed_fedmmrec_leaves_neither_its_superlink_nor_its_home(tmp_path):
+    # SIGKILL leaves fedmmrec no handler to stop anything: its guard process does it.
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from simulations.local_superlink import LocalSimulation\n"
+         "link = LocalSimulation()\n"
+         "link.start()\n"
+         "print(link.home, flush=True)\n"
+         "time.sleep(600)\n"],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    home = None
+    try:
+        home = Path(parent.stdout.readline().strip())  # printed once the SuperLink answers
+        assert home.name == "flwr-home" and processes_in_home(home)  # the SuperLink and its SuperExec
+        parent.kill()  # this process only, not its group: as `kill -9 <pid>` does
+        parent.wait()
+        deadline = time.monotonic() + 60  # a guard against a hang, not the event waited for
+        while processes_in_home(home) or home.parent.exists():
+            assert time.monotonic() < deadline, "the SuperLink or its home outlived the process that started it"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if home is not None:
+            stop_processes([], home, grace_s=0.0)
