@@ -37,6 +37,42 @@ def test_features_are_computed_once_then_read_from_cache(small_dataset, feature_
     assert np.array_equal(first.text, second.text) and np.array_equal(first.image, second.image)
 
 
+def test_two_processes_missing_one_cache_entry_at_once_compute_it_once(small_dataset, tmp_path, monkeypatch):
+    # Two users of one cache (the suite's workers, a grid's runs): the second to miss waits for
+    # the first's result instead of encoding the catalog again. The threads open the lock file
+    # separately, so they contend as two processes do.
+    import threading
+
+    dataset = load_dataset(small_dataset)
+    calls, second_entered = [], threading.Event()
+
+    def encode(texts, progress):
+        calls.append(len(texts))
+        if len(calls) == 1:
+            second_entered.wait(timeout=2.0)  # without the lock the other thread gets in here
+        else:
+            second_entered.set()
+        return np.ones((len(texts), 384), np.float32)
+
+    monkeypatch.setattr(cache_module, "_encode_texts", encode)
+    results = []
+
+    def load():
+        results.append(load_or_compute_features(dataset, tmp_path / "cache", progress=False, modalities=("text",)))
+
+    first = threading.Thread(target=load)
+    first.start()
+    while not calls and first.is_alive():  # until the first is encoding
+        first.join(timeout=0.01)
+    second = threading.Thread(target=load)
+    second.start()
+    first.join()
+    second.join()
+    present = sum(bool(t) for t in dataset.descriptions)
+    assert calls == [present]
+    assert len(results) == 2 and np.array_equal(results[0].text, results[1].text)
+
+
 def test_editing_a_description_changes_only_the_text_cache_key(small_dataset, tmp_path):
     root = tmp_path / "d"
     shutil.copytree(small_dataset, root)

@@ -10,9 +10,11 @@ a crash never leaves a half-written cache that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +114,39 @@ def _modality_features(path: Path | None, present: np.ndarray, dim: int, compute
     loaded = _load(path, n, dim)
     if loaded is not None:
         return loaded
-    features = np.zeros((n, dim), np.float32)
-    idx = np.flatnonzero(present)
-    if len(idx):
-        features[idx] = compute(idx)
-    _atomic_save(path, features, present)
+    with _computing(path):
+        loaded = _load(path, n, dim)  # another process may have computed it while this one waited
+        if loaded is not None:
+            return loaded
+        features = np.zeros((n, dim), np.float32)
+        idx = np.flatnonzero(present)
+        if len(idx):
+            features[idx] = compute(idx)
+        _atomic_save(path, features, present)
     return features, present
+
+
+@contextlib.contextmanager
+def _computing(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock (``.<name>.lock`` beside it) while its features are computed: two
+    processes sharing a cache (a grid's runs, the test suite's workers) that miss the same entry
+    at once encode it once, the second reading what the first wrote. Without ``fcntl``
+    (Windows), or where the lock file cannot be made, both compute; the atomic write keeps
+    either result whole."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(f".{path.name}.lock"), "a+b")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_or_compute_features(
