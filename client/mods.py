@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from shared.array_values import values
 from client.state import USER_KEY
 
 
@@ -19,10 +20,10 @@ def private_state_guard(msg: Message, context: Context, call_next: ClientAppCall
     reply = call_next(msg, context)
     if reply.has_error() or USER_KEY not in context.state.array_records:
         return reply
-    private = [a.numpy() for a in context.state.array_records[USER_KEY].values()]
+    private = [values(a) for a in context.state.array_records[USER_KEY].values()]
     for record_name, record in reply.content.array_records.items():
         for key, array in record.items():
-            value = array.numpy()
+            value = values(array)
             if key.startswith("users") or any(
                 value.shape == p.shape and np.array_equal(value, p) for p in private
             ):

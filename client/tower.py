@@ -31,6 +31,7 @@ from client.state import (
 )
 from shared.models.recommender import model_spec
 from shared.training import train_config
+from shared.array_values import nbytes
 from shared.messages import (
     ARRAYS,
     ROUND_KEY,
@@ -90,7 +91,7 @@ def train(msg: Message, context: Context, config: dict, data: LocalData) -> Mess
         epsilon=result.epsilon,
         steps=result.steps,
         sample_rate=result.sample_rate,
-        bytes_sent=sum(int(a.numpy().nbytes) for a in arrays.values()),
+        bytes_sent=nbytes(arrays),
     )
     privacy = _privacy(result.history, tc, pseudonym(context), identity(context))
     norm = update_norm(msg.content[ARRAYS], arrays)

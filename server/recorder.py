@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Message
 from server.aggregation import Aggregate, Aggregator
 from server.book import RoundBook
 from server.replies import TrainReplies, rejected_entry
+from shared.array_values import nbytes
 from shared.config import RunConfig
 from shared.messages import client_id, client_row, dimension, metrics_of, spend_entry, update_norm, update_of
 from shared.privacy.ledger import Ledger
@@ -89,7 +90,7 @@ class RoundRecorder:
             "round-skipped": bool(result.skipped),
             "train-loss": result.train_loss,
             "bytes-sent-per-client": float(np.mean(bytes_sent)) if bytes_sent else 0.0,
-            "bytes-received-per-client": float(sum(a.numpy().nbytes for a in result.arrays.values())),
+            "bytes-received-per-client": float(nbytes(result.arrays)),
             **self.book.epsilon_stats(),
             **result.row_fields,
             **evaluation,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.mechanisms import NOT_APPLICABLE, Outcome, PrivacyMechanism
+from shared.array_values import nbytes
 from shared.baselines import most_popular
 from shared.run_directory import library_versions
 
@@ -19,7 +20,7 @@ def run_summary(
     run_id: str, mechanism: PrivacyMechanism, outcome: Outcome, setup: "RunSetup", ledger_head: str, wall_seconds: float
 ) -> dict[str, Any]:
     config, split, dataset, rows = setup.config, setup.split, setup.dataset, outcome.rows
-    tower_bytes = sum(a.numpy().nbytes for a in outcome.arrays.values())
+    tower_bytes = nbytes(outcome.arrays)
     return {
         "run-id": run_id,
         "final": outcome.evaluation,

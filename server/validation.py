@@ -12,6 +12,7 @@ import math
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from shared.array_values import values
 from shared.messages import ARRAYS, METRICS, REQUIRED_METRICS
 
 
@@ -37,7 +38,7 @@ def train_reply_problem(reply: Message, expected: ArrayRecord) -> str | None:
     if extra:
         return f"unexpected arrays: {', '.join(extra[:3])}"
     for key, reference in expected.items():
-        got, want = arrays[key].numpy(), reference.numpy()
+        got, want = values(arrays[key]), values(reference)
         if got.shape != want.shape:
             return f"array {key} has shape {got.shape}, expected {want.shape}"
         if got.dtype != want.dtype:

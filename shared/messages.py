@@ -25,6 +25,8 @@ from flwr.app import (
     RecordDict,
 )
 
+from shared.array_values import values
+
 ARRAYS, CONFIG, METRICS, PRIVACY = "arrays", "config", "metrics", "privacy"
 ROUND_KEY = "server-round"
 TASK_KEY = "task"  # privacy = user: which release a TRAIN message asks a statistic for (or, in an EVALUATE message, RANK_TASK)
@@ -90,13 +92,13 @@ def update_norm(before: ArrayRecord, after: ArrayRecord) -> float:
     compute it alike, so the device's signed value and the server's measurement are equal)."""
     total = 0.0
     for key, array in after.items():
-        diff = array.numpy().astype(np.float64) - before[key].numpy().astype(np.float64)
+        diff = values(array).astype(np.float64) - values(before[key]).astype(np.float64)
         total += float((diff**2).sum())
     return float(np.sqrt(total))
 
 
 def dimension(arrays: ArrayRecord) -> int:
-    return int(sum(array.numpy().size for array in arrays.values()))
+    return int(sum(values(array).size for array in arrays.values()))
 
 
 def train_reply(msg: Message, arrays: ArrayRecord, metrics: TrainMetrics, privacy: ConfigRecord) -> Message:
