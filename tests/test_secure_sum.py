@@ -8,6 +8,7 @@ ClientApp, faults app and audit."""
 from __future__ import annotations
 
 import math
+import uuid
 from types import SimpleNamespace
 
 import numpy as np
@@ -47,14 +48,20 @@ class DeliveringGrid:
         self.items = {node: np.sort(rng.choice(ITEMS, size=int(rng.integers(1, 12)), replace=False)) for node in self.nodes}
         self.contexts = {node: Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={}) for node in self.nodes}
         self.drop = drop or {}
+        self.replies = {}
 
     def get_node_ids(self):
         return list(self.nodes)
 
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Deliver each message at once. A dropped device's reply is lost and its message id
+        is not handed back, so the server's pull loop stops once the rest have answered (over
+        Flower's grid the server would wait for it until its deadline)."""
+        ids = []
         try:
             for msg in messages:
+                message_id = str(uuid.uuid4())
+                msg.metadata.__dict__["_message_id"] = message_id
                 node = msg.metadata.dst_node_id
                 self.identity.node_id = node  # the device's process builds its reply
                 stage = message_config(msg)[TASK_KEY]
@@ -62,10 +69,14 @@ class DeliveringGrid:
                 reply = stage_reply(msg, self.contexts[node], data, stage, f"device-{node}", f"node-{node}", None)
                 at_release = f"{stage}:{secure_fields(msg).get('release')}"
                 if self.nodes.index(node) not in self.drop.get(stage, set()) | self.drop.get(at_release, set()):
-                    replies.append(reply)
+                    self.replies[message_id] = reply
+                    ids.append(message_id)
         finally:  # a refusal propagates here (Flower would make it an error reply): the server builds again
             self.identity.node_id = 0
-        return replies
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(message_id) for message_id in message_ids if message_id in self.replies]
 
     def popularity(self, devices) -> np.ndarray:
         return sum(popularity_contribution(self.items[self.nodes[i]], ITEMS) for i in devices)
