@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.local_data import LocalData
+from shared.array_values import values
 from shared.checksums import content_sha256
 from shared.item_content import content_matrix
 from shared.messages import CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
@@ -106,7 +107,7 @@ def receive_catalog(msg: Message, context: Context, call_next: ClientAppCallable
                 f"the catalog content received is {len(shipped.data):,} bytes, over this device's "
                 f"catalog-max-mb ({limit:,} bytes): refused (raise it in the node config to accept it)"
             )
-        content = shipped.numpy()
+        content = values(shipped)  # a view of the message's bytes: a small device holds the matrix once
         if content.dtype != np.float64 or content.ndim != 2:
             raise CatalogContentError(f"the catalog content received is {content.dtype} of shape {content.shape}, not a float64 matrix: refused")
         if content_sha256(content) != digest:
