@@ -87,3 +87,24 @@ def test_run_takes_a_fault_spec_for_the_simulation_only(small_dataset, monkeypat
     seen.clear()
     assert main(["run", "--set", f"data-dir={small_dataset}"]) == 0
     assert seen == {"faults": "", "engine": "superlink", "data-dir": str(small_dataset)}  # flwr run against a SuperLink of its own
+
+
+def test_run_on_the_in_process_engine_from_the_command_line(small_dataset, feature_cache, tmp_path, capsys):
+    """``fedmmrec run --engine in-process``: the default mode's three releases, the devices called
+    one after another in this process, the same lines a user sees on the other engines."""
+    from server.audit import audit
+    from simulations.simulate import read_summary
+
+    settings = {"data-dir": small_dataset, "feature-cache": feature_cache, "run-dir": tmp_path, "run-id": "cli-in-process",
+                "cooccurrence-items": 60}
+    argv = ["run", "--engine", "in-process"]
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("[round")] == [
+        "[round 1/3] popularity release", "[round 2/3] cooccurrence release", "[round 3/3] selection release"]
+    assert lines[-1] == f"fedmmrec: run directory {tmp_path / 'cli-in-process'}"
+    summary = read_summary(tmp_path / "cli-in-process")
+    assert summary["final"]["clients-evaluated"] == 12 and summary["privacy"]["mode"] == "user"
+    assert audit(tmp_path / "cli-in-process").passed
