@@ -1,4 +1,5 @@
-"""A real Flower simulation (Ray backend, Opacus DP-SGD on every client) of 12 users, 2 rounds."""
+"""Local-DP simulations of 12 users, 2 rounds: the session's run (in process, tests/conftest.py)
+and FedAdam on Flower's Ray backend, DP-SGD on every client."""
 
 from __future__ import annotations
 

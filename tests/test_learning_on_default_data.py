@@ -8,7 +8,7 @@ job is held to beating most-popular on both HR@10 and NDCG@10 by a margin of sev
 Both runs ask what the server and the devices compute, so they run on the in-process engine
 (the real server and ClientApp, devices in a fixed order): the DP-SGD run (Opacus accounting on
 every client) takes about 85 s on 2 CPU cores, the user-level job about
-25 s. Flower's Ray engine is exercised by the session's local-DP run (tests/conftest.py).
+25 s. Flower's Ray engine runs DP-SGD in tests/test_federated_simulation.py.
 """
 
 from __future__ import annotations
