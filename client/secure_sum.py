@@ -113,7 +113,8 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         if not session.held:
             session.hold(list(fields["held"]))
         statistic = contribution(msg, data, release.name, dict(context.node_config))
-        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"])
+        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"],
+                                              keep_sketch_matrix=not data.on_device)
         _keep(context, session)
         record.update({"client": client_id, "identity": identity})
         signed = dict(record)

@@ -453,3 +453,21 @@ def test_a_record_signed_with_another_key_than_the_devices_own_fails_the_audit(d
     load_or_create_key(folder / KEY_FILE)  # what the device would hold had the server keyed it anew
     failures = audit(copy).failures["secure-shares"]
     assert sum("signed with a key that is not simulated device partition-0's own" in p for p in failures) == 3
+
+
+def test_the_sketch_is_the_keystreams_matrix_times_the_vector_in_z_2_32():
+    # The sketch a device signs and the audit recomputes: the matrix is the first 16 x d words
+    # of the seed's ChaCha20 keystream (drawn a row at a time, the same words as drawn whole;
+    # a deployed device streams the rows, a simulation keeps the matrix),
+    # and the product is exact modulo 2^32 whatever the sizes of the words.
+    import hashlib
+
+    dimension, seed = 1_001, b"release:popularity"
+    matrix = masks.sketch_matrix(seed, dimension)
+    whole = masks.mask_stream(hashlib.sha256(b"fedmmrec sketch " + seed).digest(), masks.SKETCH_ROWS * dimension)
+    assert matrix.dtype == np.uint32 and not matrix.flags.writeable
+    assert np.array_equal(matrix, whole.reshape(masks.SKETCH_ROWS, dimension))
+    vector = np.random.default_rng(0).integers(0, 2**32, size=dimension, dtype=np.uint64).astype(np.uint32)
+    exact = [sum(int(a) * int(b) for a, b in zip(row, vector)) % 2**32 for row in matrix]
+    assert masks.sketch(matrix, vector).tolist() == exact
+    assert masks.sketch(masks.sketch_rows(seed, dimension), vector).tolist() == exact  # a deployed device's way

@@ -131,9 +131,12 @@ class DeviceSession:
 
     # --- stage 3 ---------------------------------------------------------------------------
     def masked_input(
-        self, plan: SecurePlan, release: ReleasePlan, participants: list[int], statistic: np.ndarray, add_noise: bool = True
+        self, plan: SecurePlan, release: ReleasePlan, participants: list[int], statistic: np.ndarray, add_noise: bool = True,
+        keep_sketch_matrix: bool = True,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """This device's masked, noised, quantised statistic, and the record it signs."""
+        """This device's masked, noised, quantised statistic, and the record it signs.
+        ``keep_sketch_matrix``: keep the release's sketch matrix in this process for the next
+        device (a simulation), rather than draw its rows and let them go (a deployed device)."""
         if release.name not in self.releases:
             raise ProtocolRefusal(f"no self-mask seed for release {release.name!r}: the key stages did not run")
         if release.name in self.masked:
@@ -144,6 +147,7 @@ class DeviceSession:
             raise ProtocolRefusal(f"devices {revealed} take part although this device revealed their mask keys")
         if statistic.size != release.dimension:
             raise ProtocolRefusal(f"a statistic of {statistic.size} values for a release of {release.dimension}")
+        sketch_rows = masks.sketch_matrix if keep_sketch_matrix else masks.sketch_rows
         rng = noise_rng()
         bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
         rounded = conditional_round(bounded, release.scale, release.bound, rng)
@@ -168,7 +172,7 @@ class DeviceSession:
             "participants": len(participants),
             "plan-sha256": plan.digest(),
             "masked-sha256": masks.digest(vector),
-            "sketch": [int(x) for x in masks.sketch(masks.sketch_matrix(sketch_seed(release.name, participants), release.dimension), vector)],
+            "sketch": [int(x) for x in masks.sketch(sketch_rows(sketch_seed(release.name, participants), release.dimension), vector)],
         }
         self.masked.append(release.name)
         return vector, record
