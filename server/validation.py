@@ -1,8 +1,8 @@
 """Check each train reply before it can reach aggregation: one bad reply never aborts a round.
 
-A reply is rejected, with its reason, when its arrays are missing, have keys the global model
-lacks or lack keys it has, have another shape or dtype, or hold NaN or Inf; or when its metrics
-lack the fields the ledger needs or hold a non-positive or non-finite example count.
+A reply is rejected, with its reason, when its arrays are missing or unreadable, have keys the
+global model lacks or lack keys it has, have another shape or dtype, or hold NaN or Inf; or when
+its metrics lack the fields the ledger needs or hold a non-positive or non-finite example count.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def train_reply_problem(reply: Message, expected: ArrayRecord) -> str | None:
     if extra:
         return f"unexpected arrays: {', '.join(extra[:3])}"
     for key, reference in expected.items():
-        got, want = values(arrays[key]), values(reference)
+        try:
+            got = values(arrays[key])
+        except (ValueError, TypeError) as exc:  # not an array numpy can read: this reply only
+            return f"array {key} is unreadable ({exc})"
+        want = values(reference)
         if got.shape != want.shape:
             return f"array {key} has shape {got.shape}, expected {want.shape}"
         if got.dtype != want.dtype:

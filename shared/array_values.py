@@ -34,8 +34,8 @@ def _header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 def values(array: Array) -> np.ndarray:
     """``array.numpy()``, as a read-only view of its bytes (copy it before changing it)."""
     data = array.data
-    if array.stype != "numpy.ndarray" or data[:6] != NPY_MAGIC or data[6] not in (1, 2):
-        return array.numpy()
+    if array.stype != "numpy.ndarray" or len(data) < 12 or data[:6] != NPY_MAGIC or data[6] not in (1, 2) or data[7] != 0:
+        return array.numpy()  # numpy's own answer, or its own error, for anything else
     length_bytes = 2 if data[6] == 1 else 4
     start = 8 + length_bytes + int.from_bytes(data[8 : 8 + length_bytes], "little")
     try:
@@ -43,7 +43,7 @@ def values(array: Array) -> np.ndarray:
     except ValueError:
         return array.numpy()  # numpy's own error for a header it cannot read
     count = math.prod(shape)
-    if dtype.hasobject or len(data) - start != count * dtype.itemsize:
+    if dtype.hasobject or dtype.itemsize == 0 or len(data) - start != count * dtype.itemsize:
         return array.numpy()
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=start)
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)

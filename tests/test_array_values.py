@@ -60,3 +60,40 @@ def test_a_truncated_or_foreign_array_fails_as_array_numpy_fails():
     not_npy = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"\x00" * 8)
     with pytest.raises(ValueError):
         values(not_npy)
+
+
+def test_a_minor_version_numpy_refuses_is_refused_alike():
+    good = Array(np.arange(3, dtype=np.float32))
+    odd = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:7] + b"\x05" + good.data[8:])
+    with pytest.raises(ValueError) as ours:
+        values(odd)
+    with pytest.raises(ValueError) as flowers:
+        odd.numpy()
+    assert str(ours.value) == str(flowers.value)
+
+
+def test_an_unreadable_or_zero_width_array_rejects_that_reply_not_the_round(monkeypatch):
+    # A device's reply is untrusted input: validation names what is wrong with it and the
+    # round goes on without it (server.validation's promise), whatever bytes it carries.
+    from flwr.app import Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.validation import train_reply_problem
+    from shared.messages import TrainMetrics
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)  # the server's process builds the message
+    expected = ArrayRecord({"w": Array(np.zeros(8, np.float32))})
+    metrics = TrainMetrics(num_examples=3, train_loss=0.5, epsilon=1.0, steps=1, sample_rate=0.5, bytes_sent=32).record()
+
+    def reply_with(array: Array) -> Message:
+        return Message(RecordDict({"arrays": ArrayRecord({"w": array}), "metrics": metrics}), dst_node_id=0, message_type="train")
+
+    whole = Array(np.zeros(8, np.float32))
+    truncated = Array(dtype=whole.dtype, shape=whole.shape, stype=whole.stype, data=whole.data[:-4])
+    assert train_reply_problem(reply_with(truncated), expected).startswith("array w is unreadable (")
+    zero_width = Array(np.zeros(8, dtype="V0"))
+    assert np.array_equal(values(zero_width), zero_width.numpy())  # read, as numpy reads it
+    assert train_reply_problem(reply_with(zero_width), expected) == "array w has dtype |V0, expected float32"
+    assert train_reply_problem(reply_with(whole), expected) is None
