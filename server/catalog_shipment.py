@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from server.replies import PULL_INTERVAL_S
 from shared.checksums import content_sha256
 from shared.messages import ARRAYS, CATALOG, CATALOG_CONTENT_KEY, CATALOG_HELD_KEY, CATALOG_SHA_KEY, CONFIG
 
@@ -77,6 +78,11 @@ class CatalogShipment(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self.grid.get_node_ids()
+
+    @property
+    def pull_interval(self) -> float:
+        """The wrapped grid's wait between pulls (:func:`server.replies.send_and_collect` reads it)."""
+        return float(getattr(self.grid, "pull_interval", PULL_INTERVAL_S))
 
     # -- the rest of Flower's Grid interface, unchanged ----------------------------------
     def set_run(self, run_id: int) -> None:

@@ -40,24 +40,26 @@ class RoundDeadline(Deadline):
     answered, on any machine's speed)."""
 
 
-def send_and_collect(grid: Grid, messages: Iterable[Message], deadline: Deadline | None = None) -> list[Message]:
+def send_and_collect(
+    grid: Grid, messages: Iterable[Message], timeout: float = MESSAGE_TIMEOUT_S, deadline: type[Deadline] = Deadline
+) -> list[Message]:
     """Flower's ``Grid.send_and_receive`` with its deadline made explicit: push the messages,
-    then pull until every reply is in or ``deadline`` has passed (by default
-    ``MESSAGE_TIMEOUT_S``, the wait Flower's own call is given here).
+    then pull until every reply is in or ``deadline(timeout)``, counted from the end of the
+    push as Flower counts it, has passed.
 
     Between pulls it waits 0.1 s, then twice as long each time up to the grid's own interval
     (3 s over gRPC, as Flower's grid waits). With Flower's fixed 3 s, a stage of the secure
     sum whose devices answer within a second still waits up to 3 s past its last reply; a long
     round still pulls once every 3 s after its first six pulls."""
     waiting = set(grid.push_messages(list(messages)))
-    deadline, received = deadline or Deadline(MESSAGE_TIMEOUT_S), []
+    end, received = deadline(timeout), []
     ceiling = float(getattr(grid, "pull_interval", PULL_INTERVAL_S))
     wait = min(FIRST_PULL_WAIT_S, ceiling)
     while waiting:
         replies = list(grid.pull_messages(waiting))
         received += replies
         waiting -= {reply.metadata.reply_to_message_id for reply in replies}
-        if not waiting or deadline.passed(len(waiting)):
+        if not waiting or end.passed(len(waiting)):
             break
         time.sleep(wait)
         wait = min(2 * wait, ceiling)
@@ -102,7 +104,7 @@ class TrainReplies:
     def add(self, grid: Grid, messages: list[Message]) -> list[Message]:
         """Send ``messages``; file the replies; return this batch's declines."""
         self.asked += [m.metadata.dst_node_id for m in messages]
-        received = send_and_collect(grid, messages, RoundDeadline(self.timeout)) if messages else []
+        received = send_and_collect(grid, messages, self.timeout, RoundDeadline) if messages else []
         answered = ok_replies(received)  # logs error replies (crashed clients)
         self.failed += len(messages) - len(answered)
         if len(received) < len(messages):
