@@ -97,12 +97,12 @@ def toml_run_config(config: dict[str, Any]) -> str:
 def processes_in_home(flwr_home: str | Path) -> list[int]:
     """Live processes started with ``FLWR_HOME=flwr_home`` (every process a SuperLink or
     SuperNode of ours starts inherits it, also those that detach into sessions of their own)."""
-    marker = f"FLWR_HOME={flwr_home}".encode() + b"\0"
+    marker = b"\0" + f"FLWR_HOME={flwr_home}".encode() + b"\0"  # the whole variable, not a suffix of another's
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                if marker in (proc / "environ").read_bytes() and alive(int(proc.name)):
+                if marker in b"\0" + (proc / "environ").read_bytes() and alive(int(proc.name)):
                     found.append(int(proc.name))
             except OSError:
                 continue
@@ -111,23 +111,25 @@ def processes_in_home(flwr_home: str | Path) -> list[int]:
 
 def stop_processes(started: list[subprocess.Popen], flwr_home: str | Path, grace_s: float = 10.0) -> list[int]:
     """Stop ``started`` and every process they started or that carries ``flwr_home``: SIGTERM,
-    ``grace_s`` to exit, then SIGKILL; return their ids."""
-    pids = []
-    for proc in started:
-        if proc.poll() is None:
-            pids += process_tree(proc.pid)
-    pids += [pid for pid in processes_in_home(flwr_home) if pid not in pids]
+    ``grace_s`` to exit, then SIGKILL; return their ids. Each signal goes to processes found
+    at that moment (a process id seen earlier may belong to another program by then)."""
+
+    def ours() -> list[int]:
+        found = [pid for proc in started if proc.poll() is None for pid in process_tree(proc.pid)]
+        return found + [pid for pid in processes_in_home(flwr_home) if pid not in found]
+
+    pids = ours()
     for pid in pids:
         send_signal(pid, signal.SIGTERM)
     deadline = time.time() + grace_s
-    while time.time() < deadline and any(alive(pid) for pid in pids):
+    while time.time() < deadline and ours():
         time.sleep(0.1)
-    for pid in pids + processes_in_home(flwr_home):
+    for pid in ours():
         send_signal(pid, signal.SIGKILL)
     for proc in started:
         proc.wait()
     deadline = time.time() + 5.0
-    while time.time() < deadline and any(alive(pid) for pid in pids):
+    while time.time() < deadline and processes_in_home(flwr_home):
         time.sleep(0.1)
     return pids
 
