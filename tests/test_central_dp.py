@@ -204,3 +204,24 @@ def test_a_canary_check_that_could_not_fail_says_inconclusive_not_pass(small_dat
     assert why.startswith("INCONCLUSIVE: with 100 canaries the bound cannot exceed") and "canaries or more" in why
     table = to_markdown(report)
     assert "| empirical-lower-bound | INCONCLUSIVE" in table and "| empirical-lower-bound | pass |" not in table
+
+
+def test_the_canaries_needed_are_where_the_all_correct_bound_first_exceeds_the_claim():
+    # The INCONCLUSIVE message's "conclusive with N canaries or more": the doubling search asks
+    # whether the claim is rejected (one p-value per guess count), which is whether the
+    # searched-for bound exceeds it. Held against the bound itself, claim by claim.
+    import numpy as np
+
+    from server.audit.dp_fedavg import canaries_for_ceiling
+    from shared.privacy.empirical import one_run_audit
+
+    def by_the_bound(claimed: float) -> int:
+        m = 100
+        while True:
+            included = np.arange(m) % 2 == 0
+            if one_run_audit(included.astype(float), included, 1e-5).epsilon_lower_bound > claimed:
+                return m
+            m *= 2
+
+    assert [canaries_for_ceiling(c, 1e-5) for c in (0.5, 4.0, 6.0)] == [by_the_bound(c) for c in (0.5, 4.0, 6.0)] == [100, 400, 3200]
+    assert canaries_for_ceiling(12.3, 1e-5, limit=6_400) == "more than 6,400"

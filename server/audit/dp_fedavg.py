@@ -13,7 +13,7 @@ from server.audit.accountants import REL_TOL, cross_check, recompute
 from server.audit.report import AuditReport
 from shared.privacy.canaries import read_canaries
 from shared.privacy.dp_fedavg import flatten
-from shared.privacy.empirical import one_run_audit
+from shared.privacy.empirical import one_run_audit, one_run_rejects
 from shared.privacy.ledger import Entry
 from shared.run_directory import RunDirectory
 
@@ -103,7 +103,7 @@ def canaries_for_ceiling(claimed: float, delta: float, limit: int = 1_000_000) -
     m = 100
     while m <= limit:
         included = np.arange(m) % 2 == 0
-        if one_run_audit(included.astype(float), included, delta).epsilon_lower_bound > claimed:
+        if one_run_rejects(included.astype(float), included, claimed, delta):
             return m
         m *= 2
     return f"more than {limit:,}"

@@ -63,19 +63,36 @@ class OneRunAudit:
     confidence: float
 
 
-def one_run_audit(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95) -> OneRunAudit:
-    """Guess the top-k scores included and the bottom-k excluded, for each pre-set k."""
+def _guesses(scores: np.ndarray, included: np.ndarray) -> list[tuple[int, int]]:
+    """(guesses, correct) for each pre-set k: the top-k scores guessed included, the bottom-k
+    excluded."""
     m = len(scores)
     order = np.argsort(-np.asarray(scores), kind="stable")
     included = np.asarray(included, dtype=bool)
-    significance = (1.0 - confidence) / len(GUESS_FRACTIONS)
-    best = OneRunAudit(0.0, m, 0, 0, confidence)
+    out = []
     for fraction in GUESS_FRACTIONS:
         k = int(fraction * m)
-        if k == 0:
-            continue
-        correct = int(included[order[:k]].sum() + (~included[order[-k:]]).sum())
-        bound = epsilon_lower_bound(m, 2 * k, correct, delta, significance)
+        if k:
+            out.append((2 * k, int(included[order[:k]].sum() + (~included[order[-k:]]).sum())))
+    return out
+
+
+def one_run_audit(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95) -> OneRunAudit:
+    """Guess the top-k scores included and the bottom-k excluded, for each pre-set k."""
+    m = len(scores)
+    significance = (1.0 - confidence) / len(GUESS_FRACTIONS)
+    best = OneRunAudit(0.0, m, 0, 0, confidence)
+    for guesses, correct in _guesses(scores, included):
+        bound = epsilon_lower_bound(m, guesses, correct, delta, significance)
         if bound > best.epsilon_lower_bound or best.guesses == 0:
-            best = OneRunAudit(bound, m, 2 * k, correct, confidence)
+            best = OneRunAudit(bound, m, guesses, correct, confidence)
     return best
+
+
+def one_run_rejects(scores: np.ndarray, included: np.ndarray, epsilon: float, delta: float, confidence: float = 0.95) -> bool:
+    """Whether :func:`one_run_audit`'s bound exceeds ``epsilon``: whether some guess count's
+    observation rejects ``epsilon`` at its share of the confidence. One p-value per guess
+    count, where the bound itself is a search of some 45 (the p-value grows with epsilon,
+    so the bound exceeds ``epsilon`` exactly when ``epsilon`` is rejected)."""
+    significance = (1.0 - confidence) / len(GUESS_FRACTIONS)
+    return any(p_value(len(scores), guesses, correct, epsilon, delta) < significance for guesses, correct in _guesses(scores, included))
