@@ -439,6 +439,18 @@ def test_a_split_graph_or_a_substituted_dropped_key_in_the_evidence_fails_the_au
     assert f"release 1 (popularity): the mask keys recorded for dropped devices [{dropped}] are not the keys they advertised" in failures
 
 
+def test_a_recorded_masked_sum_that_is_not_the_signed_vectors_sum_fails_the_audit(dropout_run, tmp_path):
+    # The sketch check: the devices signed sketches of their masked vectors; a server that
+    # records another masked sum (one coordinate moved by one) is caught by their sum.
+    def moved(arrays):
+        total = arrays["cooccurrence.masked-sum"].copy()
+        total[0] = total[0] + 1
+        arrays["cooccurrence.masked-sum"] = total
+
+    failures = audit(_rewritten(dropout_run, tmp_path / "moved", moved)).failures["secure-sum"]
+    assert "release 2 (cooccurrence): the recorded masked sum is not the sum of the devices' signed masked vectors" in failures
+
+
 def test_a_record_signed_with_another_key_than_the_devices_own_fails_the_audit(dropout_run, tmp_path):
     """The server cannot sign a record for a simulated device: the audit compares each signing key
     with the key in the device's own state folder."""
