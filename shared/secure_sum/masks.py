@@ -66,10 +66,15 @@ def release_key(secret: bytes, release: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"fedmmrec mask {release}".encode()).derive(secret)
 
 
+def _keystream(key: bytes):
+    """ChaCha20 keyed by ``key`` (256 bits) with a zero nonce: every key here is derived for one
+    purpose and one release (HKDF labels), so no two different streams share a key."""
+    return Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+
+
 def mask_stream(key: bytes, size: int) -> np.ndarray:
     """``size`` uniform elements of Z_{2^32} from ChaCha20 keyed by ``key`` (256 bits)."""
-    encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(b"\x00" * (4 * size)), dtype="<u4").astype(np.uint32)
+    return np.frombuffer(_keystream(key).update(b"\x00" * (4 * size)), dtype="<u4").astype(np.uint32)
 
 
 def new_seed() -> bytes:
@@ -156,7 +161,7 @@ def sketch_rows(seed: bytes, dimension: int) -> Iterator[np.ndarray]:
     row after row. A deployed device, whose process answers one message, sketches from these
     and never holds the matrix (8 MB for the 125,250-value co-occurrence release of 500 items;
     drawn whole and widened to ``uint64`` it was the 27 MB peak of the device's process)."""
-    encryptor = Cipher(algorithms.ChaCha20(hashlib.sha256(b"fedmmrec sketch " + seed).digest(), b"\x00" * 16), mode=None).encryptor()
+    encryptor = _keystream(hashlib.sha256(b"fedmmrec sketch " + seed).digest())
     zeros = bytes(4 * dimension)
     for _ in range(SKETCH_ROWS):
         yield np.frombuffer(encryptor.update(zeros), dtype="<u4")
