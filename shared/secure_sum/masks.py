@@ -68,7 +68,8 @@ def release_key(secret: bytes, release: str) -> bytes:
 
 def _keystream(key: bytes):
     """ChaCha20 keyed by ``key`` (256 bits) with a zero nonce: every key here is derived for one
-    purpose and one release (HKDF labels), so no two different streams share a key."""
+    purpose and one release (HKDF labels for masks; the sketch's SHA-256 of its release and
+    participants), so no two different streams share a key."""
     return Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
 
 
