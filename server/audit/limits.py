@@ -82,7 +82,11 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
     ),
     "secure-shares": (
         "every contribution is signed by its device: its noise share, the plan's hash, its masked vector's hash; epsilon recomputed from the shares",
-        "a device that signs a noise share it did not add (no zero-knowledge proof)",
+        "a device that signs a noise share it did not add (no zero-knowledge proof); secure-noise reads the sum for that",
+    ),
+    "secure-noise": (
+        "each unmasked sum keeps the least norm the signed honest noise leaves any sum (Anderson's bound); its realised noise, within the contributions' largest norm, meets the signed variances' chi-square interval",
+        "a few devices' missing shares where the sum is large beside the noise (the report gives the window per release); noise reused or predictable",
     ),
     "secure-sum": (
         "the masked sum is the sum of the signed vectors (sketch), the graph is whole, dropped keys are the advertised ones, unmasking is redone",

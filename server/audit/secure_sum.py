@@ -13,6 +13,15 @@ claim is rebuilt from what each device signed it added:
   plan, fails by name). The epsilon is recomputed (Skellam RDP) from the signed shares less the
   ``colluders`` largest and one more (the removed user's own), and the ledger's claim must not
   be below it, nor the budget.
+- ``secure-noise``: the unmasked sum carries the noise the devices signed. Its norm must keep the
+  least norm that Skellam noise of the honest variance leaves a sum of any contributions drawn
+  apart from it (Anderson's bound, as for ``user-noise = central``: a run whose devices add no
+  noise and sign the full share fails here); and, since the ``N`` counted contributions have
+  rounded norm at most the rounding bound ``b`` each, the realised noise norm lies within
+  ``N b`` of the sum's norm (the triangle inequality), which must meet the chi-square interval
+  of the sum of all the signed variances: less noise than signed, or more (a device that adds
+  what it did not sign, a sum out of range), fails where ``N b`` is small beside the noise. The
+  report prints both powers per release.
 - ``secure-sum``: the recorded masked sum is the sum of the signed masked vectors (a random
   linear sketch over Z_{2^32} that each device signed: a sum missing or adding a device's
   vector fails but with probability about 2^-16); the survivors' neighbour graph is in one
@@ -44,7 +53,7 @@ from shared.secure_sum.plan import graph_parts, make_plan
 from shared.secure_sum.quantise import from_field, to_field
 from shared.secure_sum.unmask import unmasked_sum
 
-CHECKS = ("secure-plan", "secure-shares", "secure-sum")
+CHECKS = ("secure-plan", "secure-shares", "secure-noise", "secure-sum")
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
                "plan-sha256", "masked-sha256", "sketch", "client", "identity")
 
@@ -73,6 +82,7 @@ def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: li
         return
     _plan(report, plan, releases)
     _shares(report, plan, releases, int(header["population"]), budget, delta, run, node_keys)
+    _noise(report, plan, run, releases)
     _sums(report, run, releases)
 
 
@@ -166,6 +176,64 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
         f"{last:.3f} at delta {delta:g} after {len(releases)} releases, recomputed from the devices' signed noise shares "
         f"(Skellam RDP; the {plan.colluders} colluders' shares and the removed user's own not counted); whom you trust: no single party"
         if math.isfinite(last) else "inf: the releases had no noise (NOT PRIVATE)"
+    )
+
+
+def _noise(report, plan, run: RunDirectory, releases) -> None:
+    """The unmasked sums against the noise the devices signed (see the module docstring)."""
+    from server.audit.releases import FALSE_ALARM_PER_RUN, chi_square_interval, released_norm_floor
+
+    check = "secure-noise"
+    if not run.file(SECURE_FILE).is_file():
+        report.fail(check, f"{run.file(SECURE_FILE)}: missing: the unmasked sums cannot be held against the signed noise")
+        return
+    evidence = run.load_arrays(SECURE_FILE)
+    tail = FALSE_ALARM_PER_RUN / (3 * max(1, len(releases)))  # floor, and the window's two sides
+    floors, windows = [], []
+    for entry in releases:
+        body, name = entry.body, str(entry.body.get("release"))
+        where = f"release {entry.round} ({name})"
+        variances = sorted(float(r.get("noise-variance", 0.0)) for r in body.get("signed", []))
+        honest, total = float(sum(variances[: max(0, len(variances) - plan.uncounted)])), float(sum(variances))
+        if total <= 0.0:
+            continue  # no noise claimed: the accounting says inf (NOT PRIVATE)
+        if f"{name}.unmasked" not in evidence:
+            report.fail(check, f"{where}: {SECURE_FILE} holds no unmasked sum to check the noise in")
+            continue
+        dimension = int(plan.release(name).dimension)
+        norm = float(np.linalg.norm(np.asarray(evidence[f"{name}.unmasked"], dtype=np.float64)))
+        floor = released_norm_floor(math.sqrt(honest), dimension, tail)
+        if norm < floor:
+            report.fail(
+                check,
+                f"{where}: the unmasked sum's norm {norm:.6g} is below {floor:.6g}, the least that the signed honest noise "
+                f"(variance {honest:.6g} over {dimension} values) leaves whatever the devices sent: the signed noise was not added",
+            )
+        signal = len(variances) * float(plan.release(name).bound)  # the contributions' norm, at most
+        low, high = chi_square_interval(dimension, tail)
+        expected = math.sqrt(total * dimension)
+        if norm + signal < math.sqrt(total * low):
+            report.fail(
+                check,
+                f"{where}: the realised noise norm is at most {norm + signal:.6g}, below {math.sqrt(total * low):.6g}, the least "
+                f"that the {len(variances)} signed shares (variance {total:.6g} in all) give: the devices added less noise than they signed",
+            )
+        if norm - signal > math.sqrt(total * high):
+            report.fail(
+                check,
+                f"{where}: the realised noise norm is at least {norm - signal:.6g}, above {math.sqrt(total * high):.6g}, the most "
+                f"that the {len(variances)} signed shares (variance {total:.6g} in all) give: more noise than signed, or a sum "
+                "no contributions of the planned bound can make",
+            )
+        floors.append(f"{name}: {floor / math.sqrt(honest * dimension):.3f}")
+        windows.append(f"{name}: +-{signal / expected:.3f}")
+    report.ok(check)
+    report.figures["secure noise check power"] = (
+        "an unmasked sum fails when its honest noise is below these fractions of the signed (Anderson's bound, any sum): "
+        + "; ".join(floors) + "; the realised noise norm is measured to within these fractions of its expected size, "
+        "and must meet the signed shares' chi-square interval: " + "; ".join(windows)
+        + f" (false alarm {FALSE_ALARM_PER_RUN:g} per run)"
+        if floors else "no noisy release"
     )
 
 
