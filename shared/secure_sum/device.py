@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 
 from shared.privacy.gaussian import clip
 from shared.secure_sum import masks
@@ -205,14 +206,18 @@ class DeviceSession:
             if v in gone and tag in self.revealed_seeds:
                 raise ProtocolRefusal(f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too")
             key = masks.derive(self.channel_private, channel, "share-encryption")
-            parts = _unpack(masks.decrypt(key, ciphertext, _associated(v, self.index)))
+            try:
+                parts = _unpack(masks.decrypt(key, ciphertext, _associated(v, self.index)))
+            except InvalidTag:
+                raise ProtocolRefusal(f"the share forwarded as device {v}'s was not encrypted by device {v} for this device") from None
             count = len(self.releases)
             if v in alive:
                 seed_out[v] = parts[count + which]
-                self.revealed_seeds.append(tag)
             else:
                 key_out[v] = parts[which]
-                self.revealed_keys.append(tag)
+        # Recorded only once every share is answered: a refusal half-way reveals nothing.
+        self.revealed_seeds.extend(f"{release}:{v}" for v in seed_out)
+        self.revealed_keys.extend(f"{release}:{v}" for v in key_out)
         self.unmasked.append(release)
         return seed_out, key_out
 
