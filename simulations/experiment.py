@@ -104,7 +104,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"{path}: setting {setting['name']!r}: model must be one of {', '.join(LIBRARY_MODELS)}")
     return {
         "name": experiment.get("name", path.stem),
-        "out": Path(experiment.get("out", "experiments")),
+        "out": Path(expand_environment(experiment.get("out", "experiments"), f"{path}: out")),
         "seeds": list(experiment.get("seeds", [0])),
         "base": base,
         "settings": settings,

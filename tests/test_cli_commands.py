@@ -33,16 +33,24 @@ def test_baseline_most_popular_prints_the_metrics_of_the_split(small_dataset, ca
     assert printed == pytest.approx(most_popular(split_for(load_dataset(small_dataset), resolve(None, {"data-dir": str(small_dataset)}))))
 
 
-def test_features_fills_the_cache_the_runs_read(small_dataset, tmp_path, capsys):
+def test_features_fills_the_cache_the_runs_read(small_dataset, tmp_path, capsys, monkeypatch):
     from shared.data import load_dataset
     from shared.features import load_or_compute_features
 
     cache = tmp_path / "cache"
     assert main(["features", "--set", f"data-dir={small_dataset}", "--set", f"feature-cache={cache}"]) == 0
     assert capsys.readouterr().out.strip().endswith("fedmmrec: features for 120 items cached")
-    assert any(cache.iterdir())
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.npz")) == ["image", "text"]  # not the lock files alone
+
+    import shared.features.cache as features_cache
+
+    def no_encoding(*_args, **_kwargs):
+        raise AssertionError("the run recomputed features the command should have cached")
+
+    monkeypatch.setattr(features_cache, "_encode_texts", no_encoding)
+    monkeypatch.setattr(features_cache, "_encode_images", no_encoding)
     cached = load_or_compute_features(load_dataset(small_dataset), str(cache), progress=False)
-    assert cached.num_items == 120
+    assert cached.num_items == 120 and cached.text_mask.any() and cached.image_mask.any()
 
 
 def test_deploy_devices_writes_one_folder_per_device_with_that_users_interactions(small_dataset, tmp_path, capsys):

@@ -4,6 +4,7 @@ writes the results table and plots."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,20 @@ def test_a_grid_reads_its_dataset_from_the_environment_with_a_default(tmp_path, 
     grid.write_text('[experiment.base]\ndata-dir = "${FEDMMREC_TEST_UNSET}"\n[[setting]]\nname = "m"\n', encoding="utf-8")
     monkeypatch.delenv("FEDMMREC_TEST_UNSET", raising=False)
     with pytest.raises(ValueError, match=r"env\.toml: data-dir: \$\{FEDMMREC_TEST_UNSET\} is not set"):
+        load_experiment(grid)
+
+
+def test_a_grids_out_folder_reads_the_environment_like_its_settings(tmp_path, monkeypatch):
+    grid = tmp_path / "out.toml"
+    grid.write_text('[experiment]\nout = "${FEDMMREC_TEST_OUT:-studies}/movielens"\n[[setting]]\nname = "m"\nkind = "most-popular"\n',
+                    encoding="utf-8")
+    monkeypatch.delenv("FEDMMREC_TEST_OUT", raising=False)
+    assert load_experiment(grid)["out"] == Path("studies/movielens")
+    monkeypatch.setenv("FEDMMREC_TEST_OUT", "/scratch")
+    assert load_experiment(grid)["out"] == Path("/scratch/movielens")
+    grid.write_text('[experiment]\nout = "${FEDMMREC_TEST_UNSET}/x"\n[[setting]]\nname = "m"\n', encoding="utf-8")
+    monkeypatch.delenv("FEDMMREC_TEST_UNSET", raising=False)
+    with pytest.raises(ValueError, match=r"out\.toml: out: \$\{FEDMMREC_TEST_UNSET\} is not set"):
         load_experiment(grid)
 
 
