@@ -94,8 +94,8 @@ def _secure(users: int, drop=None, **settings) -> tuple[SecureAggregation, Deliv
     [("secure-keys", 3), ("secure-share", 3), ("secure-input", 3), ("secure-unmask", 3), (None, None)],
 )
 def test_the_sum_is_exactly_the_survivors_statistics_whatever_stage_a_device_drops_at(stage, dropped):
-    """Without noise (user-epsilon inf) the unmasked sum is the sum of the survivors' rounded
-    statistics, to the rounding: a device dropping after its keys are shared is unmasked from
+    """Without noise (user-epsilon inf) the unmasked sum is the sum of the survivors' statistics,
+    to the rounding (less than one unit per device, and no bias): a device dropping after its keys are shared is unmasked from
     its neighbours' shares; one dropping after its input is in the sum (its seed rebuilt)."""
     secure, grid = _secure(20, {stage: {dropped}} if stage else None, **{"user-epsilon": "inf"})
     secure.setup(server_round=1)
@@ -103,7 +103,12 @@ def test_the_sum_is_exactly_the_survivors_statistics_whatever_stage_a_device_dro
     expected_out = {"secure-keys": {3}, "secure-share": {3}, "secure-input": {3}}.get(stage, set())
     assert result.survivors == [i for i in range(20) if i not in expected_out]
     assert result.dropped == (sorted(expected_out) if stage == "secure-input" else [])
-    np.testing.assert_allclose(result.noisy, grid.popularity(result.survivors), atol=20 / secure.plan.release("popularity").scale)
+    scale = secure.plan.release("popularity").scale
+    error = (np.asarray(result.noisy) - grid.popularity(result.survivors)) * scale  # in the field's units
+    assert np.abs(error).max() < len(result.survivors)  # each device's rounding moves a coordinate by less than 1
+    # unbiased: the mean over the 40 coordinates within 5.3 standard errors (each rounding's
+    # variance is at most 1/4); rounding down would shift it by about half the survivors
+    assert abs(float(error.mean())) < 5.3 * math.sqrt(len(result.survivors) / 4 / ITEMS)
 
 
 def _empty():
@@ -360,7 +365,7 @@ def _secure_run(small_dataset, feature_cache, runs, run_id: str, faults: str = "
             "data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
             "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 8, **extra,
         },
-        faults=faults,
+        faults=faults, engine="in-process",  # the same server and ClientApp code; the Ray path is the default job's tests'
     )
 
 
