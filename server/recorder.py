@@ -103,6 +103,7 @@ class RoundRecorder:
             "clients-declined": len(batch.declined),
             "released-update-norm": update_norm(sent, result.arrays),
             "update-dimension": dimension(result.arrays),
+            **({"round-skipped": True} if result.skipped else {}),  # the model did not move: the audit's drift check skips it
             **result.ledger_fields,
         }
         entries.append(("server-round", server_round, server_entry))

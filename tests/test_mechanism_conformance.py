@@ -39,3 +39,46 @@ def test_honest_devices_pass_and_the_report_states_the_checks_power(small_datase
     report = audit(_local(small_dataset, feature_cache, tmp_path, "honest"))
     assert report.passed, report.failures
     assert report.figures["noise conformance"].startswith("device DP-SGD (12 updates): an update fails when its noise is below")
+
+
+def test_a_server_that_rescales_and_re_signs_the_devices_norms_is_caught_by_its_own_checkpoints(
+    small_dataset, feature_cache, tmp_path, rewritten_ledger
+):
+    """Every device adds a tenth of the noise it claims; the server (holding the simulated
+    devices' keys) rewrites each signed update norm to the size the claim gives and re-signs it,
+    so every per-update check passes. The checkpoints are the evidence the rewrite cannot
+    reach: FedAvg's final model moved far less than the devices' claimed noise implies."""
+    import math
+
+    import numpy as np
+
+    from server.audit.conformance import device_bounds
+    from shared.privacy.dp_fedavg import flatten
+    from shared.privacy.spend_signature import KEY_FILE, load_or_create_key, sign
+    from shared.run_directory import RunDirectory
+
+    run_dir = simulate(
+        {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": "quiet",
+         "privacy": "local", "num-server-rounds": 2, "fraction-train": 1.0},
+        faults="lownoise:0-11", engine="in-process",
+    )
+    config = next(e.body for e in read_ledger(run_dir) if e.kind == "header")["config"]
+    assert len(audit(run_dir).failures["noise-conformance"]) >= 20  # the updates themselves, before the rewrite
+
+    def rescaled(kind, round_, body):
+        if kind == "client-round":
+            claimed = device_bounds(body, config, 1e-6)[0] * math.sqrt(int(body["update-dimension"]))
+            body["update-norm"] = body["measured-update-norm"] = claimed
+            key = load_or_create_key(run_dir / "devices" / body["identity"] / KEY_FILE)
+            body["signature"] = sign(key, {**body, "round": round_})
+        return body
+
+    copy = rewritten_ledger(run_dir, rescaled)
+    report = audit(copy)
+    run = RunDirectory.open(copy)
+    moved = float(np.linalg.norm(flatten(run.load_checkpoint(run.final_checkpoint())["item_tower"]).astype(np.float64)
+                                 - flatten(run.load_checkpoint(run.round_checkpoint(0))["item_tower"]).astype(np.float64)))
+    [problem] = report.failures["noise-conformance"]
+    assert problem.startswith(f"final minus initial model (2 FedAvg rounds of device DP-SGD): norm {moved:.4g} outside [")
+    assert problem.split(" for ")[1].startswith("the devices' claimed noise, averaged (noise alone ")
+    assert report.failures["spend-signed"] == [] and report.failures["epsilon-recomputed"] == []

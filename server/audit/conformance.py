@@ -27,6 +27,14 @@ signal]`` with ``s_T`` the rounds' per-coordinate stds added in quadrature and `
 rounds' clipped sums added up (triangle inequality: later rounds' updates depend on earlier
 noise). A server that cuts the noise and records full-size norms fails there, when the rounds'
 clipped signal is small beside their noise (the report gives the noise cut it would show).
+
+Device DP-SGD aggregated by FedAvg (``privacy = local``, ``strategy = fedavg``) is held the same
+way: each round's model change is the counted updates averaged with weights ``num-examples``, so
+the final model minus the initial one carries noise of per-coordinate variance
+``sum_rounds sum_i w_i^2 s_i^2`` (the devices' draws are independent) and a signal of norm at most
+``sum_rounds sum_i w_i signal_i``. A server that rescales the devices' signed norms (and re-signs
+them with keys it holds) to fit the claim is caught by its own checkpoints. Other strategies
+(FedAdam's moments, the median and trimmed means) are not linear in the updates: not compared.
 """
 
 from __future__ import annotations
@@ -93,7 +101,8 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
     servers = [e for e in servers if "update-dimension" in e.body and "released-update-norm" in e.body]
     initial, final, distance_rounds = _checkpoints(report, run, servers)
     _check_counts(report, servers, entries)
-    tests = 2 * (len(devices) + len(servers)) + (2 if final is not None else 0)
+    local = _local_checkpoints(report, run, config, header, entries, devices) if not servers else None
+    tests = 2 * (len(devices) + len(servers)) + (2 if final is not None else 0) + (2 if local is not None else 0)
     if not tests:
         report.figures["noise conformance"] = "not applicable: no DP-SGD update or DP-FedAvg release with measured norms"
         return
@@ -101,12 +110,7 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
     device_cuts, server_cuts = [], []
     for entry in devices:
         body = entry.body
-        n, q, steps = int(body["num-examples"]), float(body["sample-rate"]), int(body["steps"])
-        expected_batch = max(1, int(n * q))
-        lr, clip = float(config["item-lr"]), float(body["clip-norm"])
-        noise_std = lr * float(body["noise-multiplier"]) * clip * math.sqrt(steps) / expected_batch
-        drawn = binomial_upper(n * steps, q, tail)
-        signal_max = lr * clip * float(config["item-clip-fraction"]) * drawn / expected_batch
+        noise_std, signal_max = device_bounds(body, config, tail)
         where = f"client {body['client']} round {entry.round}: update norm"
         claim = f"noise multiplier {body['noise-multiplier']}"
         measured = body.get("measured-update-norm")
@@ -123,6 +127,8 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
     model_cut = None
     if final is not None:
         model_cut = _check_model_distance(report, distance_rounds, initial, final, tail)
+    if local is not None:
+        model_cut = _check_local_distance(report, config, *local, tail)
     report.ok(CHECK)
     power = []
     if device_cuts:
@@ -132,7 +138,66 @@ def audit_conformance(report, header: dict[str, Any], entries: list[Entry], run=
         power.append(f"DP-FedAvg ({len(servers)} releases): below {statistics.median(server_cuts):.2f}x (median round)")
     if model_cut is not None:
         power.append(f"final minus initial model: below {model_cut:.2f}x")
+    elif devices and not servers:
+        power.append("final minus initial model: not compared (" + report.figures.pop("local drift", "no checkpoints") + ")")
     report.figures["noise conformance"] = "; ".join(power) + f"; false alarm {FALSE_ALARM_PER_RUN:g} per run"
+
+
+def device_bounds(body: dict[str, Any], config: dict[str, Any], tail: float) -> tuple[float, float]:
+    """(per-coordinate noise std, largest signal norm) of one device's DP-SGD update, from its
+    signed spend and the run's item learning rate and clip fraction."""
+    n, q, steps = int(body["num-examples"]), float(body["sample-rate"]), int(body["steps"])
+    expected_batch = max(1, int(n * q))
+    lr, clip = float(config["item-lr"]), float(body["clip-norm"])
+    noise_std = lr * float(body["noise-multiplier"]) * clip * math.sqrt(steps) / expected_batch
+    drawn = binomial_upper(n * steps, q, tail)
+    return noise_std, lr * clip * float(config["item-clip-fraction"]) * drawn / expected_batch
+
+
+def _local_checkpoints(report, run, config: dict[str, Any], header: dict[str, Any], entries: list[Entry], devices: list[Entry]):
+    """(initial, final, the counted device entries by round) of a device-DP-SGD run aggregated by
+    FedAvg, for the drift check; None where it does not apply (the reason in the figures)."""
+    if run is None or not devices:
+        return None
+    if str(config.get("strategy", "fedavg")) != "fedavg":
+        report.figures["local drift"] = f"strategy {config.get('strategy')} is not a weighted mean of the updates"
+        return None
+    initial_path, final_path = run.round_checkpoint(0), run.final_checkpoint()
+    if final_path is None or not initial_path.is_file():
+        report.fail(CHECK, f"{run.checkpoints}: initial.pt or the final checkpoint is missing: the trained model cannot be held to the devices' claimed noise")
+        return None
+    from shared.privacy.dp_fedavg import flatten
+
+    final_state = run.load_checkpoint(final_path)
+    initial, final = flatten(run.load_checkpoint(initial_path)["item_tower"]), flatten(final_state["item_tower"])
+    if initial.size != final.size:
+        report.flags.append("noise-conformance: the model grew during the run (continued on new data): final minus initial not compared")
+        return None
+    last = int(final_state.get("meta", {}).get("round", max(e.round for e in devices)))
+    skipped = {e.round for e in entries if e.kind == "server-round" and e.body.get("round-skipped")}
+    rounds: dict[int, list[Entry]] = {}
+    for e in entries:
+        if e.kind == "client-round" and not e.body.get("declined") and not e.body.get("rejected") and e.round <= last and e.round not in skipped:
+            rounds.setdefault(e.round, []).append(e)
+    return initial.astype(np.float64), final.astype(np.float64), rounds
+
+
+def _check_local_distance(report, config: dict[str, Any], initial, final, rounds: dict[int, list[Entry]], tail: float) -> float:
+    """The final model's distance from the initial one against the devices' claimed noise,
+    averaged as FedAvg averages it (weights ``num-examples``)."""
+    variance, signal = 0.0, 0.0
+    for counted in rounds.values():
+        total = float(sum(int(e.body["num-examples"]) for e in counted))
+        for e in counted:
+            if float(e.body.get("noise-multiplier", 0.0)) <= 0 or int(e.body.get("steps", 0)) <= 0:
+                continue
+            weight = int(e.body["num-examples"]) / total
+            noise_std, signal_max = device_bounds(e.body, config, tail)
+            variance += (weight * noise_std) ** 2
+            signal += weight * signal_max
+    where = f"final minus initial model ({len(rounds)} FedAvg rounds of device DP-SGD): norm"
+    return _check(report, where, float(np.linalg.norm(final - initial)), math.sqrt(variance), signal,
+                  {"update-dimension": final.size}, tail, "the devices' claimed noise, averaged")
 
 
 def _checkpoints(report, run, servers: list[Entry]):
