@@ -29,7 +29,8 @@ claim is rebuilt from what each device signed it added:
   devices are the ones they advertised; unmasking the recorded sum with the recorded seeds and
   keys gives the recorded integer sum, and ``releases.npz`` holds that sum over the scale.
 
-What it cannot see: a device that signs a share it did not add (no zero-knowledge proof); a
+What it cannot see: a few devices that sign a share they did not add, where ``secure-noise``'s
+window is wider than their missing noise (no zero-knowledge proof); a
 server that deviates from the protocol towards the devices in ways they cannot detect (a
 malicious server telling two groups different survivor sets); and a server that alters the sum
 by a vector it chose in the sketch's kernel (the sketch matrix is public before the sum is
