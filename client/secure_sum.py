@@ -6,7 +6,10 @@ share, threshold, minimum) is computed here from the run's settings, and the dev
 SHA-256 with every input (the audit holds it to the config). On a real device the settings may
 not be weaker than the device's own floor: its ``node-config`` values of ``user-epsilon``,
 ``delta``, ``secure-dropout`` (at most these), ``secure-colluders`` and ``secure-neighbours`` (at
-least these), else the code's defaults; a weaker plan is refused.
+least these), else the code's defaults; a weaker plan is refused. Before it masks an input the
+device also checks its durable record of what it already released (:mod:`shared.secure_sum.spend`):
+a release of a run it answered is refused, and so is one that would take its user past its
+``user-epsilon-cap`` (node config; on a real device without one, the default ``user-epsilon``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from shared.messages import (
 )
 from shared.privacy.spend_signature import public_pem, sign_record
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
-from shared.secure_sum.plan import SecurePlan
+from shared.secure_sum.plan import ReleasePlan, SecurePlan
+from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend
 from shared.user_releases import check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
@@ -85,6 +89,35 @@ def check_floor(settings: dict, node_config: dict, on_device: bool) -> None:
             raise ProtocolRefusal(f"the server asks for {key} = {asked:g}, weaker than this device's {floor:g}: refusing the plan")
 
 
+SPEND_KEY = "user-spend"  # the node state's copy of the spend record (the file, where there is a state folder)
+
+
+def spend_cap(settings: dict, node_config: dict, on_device: bool) -> float:
+    """The user-level epsilon this device will not pass over all the releases it answers: its
+    node config's ``user-epsilon-cap``; on a real device without one, the default budget; in a
+    simulation without one, the run's own budget (the researcher sets both sides)."""
+    if "user-epsilon-cap" in node_config:
+        return float(node_config["user-epsilon-cap"])
+    return float(DEFAULTS["user-epsilon"] if on_device else settings.get("user-epsilon", DEFAULTS["user-epsilon"]))
+
+
+def _spend_path(context: Context, msg: Message):
+    from client.state import state_path
+
+    path = state_path(context, message_config(msg))
+    return None if path is None else path.parent / SPEND_FILE
+
+
+def _answer_within_budget(msg: Message, context: Context, data: LocalData, plan: SecurePlan, release: ReleasePlan) -> None:
+    """Refuse a repeat or a release past the cap; else record it durably (before the input leaves)."""
+    path = _spend_path(context, msg)
+    kept = context.state.config_records[SPEND_KEY]["json"] if SPEND_KEY in context.state.config_records else None
+    spend = load_spend(path, str(kept) if kept is not None else None, data.user_id)
+    asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
+    spend.answered.append(spend.admit(str(msg.metadata.run_id), plan, release, spend_cap(asked, dict(context.node_config), data.on_device)))
+    context.state[SPEND_KEY] = ConfigRecord({"json": save_spend(path, spend)})
+
+
 def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, fields: dict) -> SecurePlan:
     asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
     check_floor(asked, dict(context.node_config), data.on_device)
@@ -113,6 +146,9 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         if not session.held:
             session.hold(list(fields["held"]))
         statistic = contribution(msg, data, release.name, dict(context.node_config))
+        if release.name in session.masked:  # the session's own refusal, before anything is spent
+            raise ProtocolRefusal(f"this device already sent its input for release {release.name!r}")
+        _answer_within_budget(msg, context, data, plan, release)
         masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"],
                                               keep_sketch_matrix=not data.on_device)
         _keep(context, session)

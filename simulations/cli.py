@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        from server.secure_release import SecureAggregationAborted
         from simulations.simulate import simulate
 
         engine = args.engine or ("ray" if args.faults else "superlink")
@@ -192,8 +193,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             simulate(_overrides(args.set), quiet=not args.verbose, faults=args.faults, engine=engine)
         except KeyboardInterrupt:
             print("fedmmrec: interrupted; the run and every process it started are stopped (a run of rounds "
-                  "continues with --set resume=RUN_DIR; a run of releases starts anew, on a new budget)", file=sys.stderr)
+                  "continues with --set resume=RUN_DIR; a run of releases starts anew, on what is left of each device's budget)",
+                  file=sys.stderr)
             return 130
+        except SecureAggregationAborted as exc:  # the in-process engine; Flower's engines end without a summary
+            print(f"fedmmrec: {exc} (the ledger records it; the devices' refusals are in the log above)", file=sys.stderr)
+            return 1
         return 0
     if args.command in ("train-pooled", "train-central"):
         from simulations.pooled import train_pooled

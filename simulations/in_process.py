@@ -15,6 +15,7 @@ simulation engine; this one is chosen with ``engine="in-process"`` in
 from __future__ import annotations
 
 import copy
+import secrets
 import uuid
 from collections.abc import Iterable
 
@@ -23,7 +24,6 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-RUN_ID = 1
 SERVER_NODE_ID = 0
 FIRST_NODE_ID = 1_000  # device K has node id FIRST_NODE_ID + K (partition K)
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -35,15 +35,16 @@ class InProcessGrid(Grid):
 
     def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
         self.client_app = client_app
+        self.run_id = secrets.randbits(63)  # a fresh id per run, as a SuperLink gives (devices key what they answered by it)
         self.contexts = {
             FIRST_NODE_ID + k: Context(
-                run_id=RUN_ID, node_id=FIRST_NODE_ID + k,
+                run_id=self.run_id, node_id=FIRST_NODE_ID + k,
                 node_config={"partition-id": k, "num-partitions": num_nodes}, state=RecordDict(), run_config={},
             )
             for k in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SERVER_NODE_ID, 1
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = self.run_id, SERVER_NODE_ID, 1
 
     # -- what the server uses ------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:
@@ -89,7 +90,7 @@ class InProcessGrid(Grid):
         """An empty run record (no FAB, no SuperLink): this engine runs code already imported."""
         from flwr.supercore.run import Run
 
-        return Run.create_empty(RUN_ID)
+        return Run.create_empty(self.run_id)
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)

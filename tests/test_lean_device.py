@@ -85,9 +85,11 @@ def test_the_in_process_engine_turns_a_raising_client_into_an_error_reply():
     def broken(msg, context):
         raise RuntimeError("disk full")
 
+    other = InProcessGrid(app, 2).run_id
     grid = InProcessGrid(app, 2)
     assert list(grid.get_node_ids()) == [FIRST_NODE_ID, FIRST_NODE_ID + 1]
-    assert grid.run.run_id == 1 and grid.run.fab_id == ""  # an empty run record: no FAB, no SuperLink
+    # an empty run record (no FAB, no SuperLink) with a fresh id each run, as a SuperLink gives
+    assert grid.run.run_id == grid.run_id != other and grid.run.fab_id == ""
     message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=FIRST_NODE_ID, message_type="train")
     (reply,) = grid.send_and_receive([message])
     assert reply.has_error() and "disk full" in reply.error.reason

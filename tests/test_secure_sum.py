@@ -37,16 +37,21 @@ class DeliveringGrid:
     loses those devices' replies at that stage (a crash or a lost connection); a key
     ``"stage:release"`` only in that release."""
 
-    def __init__(self, users: int, drop: dict[str, set[int]] | None = None, seed: int = 0):
+    def __init__(self, users: int, drop: dict[str, set[int]] | None = None, seed: int = 0, run_id: int = 1, state=None):
         from flwr.supercore.task_identity import TaskIdentity
 
-        TaskIdentity.run_id = 1  # what a ServerApp process has set when it builds messages
+        TaskIdentity.run_id = run_id  # what a ServerApp process has set when it builds messages
         self.identity = TaskIdentity
         TaskIdentity.node_id, TaskIdentity.task_id = 0, 1  # the server's own
         rng = np.random.default_rng(seed)
         self.nodes = list(range(101, 101 + users))
         self.items = {node: np.sort(rng.choice(ITEMS, size=int(rng.integers(1, 12)), replace=False)) for node in self.nodes}
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={}) for node in self.nodes}
+        # ``state``: a folder holding each device's state folder (its durable spend), kept across grids
+        self.contexts = {
+            node: Context(run_id=run_id, node_id=node, node_config={"state-dir": str(state / f"node-{node}")} if state else {},
+                          state=RecordDict(), run_config={})
+            for node in self.nodes
+        }
         self.drop = drop or {}
         self.replies = {}
 
@@ -65,7 +70,7 @@ class DeliveringGrid:
                 node = msg.metadata.dst_node_id
                 self.identity.node_id = node  # the device's process builds its reply
                 stage = message_config(msg)[TASK_KEY]
-                data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], on_device=False)
+                data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], on_device=False, user_id=f"user-{node}")
                 reply = stage_reply(msg, self.contexts[node], data, stage, f"device-{node}", f"node-{node}", None)
                 at_release = f"{stage}:{secure_fields(msg).get('release')}"
                 if self.nodes.index(node) not in self.drop.get(stage, set()) | self.drop.get(at_release, set()):
@@ -82,8 +87,8 @@ class DeliveringGrid:
         return sum(popularity_contribution(self.items[self.nodes[i]], ITEMS) for i in devices)
 
 
-def _secure(users: int, drop=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
-    grid = DeliveringGrid(users, drop)
+def _secure(users: int, drop=None, run_id: int = 1, state=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
+    grid = DeliveringGrid(users, drop, run_id=run_id, state=state)
     config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, **settings})
     secure = SecureAggregation(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None)
     return secure, grid
@@ -488,3 +493,92 @@ def test_the_sketch_is_the_keystreams_matrix_times_the_vector_in_z_2_32():
     exact = [sum(int(a) * int(b) for a, b in zip(row, vector)) % 2**32 for row in matrix]
     assert masks.sketch(matrix, vector).tolist() == exact
     assert masks.sketch(masks.sketch_rows(seed, dimension), vector).tolist() == exact  # a deployed device's way
+
+
+# --- what a device remembers across key stages, sessions and runs -------------------------------
+
+
+COOCCURRENCE_INPUT = ArrayRecord({"top-items": Array(np.arange(4, dtype=np.int64))})
+
+
+def test_a_server_that_starts_a_new_key_stage_and_asks_the_same_release_again_is_refused():
+    """A new key stage gives every device a fresh session; the durable record outlives it."""
+    secure, grid = _secure(12)
+    secure.setup(server_round=1)
+    secure.release("popularity", _empty(), server_round=1)
+    secure.setup(server_round=1)  # a fresh session on every device
+    with pytest.raises(ProtocolRefusal, match="this device already answered release 'popularity' of run 1: refusing a second noisy copy"):
+        secure.release("popularity", _empty(), server_round=1)
+
+
+def test_a_new_run_that_would_pass_the_devices_budget_is_refused_and_the_record_survives_on_disk(tmp_path):
+    """Two releases spend most of the run's user-epsilon 8 (at the honest minimum, the plan's
+    promise); a second run (another run id, new sessions, a new grid: a restart) asking for the
+    co-occurrence release again would pass the cap."""
+    from shared.secure_sum.spend import SPEND_FILE, load_spend
+
+    secure, grid = _secure(12, state=tmp_path)
+    secure.setup(server_round=1)
+    secure.release("popularity", _empty(), server_round=1)
+    secure.release("cooccurrence", COOCCURRENCE_INPUT, server_round=2)
+    spend = load_spend(tmp_path / f"node-{grid.nodes[0]}" / SPEND_FILE, None, f"user-{grid.nodes[0]}")
+    assert [(a.run, a.release) for a in spend.answered] == [("1", "popularity"), ("1", "cooccurrence")]
+    spent = secure.plan.epsilon([r.central_variance for r in secure.plan.releases[:2]])
+    assert spend.epsilon(1e-5) == pytest.approx(spent, rel=1e-12) and spent < 8.0
+    again, _ = _secure(12, run_id=2, state=tmp_path)
+    again.setup(server_round=1)
+    with pytest.raises(ProtocolRefusal, match=rf"release 'cooccurrence' would take this device to user-level epsilon \d+\.\d+ at delta 1e-05 "
+                                              rf"\(2 releases answered before, {spent:.4g} spent\), past its cap 8"):
+        again.release("cooccurrence", COOCCURRENCE_INPUT, server_round=2)
+
+
+def test_a_devices_own_cap_binds_below_the_runs_budget():
+    secure, grid = _secure(12)
+    for node in grid.nodes:
+        grid.contexts[node].node_config["user-epsilon-cap"] = 4.0
+    secure.setup(server_round=1)
+    secure.release("popularity", _empty(), server_round=1)  # about 1.9: within 4
+    with pytest.raises(ProtocolRefusal, match=r"release 'cooccurrence' would take this device to user-level epsilon 7\.\d+ .*past its cap 4"):
+        secure.release("cooccurrence", COOCCURRENCE_INPUT, server_round=2)
+
+
+def test_the_cap_is_the_node_configs_else_the_default_on_a_device_else_the_runs():
+    from client.secure_sum import spend_cap
+
+    assert spend_cap({"user-epsilon": 16.0}, {"user-epsilon-cap": 3.0}, on_device=True) == 3.0
+    assert spend_cap({"user-epsilon": 16.0}, {}, on_device=True) == 8.0
+    assert spend_cap({"user-epsilon": 16.0}, {}, on_device=False) == 16.0
+
+
+def test_a_corrupt_or_foreign_spend_record_is_an_error_naming_the_file_never_replaced(tmp_path):
+    from shared.secure_sum.spend import SPEND_FILE, SpendFileError, load_spend
+
+    secure, grid = _secure(12, state=tmp_path)
+    path = tmp_path / f"node-{grid.nodes[0]}" / SPEND_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(SpendFileError, match=f"{path}: unreadable spend record"):
+        load_spend(path, None, "user-101")
+    secure.setup(server_round=1)
+    with pytest.raises(SpendFileError, match="not replacing it: it is the record of the privacy already spent"):
+        secure.release("popularity", _empty(), server_round=1)
+    assert path.read_text(encoding="utf-8") == "{not json"
+    path.write_text('{"format": "fedmmrec-user-spend/1", "user": "someone-else", "answered": []}', encoding="utf-8")
+    with pytest.raises(SpendFileError, match=f"{path}: the spend of user 'someone-else', but this device's data is user 'user-101'"):
+        load_spend(path, None, "user-101")
+
+
+def test_two_runs_sharing_their_devices_state_the_second_is_refused_by_every_device_and_nothing_released(
+    small_dataset, feature_cache, tmp_path
+):
+    """``device-state-dir`` outlives the run, as a real device's ``state-dir`` does: the second
+    run's first release is refused by every device (past its cap), aborted, and recorded so."""
+    from server.secure_release import SecureAggregationAborted
+
+    shared_state = tmp_path / "devices"
+    _secure_run(small_dataset, feature_cache, tmp_path, "first", **{"device-state-dir": str(shared_state)})
+    with pytest.raises(SecureAggregationAborted, match="aborted at popularity input: 0 devices, below the minimum 10 of 12"):
+        _secure_run(small_dataset, feature_cache, tmp_path, "second", **{"device-state-dir": str(shared_state)})
+    entries = read_ledger(tmp_path / "second")
+    assert [e.kind for e in entries] == ["header", "release-aborted"]
+    assert not (tmp_path / "second" / "releases.npz").exists()
