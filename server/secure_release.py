@@ -36,6 +36,7 @@ from shared.messages import (
 )
 from shared.secure_sum import masks
 from shared.secure_sum.plan import SecurePlan, graph_parts, ring_neighbours
+from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 from shared.user_releases import secure_plan
@@ -174,6 +175,7 @@ class SecureAggregation:
         dropped_keys = {v: masks.rebuild(key_shares[v], plan.threshold) for v in dropped}
         publics = {i: self.release_publics(i, name) for i in self.mask_publics}
         integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, publics, self.neighbours)
+        self._check_plausible(name, from_field(integers), len(survivors))
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]
         evidence = {
@@ -190,6 +192,24 @@ class SecureAggregation:
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
             total_variance=float(sum(variances)), evidence=evidence,
         )
+
+    def _check_plausible(self, name: str, integers: np.ndarray, contributions: int) -> None:
+        """Abort a sum no ``contributions`` inputs of the plan's rounding bound and the planned
+        noise shares give (:mod:`shared.secure_sum.plausible`): the server cannot clip a masked
+        input, but it can refuse to release what no honest set of inputs makes. The planned share,
+        not the signed one: a device that signs a vast variance does not widen the window."""
+        release = self.plan.release(name)
+        variance = contributions * release.share_variance
+        if variance <= 0:
+            return  # no noise planned (user-epsilon inf): the sum alone, at most contributions x bound
+        norm = float(np.linalg.norm(integers.astype(np.float64)))
+        _, most = noise_window(variance, contributions, release.bound, release.dimension, window_tail(len(self.plan.releases)))
+        if norm > most:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at {name} unmasking: the unmasked sum's norm {norm:.6g} is above {most:.6g}, the most "
+                f"that {contributions} inputs of norm at most {release.bound:.6g} and the planned noise give: a device masked an "
+                "out-of-range input, or the sum wrapped around the field; nothing was released"
+            )
 
     def release_publics(self, device: int, name: str) -> bytes:
         """``device``'s mask public key for release ``name``."""

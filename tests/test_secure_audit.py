@@ -476,13 +476,16 @@ def test_devices_that_add_a_quarter_of_the_variance_they_sign_fail_secure_noise(
     assert lines[2][0] in failures and lines[2][1] in failures
 
 
-def test_devices_that_send_a_thousand_times_their_statistic_fail_secure_noise(small_dataset, feature_cache, tmp_path, monkeypatch):
-    """A sum no contributions of the planned bound can make: the realised noise would have to be
-    far larger than the signed shares give."""
+def test_a_server_that_releases_a_sum_no_honest_inputs_give_fails_secure_noise(small_dataset, feature_cache, tmp_path, monkeypatch):
+    """Devices send a thousand times their statistic and the server skips its plausibility abort
+    (the next test holds the abort): the realised noise would have to be far larger than the
+    signed shares give."""
     import shared.secure_sum.device as device
+    from server.secure_release import SecureAggregation
 
     real = device.conditional_round
     monkeypatch.setattr(device, "conditional_round", lambda *a, **k: real(*a, **k) * 1000)
+    monkeypatch.setattr(SecureAggregation, "_check_plausible", lambda *a, **k: None)
     run = _run(small_dataset, feature_cache, tmp_path, "loud", faults="")
     failures = audit(run).failures["secure-noise"]
     assert _noise_lines(run)[1][2] in failures
@@ -527,3 +530,34 @@ def test_every_line_the_secure_audit_can_print_has_a_case_that_prints_it(base_ru
     stray = [name for name, line in lines.items() if not any(re.fullmatch(t, line) for t in templates) and not line.startswith(SUMMARY_LINE)]
     assert stray == []
     assert len(templates) == len(CASES) + NOISE_TEMPLATES - 1  # one case per line; the summary's is releases.py's
+
+
+def test_a_device_that_masks_an_out_of_range_input_gets_its_release_aborted_and_recorded(small_dataset, feature_cache, tmp_path, monkeypatch):
+    """Device 0 adds 2^30 to every coordinate of its popularity input (within the field, past any
+    norm-1 statistic): the server cannot clip what it cannot see, but the unmasked sum is one no
+    honest inputs give, so the release is aborted and nothing is released."""
+    import shared.secure_sum.device as device
+    from server.secure_release import SecureAggregationAborted
+
+    real_to_field, real_masked_input = device.to_field, device.DeviceSession.masked_input
+    loud = {"on": False}
+
+    def to_field(values):
+        return real_to_field(values) + np.uint32(2**30) if loud["on"] else real_to_field(values)
+
+    def masked_input(self, plan, release, *args, **kwargs):
+        loud["on"] = self.index == 0 and release.name == "popularity"
+        try:
+            return real_masked_input(self, plan, release, *args, **kwargs)
+        finally:
+            loud["on"] = False
+
+    monkeypatch.setattr(device, "to_field", to_field)
+    monkeypatch.setattr(device.DeviceSession, "masked_input", masked_input)
+    with pytest.raises(SecureAggregationAborted, match=r"aborted at popularity unmasking: the unmasked sum's norm \S+ is above \S+, the most "
+                                                       r"that 12 inputs of norm at most \S+ and the planned noise give"):
+        _run(small_dataset, feature_cache, tmp_path, "loud-input", faults="")
+    entries = read_ledger(tmp_path / "loud-input")
+    assert [e.kind for e in entries] == ["header", "release-aborted"]
+    assert entries[1].body["release"] == "popularity" and "out-of-range input" in entries[1].body["reason"]
+    assert not (tmp_path / "loud-input" / "releases.npz").exists()

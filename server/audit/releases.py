@@ -44,7 +44,6 @@ not run for these releases: it is INCONCLUSIVE here, never PASS.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -59,22 +58,12 @@ from shared.privacy.accounting import (
 )
 from shared.privacy.ledger import Entry
 from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory
+from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, chi_square_interval  # noqa: F401 - the audit's modules read them here
 
-FALSE_ALARM_PER_RUN = 1e-6
 EPSILON_TOLERANCE = 1e-6  # relative; the closed form is exact, PLD within its discretisation
 PLD_TOLERANCE = 0.01
 CHECKS = ("release-accounting", "release-noise", "release-clipping", "release-model")
 MODEL_TOLERANCE = 1e-4  # the served factors travel as float32
-
-
-def chi_square_interval(dimension: int, tail: float) -> tuple[float, float]:
-    """Quantiles ``tail`` and ``1 - tail`` of chi-square(d) (Wilson-Hilferty; accurate to a
-    fraction of a percent for d in the hundreds and above, the releases' sizes)."""
-    z = NormalDist().inv_cdf(1 - tail)
-    c = 2.0 / (9.0 * dimension)
-    low = dimension * max(0.0, 1 - c - z * math.sqrt(c)) ** 3
-    high = dimension * (1 - c + z * math.sqrt(c)) ** 3
-    return low, high
 
 
 def _claim(value: float) -> float:

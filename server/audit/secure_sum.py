@@ -51,6 +51,7 @@ from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import masks
 from shared.secure_sum.device import sketch_seed
 from shared.secure_sum.plan import graph_parts, make_plan
+from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
 from shared.secure_sum.quantise import from_field, to_field
 from shared.secure_sum.unmask import unmasked_sum
 
@@ -181,15 +182,16 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
 
 
 def _noise(report, plan, run: RunDirectory, releases) -> None:
-    """The unmasked sums against the noise the devices signed (see the module docstring)."""
-    from server.audit.releases import FALSE_ALARM_PER_RUN, chi_square_interval, released_norm_floor
+    """The unmasked sums against the noise the devices signed (see the module docstring): the
+    window is :func:`shared.secure_sum.plausible.noise_window`, the line the server aborts at."""
+    from server.audit.releases import released_norm_floor
 
     check = "secure-noise"
     if not run.file(SECURE_FILE).is_file():
         report.fail(check, f"{run.file(SECURE_FILE)}: missing: the unmasked sums cannot be held against the signed noise")
         return
     evidence = run.load_arrays(SECURE_FILE)
-    tail = FALSE_ALARM_PER_RUN / (3 * max(1, len(releases)))  # floor, and the window's two sides
+    tail = window_tail(len(releases))  # floor, and the window's two sides
     floors, windows = [], []
     for entry in releases:
         body, name = entry.body, str(entry.body.get("release"))
@@ -211,23 +213,22 @@ def _noise(report, plan, run: RunDirectory, releases) -> None:
                 f"(variance {honest:.6g} over {dimension} values) leaves whatever the devices sent: the signed noise was not added",
             )
         signal = len(variances) * float(plan.release(name).bound)  # the contributions' norm, at most
-        low, high = chi_square_interval(dimension, tail)
-        expected = math.sqrt(total * dimension)
-        if norm + signal < math.sqrt(total * low):
+        least, most = noise_window(total, len(variances), float(plan.release(name).bound), dimension, tail)
+        if norm < least:
             report.fail(
                 check,
-                f"{where}: the realised noise norm is at most {norm + signal:.6g}, below {math.sqrt(total * low):.6g}, the least "
+                f"{where}: the realised noise norm is at most {norm + signal:.6g}, below {least + signal:.6g}, the least "
                 f"that the {len(variances)} signed shares (variance {total:.6g} in all) give: the devices added less noise than they signed",
             )
-        if norm - signal > math.sqrt(total * high):
+        if norm > most:
             report.fail(
                 check,
-                f"{where}: the realised noise norm is at least {norm - signal:.6g}, above {math.sqrt(total * high):.6g}, the most "
+                f"{where}: the realised noise norm is at least {norm - signal:.6g}, above {most - signal:.6g}, the most "
                 f"that the {len(variances)} signed shares (variance {total:.6g} in all) give: more noise than signed, or a sum "
                 "no contributions of the planned bound can make",
             )
         floors.append(f"{name}: {floor / math.sqrt(honest * dimension):.3f}")
-        windows.append(f"{name}: +-{signal / expected:.3f}")
+        windows.append(f"{name}: +-{signal / math.sqrt(total * dimension):.3f}")
     report.ok(check)
     report.figures["secure noise check power"] = (
         "an unmasked sum fails when its honest noise is below these fractions of the signed (Anderson's bound, any sum): "
