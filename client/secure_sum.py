@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
@@ -24,6 +25,7 @@ from client.statistics import contribution
 from shared.config import DEFAULTS, resolve
 from shared.messages import (
     MASKED_KEY,
+    SECURE_CONFIRM,
     SECURE_INPUT,
     SECURE_KEYS,
     SECURE_SHARE,
@@ -33,6 +35,7 @@ from shared.messages import (
     secure_reply,
 )
 from shared.privacy.spend_signature import public_pem, sign_record
+from shared.secure_sum import identity as identity_keys
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
 from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend
@@ -118,6 +121,33 @@ def _answer_within_budget(msg: Message, context: Context, data: LocalData, plan:
     context.state[SPEND_KEY] = ConfigRecord({"json": save_spend(path, spend)})
 
 
+def _identity_key(msg: Message, context: Context, data: LocalData):
+    """This device's long-term identity key: its node config's ``identity-key`` (a deployed
+    device must name one, listed in its roster), else a simulated device's own, in its state folder."""
+    from client.state import state_path
+
+    named = context.node_config.get("identity-key")
+    if named:
+        return identity_keys.load_identity(Path(str(named)))
+    if data.on_device:
+        raise ProtocolRefusal("no identity-key in this device's node config: the secure sum needs a signing identity in the roster")
+    state = state_path(context, message_config(msg))
+    if state is None:
+        raise ProtocolRefusal("no state folder (device-state-dir) to keep this simulated device's identity key in")
+    return identity_keys.load_or_create_identity(state.parent / identity_keys.IDENTITY_KEY_FILE)
+
+
+def _roster(msg: Message, context: Context, data: LocalData) -> frozenset[str]:
+    """The identity keys this device trusts: its node config's ``roster`` file, else (a simulated
+    device) the keys in the simulated devices' own state folders."""
+    named = context.node_config.get("roster")
+    if named:
+        return identity_keys.roster_from_file(str(named))
+    if data.on_device:
+        raise ProtocolRefusal("no roster in this device's node config: it cannot tell its neighbours' keys from the server's")
+    return identity_keys.roster_of_simulated_devices(str(message_config(msg).get("device-state-dir", "")))
+
+
 def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, fields: dict) -> SecurePlan:
     asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
     check_floor(asked, dict(context.node_config), data.on_device)
@@ -130,14 +160,21 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
     if stage == SECURE_KEYS:
         if int(fields["dimensions"][0]) != data.num_items:
             raise ProtocolRefusal(f"a popularity release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
-        session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]))
+        session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]), run=str(msg.metadata.run_id))
         mask_public, channel_public = session.public_keys(len(fields["dimensions"]))
+        me = _identity_key(msg, context, data)
+        signature = identity_keys.sign(me, identity_keys.key_bundle_message(session.run, session.index, mask_public, channel_public))
         _keep(context, session)
-        return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"])})
+        return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"]),
+                                  "identity-key": identity_keys.public_hex(me), "key-signature": signature})
     session = _session(context)
     if stage == SECURE_SHARE:
         plan = _plan(msg, context, data, session, fields)
-        ciphertexts = session.share_keys(plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]))
+        ciphertexts = session.share_keys(
+            plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]),
+            [str(v) for v in fields["identity-keys"]], [bytes(v) for v in fields["key-signatures"]], _roster(msg, context, data),
+            identity_keys.public_hex(_identity_key(msg, context, data)),
+        )
         _keep(context, session)
         return secure_reply(msg, {"ciphertexts": ciphertexts})
     if stage == SECURE_INPUT:
@@ -157,9 +194,18 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         if key is not None:
             signed.update({"signature": sign_record(key, record), "public-key": public_pem(key)})
         return secure_reply(msg, signed, ArrayRecord({MASKED_KEY: Array(masked)}))
+    if stage == SECURE_CONFIRM:
+        plan = _plan(msg, context, data, session, fields)
+        me = _identity_key(msg, context, data)
+        signature = session.confirm(plan, str(fields["release"]), [int(v) for v in fields["survivors"]], me)
+        _keep(context, session)
+        return secure_reply(msg, {"identity-key": identity_keys.public_hex(me), "signature": signature})
     if stage == SECURE_UNMASK:
         plan = _plan(msg, context, data, session, fields)
-        seeds, keys = session.unmask(plan, str(fields["release"]), [int(v) for v in fields["survivors"]], [int(v) for v in fields["dropped"]])
+        seeds, keys = session.unmask(
+            plan, str(fields["release"]), [int(v) for v in fields["survivors"]], [int(v) for v in fields["dropped"]],
+            [str(v) for v in fields["signers"]], [bytes(v) for v in fields["signatures"]], _roster(msg, context, data),
+        )
         _keep(context, session)
         return secure_reply(
             msg,

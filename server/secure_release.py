@@ -26,6 +26,7 @@ from server.replies import ok_replies, send_and_collect
 from shared.config import RunConfig
 from shared.messages import (
     MASKED_KEY,
+    SECURE_CONFIRM,
     SECURE_INPUT,
     SECURE_KEYS,
     SECURE_SHARE,
@@ -34,7 +35,7 @@ from shared.messages import (
     secure_message,
     update_of,
 )
-from shared.secure_sum import masks
+from shared.secure_sum import identity, masks
 from shared.secure_sum.plan import SecurePlan, graph_parts, ring_neighbours
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
@@ -68,6 +69,14 @@ def honest_variance(variances: list[float], uncounted: int) -> float:
     return float(sum(ordered[: max(0, len(ordered) - uncounted)]))
 
 
+def _hex_rows(values: list[str], width: int) -> np.ndarray:
+    return np.frombuffer(b"".join(bytes.fromhex(v) for v in values), dtype=np.uint8).reshape(len(values), width)
+
+
+def _byte_rows(values: list[bytes], width: int) -> np.ndarray:
+    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), width)
+
+
 def _key_rows(keys: dict[int, bytes], devices: int) -> np.ndarray:
     rows = np.zeros((devices, 32), dtype=np.uint8)
     for i, key in keys.items():
@@ -86,6 +95,9 @@ class SecureAggregation:
         self.neighbours: dict[int, list[int]] = {}
         self.forwarded: dict[int, list[bytes]] = {}
         self.participants: list[int] = []
+        self.channel_publics: dict[int, bytes] = {}
+        self.identities: dict[int, tuple[str, bytes]] = {}  # each device's identity key and its signature over its public keys
+        self.run = ""
 
     def _send(self, stage: str, fields_of: dict[int, dict[str, Any]], arrays: ArrayRecord, server_round: int) -> dict[int, Message]:
         settings = self.config.device_settings()
@@ -108,10 +120,14 @@ class SecureAggregation:
         replies = self._send(SECURE_KEYS, {i: {**common, "index": i} for i in everyone}, ArrayRecord(), server_round)
         self._require(len(replies), "key advertisement")
         keys = {i: (bytes(secure_fields(r)["mask-public"]), bytes(secure_fields(r)["channel-public"])) for i, r in replies.items()}
+        self.identities = {i: (str(secure_fields(r).get("identity-key", "")), bytes(secure_fields(r).get("key-signature", b"")))
+                           for i, r in replies.items()}
+        self.run = str(next(iter(replies.values())).metadata.run_id) if replies else ""
         wanted = 32 * len(self.plan.releases)
         keys = {i: k for i, k in keys.items() if len(k[0]) == wanted}  # a device with the wrong key count takes no part
         self._require(len(keys), "key advertisement")
         self.mask_publics = {i: k[0] for i, k in keys.items()}
+        self.channel_publics = {i: k[1] for i, k in keys.items()}
         order = sorted(keys)
         rng = np.random.default_rng(secrets.randbits(128))
         order = [order[j] for j in rng.permutation(len(order))]
@@ -119,7 +135,9 @@ class SecureAggregation:
         self.neighbours = ring_neighbours(order, k - (k % 2 if len(order) - 1 > k else 0))
         fields = {
             i: {**common, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
-                "channel-publics": [keys[v][1] for v in self.neighbours[i]]}
+                "channel-publics": [keys[v][1] for v in self.neighbours[i]],
+                "identity-keys": [self.identities[v][0] for v in self.neighbours[i]],
+                "key-signatures": [self.identities[v][1] for v in self.neighbours[i]]}
             for i in keys
         }
         replies = self._send(SECURE_SHARE, fields, ArrayRecord(), server_round)
@@ -154,7 +172,8 @@ class SecureAggregation:
                 "could be unmasked apart with a part of the noise each; nothing was released"
             )
         dropped = sorted(set(participants) - set(survivors))
-        fields = {i: {**common, "survivors": survivors, "dropped": dropped} for i in survivors}
+        signers, signatures = self._confirm(name, survivors, common, server_round)
+        fields = {i: {**common, "survivors": survivors, "dropped": dropped, "signers": signers, "signatures": signatures} for i in survivors}
         answers = self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round)
         seed_shares: dict[int, list[bytes]] = {}
         key_shares: dict[int, list[bytes]] = {}
@@ -186,12 +205,32 @@ class SecureAggregation:
             f"{name}.dropped-keys": np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
             f"{name}.mask-publics": _key_rows({i: publics[i] for i in publics}, len(self.nodes)),
             f"{name}.unmasked": from_field(integers),
+            f"{name}.signers": _hex_rows(signers, 32),
+            f"{name}.signatures": _byte_rows(signatures, 64),
         }
         return SecureRelease(
             name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
             total_variance=float(sum(variances)), evidence=evidence,
         )
+
+    def _confirm(self, name: str, survivors: list[int], common: dict[str, Any], server_round: int) -> tuple[list[str], list[bytes]]:
+        """The consistency round: every survivor signs the survivor set; the valid signatures of
+        distinct identities go to each survivor with the unmasking, which it refuses below the minimum."""
+        replies = self._send(SECURE_CONFIRM, {i: {**common, "survivors": survivors} for i in survivors}, ArrayRecord(), server_round)
+        message = identity.survivors_message(self.run, name, survivors)
+        signed: dict[str, bytes] = {}
+        for reply in replies.values():
+            f = secure_fields(reply)
+            who, signature = str(f.get("identity-key", "")), bytes(f.get("signature", b""))
+            if identity.verify(who, signature, message):
+                signed.setdefault(who, signature)
+        if len(signed) < self.plan.min_survivors:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at {name} confirmation: {len(signed)} devices signed the survivor set, below the "
+                f"minimum {self.plan.min_survivors}; nothing was released"
+            )
+        return list(signed), list(signed.values())
 
     def _check_plausible(self, name: str, integers: np.ndarray, contributions: int) -> None:
         """Abort a sum no ``contributions`` inputs of the plan's rounding bound and the planned
@@ -224,4 +263,13 @@ class SecureAggregation:
         graph = -np.ones((n, width), dtype=np.int64)
         for i, vs in self.neighbours.items():
             graph[i, : len(vs)] = vs
-        return {"neighbours": graph}
+        identities = np.zeros((n, 32), dtype=np.uint8)
+        signatures = np.zeros((n, 64), dtype=np.uint8)
+        channels = np.zeros((n, 32), dtype=np.uint8)
+        for i in self.mask_publics:
+            who, signature = self.identities.get(i, ("", b""))
+            if len(who) == 64 and len(signature) == 64:
+                identities[i], signatures[i] = np.frombuffer(bytes.fromhex(who), dtype=np.uint8), np.frombuffer(signature, dtype=np.uint8)
+            channels[i] = np.frombuffer(self.channel_publics[i], dtype=np.uint8)
+        return {"neighbours": graph, "identity-keys": identities, "key-signatures": signatures, "channel-publics": channels,
+                "run-id": np.asarray(self.run)}

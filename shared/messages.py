@@ -191,8 +191,9 @@ def client_row(reply: Message, server_round: int) -> dict[str, Any]:
 # user-noise = distributed: the secure-aggregation stages (shared.secure_sum.device). A stage's
 # protocol fields travel in the SECURE record, the masked vector in ARRAYS under MASKED_KEY.
 SECURE = "secure"
-SECURE_KEYS, SECURE_SHARE, SECURE_INPUT, SECURE_UNMASK = "secure-keys", "secure-share", "secure-input", "secure-unmask"
-SECURE_STAGES = (SECURE_KEYS, SECURE_SHARE, SECURE_INPUT, SECURE_UNMASK)
+SECURE_KEYS, SECURE_SHARE, SECURE_INPUT = "secure-keys", "secure-share", "secure-input"
+SECURE_CONFIRM, SECURE_UNMASK = "secure-confirm", "secure-unmask"
+SECURE_STAGES = (SECURE_KEYS, SECURE_SHARE, SECURE_INPUT, SECURE_CONFIRM, SECURE_UNMASK)
 MASKED_KEY = "masked"
 
 

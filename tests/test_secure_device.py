@@ -12,57 +12,15 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
+from secure_sessions import Protocol
 from server.audit.releases import chi_square_interval
 from shared.secure_sum import masks
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal, pairwise_sign
-from shared.secure_sum.plan import SecurePlan, make_plan, ring_neighbours
+from shared.secure_sum.plan import SecurePlan, make_plan
 from shared.secure_sum.quantise import conditional_round, from_field
-from shared.secure_sum.unmask import unmasked_sum
 
 FALSE_ALARM = 1e-6  # per assertion on a random draw
 N = 12
-
-
-class Protocol:
-    """``N`` device sessions that shared their keys over a ring of the plan's degree."""
-
-    def __init__(self, plan: SecurePlan) -> None:
-        self.plan = plan
-        self.sessions = [DeviceSession(i, plan.devices) for i in range(plan.devices)]
-        self.publics = [s.public_keys(len(plan.releases)) for s in self.sessions]
-        self.graph = ring_neighbours(list(range(plan.devices)), plan.neighbours)
-        sent = {}
-        for s in self.sessions:
-            them = self.graph[s.index]
-            for holder, ciphertext in zip(them, s.share_keys(plan, them, [self.publics[v][0] for v in them], [self.publics[v][1] for v in them])):
-                sent[(s.index, holder)] = ciphertext
-        for s in self.sessions:
-            s.hold([sent[(v, s.index)] for v in s.neighbours])
-
-    def mask_public(self, device: int, release: str) -> bytes:
-        which = [r.name for r in self.plan.releases].index(release)
-        return self.publics[device][0][32 * which : 32 * (which + 1)]
-
-    def inputs(self, release: str, statistics: list[np.ndarray], add_noise: bool = True) -> list[np.ndarray]:
-        everyone = list(range(self.plan.devices))
-        return [s.masked_input(self.plan, self.plan.release(release), everyone, x, add_noise=add_noise)[0] for s, x in zip(self.sessions, statistics)]
-
-    def seeds(self, release: str) -> dict[int, bytes]:
-        """Every device's self-mask seed, rebuilt from the shares its neighbours reveal."""
-        everyone = list(range(self.plan.devices))
-        shares: dict[int, list[bytes]] = {u: [] for u in everyone}
-        for s in self.sessions:
-            for owner, piece in s.unmask(self.plan, release, everyone, [])[0].items():
-                shares[owner].append(piece)
-        return {u: masks.rebuild(pieces, self.plan.threshold) for u, pieces in shares.items()}
-
-    def unmasked(self, release: str, vectors: list[np.ndarray]) -> np.ndarray:
-        total = np.zeros_like(vectors[0])
-        for v in vectors:
-            total += v
-        everyone = list(range(self.plan.devices))
-        publics = {u: self.mask_public(u, release) for u in everyone}
-        return from_field(unmasked_sum(total, release, everyone, self.seeds(release), {}, publics, self.graph))
 
 
 def _plan(dimension: int, epsilon: float = 8.0, devices: int = N) -> SecurePlan:
@@ -173,67 +131,188 @@ def test_conditional_rounding_is_unbiased_over_many_draws():
 
 # --- refusals at their boundary, both directions ------------------------------------------------------
 
+EVERYONE = list(range(N))
+
 
 @pytest.fixture
 def protocol() -> Protocol:
-    return Protocol(_plan(16))  # 12 devices, a release needs 10, threshold 5 of 8 neighbours
+    """12 devices, a release needs 10, threshold 5 of 8 neighbours; every device sent its input
+    to release "a" and signed the full survivor set."""
+    protocol = Protocol(_plan(16))
+    protocol.inputs("a", [np.zeros(16)] * N)
+    protocol.confirmations = {"a": protocol.confirm("a", EVERYONE)}
+    return protocol
 
 
-def test_a_device_masks_and_unmasks_for_the_minimum_and_refuses_one_fewer(protocol):
-    plan = protocol.plan
+def _confirmed(protocol: Protocol, survivors: list[int], release: str = "a") -> tuple[list[str], list[bytes]]:
+    """A fresh session set in which ``survivors`` signed ``survivors`` (the rest sent an input too)."""
+    protocol.inputs(release, [np.zeros(16)] * N)
+    return protocol.confirm(release, survivors)
+
+
+def test_a_device_masks_and_unmasks_for_the_minimum_and_refuses_one_fewer():
+    plan = _plan(16)
     assert plan.min_survivors == 10
     at_minimum, below = list(range(10)), list(range(9))
+    protocol = Protocol(plan)
     with pytest.raises(ProtocolRefusal, match="refusing to mask an input for 9 devices: the minimum is 10 of 12"):
         protocol.sessions[0].masked_input(plan, plan.release("a"), below, np.zeros(16))
-    protocol.sessions[0].masked_input(plan, plan.release("a"), at_minimum, np.zeros(16))
+    protocol.inputs("a", [np.zeros(16)] * N)
+    with pytest.raises(ProtocolRefusal, match="refusing to confirm a survivor set for 9 devices: the minimum is 10 of 12"):
+        protocol.sessions[0].confirm(plan, "a", below, protocol.keys[0])
+    signed = protocol.confirm("a", at_minimum)
     with pytest.raises(ProtocolRefusal, match="refusing to unmask for 9 devices: the minimum is 10 of 12"):
-        protocol.sessions[1].unmask(plan, "a", below, [10, 11])
-    seeds, keys = protocol.sessions[1].unmask(plan, "a", at_minimum, [10, 11])
+        protocol.unmask(1, "a", below, [10, 11], signed)
+    seeds, keys = protocol.unmask(1, "a", at_minimum, [10, 11], signed)
     assert set(seeds) == set(protocol.graph[1]) & set(at_minimum) and set(keys) == set(protocol.graph[1]) & {10, 11}
 
 
+def test_a_device_unmasks_with_the_minimum_of_signatures_on_its_set_and_refuses_one_fewer():
+    protocol = Protocol(_plan(16))
+    signers, signatures = _confirmed(protocol, EVERYONE)
+    with pytest.raises(ProtocolRefusal, match="9 distinct roster devices signed the survivor set of release 'a', below the minimum 10"):
+        protocol.unmask(0, "a", EVERYONE, [], (signers[:9], signatures[:9]))
+    with pytest.raises(ProtocolRefusal, match="9 distinct roster devices signed"):  # one signer counted twice is one
+        protocol.unmask(0, "a", EVERYONE, [], (signers[:9] + signers[:1], signatures[:9] + signatures[:1]))
+    with pytest.raises(ProtocolRefusal, match="9 distinct roster devices signed"):  # a signature on another set counts for nothing
+        protocol.unmask(0, "a", EVERYONE, [], (signers[:10], signatures[:9] + signatures[:1]))
+    protocol.unmask(0, "a", EVERYONE, [], (signers[:10], signatures[:10]))
+
+
+def test_a_survivor_signs_one_set_per_release_only_one_it_sent_its_input_under():
+    """The split view: shown a set without a neighbour while others are shown it with, a device
+    that already signed one set refuses the other; and nobody signs devices that were not asked."""
+    plan = _plan(16)
+    protocol = Protocol(plan)
+    with pytest.raises(ProtocolRefusal, match="this device sent no input for release 'a': it confirms no survivor set of it"):
+        protocol.sessions[0].confirm(plan, "a", EVERYONE, protocol.keys[0])
+    protocol.inputs("a", [np.zeros(16)] * N, participants=EVERYONE[:11])
+    with pytest.raises(ProtocolRefusal, match=r"devices \[11\] are named as survivors but were not asked for their input with this device"):
+        protocol.sessions[0].confirm(plan, "a", EVERYONE, protocol.keys[0])
+    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], protocol.keys[0])
+    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], protocol.keys[0])  # the same set again: the same answer
+    with pytest.raises(ProtocolRefusal, match="this device already signed another survivor set for release 'a': refusing a second view"):
+        protocol.sessions[0].confirm(plan, "a", [0] + EVERYONE[2:11], protocol.keys[0])
+
+
+def test_a_device_unmasks_only_the_set_it_signed():
+    protocol = Protocol(_plan(16))
+    signed = _confirmed(protocol, EVERYONE[:11])  # device 11 dropped after its input
+    with pytest.raises(ProtocolRefusal, match="the survivor set to unmask is not the one this device signed for release 'a'"):
+        protocol.unmask(0, "a", EVERYONE, [], signed)
+    protocol.unmask(0, "a", EVERYONE[:11], [11], signed)
+    late = Protocol(_plan(16))
+    late.inputs("a", [np.zeros(16)] * N)
+    signers, signatures = [], []
+    for u in EVERYONE[1:]:  # device 0 was never shown the set
+        signers.append(late.ids[u])
+        signatures.append(late.sessions[u].confirm(late.plan, "a", EVERYONE, late.keys[u]))
+    with pytest.raises(ProtocolRefusal, match="this device signed no survivor set for release 'a': refusing to unmask"):
+        late.unmask(0, "a", EVERYONE, [], (signers, signatures))
+
+
+def test_a_device_refuses_dropped_devices_it_never_masked_with():
+    plan = _plan(16)
+    protocol = Protocol(plan)
+    protocol.inputs("a", [np.zeros(16)] * N, participants=EVERYONE[:11])  # device 11 was not asked
+    signed = protocol.confirm("a", EVERYONE[:10])
+    neighbour = next(v for v in protocol.graph[0] if v in (10, 11))
+    with pytest.raises(ProtocolRefusal, match=r"devices \[11\] are named as dropped but were not asked for their input with this device"):
+        protocol.unmask(0, "a", EVERYONE[:10], [10, 11], signed)
+    protocol.unmask(0, "a", EVERYONE[:10], [10], signed)
+    assert neighbour in (10, 11)
+
+
 def test_a_device_reveals_no_key_share_after_the_seed_share_of_the_same_neighbour(protocol):
-    session, plan = protocol.sessions[0], protocol.plan
+    from shared.secure_sum import identity
+
+    session = protocol.sessions[0]
     v = protocol.graph[0][0]
-    everyone = list(range(N))
-    seeds, _ = session.unmask(plan, "a", everyone, [])
+    seeds, _ = protocol.unmask(0, "a", EVERYONE, [])
     assert v in seeds and f"a:{v}" in session.revealed_seeds
-    session.unmasked.remove("a")  # past the one-unmasking-per-release refusal: the guard behind it
-    with pytest.raises(ProtocolRefusal, match=f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too"):
-        session.unmask(plan, "a", [u for u in everyone if u != v], [v])
-
-
-def test_a_device_reveals_no_seed_share_after_the_key_share_of_the_same_neighbour(protocol):
-    session, plan = protocol.sessions[0], protocol.plan
-    v = protocol.graph[0][0]
-    everyone = list(range(N))
-    _, keys = session.unmask(plan, "a", [u for u in everyone if u != v], [v])
-    assert v in keys and f"a:{v}" in session.revealed_keys
+    # past the refusals in front of it (one unmasking per release, one signed set): the guard behind them
     session.unmasked.remove("a")
+    others = [u for u in EVERYONE if u != v]
+    session.confirmed["a"] = others
+    message = identity.survivors_message("run-1", "a", others)
+    signed = ([protocol.ids[u] for u in others], [identity.sign(protocol.keys[u], message) for u in others])
+    with pytest.raises(ProtocolRefusal, match=f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too"):
+        protocol.unmask(0, "a", others, [v], signed)
+
+
+def test_a_device_reveals_no_seed_share_after_the_key_share_of_the_same_neighbour():
+    from shared.secure_sum import identity
+
+    plan = _plan(16)
+    protocol = Protocol(plan)
+    v = protocol.graph[0][0]
+    others = [u for u in EVERYONE if u != v]
+    signed = _confirmed(protocol, others)
+    _, keys = protocol.unmask(0, "a", others, [v], signed)
+    assert v in keys and f"a:{v}" in protocol.sessions[0].revealed_keys
+    session = protocol.sessions[0]
+    session.unmasked.remove("a")
+    session.confirmed["a"] = EVERYONE
+    message = identity.survivors_message("run-1", "a", EVERYONE)
+    everyone_signed = ([protocol.ids[u] for u in EVERYONE], [identity.sign(protocol.keys[u], message) for u in EVERYONE])
     with pytest.raises(ProtocolRefusal, match=f"device {v}'s mask key was revealed: refusing to reveal its self-mask seed too"):
-        session.unmask(plan, "a", everyone, [])
+        protocol.unmask(0, "a", EVERYONE, [], everyone_signed)
 
 
 def test_a_device_named_both_as_survivor_and_as_dropped_is_refused(protocol):
     v = protocol.graph[0][0]
     with pytest.raises(ProtocolRefusal, match=rf"devices \[{v}\] are named as survivors and as dropped"):
-        protocol.sessions[0].unmask(protocol.plan, "a", list(range(N)), [v])
+        protocol.unmask(0, "a", EVERYONE, [v])
     assert protocol.sessions[0].revealed_seeds == protocol.sessions[0].revealed_keys == []
 
 
 def test_a_neighbour_list_of_the_wrong_size_or_naming_the_device_is_refused():
     plan = _plan(16)
     assert (plan.threshold, plan.neighbours) == (5, 8)
+    protocol = Protocol(plan)
     for listed in ([1, 2, 3, 4], list(range(1, 10)), [0, 1, 2, 3, 4, 5, 6, 7], [1, 1, 2, 3, 4, 5, 6, 7]):
-        session = DeviceSession(0, N)
+        session = DeviceSession(0, N, run="run-1")
         session.public_keys(1)
-        keys = [b"k" * 32] * len(listed)
         with pytest.raises(ProtocolRefusal, match=f"neighbour list of {len(listed)}: the plan wants 5 to 8 distinct devices, not this one"):
-            session.share_keys(plan, listed, keys, keys)
-    session = DeviceSession(0, N)
+            session.share_keys(plan, *protocol.neighbour_fields(listed), protocol.roster, protocol.ids[0])
+    session = DeviceSession(0, N, run="run-1")
     session.public_keys(1)
-    other = DeviceSession(1, N).public_keys(1)
-    session.share_keys(plan, [1, 2, 3, 4, 5], [other[0]] * 5, [other[1]] * 5)  # the threshold: accepted
+    session.share_keys(plan, *protocol.neighbour_fields([1, 2, 3, 4, 5]), protocol.roster, protocol.ids[0])  # the threshold: accepted
+
+
+def test_substituted_or_unsigned_neighbour_keys_are_refused():
+    """The server replaces neighbour 1's mask key with its own, re-uses an identity, or names a
+    key outside the roster: the device shares nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from shared.secure_sum import identity
+
+    plan = _plan(16)
+    protocol = Protocol(plan)
+
+    def attempt(change) -> None:
+        session = DeviceSession(0, N, run="run-1")
+        session.public_keys(1)
+        them, mask, channel, ids, signed = (list(x) for x in protocol.neighbour_fields([1, 2, 3, 4, 5, 6, 7, 8]))
+        change(mask, channel, ids, signed)
+        session.share_keys(plan, them, mask, channel, ids, signed, protocol.roster, protocol.ids[0])
+
+    attempt(lambda *a: None)  # as forwarded: accepted
+    server_key = DeviceSession(1, N).public_keys(1)[0]
+    with pytest.raises(ProtocolRefusal, match="neighbour 1's public keys are not signed by its identity key: refusing substituted keys"):
+        attempt(lambda mask, channel, ids, signed: mask.__setitem__(0, server_key))
+    with pytest.raises(ProtocolRefusal, match="two neighbours, or a neighbour and this device, share one identity key"):
+        attempt(lambda mask, channel, ids, signed: ids.__setitem__(1, ids[0]))
+    with pytest.raises(ProtocolRefusal, match="two neighbours, or a neighbour and this device, share one identity key"):
+        attempt(lambda mask, channel, ids, signed: ids.__setitem__(1, protocol.ids[0]))
+    stranger = ed25519.Ed25519PrivateKey.generate()
+
+    def outsider(mask, channel, ids, signed):
+        ids[0] = identity.public_hex(stranger)
+        signed[0] = identity.sign(stranger, identity.key_bundle_message("run-1", 1, mask[0], channel[0]))
+
+    with pytest.raises(ProtocolRefusal, match="neighbour 1's identity key is not in this device's roster"):
+        attempt(outsider)
 
 
 def test_shares_forwarded_for_the_wrong_devices_are_refused(protocol):
@@ -243,21 +322,24 @@ def test_shares_forwarded_for_the_wrong_devices_are_refused(protocol):
     session.hold(session.held[1:] + session.held[:1])  # each neighbour's share filed under another
     v = session.neighbours[0]
     with pytest.raises(ProtocolRefusal, match=f"the share forwarded as device {v}'s was not encrypted by device {v} for this device"):
-        session.unmask(protocol.plan, "a", list(range(N)), [])
+        protocol.unmask(0, "a", EVERYONE, [])
     assert session.revealed_seeds == [] and session.unmasked == []
 
 
-def test_a_dropped_device_that_never_shared_its_keys_is_refused(protocol):
+def test_a_dropped_device_that_never_shared_its_keys_is_refused():
+    protocol = Protocol(_plan(16))
     session = protocol.sessions[0]
     v = session.neighbours[0]
+    others = [u for u in EVERYONE if u != v]
+    signed = _confirmed(protocol, others)
     session.held[0] = b""  # v's shares never reached this device
     with pytest.raises(ProtocolRefusal, match="a dropped device named that never shared its keys with this device"):
-        session.unmask(protocol.plan, "a", [u for u in range(N) if u != v], [v])
-    session.unmask(protocol.plan, "a", list(range(N)), [])  # as a survivor it is simply skipped
+        protocol.unmask(0, "a", others, [v], signed)
+    protocol.unmask(0, "a", others, [], signed)  # not named: simply skipped
 
 
 def test_an_unknown_release_is_refused(protocol):
     with pytest.raises(ProtocolRefusal, match="unknown release 'b'"):
-        protocol.sessions[0].unmask(protocol.plan, "b", list(range(N)), [])
+        protocol.unmask(0, "b", EVERYONE, [], protocol.confirmations["a"])
     with pytest.raises(ProtocolRefusal, match="no self-mask seed for release 'b': the key stages did not run"):
-        protocol.sessions[0].masked_input(protocol.plan, protocol.plan.release("a").__class__("b", 16, 1.0, 1.0, 0.0, 0.0), list(range(N)), np.zeros(16))
+        protocol.sessions[0].masked_input(protocol.plan, protocol.plan.release("a").__class__("b", 16, 1.0, 1.0, 0.0, 0.0), EVERYONE, np.zeros(16))

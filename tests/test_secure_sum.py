@@ -8,7 +8,9 @@ ClientApp, faults app and audit."""
 from __future__ import annotations
 
 import math
+import tempfile
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,11 +48,11 @@ class DeliveringGrid:
         rng = np.random.default_rng(seed)
         self.nodes = list(range(101, 101 + users))
         self.items = {node: np.sort(rng.choice(ITEMS, size=int(rng.integers(1, 12)), replace=False)) for node in self.nodes}
-        # ``state``: a folder holding each device's state folder (its durable spend), kept across grids
+        # ``state``: the simulated devices' state folders (identity keys, durable spend), kept across grids
+        self.state = Path(state) if state else Path(tempfile.mkdtemp(prefix="secure-devices-"))
         self.contexts = {
-            node: Context(run_id=run_id, node_id=node, node_config={"state-dir": str(state / f"node-{node}")} if state else {},
-                          state=RecordDict(), run_config={})
-            for node in self.nodes
+            node: Context(run_id=run_id, node_id=node, node_config={"partition-id": k}, state=RecordDict(), run_config={})
+            for k, node in enumerate(self.nodes)
         }
         self.drop = drop or {}
         self.replies = {}
@@ -89,7 +91,7 @@ class DeliveringGrid:
 
 def _secure(users: int, drop=None, run_id: int = 1, state=None, **settings) -> tuple[SecureAggregation, DeliveringGrid]:
     grid = DeliveringGrid(users, drop, run_id=run_id, state=state)
-    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, **settings})
+    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, "device-state-dir": str(grid.state), **settings})
     secure = SecureAggregation(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None)
     return secure, grid
 
@@ -148,12 +150,9 @@ def test_what_the_server_receives_from_one_device_is_uniform_modulo_the_field():
     plan = make_plan(4, ["a"], [40_000], [1.0], 8.0, 1e-5, 2, 0.0, 0.0)
 
     def masked_by_device_0(statistic: np.ndarray) -> np.ndarray:  # a fresh session: keys and seeds are per run
-        sessions = [DeviceSession(i, 4) for i in range(4)]
-        publics = [s.public_keys(1) for s in sessions]
-        for s in sessions:
-            others = [v for v in range(4) if v != s.index][: plan.neighbours]
-            s.share_keys(plan, others, [publics[v][0] for v in others], [publics[v][1] for v in others])
-        return sessions[0].masked_input(plan, plan.release("a"), [0, 1, 2, 3], statistic)[0]
+        from secure_sessions import Protocol
+
+        return Protocol(plan).sessions[0].masked_input(plan, plan.release("a"), [0, 1, 2, 3], statistic)[0]
 
     chi_square_limit = 376.0  # chi-square(255) quantile at 1 - 1e-6
     vectors = [masked_by_device_0(np.zeros(40_000)), masked_by_device_0(np.full(40_000, 1 / 200.0))]
@@ -170,7 +169,7 @@ def test_a_server_that_asks_to_unmask_a_single_device_is_refused():
     session = DeviceSession.from_record(dict(grid.contexts[grid.nodes[0]].state.config_records["secure-sum"]))
     session.hold([b"x"] * len(session.neighbours))
     with pytest.raises(ProtocolRefusal, match="refusing to unmask for 1 devices: the minimum is 11 of 12"):
-        session.unmask(secure.plan, "popularity", [0], [])
+        session.unmask(secure.plan, "popularity", [0], [], [], [], frozenset())
     with pytest.raises(ProtocolRefusal, match="refusing to mask an input for 2 devices"):
         session.masked_input(secure.plan, secure.plan.release("popularity"), [0, 1], np.zeros(ITEMS))
 
@@ -182,9 +181,10 @@ def test_a_device_never_reveals_both_secrets_of_one_neighbour():
     holder = next(node for node in grid.nodes if 5 in DeviceSession.from_record(dict(grid.contexts[node].state.config_records["secure-sum"])).neighbours)
     session = DeviceSession.from_record(dict(grid.contexts[holder].state.config_records["secure-sum"]))
     assert "popularity:5" in session.revealed_keys
-    session.unmasked.remove("popularity")  # past the one-unmasking-per-release refusal: the guard behind it
-    with pytest.raises(ProtocolRefusal, match="device 5's mask key was revealed: refusing to reveal its self-mask seed too"):
-        session.unmask(secure.plan, "popularity", [v for v in range(12)], [])
+    session.unmasked.remove("popularity")  # past the one-unmasking-per-release refusal: the signed set behind it
+    # (the guard behind that one, on the device itself: tests/test_secure_device.py)
+    with pytest.raises(ProtocolRefusal, match="the survivor set to unmask is not the one this device signed for release 'popularity'"):
+        session.unmask(secure.plan, "popularity", [v for v in range(12)], [], [], [], frozenset())
 
 
 def test_a_device_that_drops_in_a_later_release_is_unmasked_with_that_releases_key():
@@ -211,7 +211,7 @@ def test_a_device_sends_one_input_and_one_unmasking_per_release():
     with pytest.raises(ProtocolRefusal, match="already sent its input for release 'popularity'"):
         session.masked_input(secure.plan, secure.plan.release("popularity"), list(range(12)), np.zeros(ITEMS))
     with pytest.raises(ProtocolRefusal, match="already answered the unmasking of release 'popularity'"):
-        session.unmask(secure.plan, "popularity", list(range(12)), [])
+        session.unmask(secure.plan, "popularity", list(range(12)), [], [], [], frozenset())
     with pytest.raises(ProtocolRefusal, match="already sent its input"):  # asked again: the device's stage handler refuses
         secure.release("popularity", _empty(), server_round=1)
 
@@ -254,7 +254,7 @@ def test_a_device_checks_the_budget_itself_before_it_plans_its_noise():
     # through the device's stage handler: a node config floor refuses the server's plan
     grid = DeliveringGrid(12)
     grid.contexts[grid.nodes[0]].node_config["user-epsilon"] = 4.0
-    secure = SecureAggregation(grid, grid.nodes, resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8}),
+    secure = SecureAggregation(grid, grid.nodes, resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, "device-state-dir": str(grid.state)}),
                                [ITEMS, 10, 15], log=lambda *a: None)
     with pytest.raises(ProtocolRefusal, match="user-epsilon = 8, weaker than this device's 4"):
         secure.setup(server_round=1)
@@ -523,7 +523,7 @@ def test_a_new_run_that_would_pass_the_devices_budget_is_refused_and_the_record_
     secure.setup(server_round=1)
     secure.release("popularity", _empty(), server_round=1)
     secure.release("cooccurrence", COOCCURRENCE_INPUT, server_round=2)
-    spend = load_spend(tmp_path / f"node-{grid.nodes[0]}" / SPEND_FILE, None, f"user-{grid.nodes[0]}")
+    spend = load_spend(tmp_path / "partition-0" / SPEND_FILE, None, f"user-{grid.nodes[0]}")
     assert [(a.run, a.release) for a in spend.answered] == [("1", "popularity"), ("1", "cooccurrence")]
     spent = secure.plan.epsilon([r.central_variance for r in secure.plan.releases[:2]])
     assert spend.epsilon(1e-5) == pytest.approx(spent, rel=1e-12) and spent < 8.0
@@ -556,7 +556,7 @@ def test_a_corrupt_or_foreign_spend_record_is_an_error_naming_the_file_never_rep
     from shared.secure_sum.spend import SPEND_FILE, SpendFileError, load_spend
 
     secure, grid = _secure(12, state=tmp_path)
-    path = tmp_path / f"node-{grid.nodes[0]}" / SPEND_FILE
+    path = tmp_path / "partition-0" / SPEND_FILE
     path.parent.mkdir(parents=True)
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(SpendFileError, match=f"{path}: unreadable spend record"):

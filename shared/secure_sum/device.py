@@ -11,19 +11,30 @@ Four stages, each one message from the server and one reply:
 3. **input** (per release): the statistic, clipped to norm 1, scaled and rounded, plus this
    device's Skellam noise share, plus its self mask and its pairwise masks with the neighbours
    taking part, modulo 2^32. Uniform to the server. The device signs what it added.
-4. **unmask** (per release): for each neighbour that sent its input, its share of that
-   neighbour's self-mask seed; for each that did not, its share of that release's mask key.
+4. **confirm** (per release): the device signs, with its long-term identity key, the survivor
+   set the server shows it (Bonawitz et al.'s consistency round), once per release.
+5. **unmask** (per release): given valid signatures on that same set from at least the plan's
+   minimum of distinct devices of the roster, for each neighbour that sent its input, its share
+   of that neighbour's self-mask seed; for each that did not, its share of that release's mask key.
+
+The public keys of stage 1 are signed with the identity key, and a device checks every
+neighbour's signature against the roster (:mod:`shared.secure_sum.identity`) before it shares
+anything: the server can neither substitute a key nor show two devices two survivor sets.
 
 What the device refuses (a :class:`ProtocolRefusal`, an error reply): to mask or unmask for
 fewer devices than the plan's minimum (so the server cannot unmask one device's input, or a
 sum over a few); to reveal both the seed share and the mask-key share of the same neighbour for
 the same release (with both, the server could unmask that neighbour's input alone); a neighbour list that is not
 the plan's size or names itself; a second input or unmasking for the same release (the same
-masks over fresh noise would tell the server the difference of two noise draws).
+masks over fresh noise would tell the server the difference of two noise draws); a neighbour
+whose keys are not signed by a roster identity, or two neighbours with one identity; a survivor
+set it did not send an input under, or a second set for a release it confirmed; and an
+unmasking for a set other than the one it signed, or one fewer than the minimum signed.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +43,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from shared.privacy.gaussian import clip
-from shared.secure_sum import masks
+from shared.secure_sum import identity, masks
 from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
 from shared.secure_sum.quantise import FIELD_BITS, conditional_round, to_field
 from shared.secure_sum.skellam import noise_rng, skellam_noise
@@ -86,6 +97,10 @@ class DeviceSession:
     revealed_seeds: list[str] = field(default_factory=list)  # "release:neighbour"
     masked: list[str] = field(default_factory=list)  # releases this device sent its input for
     unmasked: list[str] = field(default_factory=list)  # releases this device answered the unmasking of
+    run: str = ""  # the run the key stage belongs to (signed with the keys)
+    neighbour_identities: list[str] = field(default_factory=list)  # each neighbour's identity key, checked against the roster
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # release -> the participants this device masked for
+    confirmed: dict[str, list[int]] = field(default_factory=dict)  # release -> the survivor set this device signed
 
     # --- stage 1 ---------------------------------------------------------------------------
     def public_keys(self, releases: int) -> tuple[bytes, bytes]:
@@ -101,8 +116,27 @@ class DeviceSession:
         return blob[32 * release : 32 * (release + 1)]
 
     # --- stage 2 ---------------------------------------------------------------------------
-    def share_keys(self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes]) -> list[bytes]:
-        """Encrypted shares for each neighbour, in ``neighbours`` order."""
+    def check_neighbour_keys(
+        self, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes], identities: list[str],
+        signatures: list[bytes], roster: frozenset[str], own: str,
+    ) -> None:
+        """Every neighbour's public keys signed by a distinct identity of the roster (not this device's)."""
+        if len(identities) != len(neighbours) or len(signatures) != len(neighbours):
+            raise ProtocolRefusal("neighbour identities or key signatures do not match the neighbour list")
+        if len(set(identities)) != len(identities) or own in identities:
+            raise ProtocolRefusal("two neighbours, or a neighbour and this device, share one identity key: refusing a forged neighbourhood")
+        for v, mask, channel, who, signature in zip(neighbours, mask_publics, channel_publics, identities, signatures):
+            if who not in roster:
+                raise ProtocolRefusal(f"neighbour {v}'s identity key is not in this device's roster")
+            if not identity.verify(who, signature, identity.key_bundle_message(self.run, v, mask, channel)):
+                raise ProtocolRefusal(f"neighbour {v}'s public keys are not signed by its identity key: refusing substituted keys")
+
+    def share_keys(
+        self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes],
+        identities: list[str], signatures: list[bytes], roster: frozenset[str], own: str,
+    ) -> list[bytes]:
+        """Encrypted shares for each neighbour, in ``neighbours`` order, once each neighbour's
+        keys are signed by its roster identity (``own``: this device's identity key)."""
         if not plan.threshold <= len(neighbours) <= plan.neighbours or len(set(neighbours)) != len(neighbours) or self.index in neighbours:
             raise ProtocolRefusal(
                 f"neighbour list of {len(neighbours)}: the plan wants {plan.threshold} to {plan.neighbours} distinct devices, not this one"
@@ -111,7 +145,9 @@ class DeviceSession:
             raise ProtocolRefusal("neighbour keys do not match the neighbour list")
         if len(self.mask_privates) != len(plan.releases) or any(len(blob) != 32 * len(plan.releases) for blob in mask_publics):
             raise ProtocolRefusal(f"mask keys are not one per release of the plan's {len(plan.releases)}")
+        self.check_neighbour_keys(neighbours, mask_publics, channel_publics, identities, signatures, roster, own)
         self.neighbours, self.mask_publics, self.channel_publics = list(neighbours), list(mask_publics), list(channel_publics)
+        self.neighbour_identities = list(identities)
         self.releases = [r.name for r in plan.releases]
         self.seeds = [masks.new_seed() for _ in self.releases]
         k = len(neighbours)
@@ -176,11 +212,52 @@ class DeviceSession:
             "sketch": [int(x) for x in masks.sketch(sketch_rows(sketch_seed(release.name, participants), release.dimension), vector)],
         }
         self.masked.append(release.name)
+        self.inputs[release.name] = sorted(int(v) for v in participants)
         return vector, record
 
     # --- stage 4 ---------------------------------------------------------------------------
-    def unmask(self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:
-        """(seed shares of surviving neighbours, mask-key shares of dropped neighbours)."""
+    def confirm(self, plan: SecurePlan, release: str, survivors: list[int], key) -> bytes:
+        """This device's signature (identity ``key``) on the survivor set of ``release``: only a
+        set it sent its input under, containing it, of at least the minimum, and one set only."""
+        if release not in self.masked:
+            raise ProtocolRefusal(f"this device sent no input for release {release!r}: it confirms no survivor set of it")
+        self._check_population(plan, survivors, "confirm a survivor set")
+        outside = sorted(set(survivors) - set(self.inputs.get(release, [])))
+        if outside:
+            raise ProtocolRefusal(f"devices {outside[:5]} are named as survivors but were not asked for their input with this device")
+        wanted = sorted(set(int(v) for v in survivors))
+        if release in self.confirmed and self.confirmed[release] != wanted:
+            raise ProtocolRefusal(f"this device already signed another survivor set for release {release!r}: refusing a second view")
+        self.confirmed[release] = wanted
+        return identity.sign(key, identity.survivors_message(self.run, release, wanted))
+
+    def check_confirmations(self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int],
+                            signers: list[str], signatures: list[bytes], roster: frozenset[str]) -> None:
+        """The set to unmask is the one this device signed, and at least the minimum of distinct
+        roster identities signed it too."""
+        wanted = sorted(set(int(v) for v in survivors))
+        if release not in self.confirmed:
+            raise ProtocolRefusal(f"this device signed no survivor set for release {release!r}: refusing to unmask")
+        if self.confirmed[release] != wanted:
+            raise ProtocolRefusal(f"the survivor set to unmask is not the one this device signed for release {release!r}")
+        stray = sorted(set(int(v) for v in dropped) - (set(self.inputs.get(release, [])) - set(wanted)))
+        if stray:
+            raise ProtocolRefusal(f"devices {stray[:5]} are named as dropped but were not asked for their input with this device")
+        message = identity.survivors_message(self.run, release, wanted)
+        valid = {who for who, signature in zip(signers, signatures) if who in roster and identity.verify(who, signature, message)}
+        if len(valid) < plan.min_survivors:
+            raise ProtocolRefusal(
+                f"{len(valid)} distinct roster devices signed the survivor set of release {release!r}, below the minimum "
+                f"{plan.min_survivors}: refusing to unmask"
+            )
+
+    # --- stage 5 ---------------------------------------------------------------------------
+    def unmask(
+        self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int],
+        signers: list[str], signatures: list[bytes], roster: frozenset[str],
+    ) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """(seed shares of surviving neighbours, mask-key shares of dropped neighbours), once
+        ``signers`` (identity keys) have signed the survivor set this device signed."""
         self._check_population(plan, survivors, "unmask")
         if set(survivors) & set(dropped):
             raise ProtocolRefusal(f"devices {sorted(set(survivors) & set(dropped))} are named as survivors and as dropped")
@@ -194,6 +271,7 @@ class DeviceSession:
             raise ProtocolRefusal(f"unknown release {release!r}")
         if release in self.unmasked:
             raise ProtocolRefusal(f"this device already answered the unmasking of release {release!r}")
+        self.check_confirmations(plan, release, survivors, dropped, signers, signatures, roster)
         alive, gone = set(survivors), set(dropped)
         seed_out: dict[int, bytes] = {}
         key_out: dict[int, bytes] = {}
@@ -238,7 +316,9 @@ class DeviceSession:
             "releases": list(self.releases), "seeds": list(self.seeds), "neighbours": list(self.neighbours),
             "mask-publics": list(self.mask_publics), "channel-publics": list(self.channel_publics), "held": list(self.held),
             "revealed-keys": list(self.revealed_keys), "revealed-seeds": list(self.revealed_seeds),
-            "masked": list(self.masked), "unmasked": list(self.unmasked),
+            "masked": list(self.masked), "unmasked": list(self.unmasked), "run": self.run,
+            "neighbour-identities": list(self.neighbour_identities), "inputs": json.dumps(self.inputs),
+            "confirmed": json.dumps(self.confirmed),
         }
 
     @classmethod
@@ -249,5 +329,8 @@ class DeviceSession:
             neighbours=[int(v) for v in record["neighbours"]], mask_publics=list(record["mask-publics"]),
             channel_publics=list(record["channel-publics"]), held=list(record["held"]),
             revealed_keys=list(record["revealed-keys"]), revealed_seeds=list(record["revealed-seeds"]),
-            masked=list(record.get("masked", [])), unmasked=list(record.get("unmasked", [])),
+            masked=list(record.get("masked", [])), unmasked=list(record.get("unmasked", [])), run=str(record.get("run", "")),
+            neighbour_identities=[str(v) for v in record.get("neighbour-identities", [])],
+            inputs={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("inputs", "{}"))).items()},
+            confirmed={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("confirmed", "{}"))).items()},
         )
