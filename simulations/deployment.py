@@ -133,7 +133,8 @@ class LocalhostDeployment:
     def supernode_command(self, k: int, extra: list[str] | None = None) -> list[str]:
         node_config = (
             f'data-dir="{self.device_dir(min(k, self.nodes - 1))}" state-dir="{self.state_dir(k)}" '
-            f'auth-key="{self.keys / f"supernode-{k}" / "node.key"}"'
+            f'auth-key="{self.keys / f"supernode-{k}" / "node.key"}" '
+            f'identity-key="{self.keys / f"supernode-{k}" / "identity-key.pem"}" roster="{self.keys / "roster.json"}"'
         )
         return [
             "flower-supernode",

@@ -71,8 +71,8 @@ def test_a_default_mode_device_never_imports_torch(small_dataset, feature_cache,
     alone = subprocess.run([sys.executable, "-c", ALONE, json.dumps(found["modules"])], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert json.loads(alone.stdout.strip().splitlines()[-1]) == []
-    # 12 devices: key agreement (2 stages), 3 releases x (masked input + unmasking), ranking
-    assert found["calls"] == 12 * 9 and found["evaluated"] == 12
+    # 12 devices: key agreement (2 stages), 3 releases x (masked input, confirmation, unmasking), ranking
+    assert found["calls"] == 12 * 12 and found["evaluated"] == 12
 
 
 def test_the_in_process_engine_turns_a_raising_client_into_an_error_reply():
@@ -230,10 +230,14 @@ def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_
         carried["hash"] += "catalog-sha256" in message.content["config"]
         return client.client_app.app(message, context)
 
+    from shared.secure_sum.identity import provision
+
+    identities, roster = provision(tmp_path / "identities", [f"device-{k}" for k in range(12)])  # what `deploy certs` hands out
     grid = InProcessGrid(device, 12)
     for k, node in enumerate(grid.get_node_ids()):
         grid.contexts[node].node_config.clear()
-        grid.contexts[node].node_config.update({"data-dir": str(folders[k]), "state-dir": str(tmp_path / f"state-{k}")})
+        grid.contexts[node].node_config.update({"data-dir": str(folders[k]), "state-dir": str(tmp_path / f"state-{k}"),
+                                                "identity-key": str(identities[k]), "roster": str(roster)})
     config = resolve(None, {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path / "runs"),
                             "run-id": "deployed", "deployment": True, "min-nodes": 12})
     run_federated(grid, config)

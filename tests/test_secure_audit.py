@@ -354,6 +354,63 @@ def released_not_the_unmasked(c: Copy) -> str:
     return f"{_where(3)}: releases.npz does not hold the unmasked sum over the scale"
 
 
+def survivors_signed_below_minimum(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.signers": a["popularity.signers"][:9],
+                                                        "popularity.signatures": a["popularity.signatures"][:9]}))
+    return f"{_where(1)}: 9 distinct devices signed the unmasked survivor set, below the minimum 10: the devices would have refused to unmask it"
+
+
+def _stranger():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def survivors_signed_by_a_stranger(c: Copy) -> str:
+    from shared.secure_sum import identity
+
+    evidence, stranger = c.evidence(), _stranger()
+    message = identity.survivors_message(str(evidence["run-id"]), "cooccurrence", [int(v) for v in evidence["cooccurrence.survivors"]])
+
+    def swap(a):
+        signers, signatures = a["cooccurrence.signers"].copy(), a["cooccurrence.signatures"].copy()
+        signers[0] = np.frombuffer(bytes.fromhex(identity.public_hex(stranger)), dtype=np.uint8)
+        signatures[0] = np.frombuffer(identity.sign(stranger, message), dtype=np.uint8)
+        a.update({"cooccurrence.signers": signers, "cooccurrence.signatures": signatures})
+
+    c.edit_arrays("secure-sum.npz", swap)
+    return f"{_where(2)}: the survivor set is signed by 1 keys that are not the devices' identity keys"
+
+
+def identity_not_a_devices(c: Copy) -> str:
+    from shared.secure_sum import identity
+
+    def swap(a):
+        rows = a["identity-keys"].copy()
+        rows[0] = np.frombuffer(bytes.fromhex(identity.public_hex(_stranger())), dtype=np.uint8)
+        a["identity-keys"] = rows
+
+    c.edit_arrays("secure-sum.npz", swap)
+    return "device 0: its identity key is not one of the devices' identity keys"
+
+
+def keys_not_signed_by_identity(c: Copy) -> str:
+    from shared.secure_sum import masks
+
+    def swap(a):
+        rows = a["channel-publics"].copy()
+        rows[3] = np.frombuffer(masks.public_key(masks.new_private_key()), dtype=np.uint8)
+        a["channel-publics"] = rows
+
+    c.edit_arrays("secure-sum.npz", swap)
+    return "device 3: its public keys in secure-sum.npz are not signed by its identity key"
+
+
+def no_identity_evidence(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.pop("run-id"))
+    return "secure-sum.npz holds no identity evidence (identity keys, run id): the survivor sets cannot be checked"
+
+
 def not_an_authorised_supernode(c: Copy) -> str:
     return f"{_where(1)}: device {c.releases()[0]['signed'][0]['client']}: signed with a key that is not one of the authorised SuperNodes' in {c.path / 'strangers'}"
 
@@ -399,6 +456,11 @@ CASES = [
     Case(masked_sum_moved, "secure-sum"),
     Case(unmasked_sum_moved, "secure-sum"),
     Case(released_not_the_unmasked, "secure-sum"),
+    Case(survivors_signed_below_minimum, "secure-sum"),
+    Case(survivors_signed_by_a_stranger, "secure-sum"),
+    Case(identity_not_a_devices, "secure-sum"),
+    Case(keys_not_signed_by_identity, "secure-sum"),
+    Case(no_identity_evidence, "secure-sum"),
 ]
 
 

@@ -584,3 +584,85 @@ def test_two_runs_sharing_their_devices_state_the_second_is_refused_by_every_dev
     entries = read_ledger(tmp_path / "second")
     assert [e.kind for e in entries] == ["header", "release-aborted"]
     assert not (tmp_path / "second" / "releases.npz").exists()
+
+
+# --- a server that deviates: the devices refuse ---------------------------------------------------
+
+
+class DeviatingServer(SecureAggregation):
+    """The real driver, made to lie at the consistency round: ``shown(i, survivors)`` is the
+    survivor set device i is told; every signature it gets is forwarded, whatever set it is on;
+    and it never aborts for too few devices itself."""
+
+    def shown(self, device: int, survivors: list[int]) -> list[int]:
+        return survivors
+
+    def _require(self, alive: int, stage: str) -> None:
+        return None
+
+    def _send(self, stage, fields_of, arrays, server_round):
+        from shared.messages import SECURE_CONFIRM, SECURE_UNMASK
+
+        if stage in (SECURE_CONFIRM, SECURE_UNMASK):
+            told = {}
+            for i, fields in fields_of.items():
+                survivors = self.shown(i, list(fields["survivors"]))
+                told[i] = {**fields, "survivors": survivors}
+                if "dropped" in fields:
+                    told[i]["dropped"] = sorted(set(self.participants) - set(survivors))
+            fields_of = told
+        return super()._send(stage, fields_of, arrays, server_round)
+
+    def _confirm(self, name, survivors, common, server_round):
+        from shared.messages import SECURE_CONFIRM
+
+        replies = self._send(SECURE_CONFIRM, {i: {**common, "survivors": survivors} for i in survivors}, ArrayRecord(), server_round)
+        fields = [secure_fields(r) for r in replies.values()]
+        return [str(f["identity-key"]) for f in fields], [bytes(f["signature"]) for f in fields]
+
+
+def _deviating(users: int, drop=None) -> tuple[DeviatingServer, DeliveringGrid]:
+    grid = DeliveringGrid(users, drop)
+    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "secure-neighbours": 8, "device-state-dir": str(grid.state)})
+    return DeviatingServer(grid, grid.nodes, config, [ITEMS, 10, 15], log=lambda *a: None), grid
+
+
+def test_a_server_that_shows_a_devices_neighbours_different_survivor_sets_is_refused_by_every_device():
+    """The split view: half of device 0's neighbours are told it survived (they would reveal its
+    seed), the other half that it dropped (they would reveal its mask key); with both, the server
+    unmasks device 0's input alone. Each side holds signatures on its own set only: fewer than
+    the minimum, and no device reveals a share."""
+    secure, grid = _deviating(12)
+    secure.setup(server_round=1)
+    told_dropped = set(secure.neighbours[0][:4])
+    secure.shown = lambda device, survivors: [u for u in survivors if u != 0] if device in told_dropped else survivors
+    with pytest.raises(ProtocolRefusal, match=r"\d distinct roster devices signed the survivor set of release 'popularity', "
+                                              r"below the minimum 11: refusing to unmask"):
+        secure.release("popularity", _empty(), server_round=1)
+    for node in grid.nodes:
+        session = DeviceSession.from_record(dict(grid.contexts[node].state.config_records["secure-sum"]))
+        assert session.revealed_seeds == session.revealed_keys == []
+
+
+def test_a_server_that_unmasks_below_the_minimum_by_padding_the_survivor_set_is_refused():
+    """Two devices go offline before their input; the server lists one of them as a survivor,
+    so the set reaches the minimum of 11. The offline device signs nothing: 10 signatures."""
+    offline = {0, 1}
+    secure, grid = _deviating(12, {"secure-input": offline, "secure-confirm": offline, "secure-unmask": offline})
+    secure.setup(server_round=1)
+    secure.shown = lambda device, survivors: sorted(set(survivors) | {0})
+    with pytest.raises(ProtocolRefusal, match="10 distinct roster devices signed the survivor set of release 'popularity', below the minimum 11"):
+        secure.release("popularity", _empty(), server_round=1)
+
+
+def test_a_deployed_device_without_an_identity_key_or_roster_refuses_the_secure_sum():
+    from types import SimpleNamespace
+
+    from client.secure_sum import _identity_key, _roster
+
+    deployed = SimpleNamespace(on_device=True)
+    context = Context(run_id=1, node_id=1, node_config={"data-dir": "/d"}, state=RecordDict(), run_config={})
+    with pytest.raises(ProtocolRefusal, match="no identity-key in this device's node config"):
+        _identity_key(None, context, deployed)
+    with pytest.raises(ProtocolRefusal, match="no roster in this device's node config: it cannot tell its neighbours' keys from the server's"):
+        _roster(None, context, deployed)

@@ -29,10 +29,15 @@ claim is rebuilt from what each device signed it added:
   devices are the ones they advertised; unmasking the recorded sum with the recorded seeds and
   keys gives the recorded integer sum, and ``releases.npz`` holds that sum over the scale.
 
+The consistency round's evidence is checked with ``secure-sum``: every device's public keys (the
+release mask keys and the channel key in ``secure-sum.npz``) carry its identity key's signature,
+every identity key is one of the devices' (a simulation's device folders, or the ``roster.json``
+of a deployment's ``--node-keys`` folder), and each unmasked survivor set is signed by at least the
+plan's minimum of distinct devices, as each device demanded before it revealed a share.
+
 What it cannot see: a few devices that sign a share they did not add, where ``secure-noise``'s
-window is wider than their missing noise (no zero-knowledge proof); a
-server that deviates from the protocol towards the devices in ways they cannot detect (a
-malicious server telling two groups different survivor sets); and a server that alters the sum
+window is wider than their missing noise (no zero-knowledge proof); devices that lie about their
+input inside the plausibility window; and a server that alters the sum
 by a vector it chose in the sketch's kernel (the sketch matrix is public before the sum is
 recorded, so it binds the sum only against differences not crafted for it; the individual
 masked vectors, 700 KB per device, are not kept). These are the threat model's stated limits.
@@ -41,6 +46,7 @@ masked vectors, 700 KB per device, are not kept). These are the threat model's s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +54,7 @@ import numpy as np
 from shared.privacy.ledger import Entry
 from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
-from shared.secure_sum import masks
+from shared.secure_sum import identity, masks
 from shared.secure_sum.device import sketch_seed
 from shared.secure_sum.plan import graph_parts, make_plan
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
@@ -86,6 +92,7 @@ def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: li
     _shares(report, plan, releases, int(header["population"]), budget, delta, run, node_keys)
     _noise(report, plan, run, releases)
     _sums(report, run, releases)
+    _identities(report, plan, run, releases, node_keys)
 
 
 def _plan(report, plan, releases) -> None:
@@ -236,6 +243,60 @@ def _noise(report, plan, run: RunDirectory, releases) -> None:
         "and must meet the signed shares' chi-square interval: " + "; ".join(windows)
         + f" (false alarm {FALSE_ALARM_PER_RUN:g} per run)"
         if floors else "no noisy release"
+    )
+
+
+def _known_identities(run: RunDirectory, node_keys) -> frozenset[str] | None:
+    """The devices' identity keys the audit can hold signers to: a deployment's roster (in the
+    ``--node-keys`` folder ``fedmmrec deploy certs`` wrote), else the simulated devices' own."""
+    if node_keys and (Path(node_keys) / "roster.json").is_file():
+        return identity.roster_from_file(Path(node_keys) / "roster.json")
+    keys = [folder / identity.IDENTITY_KEY_FILE for folder in run.device_folders().values()]
+    found = frozenset(identity.identity_public_from_file(k) for k in keys if k.is_file())
+    return found or None
+
+
+def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
+    """The consistency round's evidence: every device's public keys signed by its identity key,
+    and each unmasked survivor set signed by at least the minimum of distinct devices."""
+    check = "secure-sum"
+    if not run.file(SECURE_FILE).is_file():
+        return  # _sums has failed it already
+    evidence = run.load_arrays(SECURE_FILE)
+    if "run-id" not in evidence or "identity-keys" not in evidence:
+        report.fail(check, f"{SECURE_FILE} holds no identity evidence (identity keys, run id): the survivor sets cannot be checked")
+        return
+    run_id, known = str(evidence["run-id"]), _known_identities(run, node_keys)
+    names = [r.name for r in plan.releases if f"{r.name}.mask-publics" in evidence]
+    for i, row in enumerate(evidence["identity-keys"]):
+        if not row.any():
+            continue  # took no part
+        who = bytes(row).hex()
+        if known is not None and who not in known:
+            report.fail(check, f"device {i}: its identity key is not one of the devices' identity keys")
+        if len(names) == len(plan.releases):
+            bundle = identity.key_bundle_message(
+                run_id, i, b"".join(bytes(evidence[f"{name}.mask-publics"][i]) for name in names), bytes(evidence["channel-publics"][i]))
+            if not identity.verify(who, bytes(evidence["key-signatures"][i]), bundle):
+                report.fail(check, f"device {i}: its public keys in {SECURE_FILE} are not signed by its identity key")
+    for entry in releases:
+        name = str(entry.body["release"])
+        where = f"release {entry.round} ({name})"
+        if f"{name}.signers" not in evidence or f"{name}.survivors" not in evidence:
+            continue  # _sums names the missing array
+        survivors = [int(v) for v in evidence[f"{name}.survivors"]]
+        message = identity.survivors_message(run_id, name, survivors)
+        signers = [bytes(row).hex() for row in evidence[f"{name}.signers"]]
+        valid = {who for who, sig in zip(signers, evidence[f"{name}.signatures"]) if identity.verify(who, bytes(sig), message)}
+        if len(valid) < plan.min_survivors:
+            report.fail(check, f"{where}: {len(valid)} distinct devices signed the unmasked survivor set, below the minimum "
+                               f"{plan.min_survivors}: the devices would have refused to unmask it")
+        strangers = sorted(valid - known) if known is not None else []
+        if strangers:
+            report.fail(check, f"{where}: the survivor set is signed by {len(strangers)} keys that are not the devices' identity keys")
+    report.figures["survivor sets"] = (
+        f"each release's unmasked survivor set signed by at least {plan.min_survivors} distinct devices' identity keys"
+        + ("" if known is not None else " (not held to a roster: none in the run directory or --node-keys)")
     )
 
 

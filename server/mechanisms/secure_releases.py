@@ -114,10 +114,12 @@ class SecureReleases(ReleasesMechanism):
         p = self.config.privacy
         return (
             "no single party: the server sees each device's statistic only masked (uniform modulo 2^32) and unmasks only "
-            f"sums over at least {1 - p.secure_dropout:.0%} of the devices, which already carry the devices' noise. Assumed: an "
-            f"honest-but-curious server that follows the protocol, and at most {p.secure_colluders:.0%} of devices colluding "
-            "with it (their noise is not counted). A malicious server could lie about who dropped out to two groups of "
-            "devices, or forge public keys (no PKI); devices are not checked to clip (no zero-knowledge proofs)"
+            f"sums over at least {1 - p.secure_dropout:.0%} of the devices, which already carry the devices' noise; each device "
+            "checks its neighbours' keys and the survivor set against signatures of the roster's identity keys and refuses a "
+            "repeat or a release past its own cap, whatever the server does. Assumed: at most "
+            f"{p.secure_colluders:.0%} of devices colluding with the server (their noise is not counted), and a roster the "
+            "server does not write. Devices are not checked to clip (no zero-knowledge proofs): a device can sway the "
+            "recommendations within what honest inputs could sum to, not the privacy"
         )
 
     def header_fields(self, canary_commitment: str | None) -> dict[str, Any]:

@@ -138,3 +138,24 @@ def roster_of_simulated_devices(folder: str | Path) -> frozenset[str]:
     folder = Path(folder)
     names = tuple(sorted(p.parent.name for p in folder.glob(f"partition-*/{IDENTITY_KEY_FILE}")))
     return _simulated(folder, names)
+
+
+def identity_public_from_file(path: str | Path) -> str:
+    """The hex public key of the identity key in ``path``."""
+    return public_hex(load_identity(Path(path)))
+
+
+def provision(out: str | Path, names: list[str]) -> tuple[list[Path], Path]:
+    """New identity keys ``out/<name>/identity-key.pem`` for each device ``name`` and the roster of
+    their public keys, ``out/roster.json``, which each device is given with its key (an existing
+    key is an error, never replaced)."""
+    out = Path(out)
+    paths = []
+    for name in names:
+        path = out / name / IDENTITY_KEY_FILE
+        if path.exists():
+            raise FileExistsError(f"{path}: an identity key is already there; not replacing it")
+        load_or_create_identity(path)
+        paths.append(path)
+    roster = write_roster(out / "roster.json", [identity_public_from_file(p) for p in paths])
+    return paths, roster
