@@ -297,40 +297,55 @@ MOVIELENS_RELEASES = (1682, 180_300, 15)  # popularity, co-occurrence over 600 i
 
 
 def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELENS_RELEASES) -> dict[str, Any]:
-    """One device's CPU seconds and bytes sent over the whole secure-sum protocol (keys, shares,
-    and the masked input and unmasking of each release) at ``devices`` devices, beside what the
+    """One device's CPU seconds and bytes sent over the whole secure-sum protocol (signed keys,
+    shares, and each release's masked input, survivor-set signature and unmasking, with the
+    minimum of the other devices' signatures verified) at ``devices`` devices, beside what the
     same device sends under the central mechanism (its statistics as float32). The device and
     its 32 neighbours run in this process; the statistic itself (the same work in both
     mechanisms) is not timed. Caches are cleared first: a device draws its own sketch matrix."""
     import numpy as np
 
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     from shared.config import resolve
     from shared.privacy.spend_signature import public_pem, sign_record
-    from shared.secure_sum import masks
+    from shared.secure_sum import identity, masks
     from shared.secure_sum.device import DeviceSession
     from shared.secure_sum.plan import ring_neighbours
     from shared.user_releases import secure_plan
 
+    run = "bench"
     plan = secure_plan(resolve(None, {"privacy": "user", "user-noise": "distributed"}), devices, list(dimensions))
     group = list(range(plan.neighbours + 1))  # device 0 and its neighbours, each the others' neighbour
     graph = ring_neighbours(group, plan.neighbours)
-    sessions = {i: DeviceSession(index=i, devices=devices) for i in group}
+    ids = [ed25519.Ed25519PrivateKey.generate() for _ in range(devices)]
+    roster = frozenset(identity.public_hex(k) for k in ids)
+    sessions = {i: DeviceSession(index=i, devices=devices, run=run) for i in group}
     publics = {i: s.public_keys(len(plan.releases)) for i, s in sessions.items()}
+    bundles = {i: identity.sign(ids[i], identity.key_bundle_message(run, i, *publics[i])) for i in group}
+
+    def forwarded(them: list[int]):
+        return ([publics[v][0] for v in them], [publics[v][1] for v in them], [identity.public_hex(ids[v]) for v in them],
+                [bundles[v] for v in them])
+
     masks.sketch_matrix.cache_clear()
     me, key = sessions[0], ec.generate_private_key(ec.SECP384R1())
     started = time.process_time()
-    key_bytes = sum(len(k) for k in me.public_keys(len(plan.releases)))
-    mine = me.share_keys(plan, graph[0], [publics[v][0] for v in graph[0]], [publics[v][1] for v in graph[0]])
+    mask_public, channel_public = me.public_keys(len(plan.releases))
+    signed_keys = identity.sign(ids[0], identity.key_bundle_message(run, 0, mask_public, channel_public))
+    key_bytes = len(mask_public) + len(channel_public) + len(signed_keys) + 64  # and the identity key, in hex
+    mine = me.share_keys(plan, graph[0], *forwarded(graph[0]), roster, identity.public_hex(ids[0]))
     share_bytes = sum(len(c) for c in mine)
     cpu = time.process_time() - started
     for v in graph[0]:  # the neighbours' shares for device 0, as the server forwards them
-        theirs = sessions[v].share_keys(plan, graph[v], [publics[u][0] for u in graph[v]], [publics[u][1] for u in graph[v]])
+        theirs = sessions[v].share_keys(plan, graph[v], *forwarded(graph[v]), roster, identity.public_hex(ids[v]))
         me.held.append(theirs[graph[v].index(0)])
     rng = np.random.default_rng(0)
     everyone = list(range(devices))
-    masked_bytes = unmask_bytes = record_bytes = 0
+    signers = [identity.public_hex(k) for k in ids]
+    confirmations = {r.name: [identity.sign(k, identity.survivors_message(run, r.name, everyone)) for k in ids[: plan.min_survivors]]
+                     for r in plan.releases}  # the others', made apart from device 0's time
+    masked_bytes = unmask_bytes = record_bytes = confirm_bytes = 0
     started = time.process_time()
     for release in plan.releases:
         statistic = rng.random(release.dimension)
@@ -338,16 +353,17 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
         masked_bytes += vector.nbytes
         signature = sign_record(key, record)
         record_bytes += len(json.dumps({**record, "signature": signature, "public-key": public_pem(key)}))
-        seeds, keys = me.unmask(plan, release.name, everyone, [])
+        confirm_bytes += len(me.confirm(plan, release.name, everyone, ids[0])) + 64
+        seeds, keys = me.unmask(plan, release.name, everyone, [], signers[: plan.min_survivors], confirmations[release.name], roster)
         unmask_bytes += sum(len(v) for v in seeds.values()) + sum(len(v) for v in keys.values())
     cpu += time.process_time() - started
-    sent = key_bytes + share_bytes + masked_bytes + record_bytes + unmask_bytes
+    sent = key_bytes + share_bytes + masked_bytes + record_bytes + confirm_bytes + unmask_bytes
     central = 4 * sum(dimensions)
     return {
         "devices": devices, "neighbours": plan.neighbours, "threshold": plan.threshold, "cpu-seconds-per-device": cpu,
         "bytes-sent-per-device": sent, "public-key-bytes": key_bytes, "encrypted-share-bytes": share_bytes,
-        "masked-input-bytes": masked_bytes, "signed-record-bytes": record_bytes, "unmask-share-bytes": unmask_bytes,
-        "central-bytes-sent-per-device": central, "bytes-ratio-to-central": sent / central,
+        "masked-input-bytes": masked_bytes, "signed-record-bytes": record_bytes, "confirmation-bytes": confirm_bytes,
+        "unmask-share-bytes": unmask_bytes, "central-bytes-sent-per-device": central, "bytes-ratio-to-central": sent / central,
     }
 
 

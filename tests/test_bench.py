@@ -70,12 +70,15 @@ def test_bench_secure_part_counts_what_one_device_sends_over_the_whole_protocol(
     assert (figures["neighbours"], figures["threshold"]) == (32, 17)
     assert figures["masked-input-bytes"] == figures["central-bytes-sent-per-device"] == 4 * 2_115  # uint32 as float32
     assert figures["unmask-share-bytes"] == 3 * 32 * (4 + 16)  # a 16-byte seed share per neighbour per release
-    # four 32-byte X25519 public keys (a mask key per release, a channel key); per neighbour an
-    # AES-GCM bundle (12-byte nonce, 16-byte tag) of three mask-key shares (4 + 32) and three
-    # seed shares (4 + 16), each length-prefixed (4)
-    assert (figures["public-key-bytes"], figures["encrypted-share-bytes"]) == (128, 32 * (12 + 16 + 3 * (4 + 36) + 3 * (4 + 20)))
+    # four 32-byte X25519 public keys (a mask key per release, a channel key), their Ed25519
+    # signature (64) and the identity key in hex (64); per neighbour an AES-GCM bundle (12-byte
+    # nonce, 16-byte tag) of three mask-key shares (4 + 32) and three seed shares (4 + 16), each
+    # length-prefixed (4)
+    assert (figures["public-key-bytes"], figures["encrypted-share-bytes"]) == (128 + 64 + 64, 32 * (12 + 16 + 3 * (4 + 36) + 3 * (4 + 20)))
+    assert figures["confirmation-bytes"] == 3 * (64 + 64)  # a survivor-set signature and the identity key, per release
     assert figures["bytes-sent-per-device"] == sum(
-        figures[k] for k in ("public-key-bytes", "encrypted-share-bytes", "masked-input-bytes", "signed-record-bytes", "unmask-share-bytes")
+        figures[k] for k in ("public-key-bytes", "encrypted-share-bytes", "masked-input-bytes", "signed-record-bytes",
+                             "confirmation-bytes", "unmask-share-bytes")
     )
 
 
