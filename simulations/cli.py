@@ -14,7 +14,7 @@
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR [--signing-key KEY]   what devices rank with, signed
     fedmmrec recommend --model DIR --trusted-key PUB --history ID[,ID...] [--k 10] [--user-state FILE] [--explain] [--json]
-    fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
+    fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys, identities, roster
     fedmmrec deploy devices --data DIR --out DIR --devices N             one dataset folder per device
     fedmmrec deploy localhost --work DIR [--nodes 3] [--set KEY=VALUE]   TLS SuperLink + N SuperNodes here
 """
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser("deploy", help="a real deployment: keys, device folders, or all of it on localhost")
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
-    certs = deploy_sub.add_parser("certs", help="CA, SuperLink TLS certificate and SuperNode EC key pairs")
+    certs = deploy_sub.add_parser("certs", help="CA, SuperLink TLS certificate, SuperNode EC key pairs, device identity keys and their roster")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", required=True, help="SuperLink hostname or IP (repeatable; all go into the certificate)")
     certs.add_argument("--nodes", type=int, required=True, help="SuperNode key pairs to create")
@@ -341,7 +341,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
         keys = write_deployment_keys(args.out, args.host, args.nodes)
         print(f"fedmmrec: wrote {keys.ca_certificate}, {keys.superlink_certificate} (for {', '.join(args.host)}) "
-              f"and {len(keys.node_public_keys)} SuperNode key pairs under {args.out}")
+              f"and {len(keys.node_public_keys)} SuperNode key pairs under {args.out}; each device's identity key "
+              f"(supernode-K/identity-key.pem) and the roster every device gets ({keys.roster})")
         return 0
     if args.deploy_command == "devices":
         from shared.data.devices import write_device_folders

@@ -17,7 +17,14 @@ def test_module_entry_point_runs_deploy_certs(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "1 SuperNode key pairs" in result.stdout
+    keys = tmp_path / "keys"
+    assert result.stdout.strip() == (
+        f"fedmmrec: wrote {keys / 'ca.crt'}, {keys / 'superlink.crt'} (for localhost) and 1 SuperNode key pairs under {keys}; "
+        f"each device's identity key (supernode-K/identity-key.pem) and the roster every device gets ({keys / 'roster.json'})"
+    )
+    from shared.secure_sum.identity import identity_public_from_file, roster_from_file
+
+    assert roster_from_file(keys / "roster.json") == {identity_public_from_file(keys / "supernode-0" / "identity-key.pem")}
 
 
 def test_a_simulation_joins_the_ray_cluster_ray_address_names(monkeypatch):
