@@ -38,7 +38,7 @@ from shared.privacy.spend_signature import public_pem, sign_record
 from shared.secure_sum import identity as identity_keys
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
-from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend
+from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lock
 from shared.user_releases import check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
@@ -112,13 +112,18 @@ def _spend_path(context: Context, msg: Message):
 
 
 def _answer_within_budget(msg: Message, context: Context, data: LocalData, plan: SecurePlan, release: ReleasePlan) -> None:
-    """Refuse a repeat or a release past the cap; else record it durably (before the input leaves)."""
+    """Refuse a repeat or a release past the cap; else record it durably (before the input
+    leaves), under the spend file's lock. A real device needs a ``state-dir``: the run's node
+    state alone would forget the spend at the next run."""
     path = _spend_path(context, msg)
-    kept = context.state.config_records[SPEND_KEY]["json"] if SPEND_KEY in context.state.config_records else None
-    spend = load_spend(path, str(kept) if kept is not None else None, data.user_id)
-    asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
-    spend.answered.append(spend.admit(str(msg.metadata.run_id), plan, release, spend_cap(asked, dict(context.node_config), data.on_device)))
-    context.state[SPEND_KEY] = ConfigRecord({"json": save_spend(path, spend)})
+    if path is None and data.on_device:
+        raise ProtocolRefusal("no state-dir in this device's node config: it cannot keep what it released across runs, so it releases nothing")
+    with spend_lock(path):
+        kept = context.state.config_records[SPEND_KEY]["json"] if SPEND_KEY in context.state.config_records else None
+        spend = load_spend(path, str(kept) if kept is not None else None, data.user_id)
+        asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
+        spend.answered.append(spend.admit(str(msg.metadata.run_id), plan, release, spend_cap(asked, dict(context.node_config), data.on_device)))
+        context.state[SPEND_KEY] = ConfigRecord({"json": save_spend(path, spend)})
 
 
 def _identity_key(msg: Message, context: Context, data: LocalData):
@@ -174,6 +179,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
             plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]),
             [str(v) for v in fields["identity-keys"]], [bytes(v) for v in fields["key-signatures"]], _roster(msg, context, data),
             identity_keys.public_hex(_identity_key(msg, context, data)),
+            dict(zip((int(v) for v in fields["participant-indices"]), (str(v) for v in fields["participant-identities"]))),
         )
         _keep(context, session)
         return secure_reply(msg, {"ciphertexts": ciphertexts})
@@ -183,11 +189,11 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         if not session.held:
             session.hold(list(fields["held"]))
         statistic = contribution(msg, data, release.name, dict(context.node_config))
-        if release.name in session.masked:  # the session's own refusal, before anything is spent
-            raise ProtocolRefusal(f"this device already sent its input for release {release.name!r}")
-        _answer_within_budget(msg, context, data, plan, release)
+        # The session's own checks first (a request bound to be refused spends nothing), then the
+        # durable spend, recorded before the input leaves the device.
         masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"],
                                               keep_sketch_matrix=not data.on_device)
+        _answer_within_budget(msg, context, data, plan, release)
         _keep(context, session)
         record.update({"client": client_id, "identity": identity})
         signed = dict(record)

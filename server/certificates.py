@@ -12,11 +12,11 @@ Layout written under ``--out`` (private keys are created with mode 0600):
     superlink.crt, superlink.key   the SuperLink's TLS certificate, signed by the CA
     supernode-K/node.key           SuperNode K's private key (stays on device K)
     supernode-K/node.pub           its public key (registered at the SuperLink)
-    supernode-K/identity-key.pem   device K's identity key for the secure sum (stays on device K;
-                                   node config ``identity-key``)
-    roster.json                    every device's identity public key: each device gets a copy
-                                   (node config ``roster``), apart from the SuperLink, and checks
-                                   its neighbours' signed keys and the survivor sets against it
+
+The devices' identity keys for the secure sum are not made here: each device makes its own
+(``fedmmrec deploy identity``, on the device) and only its public half leaves it; the operator
+assembles the roster from those (``fedmmrec deploy roster``). Whoever runs the server must not
+hold the devices' identity keys.
     export.key, export.pub         the key ``fedmmrec export --signing-key`` signs exports with
                                    (keep export.key with the server); every device gets
                                    export.pub and ``fedmmrec recommend --trusted-key`` refuses
@@ -53,8 +53,6 @@ class DeploymentKeys:
     superlink_key: Path
     node_private_keys: list[Path]
     node_public_keys: list[Path]
-    identity_keys: list[Path] = dataclasses.field(default_factory=list)
-    roster: Path | None = None
     export_key: Path | None = None
     export_public_key: Path | None = None
 
@@ -134,10 +132,6 @@ def write_deployment_keys(out: str | Path, hosts: list[str], nodes: int) -> Depl
         _write_new(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
         files.node_private_keys.append(private)
         files.node_public_keys.append(public)
-    from shared.secure_sum.identity import provision
-
-    identity_keys, roster = provision(out, [f"supernode-{k}" for k in range(nodes)])
-    files = dataclasses.replace(files, identity_keys=identity_keys, roster=roster)
     export_key = ec.generate_private_key(NODE_CURVE)
     _write_new(out / "export.key", _pem_key(export_key), private=True)
     _write_new(out / "export.pub", export_key.public_key().public_bytes(

@@ -14,7 +14,6 @@ device's mask public key and neighbours, and each device's signed record of what
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,7 @@ from shared.messages import (
     update_of,
 )
 from shared.secure_sum import identity, masks
-from shared.secure_sum.plan import SecurePlan, graph_parts, ring_neighbours
+from shared.secure_sum.plan import SecurePlan, graph_parts, participant_graph
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
@@ -128,13 +127,11 @@ class SecureAggregation:
         self._require(len(keys), "key advertisement")
         self.mask_publics = {i: k[0] for i, k in keys.items()}
         self.channel_publics = {i: k[1] for i, k in keys.items()}
-        order = sorted(keys)
-        rng = np.random.default_rng(secrets.randbits(128))
-        order = [order[j] for j in rng.permutation(len(order))]
-        k = min(self.plan.neighbours, len(order) - 1)
-        self.neighbours = ring_neighbours(order, k - (k % 2 if len(order) - 1 > k else 0))
+        taking_part = {i: self.identities[i][0] for i in sorted(keys)}
+        self.neighbours = participant_graph(self.run, taking_part, self.plan.neighbours)  # the devices recompute it
+        listed = {"participant-indices": list(taking_part), "participant-identities": list(taking_part.values())}
         fields = {
-            i: {**common, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
+            i: {**common, **listed, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
                 "channel-publics": [keys[v][1] for v in self.neighbours[i]],
                 "identity-keys": [self.identities[v][0] for v in self.neighbours[i]],
                 "key-signatures": [self.identities[v][1] for v in self.neighbours[i]]}

@@ -311,18 +311,18 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     from shared.privacy.spend_signature import public_pem, sign_record
     from shared.secure_sum import identity, masks
     from shared.secure_sum.device import DeviceSession
-    from shared.secure_sum.plan import ring_neighbours
+    from shared.secure_sum.plan import participant_graph
     from shared.user_releases import secure_plan
 
     run = "bench"
     plan = secure_plan(resolve(None, {"privacy": "user", "user-noise": "distributed"}), devices, list(dimensions))
-    group = list(range(plan.neighbours + 1))  # device 0 and its neighbours, each the others' neighbour
-    graph = ring_neighbours(group, plan.neighbours)
     ids = [ed25519.Ed25519PrivateKey.generate() for _ in range(devices)]
     roster = frozenset(identity.public_hex(k) for k in ids)
-    sessions = {i: DeviceSession(index=i, devices=devices, run=run) for i in group}
+    participants = {i: identity.public_hex(k) for i, k in enumerate(ids)}
+    graph = participant_graph(run, participants, plan.neighbours)
+    sessions = {i: DeviceSession(index=i, devices=devices, run=run) for i in range(devices)}
     publics = {i: s.public_keys(len(plan.releases)) for i, s in sessions.items()}
-    bundles = {i: identity.sign(ids[i], identity.key_bundle_message(run, i, *publics[i])) for i in group}
+    bundles = {i: identity.sign(ids[i], identity.key_bundle_message(run, i, *publics[i])) for i in range(devices)}
 
     def forwarded(them: list[int]):
         return ([publics[v][0] for v in them], [publics[v][1] for v in them], [identity.public_hex(ids[v]) for v in them],
@@ -334,11 +334,11 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     mask_public, channel_public = me.public_keys(len(plan.releases))
     signed_keys = identity.sign(ids[0], identity.key_bundle_message(run, 0, mask_public, channel_public))
     key_bytes = len(mask_public) + len(channel_public) + len(signed_keys) + 64  # and the identity key, in hex
-    mine = me.share_keys(plan, graph[0], *forwarded(graph[0]), roster, identity.public_hex(ids[0]))
+    mine = me.share_keys(plan, graph[0], *forwarded(graph[0]), roster, identity.public_hex(ids[0]), participants)
     share_bytes = sum(len(c) for c in mine)
     cpu = time.process_time() - started
     for v in graph[0]:  # the neighbours' shares for device 0, as the server forwards them
-        theirs = sessions[v].share_keys(plan, graph[v], *forwarded(graph[v]), roster, identity.public_hex(ids[v]))
+        theirs = sessions[v].share_keys(plan, graph[v], *forwarded(graph[v]), roster, identity.public_hex(ids[v]), participants)
         me.held.append(theirs[graph[v].index(0)])
     rng = np.random.default_rng(0)
     everyone = list(range(devices))

@@ -14,7 +14,9 @@
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec export RUN_DIR --out DIR [--signing-key KEY]   what devices rank with, signed
     fedmmrec recommend --model DIR --trusted-key PUB --history ID[,ID...] [--k 10] [--user-state FILE] [--explain] [--json]
-    fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys, identities, roster
+    fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
+    fedmmrec deploy identity --key PATH                                 on a device: its identity key; prints the public half
+    fedmmrec deploy roster --out FILE KEY [KEY ...]                     the roster of the devices' identity keys
     fedmmrec deploy devices --data DIR --out DIR --devices N             one dataset folder per device
     fedmmrec deploy localhost --work DIR [--nodes 3] [--set KEY=VALUE]   TLS SuperLink + N SuperNodes here
 """
@@ -157,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser("deploy", help="a real deployment: keys, device folders, or all of it on localhost")
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
-    certs = deploy_sub.add_parser("certs", help="CA, SuperLink TLS certificate, SuperNode EC key pairs, device identity keys and their roster")
+    certs = deploy_sub.add_parser("certs", help="CA, SuperLink TLS certificate and SuperNode EC key pairs")
+    ident = deploy_sub.add_parser("identity", help="on a device: make its identity key for the secure sum (kept if there) and print its public half")
+    ident.add_argument("--key", required=True, help="where the device keeps it, e.g. STATE_DIR/identity-key.pem (node config identity-key)")
+    roster = deploy_sub.add_parser("roster", help="the operator: write the roster of the devices' identity public keys (node config roster)")
+    roster.add_argument("--out", required=True)
+    roster.add_argument("keys", nargs="+", help="the public keys the devices printed (64 hex characters each)")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", required=True, help="SuperLink hostname or IP (repeatable; all go into the certificate)")
     certs.add_argument("--nodes", type=int, required=True, help="SuperNode key pairs to create")
@@ -341,8 +348,21 @@ def _deploy(args: argparse.Namespace) -> int:
 
         keys = write_deployment_keys(args.out, args.host, args.nodes)
         print(f"fedmmrec: wrote {keys.ca_certificate}, {keys.superlink_certificate} (for {', '.join(args.host)}) "
-              f"and {len(keys.node_public_keys)} SuperNode key pairs under {args.out}; each device's identity key "
-              f"(supernode-K/identity-key.pem) and the roster every device gets ({keys.roster})")
+              f"and {len(keys.node_public_keys)} SuperNode key pairs under {args.out}")
+        return 0
+    if args.deploy_command == "identity":
+        from shared.secure_sum.identity import load_or_create_identity, public_hex
+
+        print(public_hex(load_or_create_identity(args.key)))
+        return 0
+    if args.deploy_command == "roster":
+        from shared.secure_sum.identity import write_roster
+
+        bad = [k for k in args.keys if len(k) != 64 or any(c not in "0123456789abcdef" for c in k)]
+        if bad or len(set(args.keys)) != len(args.keys):
+            raise ValueError(f"roster: {bad[0] if bad else 'a key given twice'}: each key is the 64 hex characters "
+                             "`fedmmrec deploy identity` printed, once")
+        print(f"fedmmrec: wrote the roster of {len(args.keys)} devices' identity keys to {write_roster(args.out, args.keys)}")
         return 0
     if args.deploy_command == "devices":
         from shared.data.devices import write_device_folders

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from server.certificates import write_deployment_keys
+from shared.secure_sum.identity import provision
 from shared.data import load_catalog
 from shared.data.devices import write_device_folders
 from shared.features import load_or_compute_features
@@ -92,6 +93,9 @@ class LocalhostDeployment:
         precomputed catalog features on each device, and the CLI's SuperLink connection."""
         if not (self.keys / "ca.crt").exists():
             write_deployment_keys(self.keys, ["localhost", "127.0.0.1"], self.nodes + 1)
+        # Each device makes its own identity key in its own state folder; the roster of their
+        # public halves is the operator's (kept with the deployment's keys, never the SuperLink's).
+        provision([self.state_dir(k) for k in range(self.nodes + 1)], self.keys / "roster.json")
         if not self.device_dir(0).exists():
             write_device_folders(self.data_dir, self.work / "devices", self.nodes)
         catalog_cache = self.work / "catalog-features"
@@ -134,7 +138,7 @@ class LocalhostDeployment:
         node_config = (
             f'data-dir="{self.device_dir(min(k, self.nodes - 1))}" state-dir="{self.state_dir(k)}" '
             f'auth-key="{self.keys / f"supernode-{k}" / "node.key"}" '
-            f'identity-key="{self.keys / f"supernode-{k}" / "identity-key.pem"}" roster="{self.keys / "roster.json"}"'
+            f'identity-key="{self.state_dir(k) / "identity-key.pem"}" roster="{self.keys / "roster.json"}"'
         )
         return [
             "flower-supernode",

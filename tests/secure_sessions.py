@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from shared.secure_sum import identity, masks
 from shared.secure_sum.device import DeviceSession
-from shared.secure_sum.plan import SecurePlan, ring_neighbours
+from shared.secure_sum.plan import SecurePlan, participant_graph
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 
@@ -18,7 +18,7 @@ RUN = "run-1"
 class Protocol:
     """``plan.devices`` device sessions that shared their signed keys over a ring of the plan's degree."""
 
-    def __init__(self, plan: SecurePlan, graph: dict[int, list[int]] | None = None) -> None:
+    def __init__(self, plan: SecurePlan) -> None:
         self.plan = plan
         n = plan.devices
         self.keys = [ed25519.Ed25519PrivateKey.generate() for _ in range(n)]
@@ -27,11 +27,12 @@ class Protocol:
         self.sessions = [DeviceSession(i, n, run=RUN) for i in range(n)]
         self.publics = [s.public_keys(len(plan.releases)) for s in self.sessions]
         self.signed = [identity.sign(self.keys[i], identity.key_bundle_message(RUN, i, *self.publics[i])) for i in range(n)]
-        self.graph = graph or ring_neighbours(list(range(n)), plan.neighbours)
+        self.participants = dict(enumerate(self.ids))
+        self.graph = participant_graph(RUN, self.participants, plan.neighbours)  # what every device recomputes
         sent = {}
         for s in self.sessions:
             them = self.graph[s.index]
-            for holder, ciphertext in zip(them, s.share_keys(plan, *self.neighbour_fields(them), self.roster, self.ids[s.index])):
+            for holder, ciphertext in zip(them, s.share_keys(plan, *self.neighbour_fields(them), self.roster, self.ids[s.index], self.participants)):
                 sent[(s.index, holder)] = ciphertext
         for s in self.sessions:
             s.hold([sent[(v, s.index)] for v in s.neighbours])

@@ -17,14 +17,26 @@ def test_module_entry_point_runs_deploy_certs(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    keys = tmp_path / "keys"
-    assert result.stdout.strip() == (
-        f"fedmmrec: wrote {keys / 'ca.crt'}, {keys / 'superlink.crt'} (for localhost) and 1 SuperNode key pairs under {keys}; "
-        f"each device's identity key (supernode-K/identity-key.pem) and the roster every device gets ({keys / 'roster.json'})"
-    )
+    assert "1 SuperNode key pairs" in result.stdout
+    assert not list((tmp_path / "keys").rglob("identity-key.pem"))  # the devices make their identity keys, not the server
+
+
+def test_each_device_makes_its_identity_key_and_the_operator_writes_the_roster(tmp_path, capsys):
+    from simulations.cli import main
     from shared.secure_sum.identity import identity_public_from_file, roster_from_file
 
-    assert roster_from_file(keys / "roster.json") == {identity_public_from_file(keys / "supernode-0" / "identity-key.pem")}
+    keys = []
+    for k in range(2):
+        assert main(["deploy", "identity", "--key", str(tmp_path / f"device-{k}" / "identity-key.pem")]) == 0
+        keys.append(capsys.readouterr().out.strip())
+    assert main(["deploy", "identity", "--key", str(tmp_path / "device-0" / "identity-key.pem")]) == 0
+    assert capsys.readouterr().out.strip() == keys[0]  # kept, never replaced
+    assert keys[0] == identity_public_from_file(tmp_path / "device-0" / "identity-key.pem")
+    assert main(["deploy", "roster", "--out", str(tmp_path / "roster.json"), *keys]) == 0
+    assert capsys.readouterr().out.strip() == f"fedmmrec: wrote the roster of 2 devices' identity keys to {tmp_path / 'roster.json'}"
+    assert roster_from_file(tmp_path / "roster.json") == set(keys)
+    assert main(["deploy", "roster", "--out", str(tmp_path / "r2.json"), keys[0], "xyz"]) == 2
+    assert "roster: xyz: each key is the 64 hex characters `fedmmrec deploy identity` printed, once" in capsys.readouterr().err
 
 
 def test_a_simulation_joins_the_ray_cluster_ray_address_names(monkeypatch):

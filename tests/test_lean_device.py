@@ -232,7 +232,7 @@ def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_
 
     from shared.secure_sum.identity import provision
 
-    identities, roster = provision(tmp_path / "identities", [f"device-{k}" for k in range(12)])  # what `deploy certs` hands out
+    identities, roster = provision([tmp_path / f"state-{k}" for k in range(12)], tmp_path / "roster.json")  # each device's own key
     grid = InProcessGrid(device, 12)
     for k, node in enumerate(grid.get_node_ids()):
         grid.contexts[node].node_config.clear()

@@ -406,6 +406,16 @@ def keys_not_signed_by_identity(c: Copy) -> str:
     return "device 3: its public keys in secure-sum.npz are not signed by its identity key"
 
 
+def one_identity_in_two_places(c: Copy) -> str:
+    def copy_row(a):
+        rows = a["identity-keys"].copy()
+        rows[5] = rows[4]
+        a["identity-keys"] = rows
+
+    c.edit_arrays("secure-sum.npz", copy_row)
+    return "devices [5] have the identity key of another device: one party in several places of the graph"
+
+
 def no_identity_evidence(c: Copy) -> str:
     c.edit_arrays("secure-sum.npz", lambda a: a.pop("run-id"))
     return "secure-sum.npz holds no identity evidence (identity keys, run id): the survivor sets cannot be checked"
@@ -461,6 +471,7 @@ CASES = [
     Case(identity_not_a_devices, "secure-sum"),
     Case(keys_not_signed_by_identity, "secure-sum"),
     Case(no_identity_evidence, "secure-sum"),
+    Case(one_identity_in_two_places, "secure-sum"),
 ]
 
 

@@ -274,10 +274,37 @@ def test_a_neighbour_list_of_the_wrong_size_or_naming_the_device_is_refused():
         session = DeviceSession(0, N, run="run-1")
         session.public_keys(1)
         with pytest.raises(ProtocolRefusal, match=f"neighbour list of {len(listed)}: the plan wants 5 to 8 distinct devices, not this one"):
-            session.share_keys(plan, *protocol.neighbour_fields(listed), protocol.roster, protocol.ids[0])
+            session.share_keys(plan, *protocol.neighbour_fields(listed), protocol.roster, protocol.ids[0], protocol.participants)
+    ours = protocol.graph[0]
+    chosen = sorted(set(range(1, N)) - set(ours))[:4] + ours[:4]  # eight distinct devices, four of them the server's choice
     session = DeviceSession(0, N, run="run-1")
     session.public_keys(1)
-    session.share_keys(plan, *protocol.neighbour_fields([1, 2, 3, 4, 5]), protocol.roster, protocol.ids[0])  # the threshold: accepted
+    with pytest.raises(ProtocolRefusal, match="the neighbour list is not the graph the participant list determines: refusing neighbours the server chose"):
+        session.share_keys(plan, *protocol.neighbour_fields(chosen), protocol.roster, protocol.ids[0], protocol.participants)
+    session = DeviceSession(0, N, run="run-1")
+    session.public_keys(1)
+    session.share_keys(plan, *protocol.neighbour_fields(ours), protocol.roster, protocol.ids[0], protocol.participants)  # accepted
+    with pytest.raises(ProtocolRefusal, match="this session already shared its keys: refusing a second share stage"):
+        session.share_keys(plan, *protocol.neighbour_fields(ours), protocol.roster, protocol.ids[0], protocol.participants)
+
+
+def test_a_participant_list_short_of_the_minimum_or_foreign_or_repeated_is_refused():
+    plan = _plan(16)
+    protocol = Protocol(plan)
+    ours = protocol.graph[0]
+
+    def attempt(participants):
+        session = DeviceSession(0, N, run="run-1")
+        session.public_keys(1)
+        session.share_keys(plan, *protocol.neighbour_fields(ours), protocol.roster, protocol.ids[0], participants)
+
+    with pytest.raises(ProtocolRefusal, match="9 participants listed: the minimum is 10 of 12"):  # this device and its 8 neighbours
+        attempt({i: protocol.participants[i] for i in [0, *ours]})
+    repeated = {**protocol.participants, 11: protocol.participants[10]}
+    with pytest.raises(ProtocolRefusal, match="the participant list repeats an identity key or names one outside this device's roster"):
+        attempt(repeated)
+    with pytest.raises(ProtocolRefusal, match=r"the participant list does not name this device \(0\) under its identity key"):
+        attempt({**protocol.participants, 0: protocol.ids[1], 1: protocol.ids[0]})
 
 
 def test_substituted_or_unsigned_neighbour_keys_are_refused():
@@ -293,13 +320,14 @@ def test_substituted_or_unsigned_neighbour_keys_are_refused():
     def attempt(change) -> None:
         session = DeviceSession(0, N, run="run-1")
         session.public_keys(1)
-        them, mask, channel, ids, signed = (list(x) for x in protocol.neighbour_fields([1, 2, 3, 4, 5, 6, 7, 8]))
+        them, mask, channel, ids, signed = (list(x) for x in protocol.neighbour_fields(protocol.graph[0]))
         change(mask, channel, ids, signed)
-        session.share_keys(plan, them, mask, channel, ids, signed, protocol.roster, protocol.ids[0])
+        session.share_keys(plan, them, mask, channel, ids, signed, protocol.roster, protocol.ids[0], protocol.participants)
 
     attempt(lambda *a: None)  # as forwarded: accepted
     server_key = DeviceSession(1, N).public_keys(1)[0]
-    with pytest.raises(ProtocolRefusal, match="neighbour 1's public keys are not signed by its identity key: refusing substituted keys"):
+    first = protocol.graph[0][0]
+    with pytest.raises(ProtocolRefusal, match=f"neighbour {first}'s public keys are not signed by its identity key: refusing substituted keys"):
         attempt(lambda mask, channel, ids, signed: mask.__setitem__(0, server_key))
     with pytest.raises(ProtocolRefusal, match="two neighbours, or a neighbour and this device, share one identity key"):
         attempt(lambda mask, channel, ids, signed: ids.__setitem__(1, ids[0]))
@@ -309,9 +337,9 @@ def test_substituted_or_unsigned_neighbour_keys_are_refused():
 
     def outsider(mask, channel, ids, signed):
         ids[0] = identity.public_hex(stranger)
-        signed[0] = identity.sign(stranger, identity.key_bundle_message("run-1", 1, mask[0], channel[0]))
+        signed[0] = identity.sign(stranger, identity.key_bundle_message("run-1", first, mask[0], channel[0]))
 
-    with pytest.raises(ProtocolRefusal, match="neighbour 1's identity key is not in this device's roster"):
+    with pytest.raises(ProtocolRefusal, match=f"neighbour {first}'s identity key is not in this device's roster"):
         attempt(outsider)
 
 
@@ -343,3 +371,27 @@ def test_an_unknown_release_is_refused(protocol):
         protocol.unmask(0, "b", EVERYONE, [], protocol.confirmations["a"])
     with pytest.raises(ProtocolRefusal, match="no self-mask seed for release 'b': the key stages did not run"):
         protocol.sessions[0].masked_input(protocol.plan, protocol.plan.release("a").__class__("b", 16, 1.0, 1.0, 0.0, 0.0), EVERYONE, np.zeros(16))
+
+
+def test_a_survivor_set_whose_graph_is_split_is_not_confirmed():
+    """Twenty devices in a ring of degree 4: a server that calls two consecutive devices dropped
+    at two places (within its allowance of six) would hold two arcs whose sums unmask apart, each
+    with part of the noise. Every device recomputes the graph and refuses to sign such a set."""
+    from dataclasses import replace
+
+    from shared.secure_sum.plan import participant_graph
+
+    import hashlib
+
+    base = _plan(16)  # its release; the graph's parameters set by hand (make_plan would refuse so thin a ring)
+    plan = replace(base, devices=20, neighbours=4, threshold=3, min_survivors=14, colluders=0)
+    protocol = Protocol(plan)
+    order = sorted(protocol.participants, key=lambda i: hashlib.sha256(f"fedmmrec graph|run-1|{protocol.participants[i]}".encode()).digest())
+    assert participant_graph("run-1", protocol.participants, 4)[order[5]] == sorted([order[3], order[4], order[6], order[7]])
+    gone = {order[0], order[1], order[10], order[11]}
+    survivors = [u for u in range(20) if u not in gone]
+    protocol.inputs("a", [np.zeros(16)] * 20)
+    with pytest.raises(ProtocolRefusal, match="the survivor set's neighbour graph is in 2 parts, whose sums could be unmasked apart"):
+        protocol.sessions[survivors[0]].confirm(plan, "a", survivors, protocol.keys[survivors[0]])
+    whole = [u for u in range(20) if u not in {order[0], order[1], order[10]}]
+    protocol.sessions[whole[0]].confirm(plan, "a", whole, protocol.keys[whole[0]])  # one cut: still one piece

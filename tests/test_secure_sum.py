@@ -138,7 +138,7 @@ def test_a_device_drops_past_the_unmask_threshold_and_the_release_aborts():
     # When the survivors return too few shares (here everyone but two stops answering at
     # unmasking), no seed can be rebuilt: aborted, not a partial sum. (A complete graph: with half
     # the devices allowed to drop, a sparser one could split, and the plan refuses it.)
-    secure, _ = _secure(20, {"secure-unmask": set(range(2, 20))}, **{"secure-dropout": 0.5, "secure-neighbours": 19})
+    secure, _ = _secure(20, {"secure-unmask": set(range(2, 20))}, **{"secure-dropout": 0.4, "secure-neighbours": 19})
     secure.setup(server_round=1)
     with pytest.raises(SecureAggregationAborted, match="fewer than 10 shares returned; nothing was released"):
         secure.release("popularity", _empty(), server_round=1)
@@ -408,15 +408,15 @@ def test_a_device_that_adds_no_noise_share_fails_the_audit(small_dataset, featur
 
 
 def test_devices_sent_a_weaker_plan_than_the_config_fail_the_audit(small_dataset, feature_cache, tmp_path, monkeypatch):
-    """A server that tells the devices secure-dropout 0.5 (a lower minimum, a sum over fewer)
+    """A server that tells the devices secure-dropout 0.4 (a lower minimum, a sum over fewer)
     while its config and ledger say 0.2: each device signs the plan it followed."""
     from shared.config import RunConfig
 
     honest = RunConfig.device_settings
-    monkeypatch.setattr(RunConfig, "device_settings", lambda self: {**honest(self), "secure-dropout": 0.5, "secure-neighbours": 11})
+    monkeypatch.setattr(RunConfig, "device_settings", lambda self: {**honest(self), "secure-dropout": 0.4})
     # such a server also skips its own plausibility abort (the sums are on the devices' plan, not its config's)
     monkeypatch.setattr(SecureAggregation, "_check_plausible", lambda *a, **k: None)
-    run_dir = _secure_run(small_dataset, feature_cache, tmp_path, "weaker-plan")
+    run_dir = _secure_run(small_dataset, feature_cache, tmp_path, "weaker-plan", **{"secure-neighbours": 11})  # a complete graph
     report = audit(run_dir)
     assert not report.passed
     assert sum("signed a plan other than the one the run's config gives" in p for p in report.failures["secure-shares"]) == 36
@@ -666,3 +666,26 @@ def test_a_deployed_device_without_an_identity_key_or_roster_refuses_the_secure_
         _identity_key(None, context, deployed)
     with pytest.raises(ProtocolRefusal, match="no roster in this device's node config: it cannot tell its neighbours' keys from the server's"):
         _roster(None, context, deployed)
+
+
+def test_a_request_bound_to_be_refused_spends_nothing_and_a_device_without_a_state_dir_releases_nothing(tmp_path):
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord
+
+    from client.secure_sum import _answer_within_budget
+    from shared.messages import SECURE_INPUT, secure_message
+    from shared.secure_sum.spend import SPEND_FILE
+
+    secure, grid = _secure(12, state=tmp_path)
+    secure.setup(server_round=1)
+    fields = {"devices": 12, "dimensions": secure.dimensions, "release": "popularity", "participants": [0], "held": secure.forwarded[0]}
+    message = secure_message(grid.nodes[0], SECURE_INPUT, fields, _empty(), secure.config.device_settings(), 1)
+    with pytest.raises(ProtocolRefusal, match="refusing to mask an input for 1 devices: the minimum is 11 of 12"):
+        grid.push_messages([message])
+    assert not (tmp_path / "partition-0" / SPEND_FILE).exists()  # nothing spent on a refused request
+    deployed = SimpleNamespace(on_device=True, user_id="u")
+    context = Context(run_id=1, node_id=1, node_config={"data-dir": "/d"}, state=RecordDict(), run_config={})
+    bare = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+    with pytest.raises(ProtocolRefusal, match="no state-dir in this device's node config: it cannot keep what it released across runs"):
+        _answer_within_budget(bare, context, deployed, secure.plan, secure.plan.release("popularity"))

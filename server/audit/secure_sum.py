@@ -268,6 +268,10 @@ def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
         return
     run_id, known = str(evidence["run-id"]), _known_identities(run, node_keys)
     names = [r.name for r in plan.releases if f"{r.name}.mask-publics" in evidence]
+    seen: dict[str, int] = {}
+    shared = sorted(i for i, row in enumerate(evidence["identity-keys"]) if row.any() and seen.setdefault(bytes(row).hex(), i) != i)
+    if shared:
+        report.fail(check, f"devices {shared[:5]} have the identity key of another device: one party in several places of the graph")
     for i, row in enumerate(evidence["identity-keys"]):
         if not row.any():
             continue  # took no part

@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidTag
 
 from shared.privacy.gaussian import clip
 from shared.secure_sum import identity, masks
-from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
+from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan, graph_parts, participant_graph
 from shared.secure_sum.quantise import FIELD_BITS, conditional_round, to_field
 from shared.secure_sum.skellam import noise_rng, skellam_noise
 
@@ -101,6 +101,8 @@ class DeviceSession:
     neighbour_identities: list[str] = field(default_factory=list)  # each neighbour's identity key, checked against the roster
     inputs: dict[str, list[int]] = field(default_factory=dict)  # release -> the participants this device masked for
     confirmed: dict[str, list[int]] = field(default_factory=dict)  # release -> the survivor set this device signed
+    participants: dict[int, str] = field(default_factory=dict)  # protocol index -> identity key, as the share stage listed them
+    plan_digest: str = ""  # the plan this session's shares were made under: every later stage must use it
 
     # --- stage 1 ---------------------------------------------------------------------------
     def public_keys(self, releases: int) -> tuple[bytes, bytes]:
@@ -131,12 +133,33 @@ class DeviceSession:
             if not identity.verify(who, signature, identity.key_bundle_message(self.run, v, mask, channel)):
                 raise ProtocolRefusal(f"neighbour {v}'s public keys are not signed by its identity key: refusing substituted keys")
 
+    def check_participants(self, plan: SecurePlan, participants: dict[int, str], neighbours: list[int], identities: list[str],
+                           roster: frozenset[str], own: str) -> None:
+        """The participant list names at least the minimum of distinct roster identities, this
+        device under its own, and ``neighbours`` are this device's in the graph it determines
+        (:func:`~shared.secure_sum.plan.participant_graph`), each under its listed identity."""
+        if participants.get(self.index) != own:
+            raise ProtocolRefusal(f"the participant list does not name this device ({self.index}) under its identity key")
+        keys = list(participants.values())
+        if len(set(keys)) != len(keys) or any(k not in roster for k in keys):
+            raise ProtocolRefusal("the participant list repeats an identity key or names one outside this device's roster")
+        if len(keys) < plan.min_survivors or not all(0 <= v < self.devices for v in participants):
+            raise ProtocolRefusal(f"{len(keys)} participants listed: the minimum is {plan.min_survivors} of {plan.devices}")
+        wanted = participant_graph(self.run, participants, plan.neighbours)[self.index]
+        if sorted(neighbours) != wanted:
+            raise ProtocolRefusal("the neighbour list is not the graph the participant list determines: refusing neighbours the server chose")
+        if [participants.get(v) for v in neighbours] != list(identities):
+            raise ProtocolRefusal("a neighbour's identity key is not the one the participant list gives it")
+
     def share_keys(
         self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes],
-        identities: list[str], signatures: list[bytes], roster: frozenset[str], own: str,
+        identities: list[str], signatures: list[bytes], roster: frozenset[str], own: str, participants: dict[int, str],
     ) -> list[bytes]:
-        """Encrypted shares for each neighbour, in ``neighbours`` order, once each neighbour's
-        keys are signed by its roster identity (``own``: this device's identity key)."""
+        """Encrypted shares for each neighbour, in ``neighbours`` order, once the participants and
+        the graph check out and each neighbour's keys are signed by its roster identity (``own``:
+        this device's identity key), once per session."""
+        if self.seeds:
+            raise ProtocolRefusal("this session already shared its keys: refusing a second share stage")
         if not plan.threshold <= len(neighbours) <= plan.neighbours or len(set(neighbours)) != len(neighbours) or self.index in neighbours:
             raise ProtocolRefusal(
                 f"neighbour list of {len(neighbours)}: the plan wants {plan.threshold} to {plan.neighbours} distinct devices, not this one"
@@ -146,8 +169,9 @@ class DeviceSession:
         if len(self.mask_privates) != len(plan.releases) or any(len(blob) != 32 * len(plan.releases) for blob in mask_publics):
             raise ProtocolRefusal(f"mask keys are not one per release of the plan's {len(plan.releases)}")
         self.check_neighbour_keys(neighbours, mask_publics, channel_publics, identities, signatures, roster, own)
+        self.check_participants(plan, participants, neighbours, identities, roster, own)
         self.neighbours, self.mask_publics, self.channel_publics = list(neighbours), list(mask_publics), list(channel_publics)
-        self.neighbour_identities = list(identities)
+        self.neighbour_identities, self.participants, self.plan_digest = list(identities), dict(participants), plan.digest()
         self.releases = [r.name for r in plan.releases]
         self.seeds = [masks.new_seed() for _ in self.releases]
         k = len(neighbours)
@@ -226,6 +250,9 @@ class DeviceSession:
         if outside:
             raise ProtocolRefusal(f"devices {outside[:5]} are named as survivors but were not asked for their input with this device")
         wanted = sorted(set(int(v) for v in survivors))
+        parts = graph_parts(wanted, participant_graph(self.run, self.participants, plan.neighbours)) if self.participants else 1
+        if parts > 1:
+            raise ProtocolRefusal(f"the survivor set's neighbour graph is in {parts} parts, whose sums could be unmasked apart: refusing to confirm it")
         if release in self.confirmed and self.confirmed[release] != wanted:
             raise ProtocolRefusal(f"this device already signed another survivor set for release {release!r}: refusing a second view")
         self.confirmed[release] = wanted
@@ -300,6 +327,8 @@ class DeviceSession:
         return seed_out, key_out
 
     def _check_population(self, plan: SecurePlan, members: list[int], action: str) -> None:
+        if self.plan_digest and plan.digest() != self.plan_digest:
+            raise ProtocolRefusal(f"refusing to {action} under another plan than the one this device shared its keys under")
         if plan.devices != self.devices:
             raise ProtocolRefusal(f"the plan is for {plan.devices} devices, this session for {self.devices}")
         if len(set(members)) < plan.min_survivors:
@@ -318,7 +347,8 @@ class DeviceSession:
             "revealed-keys": list(self.revealed_keys), "revealed-seeds": list(self.revealed_seeds),
             "masked": list(self.masked), "unmasked": list(self.unmasked), "run": self.run,
             "neighbour-identities": list(self.neighbour_identities), "inputs": json.dumps(self.inputs),
-            "confirmed": json.dumps(self.confirmed),
+            "confirmed": json.dumps(self.confirmed), "participants": json.dumps({str(k): v for k, v in self.participants.items()}),
+            "plan-digest": self.plan_digest,
         }
 
     @classmethod
@@ -333,4 +363,6 @@ class DeviceSession:
             neighbour_identities=[str(v) for v in record.get("neighbour-identities", [])],
             inputs={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("inputs", "{}"))).items()},
             confirmed={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("confirmed", "{}"))).items()},
+            participants={int(k): str(v) for k, v in json.loads(str(record.get("participants", "{}"))).items()},
+            plan_digest=str(record.get("plan-digest", "")),
         )

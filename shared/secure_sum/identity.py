@@ -145,17 +145,11 @@ def identity_public_from_file(path: str | Path) -> str:
     return public_hex(load_identity(Path(path)))
 
 
-def provision(out: str | Path, names: list[str]) -> tuple[list[Path], Path]:
-    """New identity keys ``out/<name>/identity-key.pem`` for each device ``name`` and the roster of
-    their public keys, ``out/roster.json``, which each device is given with its key (an existing
-    key is an error, never replaced)."""
-    out = Path(out)
-    paths = []
-    for name in names:
-        path = out / name / IDENTITY_KEY_FILE
-        if path.exists():
-            raise FileExistsError(f"{path}: an identity key is already there; not replacing it")
-        load_or_create_identity(path)
-        paths.append(path)
-    roster = write_roster(out / "roster.json", [identity_public_from_file(p) for p in paths])
-    return paths, roster
+def provision(folders: list[Path], roster: Path) -> tuple[list[Path], Path]:
+    """What a deployment does on one machine for a trial: each device makes its identity key in its
+    own folder (``<folder>/identity-key.pem``; an existing key is kept), and the roster of their
+    public halves is written to ``roster``. On real devices each runs ``fedmmrec deploy identity``
+    itself and only the public half reaches whoever writes the roster."""
+    paths = [Path(folder) / IDENTITY_KEY_FILE for folder in folders]
+    keys = [public_hex(load_or_create_identity(p)) for p in paths]
+    return paths, write_roster(roster, keys)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.privacy.accounting import split_budget
@@ -144,6 +144,11 @@ def make_plan(
     trusted_out = math.ceil(colluders * devices - 1e-9)
     if min_survivors - trusted_out < 1:
         raise ValueError(f"with {devices} devices, {min_survivors} must survive and {trusted_out} may collude: no honest noise would remain")
+    if 2 * min_survivors <= devices + trusted_out:
+        raise ValueError(
+            f"with {devices} devices, a minimum of {min_survivors} and {trusted_out} colluders, two disjoint sets of honest devices "
+            "could each reach the minimum of survivor-set signatures (a server could show them two views): lower secure-dropout"
+        )
     failure = graph_failure_probability(devices, k, threshold, devices - min_survivors + trusted_out, trusted_out)
     if failure > delta / 10:
         raise ValueError(
@@ -194,6 +199,20 @@ def graph_parts(members: Sequence[int], neighbours: dict[int, Sequence[int]]) ->
                     seen.add(v)
                     stack.append(v)
     return parts
+
+
+def participant_graph(run: str, identities: Mapping[int, str], k: int) -> dict[int, list[int]]:
+    """The neighbour graph of a run's participants (protocol index -> identity key), which the
+    server may not choose: a ring lattice of degree ``k`` (even unless complete) over the
+    participants ordered by SHA-256 of the run and each one's identity key. Every device
+    recomputes it from the participant list and refuses other neighbours: a server that placed a
+    target among colluders, or cut the ring where it likes, could unmask one device or a small
+    group. What the server still chooses is which devices take part (at least the minimum, each
+    a distinct roster identity), so it can only re-draw the order by leaving devices out."""
+    order = sorted(identities, key=lambda i: hashlib.sha256(f"fedmmrec graph|{run}|{identities[i]}".encode()).digest())
+    degree = min(int(k), len(order) - 1)
+    degree -= degree % 2 if len(order) - 1 > degree else 0
+    return ring_neighbours(order, degree)
 
 
 def ring_neighbours(order: Sequence[int], k: int) -> dict[int, list[int]]:

@@ -23,9 +23,11 @@ never silently replaced, which would forget the privacy already spent. numpy onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,12 +119,35 @@ def load_spend(path: Path | None, kept: str | None, user: str) -> UserSpend:
     return spend
 
 
+@contextlib.contextmanager
+def spend_lock(path: Path | None) -> Iterator[None]:
+    """Hold ``path``'s lock (``.<name>.lock`` beside it) across load, check and save: two runs on one
+    device cannot both be admitted on the same record. Without ``fcntl`` (Windows) no lock."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(f".{path.name}.lock"), "a+b")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_spend(path: Path | None, spend: UserSpend) -> str:
     """Write ``spend`` to ``path`` atomically (when there is one); return it as the node state keeps it."""
     text = json.dumps(spend.to_json(), sort_keys=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with tmp.open("w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
