@@ -104,9 +104,14 @@ def spend_cap(settings: dict, node_config: dict, on_device: bool) -> float:
     return float(DEFAULTS["user-epsilon"] if on_device else settings.get("user-epsilon", DEFAULTS["user-epsilon"]))
 
 
-def _spend_path(context: Context, msg: Message):
+def _spend_path(context: Context, msg: Message, on_device: bool):
+    """Where the spend record lives: a real device's own ``state-dir`` (never a folder the server's
+    config names), a simulated device's state folder."""
     from client.state import state_path
 
+    if on_device:
+        named = context.node_config.get("state-dir")
+        return Path(str(named)) / SPEND_FILE if named else None
     path = state_path(context, message_config(msg))
     return None if path is None else path.parent / SPEND_FILE
 
@@ -115,7 +120,7 @@ def _answer_within_budget(msg: Message, context: Context, data: LocalData, plan:
     """Refuse a repeat or a release past the cap; else record it durably (before the input
     leaves), under the spend file's lock. A real device needs a ``state-dir``: the run's node
     state alone would forget the spend at the next run."""
-    path = _spend_path(context, msg)
+    path = _spend_path(context, msg, data.on_device)
     if path is None and data.on_device:
         raise ProtocolRefusal("no state-dir in this device's node config: it cannot keep what it released across runs, so it releases nothing")
     with spend_lock(path):
@@ -153,6 +158,15 @@ def _roster(msg: Message, context: Context, data: LocalData) -> frozenset[str]:
     return identity_keys.roster_of_simulated_devices(str(message_config(msg).get("device-state-dir", "")))
 
 
+def _participants(fields: dict) -> dict[int, str]:
+    """The share stage's participant list (protocol index -> identity key); refused when an index
+    repeats or the two lists differ in length (a dict would keep one silently)."""
+    indices, keys = [int(v) for v in fields["participant-indices"]], [str(v) for v in fields["participant-identities"]]
+    if len(indices) != len(keys) or len(set(indices)) != len(indices):
+        raise ProtocolRefusal("the participant list repeats an index or gives indices and identity keys of different lengths")
+    return dict(zip(indices, keys))
+
+
 def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, fields: dict) -> SecurePlan:
     asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
     check_floor(asked, dict(context.node_config), data.on_device)
@@ -178,8 +192,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         ciphertexts = session.share_keys(
             plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]),
             [str(v) for v in fields["identity-keys"]], [bytes(v) for v in fields["key-signatures"]], _roster(msg, context, data),
-            identity_keys.public_hex(_identity_key(msg, context, data)),
-            dict(zip((int(v) for v in fields["participant-indices"]), (str(v) for v in fields["participant-identities"]))),
+            identity_keys.public_hex(_identity_key(msg, context, data)), _participants(fields),
         )
         _keep(context, session)
         return secure_reply(msg, {"ciphertexts": ciphertexts})

@@ -97,6 +97,8 @@ class SecureAggregation:
         self.channel_publics: dict[int, bytes] = {}
         self.identities: dict[int, tuple[str, bytes]] = {}  # each device's identity key and its signature over its public keys
         self.run = ""
+        self.graph_seed = ""
+        self.participants_digest = ""
 
     def _send(self, stage: str, fields_of: dict[int, dict[str, Any]], arrays: ArrayRecord, server_round: int) -> dict[int, Message]:
         settings = self.config.device_settings()
@@ -128,7 +130,15 @@ class SecureAggregation:
         self.mask_publics = {i: k[0] for i, k in keys.items()}
         self.channel_publics = {i: k[1] for i, k in keys.items()}
         taking_part = {i: self.identities[i][0] for i in sorted(keys)}
-        self.neighbours = participant_graph(self.run, taking_part, self.plan.neighbours)  # the devices recompute it
+        roster = self._roster()
+        if len(roster) != self.plan.devices:
+            raise SecureAggregationAborted(
+                f"secure aggregation aborted at share distribution: the roster lists {len(roster)} devices, the run has "
+                f"{self.plan.devices}; every device plans for its roster's population and would refuse; nothing was released"
+            )
+        self.graph_seed = roster.graph_seed(self.run)
+        self.neighbours = participant_graph(self.graph_seed, taking_part, self.plan.neighbours, roster)  # the devices recompute it
+        self.participants_digest = identity.participants_digest(taking_part)
         listed = {"participant-indices": list(taking_part), "participant-identities": list(taking_part.values())}
         fields = {
             i: {**common, **listed, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
@@ -211,11 +221,19 @@ class SecureAggregation:
             total_variance=float(sum(variances)), evidence=evidence,
         )
 
+    def _roster(self) -> identity.Roster:
+        """The devices' identity keys the graph is drawn over: a deployment's roster file
+        (``secure-roster``), else the simulated devices' own keys in their state folders."""
+        named = self.config.privacy.secure_roster
+        if named:
+            return identity.roster_from_file(named)
+        return identity.roster_of_simulated_devices(self.config.run.device_state_dir)
+
     def _confirm(self, name: str, survivors: list[int], common: dict[str, Any], server_round: int) -> tuple[list[str], list[bytes]]:
         """The consistency round: every survivor signs the survivor set; the valid signatures of
         distinct identities go to each survivor with the unmasking, which it refuses below the minimum."""
         replies = self._send(SECURE_CONFIRM, {i: {**common, "survivors": survivors} for i in survivors}, ArrayRecord(), server_round)
-        message = identity.survivors_message(self.run, name, survivors)
+        message = identity.survivors_message(self.run, name, survivors, self.participants_digest)
         signed: dict[str, bytes] = {}
         for reply in replies.values():
             f = secure_fields(reply)
@@ -269,4 +287,4 @@ class SecureAggregation:
                 identities[i], signatures[i] = np.frombuffer(bytes.fromhex(who), dtype=np.uint8), np.frombuffer(signature, dtype=np.uint8)
             channels[i] = np.frombuffer(self.channel_publics[i], dtype=np.uint8)
         return {"neighbours": graph, "identity-keys": identities, "key-signatures": signatures, "channel-publics": channels,
-                "run-id": np.asarray(self.run)}
+                "run-id": np.asarray(self.run), "graph-seed": np.asarray(self.graph_seed)}

@@ -41,6 +41,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "user-noise": ("distributed", "`privacy = user`: who adds the noise. `distributed`: each device adds its share of Skellam noise and masks its statistic, and secure aggregation lets the server unmask only the noisy sum over at least `1 - secure-dropout` of the devices (no single party is trusted; needs 3 devices or more). `central`: devices send their statistics in the clear and the server adds Gaussian noise (the server is trusted)"),
     "secure-neighbours": (32, "`user-noise = distributed`: each device's neighbours in the secure-aggregation graph (pairwise masks and Shamir shares; any half of them plus one rebuild a dropped device's masks)"),
     "secure-dropout": (0.1, "`user-noise = distributed`: fraction of devices that may drop out of a release; the noise shares are sized so the claim holds at the rest, and a release with fewer survivors is aborted"),
+    "secure-roster": ("", "`user-noise = distributed`, deployment: the roster of the devices' identity keys (`fedmmrec deploy roster`) the server draws the neighbour graph from, as every device does from its own copy; empty in a simulation: the simulated devices' own keys"),
     "secure-colluders": (0.05, "`user-noise = distributed`: fraction of devices that may reveal their own noise to the server; their shares are not counted as noise"),
     "popularity-budget-share": (0.1, "`privacy = user`: share of the budget (of mu^2 in Gaussian DP) for the popularity release"),
     "selection-budget-share": (0.1, "`privacy = user`: share for the selection release, in which each device scores 15 candidate (popularity, content) weightings on its own most recent interaction; 0: no selection (`popularity-weight`, no content). The co-occurrence release gets the rest"),
@@ -91,7 +92,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "training": ("local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine"),
     "privacy": (
-        "privacy", "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
+        "privacy", "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "secure-roster", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
         "item-model", "ease-lambda", "cold-weight", "popularity-weight", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap",
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
@@ -150,6 +151,7 @@ class PrivacyConfig:
     secure_neighbours: int
     secure_dropout: float
     secure_colluders: float
+    secure_roster: str
     popularity_budget_share: float
     selection_budget_share: float
     cooccurrence_items: int

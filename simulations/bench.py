@@ -317,9 +317,9 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     run = "bench"
     plan = secure_plan(resolve(None, {"privacy": "user", "user-noise": "distributed"}), devices, list(dimensions))
     ids = [ed25519.Ed25519PrivateKey.generate() for _ in range(devices)]
-    roster = frozenset(identity.public_hex(k) for k in ids)
+    roster = identity.Roster(frozenset(identity.public_hex(k) for k in ids), seed="00" * 32)
     participants = {i: identity.public_hex(k) for i, k in enumerate(ids)}
-    graph = participant_graph(run, participants, plan.neighbours)
+    graph = participant_graph(roster.graph_seed(run), participants, plan.neighbours, roster)
     sessions = {i: DeviceSession(index=i, devices=devices, run=run) for i in range(devices)}
     publics = {i: s.public_keys(len(plan.releases)) for i, s in sessions.items()}
     bundles = {i: identity.sign(ids[i], identity.key_bundle_message(run, i, *publics[i])) for i in range(devices)}
@@ -343,7 +343,8 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     rng = np.random.default_rng(0)
     everyone = list(range(devices))
     signers = [identity.public_hex(k) for k in ids]
-    confirmations = {r.name: [identity.sign(k, identity.survivors_message(run, r.name, everyone)) for k in ids[: plan.min_survivors]]
+    digest = identity.participants_digest(participants)
+    confirmations = {r.name: [identity.sign(k, identity.survivors_message(run, r.name, everyone, digest)) for k in ids[: plan.min_survivors]]
                      for r in plan.releases}  # the others', made apart from device 0's time
     masked_bytes = unmask_bytes = record_bytes = confirm_bytes = 0
     started = time.process_time()

@@ -95,7 +95,7 @@ class LocalhostDeployment:
             write_deployment_keys(self.keys, ["localhost", "127.0.0.1"], self.nodes + 1)
         # Each device makes its own identity key in its own state folder; the roster of their
         # public halves is the operator's (kept with the deployment's keys, never the SuperLink's).
-        provision([self.state_dir(k) for k in range(self.nodes + 1)], self.keys / "roster.json")
+        provision([self.state_dir(k) for k in range(self.nodes)], self.keys / "roster.json")  # the registered devices
         if not self.device_dir(0).exists():
             write_device_folders(self.data_dir, self.work / "devices", self.nodes)
         catalog_cache = self.work / "catalog-features"
@@ -194,7 +194,8 @@ class LocalhostDeployment:
         """``flwr run <app> <connection> --stream`` with ``deployment = true``; measures each
         SuperNode's peak resident memory (its ClientApp processes included) meanwhile."""
         config = {"deployment": True, "data-dir": str(self.data_dir), "run-dir": str(self.work / "runs"),
-                  "feature-cache": str(self.work / "catalog-features"), "min-nodes": self.nodes, **run_config}
+                  "feature-cache": str(self.work / "catalog-features"), "min-nodes": self.nodes,
+                  "secure-roster": str(self.keys / "roster.json"), **run_config}
         roots = {k: self.processes[f"supernode-{k}"].pid for k in range(self.nodes)}
         peaks = {k: (PeakMemory(0.2, root), PeakMemory(0.2, root, proportional=True)) for k, root in roots.items()}
         started = time.time()

@@ -23,12 +23,12 @@ class Protocol:
         n = plan.devices
         self.keys = [ed25519.Ed25519PrivateKey.generate() for _ in range(n)]
         self.ids = [identity.public_hex(k) for k in self.keys]
-        self.roster = frozenset(self.ids)
+        self.roster = identity.Roster(frozenset(self.ids), seed="00" * 32)
         self.sessions = [DeviceSession(i, n, run=RUN) for i in range(n)]
         self.publics = [s.public_keys(len(plan.releases)) for s in self.sessions]
         self.signed = [identity.sign(self.keys[i], identity.key_bundle_message(RUN, i, *self.publics[i])) for i in range(n)]
         self.participants = dict(enumerate(self.ids))
-        self.graph = participant_graph(RUN, self.participants, plan.neighbours)  # what every device recomputes
+        self.graph = participant_graph(self.roster.graph_seed(RUN), self.participants, plan.neighbours, self.roster)  # what every device recomputes
         sent = {}
         for s in self.sessions:
             them = self.graph[s.index]

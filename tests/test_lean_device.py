@@ -239,7 +239,7 @@ def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_
         grid.contexts[node].node_config.update({"data-dir": str(folders[k]), "state-dir": str(tmp_path / f"state-{k}"),
                                                 "identity-key": str(identities[k]), "roster": str(roster)})
     config = resolve(None, {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path / "runs"),
-                            "run-id": "deployed", "deployment": True, "min-nodes": 12})
+                            "run-id": "deployed", "deployment": True, "min-nodes": 12, "secure-roster": str(roster)})
     run_federated(grid, config)
     run = tmp_path / "runs" / "deployed"
     assert read_summary(run)["final"]["clients-evaluated"] == 12

@@ -370,7 +370,9 @@ def survivors_signed_by_a_stranger(c: Copy) -> str:
     from shared.secure_sum import identity
 
     evidence, stranger = c.evidence(), _stranger()
-    message = identity.survivors_message(str(evidence["run-id"]), "cooccurrence", [int(v) for v in evidence["cooccurrence.survivors"]])
+    participants = {i: bytes(row).hex() for i, row in enumerate(evidence["identity-keys"]) if row.any()}
+    message = identity.survivors_message(str(evidence["run-id"]), "cooccurrence", [int(v) for v in evidence["cooccurrence.survivors"]],
+                                         identity.participants_digest(participants))
 
     def swap(a):
         signers, signatures = a["cooccurrence.signers"].copy(), a["cooccurrence.signatures"].copy()
@@ -414,6 +416,16 @@ def one_identity_in_two_places(c: Copy) -> str:
 
     c.edit_arrays("secure-sum.npz", copy_row)
     return "devices [5] have the identity key of another device: one party in several places of the graph"
+
+
+def graph_not_the_rosters(c: Copy) -> str:
+    def swap(a):
+        graph = a["neighbours"].copy()
+        graph[[0, 1]] = graph[[1, 0]]  # two devices' neighbour lists exchanged
+        a["neighbours"] = graph
+
+    c.edit_arrays("secure-sum.npz", swap)
+    return "the recorded neighbour graph is not the one the participants, the roster and its seed determine"
 
 
 def no_identity_evidence(c: Copy) -> str:
@@ -472,6 +484,7 @@ CASES = [
     Case(keys_not_signed_by_identity, "secure-sum"),
     Case(no_identity_evidence, "secure-sum"),
     Case(one_identity_in_two_places, "secure-sum"),
+    Case(graph_not_the_rosters, "secure-sum"),
 ]
 
 

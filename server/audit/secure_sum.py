@@ -56,7 +56,7 @@ from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import identity, masks
 from shared.secure_sum.device import sketch_seed
-from shared.secure_sum.plan import graph_parts, make_plan
+from shared.secure_sum.plan import graph_parts, make_plan, participant_graph
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
 from shared.secure_sum.quantise import from_field, to_field
 from shared.secure_sum.unmask import unmasked_sum
@@ -246,14 +246,14 @@ def _noise(report, plan, run: RunDirectory, releases) -> None:
     )
 
 
-def _known_identities(run: RunDirectory, node_keys) -> frozenset[str] | None:
+def _known_identities(run: RunDirectory, node_keys) -> identity.Roster | None:
     """The devices' identity keys the audit can hold signers to: a deployment's roster (in the
     ``--node-keys`` folder ``fedmmrec deploy certs`` wrote), else the simulated devices' own."""
     if node_keys and (Path(node_keys) / "roster.json").is_file():
         return identity.roster_from_file(Path(node_keys) / "roster.json")
     keys = [folder / identity.IDENTITY_KEY_FILE for folder in run.device_folders().values()]
     found = frozenset(identity.identity_public_from_file(k) for k in keys if k.is_file())
-    return found or None
+    return identity.Roster(found) if found else None
 
 
 def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
@@ -267,6 +267,13 @@ def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
         report.fail(check, f"{SECURE_FILE} holds no identity evidence (identity keys, run id): the survivor sets cannot be checked")
         return
     run_id, known = str(evidence["run-id"]), _known_identities(run, node_keys)
+    participants = {i: bytes(row).hex() for i, row in enumerate(evidence["identity-keys"]) if row.any()}
+    digest = identity.participants_digest(participants)
+    if known is not None and "graph-seed" in evidence:
+        drawn = participant_graph(str(evidence["graph-seed"]), participants, plan.neighbours, known)
+        recorded = {i: sorted(int(v) for v in evidence["neighbours"][i] if v >= 0) for i in participants}
+        if drawn != recorded or (known.seed and str(evidence["graph-seed"]) != known.seed):
+            report.fail(check, "the recorded neighbour graph is not the one the participants, the roster and its seed determine")
     names = [r.name for r in plan.releases if f"{r.name}.mask-publics" in evidence]
     seen: dict[str, int] = {}
     shared = sorted(i for i, row in enumerate(evidence["identity-keys"]) if row.any() and seen.setdefault(bytes(row).hex(), i) != i)
@@ -289,13 +296,13 @@ def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
         if f"{name}.signers" not in evidence or f"{name}.survivors" not in evidence:
             continue  # _sums names the missing array
         survivors = [int(v) for v in evidence[f"{name}.survivors"]]
-        message = identity.survivors_message(run_id, name, survivors)
+        message = identity.survivors_message(run_id, name, survivors, digest)
         signers = [bytes(row).hex() for row in evidence[f"{name}.signers"]]
         valid = {who for who, sig in zip(signers, evidence[f"{name}.signatures"]) if identity.verify(who, bytes(sig), message)}
         if len(valid) < plan.min_survivors:
             report.fail(check, f"{where}: {len(valid)} distinct devices signed the unmasked survivor set, below the minimum "
                                f"{plan.min_survivors}: the devices would have refused to unmask it")
-        strangers = sorted(valid - known) if known is not None else []
+        strangers = sorted(valid - known.keys) if known is not None else []
         if strangers:
             report.fail(check, f"{where}: the survivor set is signed by {len(strangers)} keys that are not the devices' identity keys")
     report.figures["survivor sets"] = (

@@ -102,6 +102,7 @@ class DeviceSession:
     inputs: dict[str, list[int]] = field(default_factory=dict)  # release -> the participants this device masked for
     confirmed: dict[str, list[int]] = field(default_factory=dict)  # release -> the survivor set this device signed
     participants: dict[int, str] = field(default_factory=dict)  # protocol index -> identity key, as the share stage listed them
+    graph: dict[int, list[int]] = field(default_factory=dict)  # the neighbour graph that list and the roster determine
     plan_digest: str = ""  # the plan this session's shares were made under: every later stage must use it
 
     # --- stage 1 ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class DeviceSession:
     # --- stage 2 ---------------------------------------------------------------------------
     def check_neighbour_keys(
         self, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes], identities: list[str],
-        signatures: list[bytes], roster: frozenset[str], own: str,
+        signatures: list[bytes], roster: identity.Roster, own: str,
     ) -> None:
         """Every neighbour's public keys signed by a distinct identity of the roster (not this device's)."""
         if len(identities) != len(neighbours) or len(signatures) != len(neighbours):
@@ -134,10 +135,12 @@ class DeviceSession:
                 raise ProtocolRefusal(f"neighbour {v}'s public keys are not signed by its identity key: refusing substituted keys")
 
     def check_participants(self, plan: SecurePlan, participants: dict[int, str], neighbours: list[int], identities: list[str],
-                           roster: frozenset[str], own: str) -> None:
+                           roster: identity.Roster, own: str) -> None:
         """The participant list names at least the minimum of distinct roster identities, this
         device under its own, and ``neighbours`` are this device's in the graph it determines
         (:func:`~shared.secure_sum.plan.participant_graph`), each under its listed identity."""
+        if len(roster) != plan.devices:
+            raise ProtocolRefusal(f"a plan for {plan.devices} devices, but this device's roster lists {len(roster)}: the population is the roster's")
         if participants.get(self.index) != own:
             raise ProtocolRefusal(f"the participant list does not name this device ({self.index}) under its identity key")
         keys = list(participants.values())
@@ -145,15 +148,16 @@ class DeviceSession:
             raise ProtocolRefusal("the participant list repeats an identity key or names one outside this device's roster")
         if len(keys) < plan.min_survivors or not all(0 <= v < self.devices for v in participants):
             raise ProtocolRefusal(f"{len(keys)} participants listed: the minimum is {plan.min_survivors} of {plan.devices}")
-        wanted = participant_graph(self.run, participants, plan.neighbours)[self.index]
-        if sorted(neighbours) != wanted:
+        graph = participant_graph(roster.graph_seed(self.run), participants, plan.neighbours, roster)
+        if sorted(neighbours) != graph[self.index]:
             raise ProtocolRefusal("the neighbour list is not the graph the participant list determines: refusing neighbours the server chose")
         if [participants.get(v) for v in neighbours] != list(identities):
             raise ProtocolRefusal("a neighbour's identity key is not the one the participant list gives it")
+        self.graph = graph
 
     def share_keys(
         self, plan: SecurePlan, neighbours: list[int], mask_publics: list[bytes], channel_publics: list[bytes],
-        identities: list[str], signatures: list[bytes], roster: frozenset[str], own: str, participants: dict[int, str],
+        identities: list[str], signatures: list[bytes], roster: identity.Roster, own: str, participants: dict[int, str],
     ) -> list[bytes]:
         """Encrypted shares for each neighbour, in ``neighbours`` order, once the participants and
         the graph check out and each neighbour's keys are signed by its roster identity (``own``:
@@ -203,6 +207,9 @@ class DeviceSession:
         if release.name in self.masked:
             raise ProtocolRefusal(f"this device already sent its input for release {release.name!r}")
         self._check_population(plan, participants, "mask an input")
+        strangers = sorted(set(int(v) for v in participants) - set(self.participants)) if self.participants else []
+        if strangers:
+            raise ProtocolRefusal(f"devices {strangers[:5]} are named as taking part but were not in the participant list this device shared under")
         revealed = sorted(v for v in participants if f"{release.name}:{v}" in self.revealed_keys)
         if revealed:
             raise ProtocolRefusal(f"devices {revealed} take part although this device revealed their mask keys")
@@ -250,16 +257,16 @@ class DeviceSession:
         if outside:
             raise ProtocolRefusal(f"devices {outside[:5]} are named as survivors but were not asked for their input with this device")
         wanted = sorted(set(int(v) for v in survivors))
-        parts = graph_parts(wanted, participant_graph(self.run, self.participants, plan.neighbours)) if self.participants else 1
+        parts = graph_parts(wanted, self.graph) if self.graph else 1
         if parts > 1:
             raise ProtocolRefusal(f"the survivor set's neighbour graph is in {parts} parts, whose sums could be unmasked apart: refusing to confirm it")
         if release in self.confirmed and self.confirmed[release] != wanted:
             raise ProtocolRefusal(f"this device already signed another survivor set for release {release!r}: refusing a second view")
         self.confirmed[release] = wanted
-        return identity.sign(key, identity.survivors_message(self.run, release, wanted))
+        return identity.sign(key, identity.survivors_message(self.run, release, wanted, identity.participants_digest(self.participants)))
 
     def check_confirmations(self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int],
-                            signers: list[str], signatures: list[bytes], roster: frozenset[str]) -> None:
+                            signers: list[str], signatures: list[bytes], roster: identity.Roster | frozenset[str]) -> None:
         """The set to unmask is the one this device signed, and at least the minimum of distinct
         roster identities signed it too."""
         wanted = sorted(set(int(v) for v in survivors))
@@ -270,7 +277,7 @@ class DeviceSession:
         stray = sorted(set(int(v) for v in dropped) - (set(self.inputs.get(release, [])) - set(wanted)))
         if stray:
             raise ProtocolRefusal(f"devices {stray[:5]} are named as dropped but were not asked for their input with this device")
-        message = identity.survivors_message(self.run, release, wanted)
+        message = identity.survivors_message(self.run, release, wanted, identity.participants_digest(self.participants))
         valid = {who for who, signature in zip(signers, signatures) if who in roster and identity.verify(who, signature, message)}
         if len(valid) < plan.min_survivors:
             raise ProtocolRefusal(
@@ -281,7 +288,7 @@ class DeviceSession:
     # --- stage 5 ---------------------------------------------------------------------------
     def unmask(
         self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int],
-        signers: list[str], signatures: list[bytes], roster: frozenset[str],
+        signers: list[str], signatures: list[bytes], roster: identity.Roster | frozenset[str],
     ) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """(seed shares of surviving neighbours, mask-key shares of dropped neighbours), once
         ``signers`` (identity keys) have signed the survivor set this device signed."""
@@ -348,6 +355,7 @@ class DeviceSession:
             "masked": list(self.masked), "unmasked": list(self.unmasked), "run": self.run,
             "neighbour-identities": list(self.neighbour_identities), "inputs": json.dumps(self.inputs),
             "confirmed": json.dumps(self.confirmed), "participants": json.dumps({str(k): v for k, v in self.participants.items()}),
+            "graph": json.dumps({str(k): v for k, v in self.graph.items()}),
             "plan-digest": self.plan_digest,
         }
 
@@ -364,5 +372,6 @@ class DeviceSession:
             inputs={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("inputs", "{}"))).items()},
             confirmed={k: [int(v) for v in vs] for k, vs in json.loads(str(record.get("confirmed", "{}"))).items()},
             participants={int(k): str(v) for k, v in json.loads(str(record.get("participants", "{}"))).items()},
+            graph={int(k): [int(u) for u in vs] for k, vs in json.loads(str(record.get("graph", "{}"))).items()},
             plan_digest=str(record.get("plan-digest", "")),
         )

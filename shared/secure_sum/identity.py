@@ -24,6 +24,8 @@ import functools
 import hashlib
 import json
 import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -93,20 +95,53 @@ def key_bundle_message(run: str, index: int, mask_publics: bytes, channel_public
     return hashlib.sha256(b"fedmmrec keys|" + f"{run}|{index}|".encode() + bytes(mask_publics) + b"|" + bytes(channel_public)).digest()
 
 
-def survivors_message(run: str, release: str, survivors: list[int]) -> bytes:
-    """What every survivor signs before any share is revealed: the run, the release, the set."""
-    return hashlib.sha256(f"fedmmrec survivors|{run}|{release}|{','.join(map(str, sorted(survivors)))}".encode()).digest()
+def participants_digest(participants: dict[int, str]) -> str:
+    """SHA-256 of a participant list (index -> identity key): the survivor-set signatures bind it,
+    so the minimum of signers agree on one list, and so on one graph."""
+    return hashlib.sha256(json.dumps(sorted((int(i), str(k)) for i, k in participants.items())).encode()).hexdigest()
 
 
-def write_roster(path: str | Path, keys: list[str]) -> Path:
+def survivors_message(run: str, release: str, survivors: list[int], participants: str) -> bytes:
+    """What every survivor signs before any share is revealed: the run, the release, the set, and
+    the digest of the participant list it shared its keys under."""
+    return hashlib.sha256(
+        f"fedmmrec survivors|{run}|{release}|{','.join(map(str, sorted(survivors)))}|{participants}".encode()).digest()
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The devices' identity keys, and the seed their neighbour graph is drawn with: the roster's
+    own (random, written with it by the operator) or, for a simulation's roster, empty (the run id
+    then seeds the graph). ``len`` is the population: a device plans for it, not for the number
+    of devices a server says take part."""
+
+    keys: frozenset[str]
+    seed: str = ""
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def graph_seed(self, run: str) -> str:
+        return self.seed or f"run {run}"
+
+
+def write_roster(path: str | Path, keys: list[str], seed: str | None = None) -> Path:
+    """The roster file: the keys and a fresh random seed for the graph (the server cannot choose it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": ROSTER_FORMAT, "keys": sorted(keys)}, indent=1), encoding="utf-8")
+    body = {"format": ROSTER_FORMAT, "keys": sorted(keys), "seed": seed or secrets.token_hex(32)}
+    path.write_text(json.dumps(body, indent=1), encoding="utf-8")
     return path
 
 
 @functools.lru_cache(maxsize=64)
-def _roster_file(path: Path, stamp: float) -> frozenset[str]:
+def _roster_file(path: Path, stamp: float) -> Roster:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if raw["format"] != ROSTER_FORMAT:
@@ -114,12 +149,15 @@ def _roster_file(path: Path, stamp: float) -> frozenset[str]:
         keys = frozenset(str(k) for k in raw["keys"])
         if any(len(bytes.fromhex(k)) != 32 for k in keys):
             raise ValueError("a key is not 32 bytes of hex")
+        seed = str(raw["seed"])
+        if len(bytes.fromhex(seed)) < 16:
+            raise ValueError("the graph seed is shorter than 16 bytes of hex")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RosterError(f"{path}: not a roster of identity keys ({exc})") from None
-    return keys
+    return Roster(keys, seed)
 
 
-def roster_from_file(path: str | Path) -> frozenset[str]:
+def roster_from_file(path: str | Path) -> Roster:
     path = Path(path)
     try:
         stamp = path.stat().st_mtime
@@ -129,11 +167,11 @@ def roster_from_file(path: str | Path) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _simulated(folder: Path, names: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(public_hex(load_identity(folder / name / IDENTITY_KEY_FILE)) for name in names)
+def _simulated(folder: Path, names: tuple[str, ...]) -> Roster:
+    return Roster(frozenset(public_hex(load_identity(folder / name / IDENTITY_KEY_FILE)) for name in names))
 
 
-def roster_of_simulated_devices(folder: str | Path) -> frozenset[str]:
+def roster_of_simulated_devices(folder: str | Path) -> Roster:
     """The identity keys in the simulated devices' state folders under ``folder``."""
     folder = Path(folder)
     names = tuple(sorted(p.parent.name for p in folder.glob(f"partition-*/{IDENTITY_KEY_FILE}")))

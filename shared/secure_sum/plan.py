@@ -4,8 +4,9 @@ Every device recomputes the plan from the run's settings and the number of devic
 says take part, and uses its own numbers: a server cannot talk a device into a smaller noise
 share, a lower threshold or a smaller minimum.
 
-- ``threshold``: Shamir shares go to each device's ``k`` neighbours (a random k-regular graph
-  the server draws, SecAgg+); any ``k // 2 + 1`` of them rebuild a secret, fewer learn nothing.
+- ``threshold``: Shamir shares go to each device's ``k`` neighbours (a k-regular ring over the
+  roster in an order the server cannot choose, :func:`participant_graph`; SecAgg+); any
+  ``k // 2 + 1`` of them rebuild a secret, fewer learn nothing. ``n`` is the roster's population.
 - ``min_survivors``: a release is unmasked only when at least ``ceil((1 - dropout) n)`` devices
   sent their masked input; below it the release is aborted and nothing is released.
 - ``colluders``: up to ``ceil(colluders n)`` devices may share their noise with the server; the
@@ -29,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.privacy.accounting import split_budget
@@ -107,7 +108,7 @@ def graph_failure_probability(devices: int, k: int, threshold: int, gone: int, c
     """Union bound on the chance that the graph fails the run: the ring lattice of degree ``k``
     over ``devices`` in a random order splits (``k / 2`` consecutive devices among the ``gone``,
     dropped or colluding), or some device has ``threshold`` of its neighbours among the
-    ``colluders`` (a random set fixed before the server draws the order). A complete graph never
+    ``colluders`` (a set fixed before the roster's seed orders the ring). A complete graph never
     splits."""
     half = k // 2
     split = 0.0 if k >= devices - 1 else devices * math.comb(gone, half) / math.comb(devices, half)
@@ -201,18 +202,21 @@ def graph_parts(members: Sequence[int], neighbours: dict[int, Sequence[int]]) ->
     return parts
 
 
-def participant_graph(run: str, identities: Mapping[int, str], k: int) -> dict[int, list[int]]:
+def participant_graph(seed: str, identities: Mapping[int, str], k: int, roster: Collection[str]) -> dict[int, list[int]]:
     """The neighbour graph of a run's participants (protocol index -> identity key), which the
-    server may not choose: a ring lattice of degree ``k`` (even unless complete) over the
-    participants ordered by SHA-256 of the run and each one's identity key. Every device
-    recomputes it from the participant list and refuses other neighbours: a server that placed a
-    target among colluders, or cut the ring where it likes, could unmask one device or a small
-    group. What the server still chooses is which devices take part (at least the minimum, each
-    a distinct roster identity), so it can only re-draw the order by leaving devices out."""
-    order = sorted(identities, key=lambda i: hashlib.sha256(f"fedmmrec graph|{run}|{identities[i]}".encode()).digest())
+    server may not choose: a ring lattice of degree ``k`` (even unless complete) over the whole
+    roster, ordered by SHA-256 of ``seed`` (the roster's own random seed; a simulation's, the run
+    id) and each identity key; a participant's neighbours are its ring neighbours that take part.
+    Every device recomputes it and refuses other neighbours. Leaving devices out removes them
+    from a neighbourhood but draws no one new into it, so the server cannot place a target among
+    colluders by choosing who takes part."""
+    everyone = set(roster) | set(identities.values())
+    order = sorted(everyone, key=lambda key: hashlib.sha256(f"fedmmrec graph|{seed}|{key}".encode()).digest())
     degree = min(int(k), len(order) - 1)
     degree -= degree % 2 if len(order) - 1 > degree else 0
-    return ring_neighbours(order, degree)
+    ring = ring_neighbours(order, degree)
+    index_of = {key: i for i, key in identities.items()}
+    return {i: sorted(index_of[v] for v in ring[key] if v in index_of) for i, key in identities.items()}
 
 
 def ring_neighbours(order: Sequence[int], k: int) -> dict[int, list[int]]:
