@@ -34,7 +34,8 @@ def test_each_device_makes_its_identity_key_and_the_operator_writes_the_roster(t
     assert keys[0] == identity_public_from_file(tmp_path / "device-0" / "identity-key.pem")
     assert main(["deploy", "roster", "--out", str(tmp_path / "roster.json"), *keys]) == 0
     assert capsys.readouterr().out.strip() == f"fedmmrec: wrote the roster of 2 devices' identity keys to {tmp_path / 'roster.json'}"
-    assert roster_from_file(tmp_path / "roster.json") == set(keys)
+    roster = roster_from_file(tmp_path / "roster.json")
+    assert roster.keys == set(keys) and len(bytes.fromhex(roster.seed)) == 32  # and a fresh random seed for the graph
     assert main(["deploy", "roster", "--out", str(tmp_path / "r2.json"), keys[0], "xyz"]) == 2
     assert "roster: xyz: each key is the 64 hex characters `fedmmrec deploy identity` printed, once" in capsys.readouterr().err
 
