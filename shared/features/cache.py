@@ -10,17 +10,16 @@ a crash never leaves a half-written cache that a later run would trust.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.data.schema import Dataset
+from shared.file_lock import locked
 from shared.features.image import IMAGE_BACKBONE_ID, IMAGE_DIM
 from shared.features.text import TEXT_BACKBONE_ID, TEXT_DIM
 
@@ -126,27 +125,12 @@ def _modality_features(path: Path | None, present: np.ndarray, dim: int, compute
     return features, present
 
 
-@contextlib.contextmanager
-def _computing(path: Path) -> Iterator[None]:
-    """Hold ``path``'s lock (``.<name>.lock`` beside it) while its features are computed: two
-    processes sharing a cache (a grid's runs, the test suite's workers) that miss the same entry
-    at once encode it once, the second reading what the first wrote. Without ``fcntl``
-    (Windows), or where the lock file cannot be made, both compute; the atomic write keeps
-    either result whole."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_name(f".{path.name}.lock"), "a+b")
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _computing(path: Path):
+    """Hold ``path``'s lock while its features are computed: two processes sharing a cache (a
+    grid's runs, the test suite's workers) that miss the same entry at once encode it once, the
+    second reading what the first wrote. Unlocked (no ``fcntl``), both compute; the atomic write
+    keeps either result whole."""
+    return locked(path)
 
 
 def load_or_compute_features(

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.file_lock import locked
 from shared.secure_sum.device import ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
 from shared.secure_sum.skellam import SkellamRelease, skellam_epsilon
@@ -121,25 +122,13 @@ def load_spend(path: Path | None, kept: str | None, user: str) -> UserSpend:
 
 @contextlib.contextmanager
 def spend_lock(path: Path | None) -> Iterator[None]:
-    """Hold ``path``'s lock (``.<name>.lock`` beside it) across load, check and save: two runs on one
-    device cannot both be admitted on the same record. Without ``fcntl`` (Windows) no lock."""
+    """Hold the spend file's lock across load, check and save: two runs on one device cannot both
+    be admitted on the same record (unlocked without ``fcntl``, on Windows)."""
     if path is None:
         yield
         return
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_name(f".{path.name}.lock"), "a+b")
-    except (ImportError, OSError):
+    with locked(path):
         yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_spend(path: Path | None, spend: UserSpend) -> str:
