@@ -103,6 +103,15 @@ class Copy:
         edit(arrays)
         np.savez(path, **arrays)
 
+    def set_row(self, key: str, index: int, row: np.ndarray) -> None:
+        """Row ``index`` of ``secure-sum.npz``'s array ``key`` replaced by ``row``."""
+        def edit(arrays):
+            rows = arrays[key].copy()
+            rows[index] = row
+            arrays[key] = rows
+
+        self.edit_arrays("secure-sum.npz", edit)
+
     def evidence(self) -> dict:
         return dict(np.load(self.path / "secure-sum.npz"))
 
@@ -387,34 +396,19 @@ def survivors_signed_by_a_stranger(c: Copy) -> str:
 def identity_not_a_devices(c: Copy) -> str:
     from shared.secure_sum import identity
 
-    def swap(a):
-        rows = a["identity-keys"].copy()
-        rows[0] = np.frombuffer(bytes.fromhex(identity.public_hex(_stranger())), dtype=np.uint8)
-        a["identity-keys"] = rows
-
-    c.edit_arrays("secure-sum.npz", swap)
+    c.set_row("identity-keys", 0, np.frombuffer(bytes.fromhex(identity.public_hex(_stranger())), dtype=np.uint8))
     return "device 0: its identity key is not one of the devices' identity keys"
 
 
 def keys_not_signed_by_identity(c: Copy) -> str:
     from shared.secure_sum import masks
 
-    def swap(a):
-        rows = a["channel-publics"].copy()
-        rows[3] = np.frombuffer(masks.public_key(masks.new_private_key()), dtype=np.uint8)
-        a["channel-publics"] = rows
-
-    c.edit_arrays("secure-sum.npz", swap)
+    c.set_row("channel-publics", 3, np.frombuffer(masks.public_key(masks.new_private_key()), dtype=np.uint8))
     return "device 3: its public keys in secure-sum.npz are not signed by its identity key"
 
 
 def one_identity_in_two_places(c: Copy) -> str:
-    def copy_row(a):
-        rows = a["identity-keys"].copy()
-        rows[5] = rows[4]
-        a["identity-keys"] = rows
-
-    c.edit_arrays("secure-sum.npz", copy_row)
+    c.set_row("identity-keys", 5, c.evidence()["identity-keys"][4])
     return "devices [5] have the identity key of another device: one party in several places of the graph"
 
 

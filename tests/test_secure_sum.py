@@ -22,7 +22,7 @@ from server.audit import audit
 from server.secure_release import SecureAggregation, SecureAggregationAborted
 from shared.config import resolve
 from shared.cooccurrence import popularity_contribution
-from shared.messages import SECURE_STAGES, TASK_KEY, message_config, secure_fields
+from shared.messages import TASK_KEY, message_config, secure_fields
 from shared.secure_sum import masks
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import make_plan

@@ -58,7 +58,7 @@ from shared.secure_sum import identity, masks
 from shared.secure_sum.device import sketch_seed
 from shared.secure_sum.plan import graph_parts, make_plan, participant_graph
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
-from shared.secure_sum.quantise import from_field, to_field
+from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 
 CHECKS = ("secure-plan", "secure-shares", "secure-noise", "secure-sum")
