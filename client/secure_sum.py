@@ -39,7 +39,7 @@ from shared.secure_sum import identity as identity_keys
 from shared.secure_sum.device import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
 from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lock
-from shared.user_releases import check_release_settings, check_secure_settings, secure_plan
+from shared.releases import RELEASES, check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
 NOISE = {"add": True}  # the fault hook of simulations/faults.py turns a device's share off
@@ -178,7 +178,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
     fields = secure_fields(msg)
     if stage == SECURE_KEYS:
         if int(fields["dimensions"][0]) != data.num_items:
-            raise ProtocolRefusal(f"a popularity release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
+            raise ProtocolRefusal(f"a {RELEASES[0].name} release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
         session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]), run=str(msg.metadata.run_id))
         mask_public, channel_public = session.public_keys(len(fields["dimensions"]))
         me = _identity_key(msg, context, data)

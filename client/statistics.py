@@ -14,11 +14,9 @@ from flwr.app import Array, ArrayRecord, Message
 from client.catalog_content import catalog_content
 from client.local_data import LocalData
 from shared.config import parse_modalities
-from shared.cooccurrence import cooccurrence_contribution, popularity_contribution, selection_contribution
 from shared.item_model import CooccurrenceModel
 from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
-
-TASKS = ("popularity", "cooccurrence", "selection")
+from shared.releases import DeviceView, release_named
 
 
 def run_modalities(msg: Message) -> tuple[str, ...]:
@@ -26,16 +24,14 @@ def run_modalities(msg: Message) -> tuple[str, ...]:
 
 
 def contribution(msg: Message, data: LocalData, task: str, node_config: dict) -> np.ndarray:
-    """This device's contribution to release ``task``."""
-    if task == "popularity":
-        return popularity_contribution(data.train_items, data.num_items)
-    if task == "cooccurrence":
-        return cooccurrence_contribution(data.train_items, msg.content[ARRAYS]["top-items"].numpy())
-    if task == "selection":
-        return selection_contribution(
-            released_model(msg), data.train_items, data.validation_item, catalog_content(msg, node_config, data, run_modalities(msg))
-        )
-    raise ValueError(f"unknown release task {task!r}; choose one of {', '.join(TASKS)}")
+    """This device's contribution to release ``task`` (:data:`shared.releases.RELEASES`)."""
+    release = release_named(task)
+    arrays = {key: value.numpy() for key, value in msg.content.array_records.get(ARRAYS, {}).items()}
+    view = DeviceView(
+        data.train_items, data.num_items, data.validation_item, arrays,
+        lambda: catalog_content(msg, node_config, data, run_modalities(msg)),
+    )
+    return release.contribution(view)
 
 
 def statistic_reply(msg: Message, data: LocalData, task: str, client_id: str, node_config: dict) -> Message:

@@ -1,15 +1,11 @@
 """``privacy = user``: user-level DP from a few noisy releases of device statistics (two, or
 three with ``selection-budget-share > 0``), driven by :func:`run_releases`.
 
-The round structure (the math and its reasons are in :mod:`shared.cooccurrence`):
-
-- round 1, **popularity**: every device sends its interaction vector at unit norm;
-- round 2, **co-occurrence**: the server names the ``cooccurrence-items`` most popular known
-  items of the noisy popularity; every device sends its unit-Frobenius co-occurrence over them;
-- round 3, **selection**: every device votes for the weights of popularity and content that
-  rank its own last interaction best;
-- the server post-processes the releases (and the public catalog content) into the served
-  model, and every device ranks the catalog with its own history, which never leaves it.
+One round per release of :data:`shared.releases.RELEASES` (the math and its reasons are in
+:mod:`shared.cooccurrence`): the server sends each release's request (what it made of the
+earlier ones), every device sends its statistic, and the server post-processes the noisy sum
+(with the public catalog content) toward the served model; every device then ranks the catalog
+with its own history, which never leaves it.
 
 Each device contributes once to each release: the user-level epsilon composes mechanisms of
 sensitivity 1, with the noise split from the ``user-epsilon`` budget
@@ -29,20 +25,18 @@ from flwr.serverapp import Grid
 
 from server.catalog_shipment import CatalogShipment
 from shared.config import parse_modalities
-from shared.cooccurrence import CANDIDATES, fit_model, matrix_from_triangle, top_items, triangle_size
-from shared.item_content import content_matrix
-from shared.item_model import CooccurrenceModel
 from shared.checksums import arrays_sha256
+from shared.item_content import content_matrix
 from shared.privacy.ledger import Ledger
+from shared.releases import Fit, ModelSettings, planned_releases
 from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory
-from shared.user_releases import planned_releases
 
 if TYPE_CHECKING:
     from server.mechanisms.releases import ReleasesMechanism
 
 
-def _model_arrays(model: CooccurrenceModel) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.to_arrays().items()})
+def _arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in values.items()})
 
 
 def run_releases(
@@ -59,57 +53,35 @@ def run_releases(
     rows, user-level epsilon). ``evaluate(grid, arrays, round)`` asks the devices to rank."""
     config = mechanism.config
     nodes = sorted(grid.get_node_ids())
-    names = planned_releases(config)
-    num_items = len(known)
-    m = min(int(config.privacy.cooccurrence_items), int(known.sum()))
-    dimensions = {"popularity": num_items, "cooccurrence": triangle_size(m), "selection": len(CANDIDATES)}
+    releases = planned_releases(config)
     content = content_matrix(
         features.text, features.text_mask, features.image, features.image_mask, parse_modalities(config.model.modalities)
     )
+    fit = Fit(content, np.asarray(known, dtype=bool), ModelSettings.of(config))
     # The public catalog the model is fitted with (content, and which items exist at release
     # time), saved before any release and hashed into the first: the audit refits the served
     # model from the releases and this file alone.
-    catalog = {"content": content, "known": np.asarray(known, dtype=bool)}
+    catalog = {"content": content, "known": fit.known}
     run_dir.save_arrays(CATALOG_FILE, catalog)
     catalog_digest = arrays_sha256(catalog)
     if config.federation.deployment:  # devices get the content matrix from here, not from images
         grid = CatalogShipment(grid, content)
-    released: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    model, rank = None, 0
-    arrays = ArrayRecord()  # the first release needs nothing but the task: a device counts its own items
-    releaser = mechanism.releaser(grid, nodes, {name: dimensions[name] for name in names}, ledger, log)
+    releaser = mechanism.releaser(grid, nodes, {r.name: r.dimension(fit) for r in releases}, ledger, log)
     releaser.start()
-    fitted_stds: list[float] = []
-    for server_round, name in enumerate(names, start=1):
-        started, dimension = time.time(), dimensions[name]
-        released_now = releaser.release(server_round, name, dimension, arrays)
-        noisy, who, epsilon, std, body = (
-            released_now.noisy, released_now.contributors, released_now.epsilon, released_now.fitted_std, released_now.body
-        )
-        if name == "popularity":
+    for server_round, release in enumerate(releases, start=1):
+        started, dimension = time.time(), release.dimension(fit)
+        released_now = releaser.release(server_round, release.name, dimension, _arrays(release.request(fit)))
+        who, epsilon, std, body = released_now.contributors, released_now.epsilon, released_now.fitted_std, released_now.body
+        if server_round == 1:
             body["catalog-sha256"] = catalog_digest
-        fitted_stds.append(std)
         sent = dimension * 4 if who else 0  # float32 (central) or uint32 (secure) on the wire
-        released[name] = noisy
         head = ledger.append([("release", server_round, body)])
-        if name == "popularity":
-            released["top-items"] = top_items(noisy, known, m)
-            arrays = ArrayRecord({"top-items": Array(np.ascontiguousarray(released["top-items"]))})
-        elif name == "cooccurrence":
-            model, rank = fit_model(
-                released["popularity"], fitted_stds[0], released["top-items"], matrix_from_triangle(noisy, m), std,
-                content, known, int(config.privacy.max_factors), float(config.privacy.popularity_weight),
-                item_model=config.privacy.item_model, ease_lambda=float(config.privacy.ease_lambda),
-                cold_weight=float(config.privacy.cold_weight),
-            )
-            arrays = _model_arrays(model)
-        else:
-            model = model.with_weights(*CANDIDATES[int(np.argmax(noisy))])
+        fit = release.post_process(fit, released_now.noisy, std)
         rows.append(
             {
                 "round": server_round,
-                "release": name,
+                "release": release.name,
                 "clients-sampled": len(nodes),
                 "clients-trained": len(who),
                 "bytes-sent-per-client": float(sent),
@@ -119,21 +91,22 @@ def run_releases(
             }
         )
         log(
-            f"[round {server_round}/{len(names)}] {name} release: {len(who)} devices, noise std {std:.3f} "
+            f"[round {server_round}/{len(releases)}] {release.name} release: {len(who)} devices, noise std {std:.3f} "
             f"over {dimension} values, user-level epsilon {epsilon:.2f} at delta {config.privacy.delta:g}, "
             f"{sent / 1024:.0f} KiB sent per device"
         )
-    run_dir.save_arrays(RELEASES_FILE, released)
+    run_dir.save_arrays(RELEASES_FILE, {key: value for r in releases for key, value in r.recorded(fit).items()})
     releaser.finish(run_dir)
+    model = fit.model
     run_dir.save_arrays(MODEL_FILE, model.to_arrays())
-    evaluation = evaluate(grid, _model_arrays(model), len(names))
+    evaluation = evaluate(grid, _arrays(model.to_arrays()), len(releases))
     rows[-1].update(
-        {"factors": rank, "popularity-weight": model.popularity_weight, "content-weight": model.content_weight, **evaluation}
+        {"factors": fit.rank, "popularity-weight": model.popularity_weight, "content-weight": model.content_weight, **evaluation}
     )
     for row in rows:
         run_dir.append_metrics(row)
     log(
-        f"fedmmrec: model: {'EASE item-to-item weights' if model.item_item else f'{rank} factors'} over {m} items, "
+        f"fedmmrec: model: {'EASE item-to-item weights' if model.item_item else f'{fit.rank} factors'} over {fit.m} items, "
         f"cold weight {config.privacy.cold_weight:g}, popularity weight {model.popularity_weight:g}, content "
         f"weight {model.content_weight:g}; HR@10 {evaluation.get('hr@10', float('nan')):.3f} "
         f"NDCG@10 {evaluation.get('ndcg@10', float('nan')):.3f} ({evaluation.get('clients-evaluated', 0)} devices)"

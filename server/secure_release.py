@@ -39,7 +39,7 @@ from shared.secure_sum.plan import SecurePlan, graph_parts, participant_graph
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
-from shared.user_releases import secure_plan
+from shared.releases import secure_plan
 
 
 class SecureAggregationAborted(RuntimeError):

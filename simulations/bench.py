@@ -312,7 +312,7 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     from shared.secure_sum import identity, masks
     from shared.secure_sum.device import DeviceSession
     from shared.secure_sum.plan import participant_graph
-    from shared.user_releases import secure_plan
+    from shared.releases import secure_plan
 
     run = "bench"
     plan = secure_plan(resolve(None, {"privacy": "user", "user-noise": "distributed"}), devices, list(dimensions))

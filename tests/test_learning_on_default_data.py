@@ -50,7 +50,7 @@ def test_default_job_is_user_level_dp_at_epsilon_8_and_beats_most_popular(user_l
     # the default adds the noise on the devices (secure sum), sized for 90 of the 100 to survive
     # with 5 colluding: all 100 took part, so the realised epsilon is below the budget
     from shared.config import resolve
-    from shared.user_releases import secure_plan
+    from shared.releases import secure_plan
 
     assert privacy["unit"] == "user (all of one device's interactions), noise added by the devices under secure aggregation"
     releases = [e.body for e in read_ledger(user_level_run) if e.kind == "release"]

@@ -150,6 +150,11 @@ def no_release(c: Copy) -> str:
     return "no release in the ledger"
 
 
+def releases_not_the_planned(c: Copy) -> str:
+    c.rewrite_ledger(lambda rows: [r for r in rows if not (r[0] == "release" and r[1] == 1)])
+    return f"ledger releases {NAMES[1:]} are not the planned {NAMES}, in order"
+
+
 def plan_not_recomputable(c: Copy) -> str:
     c.edit_header(lambda h: h["config"].update({"secure-neighbours": 2}))
     with pytest.raises(ValueError) as why:
@@ -444,6 +449,7 @@ class Case:
 
 CASES = [
     Case(no_release, "secure-plan"),
+    Case(releases_not_the_planned, "secure-plan"),
     Case(plan_not_recomputable, "secure-plan"),
     Case(threshold_not_the_plans, "secure-plan"),
     Case(count_not_the_records, "secure-shares"),

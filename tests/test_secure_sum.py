@@ -72,7 +72,7 @@ class DeliveringGrid:
                 node = msg.metadata.dst_node_id
                 self.identity.node_id = node  # the device's process builds its reply
                 stage = message_config(msg)[TASK_KEY]
-                data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], on_device=False, user_id=f"user-{node}")
+                data = SimpleNamespace(num_items=ITEMS, train_items=self.items[node], validation_item=-1, on_device=False, user_id=f"user-{node}")
                 reply = stage_reply(msg, self.contexts[node], data, stage, f"device-{node}", f"node-{node}", None)
                 at_release = f"{stage}:{secure_fields(msg).get('release')}"
                 if self.nodes.index(node) not in self.drop.get(stage, set()) | self.drop.get(at_release, set()):

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import server.mechanisms.gaussian_releases
-import server.releases
+import shared.releases.cooccurrence
+import shared.releases.popularity
+import shared.releases.selection
 from server.audit import audit, run_audit
 from server.audit.releases import chi_square_interval
 from shared.cooccurrence import CANDIDATES, cooccurrence_contribution, matrix_from_triangle, popularity_contribution, selection_contribution, triangle_size
@@ -223,15 +225,16 @@ def test_audit_fails_when_the_served_model_is_not_fitted_to_the_release(
 ):
     """A server that releases one co-occurrence and serves a model fitted to another matrix
     (here the release plus a symmetric perturbation, standing for statistics it kept back)."""
-    real = server.releases.fit_model
+    real = shared.releases.cooccurrence.fit_model
 
     def fitted_elsewhere(popularity, popularity_std, top, matrix, std, *args, **kwargs):
         other = matrix + np.random.default_rng(0).normal(0.0, shift, matrix.shape)
         return real(popularity, popularity_std, top, (other + other.T) / 2, std, *args, **kwargs)
 
-    monkeypatch.setattr(server.releases, "fit_model", fitted_elsewhere)
     monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
-    run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
+    with monkeypatch.context() as lying:  # the server's post-processing only: the audit refits with the real one
+        lying.setattr(shared.releases.cooccurrence, "fit_model", fitted_elsewhere)
+        run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
     problems = _audit_failure(run, "release-model")
     assert problems[0].startswith(f"{run / 'model.npz'}: {problem}")
     if shift == 1.0 and item_model == "factors":
@@ -247,7 +250,9 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
     refits the model from releases.npz and catalog.npz and sees either."""
     import dataclasses
 
-    real_release, real_top, real_fit = server.mechanisms.gaussian_releases.gaussian_release, server.releases.top_items, server.releases.fit_model
+    real_release, real_top, real_fit = (
+        server.mechanisms.gaussian_releases.gaussian_release, shared.releases.popularity.top_items, shared.releases.cooccurrence.fit_model
+    )
     raw: dict[str, np.ndarray] = {}
 
     def keeping_the_sum(contributions, dimension, std, rng):
@@ -256,18 +261,20 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
         return real_release(iter(kept), dimension, std, rng)
 
     monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_release", keeping_the_sum)
+    lying = monkeypatch.context().__enter__()  # the server's post-processing only: undone before the audit
     if lie == "top items from the raw counts":
-        monkeypatch.setattr(server.releases, "top_items", lambda noisy, known, m: real_top(raw["popularity"], known, m))
+        lying.setattr(shared.releases.popularity, "top_items", lambda noisy, known, m: real_top(raw["popularity"], known, m))
         expected = "serves factors for other items than the 40 the popularity release ranked highest"
     else:
         def serving_raw(*args, **kwargs):
             model, rank = real_fit(*args, **kwargs)
             return dataclasses.replace(model, popularity=raw["popularity"]), rank
 
-        monkeypatch.setattr(server.releases, "fit_model", serving_raw)
+        lying.setattr(shared.releases.cooccurrence, "fit_model", serving_raw)
         expected = "the served popularity differs from the recorded popularity release shrunk toward the catalog's content"
     monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
     run = _user_run(small_dataset, feature_cache, tmp_path, "raw", **{"cooccurrence-items": 40})
+    lying.undo()
     problems = _audit_failure(run, "release-model")
     assert len(problems) == 1 and problems[0].startswith(f"{run / 'model.npz'}: {expected}")
 
@@ -282,7 +289,7 @@ def test_audit_fails_when_the_catalog_is_not_the_one_the_release_recorded(honest
     catalog["content"][0, 0] += 1e-3
     np.savez(run / "catalog.npz", **catalog)
     problems = _audit_failure(run, "release-model")
-    assert problems == [f"{run / 'catalog.npz'}: not the public catalog the popularity release recorded (catalog-sha256)"]
+    assert problems == [f"{run / 'catalog.npz'}: not the public catalog the first release recorded (catalog-sha256)"]
 
 
 def test_a_device_counted_twice_or_a_release_file_not_the_ledgers_fails_release_clipping(honest_run, rewritten_ledger, tmp_path):
@@ -309,9 +316,10 @@ def test_a_device_counted_twice_or_a_release_file_not_the_ledgers_fails_release_
 def test_audit_fails_when_the_served_weights_are_not_the_selections(small_dataset, feature_cache, tmp_path, monkeypatch):
     # the server serves the candidate after the one the devices voted for: a rotation moves every
     # one of the 15 distinct candidates (reversing them kept the middle one, 1 run in 15 passed)
-    real = server.releases.CANDIDATES
-    monkeypatch.setattr(server.releases, "CANDIDATES", real[1:] + real[:1])
-    run = _user_run(small_dataset, feature_cache, tmp_path, "other-weights")
+    real = shared.releases.selection.CANDIDATES
+    with monkeypatch.context() as lying:  # the server's post-processing only: the audit refits with the real one
+        lying.setattr(shared.releases.selection, "CANDIDATES", real[1:] + real[:1])
+        run = _user_run(small_dataset, feature_cache, tmp_path, "other-weights")
     problems = _audit_failure(run, "release-model")
     assert len(problems) == 1 and "the selection gives" in problems[0]
 

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from shared.checksums import arrays_sha256
-from shared.cooccurrence import CANDIDATES, fit_model, matrix_from_triangle, top_items
+from shared.releases import TOP_ITEMS, budget_shares, refit
 from shared.item_model import CooccurrenceModel
 from shared.privacy.accounting import (
     dp_accounting_gaussian_epsilon,
@@ -100,9 +100,7 @@ def audit_gaussian_releases(report, run: RunDirectory, header: dict[str, Any], e
     planned = header.get("user-level-releases", [])
     config = header["config"]
     budget = float(config["user-epsilon"])
-    popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
-    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
-    expected_stds = split_budget(budget, delta, shares)
+    expected_stds = split_budget(budget, delta, budget_shares(config))
     _accounting(report, releases, planned, expected_stds, budget, delta, run)
     _noise(report, releases, run)
     _clipping(report, releases, int(header["population"]), run)
@@ -260,27 +258,21 @@ def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
     stored, catalog = run.load_arrays(RELEASES_FILE), run.load_arrays(CATALOG_FILE)
     model = CooccurrenceModel.from_arrays(run.load_arrays(MODEL_FILE))
     bodies = {str(e.body.get("release")): e.body for e in releases}
-    recorded = bodies.get("popularity", {}).get("catalog-sha256")
+    recorded = releases[0].body.get("catalog-sha256") if releases else None
     if set(catalog) != {"content", "known"} or arrays_sha256(catalog) != recorded:
-        report.fail(check, f"{paths[2]}: not the public catalog the popularity release recorded (catalog-sha256)")
-        return
-    if "popularity" not in stored or "cooccurrence" not in stored:
-        report.fail(check, f"{paths[1]}: holds no popularity or co-occurrence release to fit a model to")
+        report.fail(check, f"{paths[2]}: not the public catalog the first release recorded (catalog-sha256)")
         return
     noise = {name: float(body.get("fitted-noise-std", body["noise-std"])) for name, body in bodies.items()}
-    known, content = np.asarray(catalog["known"], dtype=bool), np.asarray(catalog["content"], dtype=np.float64)
-    m = min(int(config["cooccurrence-items"]), int(known.sum()))
-    top = top_items(np.asarray(stored["popularity"], dtype=np.float64), known, m)
-    if not np.array_equal(np.asarray(stored.get("top-items", [])), top) or not np.array_equal(model.top_items, top):
+    try:
+        fit = refit(stored, noise, catalog, config)
+    except KeyError as exc:
+        report.fail(check, f"{paths[1]}: holds no {exc.args[0]} release to fit the model to")
+        return
+    expected, top = fit.model, fit.top_items
+    if not np.array_equal(np.asarray(stored.get(TOP_ITEMS, [])), top) or not np.array_equal(model.top_items, top):
         report.fail(check, f"{model_path}: serves factors for other items than the {len(top)} the popularity release ranked highest")
         return
-    item_model = str(config.get("item-model", "factors"))
-    expected, _ = fit_model(
-        np.asarray(stored["popularity"], dtype=np.float64), noise.get("popularity", 0.0), top,
-        matrix_from_triangle(np.asarray(stored["cooccurrence"], dtype=np.float64), len(top)), noise.get("cooccurrence", 0.0),
-        content, known, int(config["max-factors"]), item_model=item_model, ease_lambda=float(config.get("ease-lambda", 2.0)),
-        cold_weight=float(config.get("cold-weight", 1.0)),
-    )
+    item_model = fit.settings.item_model
     if model.factors.shape != expected.factors.shape:
         report.fail(check, f"{model_path}: {model.factors.shape[1]} factors per item; the co-occurrence release gives {expected.factors.shape[1]}")
         return
@@ -313,10 +305,7 @@ def _model(report, releases, config: dict[str, Any], run: RunDirectory) -> None:
     gap = float(np.abs(model.popularity - expected.popularity).max())
     if gap > MODEL_TOLERANCE * max(1.0, float(np.abs(expected.popularity).max())):
         report.fail(check, f"{model_path}: the served popularity differs from the recorded popularity release shrunk toward the catalog's content by up to {gap:.3g}")
-    if "selection" in stored:
-        wanted_weights = CANDIDATES[int(np.argmax(stored["selection"]))]
-    else:
-        wanted_weights = (float(config.get("popularity-weight", 0.3)), 0.0)
+    wanted_weights = (expected.popularity_weight, expected.content_weight)
     if (model.popularity_weight, model.content_weight) != tuple(map(float, wanted_weights)):
         report.fail(check, f"{model_path}: weights {model.popularity_weight:g} / {model.content_weight:g}; the selection gives {wanted_weights[0]:g} / {wanted_weights[1]:g}")
     report.ok(check)

@@ -56,7 +56,8 @@ from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import identity, masks
 from shared.secure_sum.device import sketch_seed
-from shared.secure_sum.plan import graph_parts, make_plan, participant_graph
+from shared.releases import planned_releases, secure_plan
+from shared.secure_sum.plan import graph_parts, participant_graph
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
@@ -77,14 +78,12 @@ def audit_secure(report, run: RunDirectory, header: dict[str, Any], releases: li
         report.fail("secure-plan", "no release in the ledger")
         return
     budget = _number(config["user-epsilon"])
-    popularity, selection = float(config["popularity-budget-share"]), float(config.get("selection-budget-share", 0.0))
-    shares = [popularity, 1.0 - popularity - selection] + ([selection] if selection > 0 else [])
-    first = releases[0].body
+    planned = [r.name for r in planned_releases(config)]
+    if names != planned[: len(names)]:
+        report.fail("secure-plan", f"ledger releases {names} are not the planned {planned}, in order")
+        return
     try:
-        plan = make_plan(
-            int(first["devices"]), names, [int(e.body["dimension"]) for e in releases], shares[: len(names)], budget, delta,
-            int(config["secure-neighbours"]), float(config["secure-dropout"]), float(config["secure-colluders"]),
-        )
+        plan = secure_plan(config, int(releases[0].body["devices"]), [int(e.body["dimension"]) for e in releases])
     except (KeyError, ValueError) as exc:
         report.fail("secure-plan", f"the plan cannot be recomputed from config and ledger: {exc}")
         return

@@ -23,7 +23,7 @@ from shared.config import RunConfig
 from shared.messages import CONTRIBUTION_KEY, TASK_KEY, client_id, server_messages, update_of
 from shared.privacy.accounting import gaussian_epsilon, split_budget
 from shared.privacy.gaussian import clip, gaussian_noise
-from shared.user_releases import budget_shares, planned_releases
+from shared.releases import budget_shares, planned_releases
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
@@ -143,7 +143,7 @@ class GaussianReleases(ReleasesMechanism):
             "reciprocal ranks of each device's most recent interaction under candidate weightings; each "
             "contribution clipped to L2 norm 1 by the server",
             "user-level-releases": [
-                {"release": n, "noise-std": std} for n, std in zip(planned_releases(self.config), noise_stds(self.config))
+                {"release": r.name, "noise-std": std} for r, std in zip(planned_releases(self.config), noise_stds(self.config))
             ],
             "user-level-accounting": "composition of Gaussian mechanisms, exact in mu-GDP (mu^2 = sum 1/std^2), "
             "cross-checked by dp-accounting PLD",

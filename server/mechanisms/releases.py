@@ -18,7 +18,7 @@ import numpy as np
 from server.mechanisms.base import Outcome, PrivacyMechanism
 from shared.config import RunConfig
 from shared.messages import RANK_TASK, TASK_KEY
-from shared.user_releases import check_release_settings
+from shared.releases import check_release_settings
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord
 from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
 from shared.config import RunConfig
 from shared.run_directory import SECURE_FILE
-from shared.user_releases import check_secure_settings
+from shared.releases import check_secure_settings
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid

@@ -1,0 +1,103 @@
+"""The releases of ``privacy = user``, in order, and how the budget is split among them: the one
+list the server's run, the devices (which recompute the secure plan themselves), the audit and
+the studies iterate. A new statistic is one file (a :class:`~shared.releases.base.Release`) and
+one entry in :data:`RELEASES`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from shared.releases.base import DeviceView, Fit, ModelSettings, Release
+from shared.releases.cooccurrence import Cooccurrence
+from shared.releases.popularity import TOP_ITEMS, Popularity
+from shared.releases.selection import Selection
+from shared.secure_sum.plan import SecurePlan, make_plan
+
+RELEASES: tuple[Release, ...] = (Popularity(), Cooccurrence(), Selection())
+SHARE_KEYS = ("popularity-budget-share", "selection-budget-share")  # the configured shares; co-occurrence gets the rest
+
+
+def _shares(config: Mapping) -> dict[str, float]:
+    from shared.config import DEFAULTS
+
+    return {key: float(config[key] if key in config else DEFAULTS[key]) for key in SHARE_KEYS}
+
+
+def planned_releases(config: Mapping) -> list[Release]:
+    """The releases a run makes, in order: each with a share of the budget (the selection
+    release only with ``selection-budget-share > 0``). ``config``: a RunConfig or a flat
+    mapping (a ledger header's)."""
+    shares = _shares(config)
+    return [release for release in RELEASES if release.budget_share(shares) > 0]
+
+
+def release_named(name: str) -> Release:
+    for release in RELEASES:
+        if release.name == name:
+            return release
+    raise ValueError(f"unknown release {name!r}; choose one of {', '.join(r.name for r in RELEASES)}")
+
+
+def budget_shares(config: Mapping) -> list[float]:
+    """Each planned release's share of the budget (of mu^2 in Gaussian DP), in release order."""
+    shares = _shares(config)
+    return [release.budget_share(shares) for release in planned_releases(config)]
+
+
+def check_release_settings(config) -> None:
+    """Refuse a budget the releases cannot be planned under, saying the fix: checked by the
+    server's mechanism and again by every device before it plans its noise share (a device
+    does not take the server's word for it)."""
+    p = config.privacy
+    if not (p.user_epsilon > 0):  # NaN fails here too
+        raise ValueError("user-epsilon must be positive (inf: no noise, NOT PRIVATE)")
+    if not 0.0 < p.delta < 1.0:
+        raise ValueError("delta must be in (0, 1)")
+    if not 0.0 < p.popularity_budget_share < 1.0 or not 0.0 <= p.selection_budget_share < 1.0 or not (
+        p.popularity_budget_share + p.selection_budget_share < 1.0
+    ):
+        raise ValueError(
+            "popularity-budget-share must be in (0, 1), selection-budget-share in [0, 1), and their sum below 1 "
+            "(the rest is the co-occurrence release's)"
+        )
+
+
+def check_secure_settings(config) -> None:
+    """The secure sum's own settings (``user-noise = distributed``)."""
+    p = config.privacy
+    if p.secure_neighbours < 2 or not 0.0 <= p.secure_dropout < 1.0 or not 0.0 <= p.secure_colluders < 1.0:
+        raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
+
+
+def secure_plan(config: Mapping, devices: int, dimensions: Sequence[int]) -> SecurePlan:
+    """The secure-aggregation plan for ``devices`` devices and the releases' ``dimensions``
+    (``config``: a RunConfig, or a ledger header's flat config, as the audit recomputes it;
+    ``dimensions`` of the first releases only: the plan of those, as for a run that stopped)."""
+    from shared.config import DEFAULTS
+
+    def get(key: str) -> float:
+        return float(config[key] if key in config else DEFAULTS[key])
+
+    return make_plan(
+        devices, [r.name for r in planned_releases(config)][: len(dimensions)], list(dimensions),
+        budget_shares(config)[: len(dimensions)], get("user-epsilon"),
+        get("delta"), int(get("secure-neighbours")), get("secure-dropout"), get("secure-colluders"),
+    )
+
+
+def refit(recorded: Mapping[str, np.ndarray], noise_std: Mapping[str, float], catalog: Mapping[str, np.ndarray], config: Mapping) -> Fit:
+    """The served model's fit from recorded releases (``releases.npz``), the std each was fitted
+    under and the public catalog (``catalog.npz``): the server's own post-processing, run again
+    (the audit's ``release-model``). A planned release missing from ``recorded`` is a KeyError."""
+    fit = Fit(np.asarray(catalog["content"], dtype=np.float64), np.asarray(catalog["known"], dtype=bool), ModelSettings.of(config))
+    for release in planned_releases(config):
+        fit = release.post_process(fit, np.asarray(recorded[release.name], dtype=np.float64), float(noise_std.get(release.name, 0.0)))
+    return fit
+
+
+__all__ = [
+    "RELEASES", "TOP_ITEMS", "DeviceView", "Fit", "ModelSettings", "Release", "budget_shares", "check_release_settings",
+    "check_secure_settings", "planned_releases", "refit", "release_named", "secure_plan",
+]
