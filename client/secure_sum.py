@@ -42,7 +42,7 @@ from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lo
 from shared.releases import RELEASES, check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
-NOISE = {"add": True}  # the fault hook of simulations/faults.py turns a device's share off
+NOISE = {"add": True}  # the fault hook of simulations/engines/faults.py turns a device's share off
 
 
 def _session(context: Context) -> DeviceSession:

@@ -1,7 +1,7 @@
 """The smallest multimodal tower worth training on devices: a learned projection of the public
 item content, on top of the released statistics model.
 
-Why this shape (the population study, :mod:`simulations.population`): the devices' DP-FedAvg
+Why this shape (the population study, :mod:`simulations.studies.population`): the devices' DP-FedAvg
 noise grows like sqrt(d) over the d trained weights, so the trained part must be small; the
 frozen encoders (MiniLM text, MobileNetV2 image) and the released statistics already give every
 item a public content vector and every user a private score. What is left to learn from users
@@ -100,7 +100,7 @@ class ContentAdapter:
 
 @dataclass(frozen=True)
 class TowerSettings:
-    """How the tower is trained by DP-FedAvg (:func:`simulations.population.train_tower`); the
+    """How the tower is trained by DP-FedAvg (:func:`simulations.studies.population.train_tower`); the
     defaults were chosen on validation items, never on test items (docs/population.md)."""
 
     components: int = 32  # content principal directions: the tower has components^2 weights

@@ -1,5 +1,5 @@
 """The fault-injection spec of a simulation (``fedmmrec run --faults``, read by
-``simulations/faults.py``): test machinery, not a run-config key."""
+``simulations/engines/faults.py``): test machinery, not a run-config key."""
 
 from __future__ import annotations
 

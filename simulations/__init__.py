@@ -1,1 +1,2 @@
-"""Experiment and benchmark runners, and the ``fedmmrec`` command line."""
+"""Everything that runs the product from outside: the engines a simulation runs on, deployment
+tooling, studies, benchmarks and the ``fedmmrec`` command line (one room each)."""

@@ -63,7 +63,7 @@ def federated_run(small_dataset, feature_cache, tmp_path_factory):
     against about 17 s on Ray, and each pytest-xdist worker that reads it computes it. Flower's
     Ray engine runs DP-SGD in tests/test_federated_simulation.py (FedAdam) and the robustness,
     straggler, load and resume tests."""
-    from simulations.simulate import simulate
+    from simulations.engines.simulate import simulate
 
     return simulate(
         {
@@ -111,7 +111,7 @@ def user_run(small_dataset, feature_cache, tmp_path_factory):
     60 most popular items: what the explanation, export and online tests read. They read the
     finished run only, so it runs on the in-process engine (the same server and ClientApp code,
     no Ray processes)."""
-    from simulations.simulate import simulate
+    from simulations.engines.simulate import simulate
 
     return simulate({"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "cooccurrence-items": 60,
                      "run-dir": str(tmp_path_factory.mktemp("user")), "run-id": "explained"}, engine="in-process")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from simulations.bench import format_table, run_bench
+from simulations.bench.overheads import format_table, run_bench
 
 
 def test_bench_dp_part_reports_both_engines_and_every_grad_sample_mode(tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_bench_online_part_times_a_new_interaction_to_the_next_top10_on_both_exp
 ):
     """The bench's own path (run_bench, parts=online) on the session's finished runs: the
     default mode's and an item tower's (the bench command runs 100-user ones itself)."""
-    import simulations.bench as bench
+    import simulations.bench.overheads as bench
 
     from client.online import OnlineUser
 
@@ -64,7 +64,7 @@ def test_bench_online_part_times_a_new_interaction_to_the_next_top10_on_both_exp
 
 
 def test_bench_secure_part_counts_what_one_device_sends_over_the_whole_protocol():
-    from simulations.bench import secure_device_cost
+    from simulations.bench.overheads import secure_device_cost
 
     figures = secure_device_cost(devices=60, dimensions=(100, 2_000, 15))
     assert (figures["neighbours"], figures["threshold"]) == (32, 17)
@@ -85,7 +85,7 @@ def test_bench_secure_part_counts_what_one_device_sends_over_the_whole_protocol(
 def test_the_bench_command_writes_the_parts_it_was_asked_for(tmp_path, capsys):
     """``fedmmrec bench --parts secure --out F``: the command line's path to the same figures,
     written to F (the secure part is the one that takes a second: counts, not timings)."""
-    from simulations.bench import secure_device_cost
+    from simulations.bench.overheads import secure_device_cost
     from simulations.cli import main
 
     out = tmp_path / "bench.json"

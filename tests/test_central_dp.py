@@ -14,7 +14,7 @@ import shared.privacy.dp_fedavg
 from server.audit import audit, run_audit
 from shared.privacy.dp_fedavg import CentralDP, aggregate, flatten, poisson_sample
 from shared.run_directory import RunDirectory, read_ledger
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 NOISE, CLIP, ROUNDS = 5.0, 0.05, 3
 

@@ -85,10 +85,10 @@ def test_run_takes_a_fault_spec_for_the_simulation_only(small_dataset, monkeypat
     assert "fedmmrec: error: faults: 'melt:1': expected KIND:ID[,ID or A-B...] with KIND one of nan, shape" in capsys.readouterr().err
     assert main(["run", "--set", "faults=nan:1"]) == 2
     assert "unknown run config key 'faults'" in capsys.readouterr().err
-    import simulations.simulate
+    import simulations.engines.simulate
 
     seen = {}
-    monkeypatch.setattr(simulations.simulate, "simulate",
+    monkeypatch.setattr(simulations.engines.simulate, "simulate",
                         lambda overrides, quiet, faults, engine: seen.update(faults=faults, engine=engine, **overrides))
     assert main(["run", "--faults", "crash:3 slow:4", "--set", f"data-dir={small_dataset}"]) == 0
     assert seen == {"faults": "crash:3 slow:4", "engine": "ray", "data-dir": str(small_dataset)}  # faults need Flower's in-process engine
@@ -101,7 +101,7 @@ def test_run_on_the_in_process_engine_from_the_command_line(small_dataset, featu
     """``fedmmrec run --engine in-process``: the default mode's three releases, the devices called
     one after another in this process, the same lines a user sees on the other engines."""
     from server.audit import audit
-    from simulations.simulate import read_summary
+    from simulations.engines.simulate import read_summary
 
     settings = {"data-dir": small_dataset, "feature-cache": feature_cache, "run-dir": tmp_path, "run-id": "cli-in-process",
                 "cooccurrence-items": 60}

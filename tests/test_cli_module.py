@@ -41,7 +41,7 @@ def test_each_device_makes_its_identity_key_and_the_operator_writes_the_roster(t
 
 
 def test_a_simulation_joins_the_ray_cluster_ray_address_names(monkeypatch):
-    from simulations.simulate import ray_init_args
+    from simulations.engines.simulate import ray_init_args
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_init_args() == {"num_cpus": os.cpu_count() or 1}

@@ -16,7 +16,7 @@ from server.resume import data_change
 from shared.config import resolve
 from shared.data import load_dataset
 from shared.run_directory import RunDirectory, read_ledger
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def _grow(source, target, new_items: int = 2):

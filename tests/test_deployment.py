@@ -18,8 +18,8 @@ from shared.run_directory import read_ledger
 from server.certificates import write_deployment_keys
 from shared.checksums import content_sha256
 from shared.privacy.accounting import total_steps
-from simulations.deployment import LocalhostDeployment
-from simulations.flower_processes import alive
+from simulations.deployment.localhost import LocalhostDeployment
+from simulations.engines.flower_processes import alive
 
 
 def test_deployment_keys_are_private_and_never_overwritten(tmp_path):

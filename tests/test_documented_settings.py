@@ -11,7 +11,7 @@ import torch
 
 from server.audit import audit
 from shared.run_directory import read_ledger
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def _run(small_dataset, feature_cache, tmp_path, run_id: str, **extra):

@@ -10,7 +10,7 @@ from shared.config import resolve
 from shared.models.recommender import model_spec
 from shared.models.recommender import ItemTower
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def test_clients_at_their_cap_decline_and_the_run_stops_cleanly(small_dataset, feature_cache, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.experiment import load_experiment, run_experiment
+from simulations.studies.experiment import load_experiment, run_experiment
 
 
 def test_grid_runs_resumes_and_writes_results(small_dataset, feature_cache, tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_the_old_central_kind_is_read_as_pooled(tmp_path, capsys):
 
 
 def test_reference_rows_come_from_every_named_results_file(tmp_path):
-    from simulations.experiment import _reference_rows
+    from simulations.studies.experiment import _reference_rows
 
     for name, setting in (("a.csv", "tower"), ("b.csv", "ease")):
         (tmp_path / name).write_text(f"setting,ndcg@10\n{setting},0.05\nother,0.01\n", encoding="utf-8")

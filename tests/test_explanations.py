@@ -23,8 +23,8 @@ from shared.features import load_or_compute_features
 from shared.models.recommender import ItemTower, ModelSpec, catalog_tensors
 from shared.run_directory import RunDirectory
 from simulations.cli import main as cli
-from simulations.explanations import run_explanations
-from simulations.simulate import simulate
+from simulations.studies.explanations import run_explanations
+from simulations.engines.simulate import simulate
 
 
 def _user(small_dataset, k: int):
@@ -245,7 +245,7 @@ def test_the_streaming_study_counts_new_films_in_lists_and_their_hits():
     10, and a user whose first pick of the week is a new film in its top 10 is a new-film hit."""
     import numpy as np
 
-    from simulations.streaming import WEEK_S, Timeline, _predict
+    from simulations.studies.streaming import WEEK_S, Timeline, _predict
 
     class Scores:  # the study's model interface: scores(history) over the whole catalog
         def __init__(self, scores):

@@ -7,7 +7,7 @@ import json
 import math
 
 from shared.run_directory import read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 ITEM_TOWER_PREFIXES = ("encoders.", "fusion.")
 

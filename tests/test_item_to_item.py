@@ -18,7 +18,7 @@ from shared.item_content import content_matrix
 from shared.item_model import CooccurrenceModel
 from shared.data import load_dataset, split_for
 from shared.features import load_or_compute_features
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def test_ease_weights_are_cornacs_ease_on_the_same_interactions():

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from simulations.in_process import FIRST_NODE_ID, InProcessGrid
+from simulations.engines.in_process import FIRST_NODE_ID, InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ import builtins, json, sys
 import client.client_app
 at_import = sorted(m for m in ("torch", "opacus", "transformers", "torchvision") if m in sys.modules)
 scorer_at_import = "shared.cooccurrence" in sys.modules  # the device scores with it
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 real_import, asked = builtins.__import__, set()
 
@@ -212,7 +212,7 @@ def test_a_deployed_default_mode_device_needs_neither_images_nor_features(small_
     from shared.config import resolve
     from shared.data.devices import write_device_folders
     from shared.messages import CATALOG
-    from simulations.simulate import read_summary
+    from simulations.engines.simulate import read_summary
 
     def no_features(*args, **kwargs):
         raise AssertionError("a deployed default-mode device loaded the catalog's features")

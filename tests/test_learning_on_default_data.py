@@ -18,7 +18,7 @@ import pytest
 from server.audit import audit
 from shared.data.synth import SynthConfig, generate
 from shared.run_directory import read_ledger
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 @pytest.fixture(scope="module")

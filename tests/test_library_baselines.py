@@ -11,8 +11,8 @@ import pytest
 from shared.baselines import evaluate_scorer
 from shared.data import leave_last_out, load_dataset
 from shared.features import load_or_compute_features
-from simulations.experiment import load_experiment, run_experiment
-from simulations.library_baselines import UNSEEN, content_knn_scorer, library_scorer
+from simulations.studies.experiment import load_experiment, run_experiment
+from simulations.studies.library_baselines import UNSEEN, content_knn_scorer, library_scorer
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ tune = true
 def test_peers_are_tuned_on_validation_items_and_never_see_the_test_items(split_and_features, name):
     import dataclasses
 
-    from simulations.library_baselines import GRIDS, tuned_scorer, validation_split
+    from simulations.studies.library_baselines import GRIDS, tuned_scorer, validation_split
 
     split, features = split_and_features
     validation, scored = validation_split(split)

@@ -4,8 +4,8 @@ memory it is documented to take (docs/performance.md); the peak of the whole pro
 from __future__ import annotations
 
 from shared.data.synth import SynthConfig, generate
-from simulations.memory import PeakMemory
-from simulations.simulate import read_summary, simulate
+from simulations.bench.memory import PeakMemory
+from simulations.engines.simulate import read_summary, simulate
 
 GIB = 2**30
 

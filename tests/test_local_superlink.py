@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flower_processes import processes_in_home, stop_processes, toml_run_config, toml_value
-from simulations.local_superlink import shown
-from simulations.simulate import read_summary, simulate
+from simulations.engines.flower_processes import processes_in_home, stop_processes, toml_run_config, toml_value
+from simulations.engines.local_superlink import shown
+from simulations.engines.simulate import read_summary, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_a_killed_fedmmrec_leaves_neither_its_superlink_nor_its_home(tmp_path):
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from simulations.local_superlink import LocalSimulation\n"
+         "from simulations.engines.local_superlink import LocalSimulation\n"
          "link = LocalSimulation()\n"
          "link.start()\n"
          "print(link.home, flush=True)\n"

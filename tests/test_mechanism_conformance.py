@@ -1,7 +1,7 @@
 """Device DP-SGD that lies about its noise is caught from the update norms the server measured.
 
 The lying devices are the real client with its DP-SGD step loop run at another noise (the
-``nonoise`` and ``lownoise`` faults of simulations/faults.py) while its reply and the ledger
+``nonoise`` and ``lownoise`` faults of simulations/engines/faults.py) while its reply and the ledger
 claim the configured mechanism; on both engines."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from server.audit import audit, run_audit
 from shared.run_directory import read_ledger
-from simulations.simulate import simulate
+from simulations.engines.simulate import simulate
 
 
 def _local(small_dataset, feature_cache, tmp_path, run_id: str, faults: str = "", **extra):

@@ -12,7 +12,7 @@ from server.mechanisms import MECHANISMS, mechanism_class, mechanism_for, mechan
 from server.mechanisms.rounds import RoundsMechanism
 from shared.config import resolve
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 MODES = {
     "secure-skellam-releases": {"privacy": "user", "user-noise": "distributed"},

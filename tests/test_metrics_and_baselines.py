@@ -12,7 +12,7 @@ from shared.baselines import most_popular
 from shared.data import leave_last_out, load_dataset, split_for
 from shared.metrics import metrics_from_rank, rank_of
 from simulations.cli import main as cli
-from simulations.pooled import train_pooled
+from simulations.studies.pooled import train_pooled
 
 
 def test_rank_excludes_training_items_and_breaks_ties_pessimistically():

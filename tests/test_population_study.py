@@ -14,7 +14,7 @@ from shared.content_adapter import ContentAdapter, TowerSettings, content_projec
 from shared.cooccurrence import cooccurrence_contribution, triangle_size
 from shared.item_model import CooccurrenceModel
 from shared.privacy.accounting import gaussian_epsilon, releases_and_rounds_epsilon, split_budget
-from simulations.population import SHARES, cooccurrence_sum, crossover, tower_noise_multiplier
+from simulations.studies.population import SHARES, cooccurrence_sum, crossover, tower_noise_multiplier
 
 
 def test_the_study_sums_exactly_the_co_occurrence_every_device_sends():

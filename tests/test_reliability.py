@@ -1,4 +1,4 @@
-"""Faults a federation meets, with the fault-injecting ClientApp (``simulations/faults.py``):
+"""Faults a federation meets, with the fault-injecting ClientApp (``simulations/engines/faults.py``):
 broken, crashed, late and poisoned clients. What the server does with a bad reply is a question
 of what it computes, so those runs use the in-process engine (the real server and ClientApp, an
 exception turned into an error reply as Flower does); the straggler needs a round timeout,
@@ -11,7 +11,7 @@ import torch
 
 from server.audit import audit
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def _run(small_dataset, feature_cache, tmp_path, run_id: str, engine: str = "in-process", **extra):

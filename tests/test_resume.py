@@ -14,7 +14,7 @@ from pathlib import Path
 from server.audit import audit
 from shared.privacy.ledger import verify_chain
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ from server.audit.releases import FALSE_ALARM_PER_RUN, chi_square_interval, rele
 from shared.privacy.spend_signature import KEY_FILE, load_or_create_key, public_pem, sign_record
 from shared.run_directory import RunDirectory, read_ledger
 from shared.secure_sum.plan import make_plan
-from simulations.simulate import simulate
+from simulations.engines.simulate import simulate
 
 SOURCE = Path(__file__).resolve().parents[1] / "server" / "audit" / "secure_sum.py"
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",

@@ -29,7 +29,7 @@ from shared.secure_sum.plan import make_plan
 from shared.secure_sum.quantise import check_no_overflow, conditional_round, rounding_bound
 from shared.secure_sum.skellam import ORDERS, SkellamRelease, skellam_epsilon
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 ITEMS = 40
 

@@ -27,7 +27,7 @@ from shared.privacy.accounting import (
     split_budget,
 )
 from shared.run_directory import read_ledger, read_metrics
-from simulations.simulate import read_summary, simulate
+from simulations.engines.simulate import read_summary, simulate
 
 
 def _user_run(small_dataset, feature_cache, runs, run_id: str, **extra):

@@ -1,4 +1,4 @@
-"""``fedmmrec deploy localhost``: run a :class:`~simulations.deployment.LocalhostDeployment`
+"""``fedmmrec deploy localhost``: run a :class:`~simulations.deployment.localhost.LocalhostDeployment`
 end to end and report what a deployment engineer checks: the SuperLink's port and registered
 nodes, that an unregistered node is refused, the run's outcome and time, each SuperNode's peak
 memory, the payload per client per round, and that no process is left behind."""
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.run_directory import RunDirectory
-from simulations.deployment import LocalhostDeployment
+from simulations.deployment.localhost import LocalhostDeployment
 
 
 def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ to start it on separate machines: ``flower-superlink`` with TLS and ``--enable-s
 ``flwr supernode register`` for each device's public key, ``flower-supernode`` with
 ``--root-certificates``, ``--auth-supernode-private-key`` and ``--node-config`` naming the
 device's own data folder and state folder, then ``flwr run . <connection>``. Used by
-``fedmmrec deploy localhost`` (its report: ``simulations/deployment_report.py``) and by the
+``fedmmrec deploy localhost`` (its report: ``simulations/deployment/report.py``) and by the
 integration test.
 
 Layout under the work folder::
@@ -38,7 +38,7 @@ from shared.secure_sum.identity import provision
 from shared.data import load_catalog
 from shared.data.devices import write_device_folders
 from shared.features import load_or_compute_features
-from simulations.flower_processes import (
+from simulations.engines.flower_processes import (
     flower_environment,
     free_ports,
     processes_in_home,
@@ -47,7 +47,7 @@ from simulations.flower_processes import (
     toml_run_config,
     write_connection,
 )
-from simulations.memory import PeakMemory, process_tree
+from simulations.bench.memory import PeakMemory, process_tree
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "fedmmrec-localhost"

@@ -3,7 +3,7 @@
 Every figure is a ratio or rate measured in the same run, with repeats and the median:
 
 1. client update cost: wall seconds per client update of our ClientApp in a Flower simulation
-   against a no-op ClientApp returning the same payload (``simulations/noop_client.py``);
+   against a no-op ClientApp returning the same payload (``simulations/bench/noop_client.py``);
 2. DP overhead: seconds per local step with DP against the same step without DP, for our
    closed-form engine (``dp-engine = "fast"``) and for Opacus' engine in each grad-sample mode;
 3. communication: bytes per client per round against the full model (backbones included);
@@ -52,7 +52,7 @@ def _synth(root: Path, users: int, items: int = 200, seed: int = 11) -> Path:
 
 
 def _run(overrides: dict[str, Any], client_app=None) -> tuple[Path, float]:
-    from simulations.simulate import simulate
+    from simulations.engines.simulate import simulate
 
     started = time.perf_counter()
     # The bench measures DP-SGD clients: the example-level mode, whatever the default.
@@ -69,7 +69,7 @@ def _per_update_seconds(run_dir: Path) -> float:
 
 
 def client_update_cost(work: Path, cache: Path, repeats: int) -> dict[str, Any]:
-    from simulations.noop_client import app as noop
+    from simulations.bench.noop_client import app as noop
 
     data = _synth(work, 50)
     common = {"data-dir": str(data), "feature-cache": str(cache), "run-dir": str(work / "runs"),
@@ -202,7 +202,7 @@ def feature_extraction(work: Path) -> dict[str, Any]:
 
 
 def scale(work: Path, cache: Path) -> dict[str, Any]:
-    from simulations.memory import PeakMemory
+    from simulations.bench.memory import PeakMemory
 
     out: dict[str, Any] = {}
     for users, rounds in ((100, 3), (100, 6), (1000, 3)):
@@ -234,7 +234,7 @@ def movielens_quick_grid(work: Path) -> dict[str, Any]:
     """The reduced MovieLens-100K grid (one seed, few rounds) on the team's pack, when present."""
     import csv
 
-    from simulations.experiment import run_experiment
+    from simulations.studies.experiment import run_experiment
 
     pack = Path(os.environ.get("FEDMMREC_MOVIELENS", MOVIELENS_PACK))
     if not (pack / "items.csv").is_file():
@@ -262,7 +262,7 @@ def online_latency(work: Path, cache: Path, events: int = 200, runs: dict[str, P
     from shared.config import from_saved
     from shared.data import load_dataset, split_for
     from shared.run_directory import RunDirectory
-    from simulations.simulate import simulate
+    from simulations.engines.simulate import simulate
 
     out: dict[str, Any] = {}
     for kind, privacy in (("user-level", "user"), ("item-tower", "none")):

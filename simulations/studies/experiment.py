@@ -13,7 +13,7 @@ The config::
     kind = "most-popular"          # federated (default), central, most-popular or library
     [[setting]]
     name = "Cornac EASE"
-    kind = "library"               # a peer model on the same split (simulations/library_baselines.py)
+    kind = "library"               # a peer model on the same split (simulations/studies/library_baselines.py)
     model = "ease"                 # bpr, ease, vbpr (Cornac) or content-knn
     [[setting]]
     name = "local DP, noise 0.8"
@@ -98,7 +98,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         if setting.get("kind", "federated") not in RUNNERS:
             raise ValueError(f"{path}: setting {setting['name']!r}: kind must be one of {', '.join(RUNNERS)}")
         if setting.get("kind") == "library":
-            from simulations.library_baselines import LIBRARY_MODELS
+            from simulations.studies.library_baselines import LIBRARY_MODELS
 
             if setting.get("model") not in LIBRARY_MODELS:
                 raise ValueError(f"{path}: setting {setting['name']!r}: model must be one of {', '.join(LIBRARY_MODELS)}")
@@ -115,14 +115,14 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
 
 
 def _run_federated(overrides: dict[str, Any], run_dir: Path) -> None:
-    from simulations.simulate import simulate
+    from simulations.engines.simulate import simulate
 
     settings = dict(overrides)
     simulate(settings, faults=str(settings.pop("faults", "")))  # a grid's faults: the simulation's, not the run config's
 
 
 def _run_pooled(overrides: dict[str, Any], run_dir: Path) -> None:
-    from simulations.pooled import train_pooled
+    from simulations.studies.pooled import train_pooled
 
     train_pooled(overrides)
 
@@ -145,7 +145,7 @@ def _run_library(overrides: dict[str, Any], run_dir: Path) -> None:
     from shared.data import load_dataset, split_for
     from shared.data.prepare import resolve_data_dir
     from shared.features import load_or_compute_features
-    from simulations.library_baselines import library_scorer, tuned_scorer
+    from simulations.studies.library_baselines import library_scorer, tuned_scorer
 
     name, tune = str(overrides.get("model", "")), bool(overrides.get("tune", False))
     config = resolve(None, {k: v for k, v in overrides.items() if k not in ("model", "tune")})

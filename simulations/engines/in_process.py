@@ -9,7 +9,7 @@ the run, exactly as a SuperNode keeps it; a handler that raises becomes an error
 Flower's simulation engine makes it. What it does not have: concurrency, round timeouts (a
 reply is never late) and Flower's transport. ``fedmmrec run`` and the studies use Flower's
 simulation engine; this one is chosen with ``engine="in-process"`` in
-:func:`simulations.simulate.simulate`.
+:func:`simulations.engines.simulate.simulate`.
 """
 
 from __future__ import annotations

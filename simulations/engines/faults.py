@@ -21,7 +21,7 @@ A fault spec lists faults and the simulated partitions that commit them, e.g.
 
 It is test machinery, so it is not in the run config nor in any message: the simulation layer
 builds this app around the real one (:func:`fault_app`) when ``fedmmrec run --faults SPEC`` or
-:func:`simulations.simulate.simulate` (``faults=``) is given a spec, and the spec, the run
+:func:`simulations.engines.simulate.simulate` (``faults=``) is given a spec, and the spec, the run
 directory and the round timeout a straggler waits on are bound into it here. Deployments never
 use it.
 """

@@ -25,8 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from simulations.deployment import APP_DIR
-from simulations.flower_processes import flower_environment, free_ports, start_guard, stop_processes, toml_run_config, write_connection
+from simulations.deployment.localhost import APP_DIR
+from simulations.engines.flower_processes import flower_environment, free_ports, start_guard, stop_processes, toml_run_config, write_connection
 
 CONNECTION = "fedmmrec-simulation"
 FLOWER_LOG_LINE = re.compile(r"^((DEBUG|INFO|WARNING)\s*:|\d\d/\d\d/\d{4} [\d:]+:(DEBUG|INFO|WARNING):)")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.memory import process_tree
+from simulations.bench.memory import process_tree
 
 
 def flower_environment(flwr_home: str | Path, **extra: str) -> dict[str, str]:
@@ -140,7 +140,7 @@ def start_guard(flwr_home: str | Path, work: str | Path) -> subprocess.Popen:
     ``work``. A SuperLink that merely ends with its parent is not enough: the simulation process
     it starts (and that process's Ray cluster) lives on after it. Stop the guard with
     ``kill()`` once everything is stopped the ordinary way."""
-    command = [sys.executable, "-m", "simulations.flower_processes", "guard", str(os.getpid()), str(flwr_home), str(work)]
+    command = [sys.executable, "-m", "simulations.engines.flower_processes", "guard", str(os.getpid()), str(flwr_home), str(work)]
     env = {key: value for key, value in os.environ.items() if key != "FLWR_HOME"}  # not one of the processes it stops
     app_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [app_root, env.get("PYTHONPATH")]))

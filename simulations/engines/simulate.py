@@ -1,12 +1,12 @@
 """Run the Flower app as a simulation (one SuperNode per user), on one of three engines.
 
 - ``superlink`` (what ``fedmmrec run`` uses): Flower's supported path, ``flwr run`` against a
-  SuperLink of its own in simulation mode (:mod:`simulations.local_superlink`), stopped after.
+  SuperLink of its own in simulation mode (:mod:`simulations.engines.local_superlink`), stopped after.
 - ``ray``: Flower's simulation engine through ``flwr.simulation.run_simulation`` (deprecated in
   Flower 1.41) in this process. What the tests and studies use where they need to reach into
   the run: another ClientApp (benchmarks, the fault-injecting one), a patched server clock,
   and one Ray cluster for a whole test session.
-- ``in-process``: :mod:`simulations.in_process`, the same server and ClientApp code with the
+- ``in-process``: :mod:`simulations.engines.in_process`, the same server and ClientApp code with the
   devices called one after another, for questions of what is computed.
 
 All three know the number of users before they start the SuperNodes and take run-config
@@ -45,10 +45,10 @@ def simulate(
     """Run one federated simulation; return its run directory (``client_app``: another
     ClientApp, for benchmarks). ``engine``: Flower's simulation engine (``ray``, what
     the tests use), ``superlink`` (``flwr run`` against a SuperLink of its own: what ``fedmmrec
-    run`` uses; the app's own ClientApp only) or ``in-process`` (:mod:`simulations.in_process`:
+    run`` uses; the app's own ClientApp only) or ``in-process`` (:mod:`simulations.engines.in_process`:
     the same server and ClientApp code in this process, devices one after another, no round
     timeouts). ``faults``:
-    partitions that misbehave (:mod:`simulations.faults`; test machinery, never in the run
+    partitions that misbehave (:mod:`simulations.engines.faults`; test machinery, never in the run
     config or a message)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -90,16 +90,16 @@ def simulate(
     if quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     if faults:
-        from simulations.faults import fault_app
+        from simulations.engines.faults import fault_app
 
         client_app = fault_app(faults, Path(config.run.run_dir) / config.run.run_id, float(config.federation.round_timeout))
     if engine == "in-process":
         from server.federation import run_federated
-        from simulations.in_process import InProcessGrid
+        from simulations.engines.in_process import InProcessGrid
 
         run_federated(InProcessGrid(client_app, users), resolve(None, config.flat()))
     elif engine == "superlink":
-        from simulations.local_superlink import LocalSimulation
+        from simulations.engines.local_superlink import LocalSimulation
 
         with LocalSimulation(verbose=not quiet) as link:
             link.start()
