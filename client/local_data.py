@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def _device_cache_dir(node_config: dict) -> str:
     return ""
 
 
-def local_data(node_config: dict, server_config: dict) -> LocalData:
+def local_data(node_config: dict, server_config: Mapping[str, Any]) -> LocalData:
     """Resolve the device's data from its node config, else from the server's dataset + partition."""
     on_device = "data-dir" in node_config
     if on_device:  # the cold-start hold-out is a simulation protocol: a device's folder is used as it is

@@ -42,7 +42,6 @@ from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lo
 from shared.releases import RELEASES, check_release_settings, check_secure_settings, secure_plan
 
 SESSION_KEY = "secure-sum"
-NOISE = {"add": True}  # the fault hook of simulations/engines/faults.py turns a device's share off
 
 
 def _session(context: Context) -> DeviceSession:
@@ -204,7 +203,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
         statistic = contribution(msg, data, release.name, dict(context.node_config))
         # The session's own checks first (a request bound to be refused spends nothing), then the
         # durable spend, recorded before the input leaves the device.
-        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic, add_noise=NOISE["add"],
+        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic,
                                               keep_sketch_matrix=not data.on_device)
         _answer_within_budget(msg, context, data, plan, release)
         _keep(context, session)

@@ -16,7 +16,8 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
@@ -39,7 +40,7 @@ class DeviceStateError(ValueError):
     """The device's state file cannot be trusted; the message names the file and the problem."""
 
 
-def state_path(context: Context, config: dict) -> Path | None:
+def state_path(context: Context, config: Mapping[str, Any]) -> Path | None:
     """``<state-dir>/device-state.json`` on a device; in a simulation whose server set
     ``device-state-dir``, ``<device-state-dir>/partition-<id>/device-state.json``."""
     folder = context.node_config.get("state-dir")
@@ -64,7 +65,7 @@ def identity(context: Context) -> str:
     return f"node-{context.node_id}"
 
 
-def signing_key_path(context: Context, config: dict) -> Path | None:
+def signing_key_path(context: Context, config: Mapping[str, Any]) -> Path | None:
     """The key this device signs with: its SuperNode's ``auth-key``, else a key kept beside
     its state (a simulated device); None when it has neither (nothing is signed)."""
     key = context.node_config.get("auth-key")
@@ -84,7 +85,7 @@ def pseudonym(context: Context) -> str:
     return name
 
 
-def restore_device_state(context: Context, config: dict, user_id: str) -> None:
+def restore_device_state(context: Context, config: Mapping[str, Any], user_id: str) -> None:
     """Fill the node state from the state file after a restart (no-op without a state file)."""
     path = state_path(context, config)
     if path is None or PRIVACY_KEY in context.state.config_records or not path.exists():
@@ -130,7 +131,7 @@ def load_history(context: Context) -> History:
 
 
 def save_device_state(
-    context: Context, config: dict, user_id: str, weight: torch.Tensor, history: History, epsilon: float,
+    context: Context, config: Mapping[str, Any], user_id: str, weight: torch.Tensor, history: History, epsilon: float,
     trained_items: set[int] | None = None,
 ) -> None:
     """Store the embedding, history and the items trained on in the node state and, with a

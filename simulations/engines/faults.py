@@ -129,14 +129,15 @@ def _misbehaving_train(kind: str | None, msg: Message, context: Context, run_pat
     """The honest device's train handler, made to commit fault ``kind`` (None: honest)."""
     if kind in SECURE_DROPS and msg.content["config"].get(TASK_KEY) == SECURE_DROPS[kind]:
         raise RuntimeError(f"injected fault: device dropped out at {SECURE_DROPS[kind]}")
-    if kind == "noshare":
-        import client.secure_sum as secure
+    if kind == "noshare":  # the device masks its statistic without its noise share, and signs the full share
+        from shared.secure_sum.device import DeviceSession
 
-        secure.NOISE["add"] = False
+        real_input = DeviceSession.masked_input
+        DeviceSession.masked_input = lambda self, *args, **kwargs: real_input(self, *args, **{**kwargs, "add_noise": False})
         try:
             return honest_train(msg, context)
         finally:
-            secure.NOISE["add"] = True
+            DeviceSession.masked_input = real_input
     if kind in LYING_MECHANISMS:
         import shared.training as training
 
