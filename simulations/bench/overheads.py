@@ -226,8 +226,8 @@ def quality(work: Path) -> tuple[dict[str, Any], Path]:
     return {"ndcg@10": ndcg, "wall-minutes": wall / 60, "ndcg-per-minute": ndcg / (wall / 60)}, run_dir
 
 
-MOVIELENS_PACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k-mm"
-QUICK_GRID = Path(__file__).resolve().parent / "grids" / "movielens-100k-quick.toml"
+MOVIELENS_PACK = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-100k-mm"
+QUICK_GRID = Path(__file__).resolve().parents[1] / "grids" / "movielens-100k-quick.toml"
 
 
 def movielens_quick_grid(work: Path) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from simulations.engines.flower_processes import (
 )
 from simulations.bench.memory import PeakMemory, process_tree
 
-APP_DIR = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "fedmmrec-localhost"
 
 

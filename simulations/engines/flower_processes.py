@@ -142,7 +142,7 @@ def start_guard(flwr_home: str | Path, work: str | Path) -> subprocess.Popen:
     ``kill()`` once everything is stopped the ordinary way."""
     command = [sys.executable, "-m", "simulations.engines.flower_processes", "guard", str(os.getpid()), str(flwr_home), str(work)]
     env = {key: value for key, value in os.environ.items() if key != "FLWR_HOME"}  # not one of the processes it stops
-    app_root = str(Path(__file__).resolve().parents[1])
+    app_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [app_root, env.get("PYTHONPATH")]))
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
 
