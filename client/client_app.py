@@ -17,7 +17,8 @@ from flwr.clientapp import ClientApp
 
 from client.catalog_content import receive_catalog
 from client.mods import private_state_guard
-from client.tasks import EVALUATE_TASKS, TRAIN_TASKS, DeviceRequest, handler
+from client.request import DeviceRequest
+from client.tasks import handler
 
 app = ClientApp(mods=[private_state_guard, receive_catalog])
 
@@ -25,10 +26,10 @@ app = ClientApp(mods=[private_state_guard, receive_catalog])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     request = DeviceRequest.of(msg)
-    return handler(TRAIN_TASKS, request)(msg, context, request)
+    return handler("train", request)(msg, context, request)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     request = DeviceRequest.of(msg)
-    return handler(EVALUATE_TASKS, request)(msg, context, request)
+    return handler("evaluate", request)(msg, context, request)

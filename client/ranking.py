@@ -7,6 +7,7 @@ import numpy as np
 from flwr.app import Context, Message
 
 from client.local_data import LocalData
+from client.request import DeviceRequest, request_data
 from client.state import who
 from shared.messages import evaluation_reply
 from shared.metrics import user_metrics
@@ -16,3 +17,12 @@ def ranking_reply(msg: Message, context: Context, data: LocalData, scores: np.nd
     """Metrics of this device's held-out item under ``scores`` (full ranking and sampled)."""
     row = user_metrics(scores, data.test_item, data.train_items, who(context), data.cold_items)
     return evaluation_reply(msg, {**row, "cold": int(data.test_item in data.cold_items)})
+
+
+def rank_with_released_model(msg: Message, context: Context, request: DeviceRequest) -> Message:
+    """The task handler of ``privacy = user``'s evaluation: rank the catalog with the released
+    item model and this device's own history (which never leaves it)."""
+    from client.statistics import scores
+
+    data = request_data(context, request, restore=False)
+    return ranking_reply(msg, context, data, scores(msg, data, dict(context.node_config)))

@@ -9,10 +9,11 @@ nothing and weakens no one's guarantee.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 
 from client.catalog_content import catalog_content
 from client.local_data import LocalData
+from client.request import DeviceRequest, request_data
 from shared.config import parse_modalities
 from shared.item_model import CooccurrenceModel
 from shared.messages import ARRAYS, CONTRIBUTION_KEY, contribution_reply, message_config
@@ -50,3 +51,11 @@ def scores(msg: Message, data: LocalData, node_config: dict) -> np.ndarray:
     model = released_model(msg)
     content = catalog_content(msg, node_config, data, run_modalities(msg)) if model.content_weight else None
     return model.scores(data.train_items, content)
+
+
+def send_statistic(msg: Message, context: Context, request: DeviceRequest) -> Message:
+    """The task handler of ``privacy = user, user-noise = central``: the bounded statistic of
+    release ``request.task``, in the clear (the server adds the noise)."""
+    from client.state import pseudonym
+
+    return statistic_reply(msg, request_data(context, request), request.task, pseudonym(context), dict(context.node_config))

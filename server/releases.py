@@ -11,7 +11,7 @@ Each device contributes once to each release: the user-level epsilon composes me
 sensitivity 1, with the noise split from the ``user-epsilon`` budget
 (``popularity-budget-share`` and ``selection-budget-share``). Who adds the noise is the
 mechanism's releaser: the server's Gaussian (:mod:`server.mechanisms.gaussian_releases`) or the
-devices' Skellam shares under secure aggregation (:mod:`server.mechanisms.secure_releases`).
+devices' Skellam shares under secure aggregation (:mod:`shared.secure_sum.mechanism`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ ARRAYS, CONFIG, METRICS, PRIVACY = "arrays", "config", "metrics", "privacy"
 ROUND_KEY = "server-round"
 TASK_KEY = "task"  # privacy = user: which release a TRAIN message asks a statistic for (or, in an EVALUATE message, RANK_TASK)
 RANK_TASK = "rank-with-released-model"  # an EVALUATE message's task: rank with the released item model (no tower)
+TOWER_TASK = ""  # a message that names no task: the item tower's modes (DP-SGD training, ranking with the tower)
 CONTRIBUTION_KEY = "contribution"
 # A deployment's catalog content (server.catalog_shipment, client.catalog_content): the matrix
 # in the ``catalog`` array record of a server message, its SHA-256 in the config, and the
@@ -188,7 +189,7 @@ def client_row(reply: Message, server_round: int) -> dict[str, Any]:
     return {"round": server_round, "client": client_id(reply), **{key: metrics[key] for key in REQUIRED_METRICS}}
 
 
-# user-noise = distributed: the secure-aggregation stages (shared.secure_sum.device). A stage's
+# user-noise = distributed: the secure-aggregation stages (shared.secure_sum.session). A stage's
 # protocol fields travel in the SECURE record, the masked vector in ARRAYS under MASKED_KEY.
 SECURE = "secure"
 SECURE_KEYS, SECURE_SHARE, SECURE_INPUT = "secure-keys", "secure-share", "secure-input"

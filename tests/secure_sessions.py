@@ -7,7 +7,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from shared.secure_sum import identity, masks
-from shared.secure_sum.device import DeviceSession
+from shared.secure_sum.session import DeviceSession
 from shared.secure_sum.plan import SecurePlan, participant_graph
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum

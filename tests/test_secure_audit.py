@@ -31,7 +31,7 @@ from shared.run_directory import RunDirectory, read_ledger
 from shared.secure_sum.plan import make_plan
 from simulations.engines.simulate import simulate
 
-SOURCE = Path(__file__).resolve().parents[1] / "server" / "audit" / "secure_sum.py"
+SOURCE = Path(__file__).resolve().parents[1] / "shared" / "secure_sum" / "audit.py"
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
                "plan-sha256", "masked-sha256", "sketch", "client", "identity")
 NAMES = ["popularity", "cooccurrence", "selection"]
@@ -539,7 +539,7 @@ def test_devices_that_add_no_noise_but_sign_the_full_share_fail_secure_noise(sma
     """Every signature is valid and every signed share is the planned one, so ``secure-shares``
     passes at the claimed epsilon; the unmasked sums are the clean sums, below the least norm the
     signed noise leaves any sum."""
-    import shared.secure_sum.device as device
+    import shared.secure_sum.session as device
 
     monkeypatch.setattr(device, "skellam_noise", lambda rng, size, variance: np.zeros(size, dtype=np.int64))
     run = _run(small_dataset, feature_cache, tmp_path, "silent", faults="")
@@ -552,7 +552,7 @@ def test_devices_that_add_no_noise_but_sign_the_full_share_fail_secure_noise(sma
 
 
 def test_devices_that_add_a_quarter_of_the_variance_they_sign_fail_secure_noise(small_dataset, feature_cache, tmp_path, monkeypatch):
-    import shared.secure_sum.device as device
+    import shared.secure_sum.session as device
 
     real = device.skellam_noise
     monkeypatch.setattr(device, "skellam_noise", lambda rng, size, variance: real(rng, size, variance / 4))
@@ -566,8 +566,8 @@ def test_a_server_that_releases_a_sum_no_honest_inputs_give_fails_secure_noise(s
     """Devices send a thousand times their statistic and the server skips its plausibility abort
     (the next test holds the abort): the realised noise would have to be far larger than the
     signed shares give."""
-    import shared.secure_sum.device as device
-    from server.secure_release import SecureAggregation
+    import shared.secure_sum.session as device
+    from shared.secure_sum.server import SecureAggregation
 
     real = device.conditional_round
     monkeypatch.setattr(device, "conditional_round", lambda *a, **k: real(*a, **k) * 1000)
@@ -622,8 +622,8 @@ def test_a_device_that_masks_an_out_of_range_input_gets_its_release_aborted_and_
     """Device 0 adds 2^30 to every coordinate of its popularity input (within the field, past any
     norm-1 statistic): the server cannot clip what it cannot see, but the unmasked sum is one no
     honest inputs give, so the release is aborted and nothing is released."""
-    import shared.secure_sum.device as device
-    from server.secure_release import SecureAggregationAborted
+    import shared.secure_sum.session as device
+    from shared.secure_sum.server import SecureAggregationAborted
 
     real_to_field, real_masked_input = device.to_field, device.DeviceSession.masked_input
     loud = {"on": False}

@@ -15,7 +15,7 @@ import pytest
 from secure_sessions import Protocol
 from server.audit.releases import chi_square_interval
 from shared.secure_sum import masks
-from shared.secure_sum.device import DeviceSession, ProtocolRefusal, pairwise_sign
+from shared.secure_sum.session import DeviceSession, ProtocolRefusal, pairwise_sign
 from shared.secure_sum.plan import SecurePlan, make_plan
 from shared.secure_sum.quantise import conditional_round, from_field
 

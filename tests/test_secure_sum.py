@@ -1,7 +1,7 @@
 """user-noise = distributed: secure aggregation with distributed Skellam noise.
 
-Protocol tests drive the real server driver (server.secure_release) and the real device stage
-handler (client.secure_sum) in one process through a grid that delivers messages and drops the
+Protocol tests drive the real server driver (shared.secure_sum.server) and the real device stage
+handler (shared.secure_sum.device) in one process through a grid that delivers messages and drops the
 replies of chosen devices at chosen stages; the Flower runs at the end go through the real
 ClientApp, faults app and audit."""
 
@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from client.secure_sum import stage_reply
+from shared.secure_sum.device import stage_reply
 from server.audit import audit
-from server.secure_release import SecureAggregation, SecureAggregationAborted
+from shared.secure_sum.server import SecureAggregation, SecureAggregationAborted
 from shared.config import resolve
 from shared.cooccurrence import popularity_contribution
 from shared.messages import TASK_KEY, message_config, secure_fields
 from shared.secure_sum import masks
-from shared.secure_sum.device import DeviceSession, ProtocolRefusal
+from shared.secure_sum.session import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import make_plan
 from shared.secure_sum.quantise import check_no_overflow, conditional_round, rounding_bound
 from shared.secure_sum.skellam import ORDERS, SkellamRelease, skellam_epsilon
@@ -217,7 +217,7 @@ def test_a_device_sends_one_input_and_one_unmasking_per_release():
 
 
 def test_a_device_refuses_a_plan_weaker_than_its_own_floor():
-    from client.secure_sum import check_floor
+    from shared.secure_sum.device import check_floor
 
     check_floor({"user-epsilon": 16.0, "secure-neighbours": 4}, {}, on_device=False)  # a simulation: the researcher's call
     with pytest.raises(ProtocolRefusal, match="user-epsilon = 16, weaker than this device's 8"):
@@ -238,7 +238,7 @@ def test_a_device_refuses_a_plan_weaker_than_its_own_floor():
 def test_a_device_checks_the_budget_itself_before_it_plans_its_noise():
     """A device does not take the server's word that a plan is sound: without a floor (a
     simulation) it still refuses a budget no release can be planned under."""
-    from client.secure_sum import _planned
+    from shared.secure_sum.device import _planned
 
     good = {"user-epsilon": 8.0, "delta": 1e-5, "popularity-budget-share": 0.1, "selection-budget-share": 0.1}
     assert _planned(tuple(sorted(good.items())), 12, (60, 1830, 15)).devices == 12
@@ -545,7 +545,7 @@ def test_a_devices_own_cap_binds_below_the_runs_budget():
 
 
 def test_the_cap_is_the_node_configs_else_the_default_on_a_device_else_the_runs():
-    from client.secure_sum import spend_cap
+    from shared.secure_sum.device import spend_cap
 
     assert spend_cap({"user-epsilon": 16.0}, {"user-epsilon-cap": 3.0}, on_device=True) == 3.0
     assert spend_cap({"user-epsilon": 16.0}, {}, on_device=True) == 8.0
@@ -575,7 +575,7 @@ def test_two_runs_sharing_their_devices_state_the_second_is_refused_by_every_dev
 ):
     """``device-state-dir`` outlives the run, as a real device's ``state-dir`` does: the second
     run's first release is refused by every device (past its cap), aborted, and recorded so."""
-    from server.secure_release import SecureAggregationAborted
+    from shared.secure_sum.server import SecureAggregationAborted
 
     shared_state = tmp_path / "devices"
     _secure_run(small_dataset, feature_cache, tmp_path, "first", **{"device-state-dir": str(shared_state)})
@@ -658,7 +658,7 @@ def test_a_server_that_unmasks_below_the_minimum_by_padding_the_survivor_set_is_
 def test_a_deployed_device_without_an_identity_key_or_roster_refuses_the_secure_sum():
     from types import SimpleNamespace
 
-    from client.secure_sum import _identity_key, _roster
+    from shared.secure_sum.device import _identity_key, _roster
 
     deployed = SimpleNamespace(on_device=True)
     context = Context(run_id=1, node_id=1, node_config={"data-dir": "/d"}, state=RecordDict(), run_config={})
@@ -673,7 +673,7 @@ def test_a_request_bound_to_be_refused_spends_nothing_and_a_device_without_a_sta
 
     from flwr.app import ConfigRecord
 
-    from client.secure_sum import _answer_within_budget
+    from shared.secure_sum.device import _answer_within_budget
     from shared.messages import SECURE_INPUT, secure_message
     from shared.secure_sum.spend import SPEND_FILE
 

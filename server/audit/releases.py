@@ -83,8 +83,8 @@ def check_summary_epsilon(report, check: str, run: RunDirectory, last: float) ->
 def audit_secure_releases(
     report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None
 ) -> None:
-    """The secure sum's checks (:mod:`server.audit.secure_sum`) and the served model's refit."""
-    from server.audit.secure_sum import audit_secure
+    """The secure sum's checks (:mod:`shared.secure_sum.audit`) and the served model's refit."""
+    from shared.secure_sum.audit import audit_secure
 
     releases = [e for e in entries if e.kind == "release"]
     audit_secure(report, run, header, releases, delta, node_keys)

@@ -17,7 +17,7 @@ from server.mechanisms.dp_sgd import DPSGD
 from server.mechanisms.dp_sgd_and_dp_fedavg import DPSGDAndDPFedAvg
 from server.mechanisms.gaussian_releases import GaussianReleases
 from server.mechanisms.no_privacy import NoPrivacy
-from server.mechanisms.secure_releases import SecureReleases
+from shared.secure_sum.mechanism import SecureReleases
 from shared.config import RunConfig
 
 MECHANISMS: dict[str, type[PrivacyMechanism]] = {

@@ -131,6 +131,19 @@ class PrivacyMechanism(ABC):
         """What a device is sent to rank the catalog with the served model."""
         return self.config.device_settings()
 
+    # -- the device's side ------------------------------------------------------------
+    @classmethod
+    def train_tasks(cls) -> dict[str, Any]:
+        """What a device does with this mechanism's TRAIN messages: task -> handler
+        ``(msg, context, request) -> reply`` (:mod:`client.tasks`). Imported lazily: the device
+        loads only the handlers of the mechanism a message names, and never the server's code."""
+        return {}
+
+    @classmethod
+    def evaluate_tasks(cls) -> dict[str, Any]:
+        """The same for EVALUATE messages (ranking the catalog)."""
+        return {}
+
     # -- the summary --------------------------------------------------------------------
     def summary_privacy(self, book: "RoundBook", rows: list[dict[str, Any]], user_epsilon: float | None) -> dict[str, Any]:
         """``summary.json``'s privacy block; a claim that does not apply says so (not 0.0)."""

@@ -79,6 +79,20 @@ class ReleasesMechanism(PrivacyMechanism):
         if not p.ease_lambda > 0 or not p.cold_weight >= 0:
             raise ValueError("ease-lambda must be positive and cold-weight at least 0")
 
+    @classmethod
+    def train_tasks(cls) -> dict[str, Any]:
+        """A bounded statistic in the clear, one task per release (the server adds the noise)."""
+        from client.statistics import send_statistic
+        from shared.releases import RELEASES
+
+        return {release.name: send_statistic for release in RELEASES}
+
+    @classmethod
+    def evaluate_tasks(cls) -> dict[str, Any]:
+        from client.ranking import rank_with_released_model
+
+        return {RANK_TASK: rank_with_released_model}
+
     def header_fields(self, canary_commitment: str | None) -> dict[str, Any]:
         return {
             "client-sampling": "every device, once per release (full participation)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from server.mechanisms.base import Outcome, PrivacyMechanism
+from shared.messages import TOWER_TASK
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
@@ -28,6 +29,18 @@ class RoundsMechanism(PrivacyMechanism):
 
     aggregation = "flower-strategy"  # a name in server.aggregation.AGGREGATORS
     foreign_entries = ("release", "release-aborted")
+
+    @classmethod
+    def train_tasks(cls) -> dict[str, Any]:
+        from client.tasks import train_tower
+
+        return {TOWER_TASK: train_tower}
+
+    @classmethod
+    def evaluate_tasks(cls) -> dict[str, Any]:
+        from client.tasks import evaluate_tower
+
+        return {TOWER_TASK: evaluate_tower}
 
     def aggregator(self, population: int, initial: "ArrayRecord", canaries: "CanarySet | None") -> "Aggregator":
         from server.aggregation import AGGREGATORS

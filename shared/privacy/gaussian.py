@@ -3,7 +3,7 @@ noise to a sum of bounded contributions.
 
 Used by DP-FedAvg (:mod:`shared.privacy.dp_fedavg`, each device's model update), by the
 server's Gaussian releases (:mod:`server.mechanisms.gaussian_releases`, each device's statistic)
-and by a device's secure-sum input (:mod:`shared.secure_sum.device`, which clips before it
+and by a device's secure-sum input (:mod:`shared.secure_sum.session`, which clips before it
 rounds). numpy only: a default-mode device imports it.
 """
 

@@ -14,6 +14,15 @@ Skellam mechanism, Agarwal, Kairouz and Liu, NeurIPS 2021).
   sharing, all from ``cryptography`` / Flower's helpers (no hand-written primitive);
 - :mod:`~shared.secure_sum.plan`: the parameters server and devices both derive (threshold,
   neighbours, minimum survivors, noise shares), so a device can refuse a server that cheats;
-- :mod:`~shared.secure_sum.device`: the device's side of the protocol, with its refusals;
-- :mod:`~shared.secure_sum.unmask`: the server's (and the audit's) unmasking arithmetic.
+- :mod:`~shared.secure_sum.session`: the device's side of the protocol, with its refusals;
+- :mod:`~shared.secure_sum.unmask`: the server's (and the audit's) unmasking arithmetic;
+- :mod:`~shared.secure_sum.identity` and :mod:`~shared.secure_sum.spend`: the devices' identity
+  keys and roster, and each device's durable record of what it released.
+
+The mechanism is this folder, whole: its registry entry (:mod:`~shared.secure_sum.mechanism`,
+``user-noise = distributed``), the server's side of each release
+(:mod:`~shared.secure_sum.server`), the device's handler of each stage
+(:mod:`~shared.secure_sum.device`, numpy only) and the audit's checks
+(:mod:`~shared.secure_sum.audit`). Nothing here is imported when the package is: the device
+loads only what it uses.
 """

@@ -1,6 +1,6 @@
 """What a device has released of its user's data, kept durably, and the cap it will not pass.
 
-A device's secure-sum session (:mod:`shared.secure_sum.device`) lives as long as one key stage:
+A device's secure-sum session (:mod:`shared.secure_sum.session`) lives as long as one key stage:
 it refuses a second input for a release it already masked, but a server that starts a new key
 stage gets a fresh session, and with it a second noisy copy of the same statistic (two draws of
 the noise: their mean has ``1 / sqrt(2)`` of it). So the device keeps, apart from any session,
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.file_lock import locked
-from shared.secure_sum.device import ProtocolRefusal
+from shared.secure_sum.session import ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
 from shared.secure_sum.skellam import SkellamRelease, skellam_epsilon
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from shared.secure_sum import masks
-from shared.secure_sum.device import pairwise_sign
+from shared.secure_sum.session import pairwise_sign
 
 
 def unmasked_sum(

@@ -310,7 +310,7 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     from shared.config import resolve
     from shared.privacy.spend_signature import public_pem, sign_record
     from shared.secure_sum import identity, masks
-    from shared.secure_sum.device import DeviceSession
+    from shared.secure_sum.session import DeviceSession
     from shared.secure_sum.plan import participant_graph
     from shared.releases import secure_plan
 

@@ -23,7 +23,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.secure_release import SecureAggregationAborted
+    from shared.secure_sum.server import SecureAggregationAborted
     from simulations.engines.simulate import simulate
 
     engine = args.engine or ("ray" if args.faults else "superlink")

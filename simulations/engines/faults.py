@@ -130,7 +130,7 @@ def _misbehaving_train(kind: str | None, msg: Message, context: Context, run_pat
     if kind in SECURE_DROPS and msg.content["config"].get(TASK_KEY) == SECURE_DROPS[kind]:
         raise RuntimeError(f"injected fault: device dropped out at {SECURE_DROPS[kind]}")
     if kind == "noshare":  # the device masks its statistic without its noise share, and signs the full share
-        from shared.secure_sum.device import DeviceSession
+        from shared.secure_sum.session import DeviceSession
 
         real_input = DeviceSession.masked_input
         DeviceSession.masked_input = lambda self, *args, **kwargs: real_input(self, *args, **{**kwargs, "add_noise": False})

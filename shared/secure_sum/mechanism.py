@@ -3,7 +3,7 @@ and secure aggregation lets the server unmask only the noisy sum.
 
 Each device clips its statistic to L2 norm 1, scales and rounds it (conditional randomised
 rounding), adds its share of Skellam noise and masks it modulo 2^32; the protocol
-(:mod:`server.secure_release`) unmasks only sums over at least ``1 - secure-dropout`` of the
+(:mod:`shared.secure_sum.server`) unmasks only sums over at least ``1 - secure-dropout`` of the
 devices. The epsilon is Skellam RDP at the noise of the devices that sent their input less the
 tolerated colluders (Agarwal, Kairouz, Liu 2021). No single party is trusted.
 """
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
     from server.audit.report import AuditReport
-    from server.secure_release import SecureRelease
+    from shared.secure_sum.server import SecureRelease
     from shared.privacy.ledger import Entry, Ledger
     from shared.run_directory import RunDirectory
     from shared.secure_sum.plan import ReleasePlan, SecurePlan
@@ -63,7 +63,7 @@ class SecureReleaser(Releaser):
     """Masked device statistics carrying the devices' noise shares; the server unmasks the sum."""
 
     def __init__(self, grid: "Grid", nodes: list[int], config: RunConfig, dimensions: list[int], ledger: "Ledger", log) -> None:
-        from server.secure_release import SecureAggregation
+        from shared.secure_sum.server import SecureAggregation
 
         self.secure = SecureAggregation(grid, nodes, config, dimensions, log)
         self.nodes, self.ledger, self.log = nodes, ledger, log
@@ -80,7 +80,7 @@ class SecureReleaser(Releaser):
         )
 
     def release(self, server_round: int, name: str, dimension: int, arrays: ArrayRecord) -> Released:
-        from server.secure_release import SecureAggregationAborted
+        from shared.secure_sum.server import SecureAggregationAborted
 
         try:
             result = self.secure.release(name, arrays, server_round)
@@ -103,6 +103,14 @@ class SecureReleases(ReleasesMechanism):
     name = "secure-skellam-releases"
     variant = ("user-noise", "distributed")
     unit = "user (all of one device's interactions), noise added by the devices under secure aggregation"
+
+    @classmethod
+    def train_tasks(cls) -> dict[str, Any]:
+        """Each stage of the secure sum; a statistic in the clear is no task of this mechanism."""
+        from shared.messages import SECURE_STAGES
+        from shared.secure_sum.device import secure_stage
+
+        return {stage: secure_stage for stage in SECURE_STAGES}
 
     @classmethod
     def validate(cls, config: RunConfig) -> None:

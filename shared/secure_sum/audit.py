@@ -55,7 +55,7 @@ from shared.privacy.ledger import Entry
 from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import identity, masks
-from shared.secure_sum.device import sketch_seed
+from shared.secure_sum.session import sketch_seed
 from shared.releases import planned_releases, secure_plan
 from shared.secure_sum.plan import graph_parts, participant_graph
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, noise_window, window_tail
