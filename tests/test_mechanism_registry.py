@@ -9,8 +9,10 @@ import pytest
 
 from server.audit import audit
 from server.mechanisms import MECHANISMS, mechanism_class, mechanism_for, mechanism_of_ledger
+from server.mechanisms.releases import ReleasesMechanism
 from server.mechanisms.rounds import RoundsMechanism
 from shared.config import resolve
+from shared.releases import planned_releases
 from shared.run_directory import read_ledger, read_metrics
 from simulations.engines.simulate import read_summary, simulate
 
@@ -112,3 +114,140 @@ def test_ledgers_written_before_a_setting_existed_keep_their_mechanism():
 
     assert mechanism_of_ledger({"config": {"privacy": "user"}}) is GaussianReleases  # before user-noise: the server's noise
     assert mechanism_of_ledger({"privacy-unit": "example (one interaction) on each device"}) is MECHANISMS["dp-sgd"]
+
+
+# --- a mechanism with device behaviour of its own: one class (its server side, its device's
+# handler, its audit check) and one registry line; nothing else in the project changes ----------
+
+NOISY_TASK = "test-noised-statistic"
+DEVICE_CALLS: list[str] = []
+
+
+def noised_statistic(msg, context, request):
+    """The example's device side: the bounded statistic of the release the message names, with
+    the whole Gaussian noise added on the device (local DP: the server is not trusted)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from client.request import request_data
+    from client.state import pseudonym
+    from client.statistics import contribution
+    from server.mechanisms.gaussian_releases import noise_stds
+    from shared.messages import CONTRIBUTION_KEY, contribution_reply
+    from shared.privacy.gaussian import clip
+
+    name = str(request.sent["release"])
+    DEVICE_CALLS.append(name)
+    data = request_data(context, request)
+    std = noise_stds(request.settings)[[r.name for r in planned_releases(request.settings)].index(name)]
+    vector = clip(contribution(msg, data, name, dict(context.node_config)), 1.0)[0]
+    noised = (vector + np.random.default_rng().normal(0.0, std, vector.shape)).astype(np.float32)
+    return contribution_reply(msg, ArrayRecord({CONTRIBUTION_KEY: Array(noised)}), len(data.train_items), noised.nbytes, pseudonym(context), name)
+
+
+class DeviceNoisedReleaser:
+    """The example's server side: ask every device for its noised statistic and sum."""
+
+    def __init__(self, grid, nodes, config) -> None:
+        from server.mechanisms.gaussian_releases import noise_stds
+
+        self.grid, self.nodes, self.config, self.stds = grid, nodes, config, noise_stds(config)
+
+    def start(self) -> None:
+        pass
+
+    def release(self, server_round, name, dimension, arrays):
+        import numpy as np
+
+        from server.mechanisms.releases import Released
+        from server.replies import ok_replies, send_and_collect
+        from shared.messages import CONTRIBUTION_KEY, TASK_KEY, client_id, server_messages, update_of
+        from shared.privacy.accounting import gaussian_epsilon
+
+        settings = {**self.config.device_settings(), TASK_KEY: NOISY_TASK, "release": name}
+        replies = ok_replies(send_and_collect(self.grid, server_messages(self.nodes, arrays, settings, server_round)))
+        total, who = np.zeros(dimension), [client_id(reply) for reply in replies]
+        for reply in replies:
+            total += update_of(reply)[CONTRIBUTION_KEY].numpy().astype(np.float64)
+        std = self.stds[server_round - 1]
+        epsilon = gaussian_epsilon(self.stds[:server_round], float(self.config.privacy.delta))
+        body = {"release": name, "dimension": dimension, "device-noise-std": std, "contributors": who, "user-level-epsilon": epsilon}
+        return Released(total, who, epsilon, std * np.sqrt(len(who)), body)
+
+    def finish(self, run_dir) -> None:
+        pass
+
+
+class DeviceNoisedReleases(ReleasesMechanism):
+    name = "test-device-noised-releases"
+    mode = "test-device-noise"
+    unit = "user (all of one device's interactions), at each device"
+    trust = "nobody: each device adds the whole noise to its statistic before it leaves (local DP)"
+    check_limits = {"test-device-noise": ("each release's device noise is the one the budget gives", "whether the devices added it")}
+
+    @classmethod
+    def train_tasks(cls) -> dict[str, Any]:
+        return {NOISY_TASK: noised_statistic}
+
+    def releaser(self, grid, nodes, dimensions, ledger, log):
+        return DeviceNoisedReleaser(grid, nodes, self.config)
+
+    @classmethod
+    def audit(cls, report, run, header, entries, delta, gaps, node_keys=None) -> None:
+        from server.mechanisms.gaussian_releases import noise_stds
+        from shared.config import from_saved
+
+        wanted = noise_stds(from_saved(header["config"]))
+        for entry in (e for e in entries if e.kind == "release"):
+            std = float(entry.body["device-noise-std"])
+            if std != wanted[entry.round - 1]:
+                report.fail("test-device-noise", f"release {entry.round}: device noise std {std:.6g}, the budget gives {wanted[entry.round - 1]:.6g}")
+        report.ok("test-device-noise")
+
+
+def test_a_mechanism_with_its_own_device_side_is_one_class_and_one_registry_line(monkeypatch, small_dataset, feature_cache, tmp_path):
+    from client.request import DeviceRequest
+    from client.tasks import handler
+    from shared.privacy.ledger import Ledger
+
+    settings = {"privacy": "test-device-noise"}
+    with pytest.raises(ValueError, match="privacy 'test-device-noise': choose one of"):
+        mechanism_class(settings)
+    monkeypatch.setitem(MECHANISMS, DeviceNoisedReleases.name, DeviceNoisedReleases)  # the registry line
+    DEVICE_CALLS.clear()
+    run_dir = simulate(
+        {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(tmp_path), "run-id": "device-noised", **settings},
+        engine="in-process",
+    )
+    # every device answered every release through the mechanism's own device handler
+    names = [r.name for r in planned_releases(resolve(None, settings))]
+    assert sorted(DEVICE_CALLS) == sorted(names * 12)
+    header = read_ledger(run_dir)[0].body
+    assert header["privacy-unit"] == DeviceNoisedReleases.unit and header["privacy-mode"] == "test-device-noise"
+    bodies = [e.body for e in read_ledger(run_dir) if e.kind == "release"]
+    assert [b["release"] for b in bodies] == names and all(len(b["contributors"]) == 12 for b in bodies)
+    summary = read_summary(run_dir)
+    assert summary["privacy"]["mechanism"] == DeviceNoisedReleases.name and summary["final"]["clients-evaluated"] == 12
+    report = audit(run_dir)
+    assert report.failures["test-device-noise"] == [] and report.failures["mechanism-known"] == []
+    # its audit check fails through the real audit when the ledger claims a smaller device noise
+    ledger_path = run_dir / "ledger.sqlite"
+    entries = read_ledger(run_dir)
+    ledger_path.unlink()
+    rewritten = Ledger(ledger_path)
+    for entry in entries:
+        body = dict(entry.body)
+        if entry.kind == "release" and entry.round == 2:
+            body["device-noise-std"] = body["device-noise-std"] / 2
+        rewritten.append([(entry.kind, entry.round, body)])
+    rewritten.close()
+    lying = audit(run_dir)
+    assert lying.failures["test-device-noise"] == [
+        f"release 2: device noise std {bodies[1]['device-noise-std'] / 2:.6g}, the budget gives {bodies[1]['device-noise-std']:.6g}"
+    ]
+    # a device asked for a task its settings' mechanism does not have refuses it
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    asked = Message(RecordDict({"config": ConfigRecord({**resolve(None, settings).device_settings(), "task": "popularity"})}), dst_node_id=1, message_type="train")
+    with pytest.raises(ValueError, match=f"task 'popularity' is not one of mechanism {DeviceNoisedReleases.name}'s train tasks: '{NOISY_TASK}'"):
+        handler("train", DeviceRequest.of(asked))
