@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from server.mechanisms import mechanism_of_ledger
 from server.resume import current_data_dir
 from shared.checksums import file_sha256
 from shared.config import parse_modalities
@@ -93,10 +94,11 @@ def export_run(run_dir: str | Path, out: str | Path, signing_key: str | Path | N
     dataset = load_catalog(current_data_dir(run, config))
     features = load_or_compute_features(dataset, config.get("feature-cache") or None, progress=False)
     out.mkdir(parents=True, exist_ok=True)
-    if config.get("privacy") == "user":
-        kind, written, extra = "user-level", _export_user_level(run, config, features, out), {}
+    kind = mechanism_of_ledger({"config": config}).export_kind
+    if kind == "user-level":
+        written, extra = _export_user_level(run, config, features, out), {}
     else:
-        kind, (written, extra) = "item-tower", _export_tower(run, config, dataset, features, out)
+        written, extra = _export_tower(run, config, dataset, features, out)
     (out / "item_ids.json").write_text(json.dumps(list(dataset.item_ids)), encoding="utf-8")
     titles = dict(zip(dataset.item_ids, dataset.titles))
     (out / "item_titles.json").write_text(json.dumps(titles, ensure_ascii=False), encoding="utf-8")

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Message
 
 from server.aggregation import Aggregate, Aggregator
 from server.book import RoundBook
+from server.mechanisms import mechanism_class
 from server.replies import TrainReplies, rejected_entry
 from shared.array_values import nbytes
 from shared.config import RunConfig
@@ -129,7 +130,7 @@ class RoundRecorder:
         return entry
 
     def _log(self, row: dict[str, Any], aggregator: Aggregator) -> None:
-        spent = [f"example-level epsilon max {row['epsilon-max']:.2f}"] if self.config.privacy.local_dp else []
+        spent = [f"example-level epsilon max {row['epsilon-max']:.2f}"] if mechanism_class(self.config).local_dp else []
         if aggregator.spends_user_level:
             spent.append(f"user-level epsilon {row['user-level-epsilon']:.2f}")
         self.log(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from server.book import ResumePoint, RoundBook
+from server.mechanisms import mechanism_class
 from shared.config import DEFAULTS, RunConfig, resolve
 from shared.privacy.ledger import Entry, verify_chain
 from shared.run_directory import RunDirectory
@@ -70,7 +71,7 @@ def data_change(run_dir: RunDirectory, config: RunConfig, dataset, population: i
     if new_users[: len(old_users)] != old_users:
         raise ValueError(f"{config.data.data_dir}: the run's users are not its first users in the same order (a device "
                          "would get another user's state): append new users' interactions after the old ones")
-    if config.privacy.central_dp and len(new_users) != len(old_users):
+    if mechanism_class(config).central_dp and len(new_users) != len(old_users):
         raise ValueError("central DP: DP-FedAvg's noise is scaled to the population it started with; continue with the "
                          "same users or start a new run")
     return {

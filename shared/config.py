@@ -171,16 +171,6 @@ class PrivacyConfig:
     canaries: int
     accountant: str
 
-    @property
-    def local_dp(self) -> bool:
-        """Whether devices train with DP-SGD (example-level privacy)."""
-        return self.privacy in DP_SGD_MODES
-
-    @property
-    def central_dp(self) -> bool:
-        """Whether the server clips and noises client updates (user-level DP-FedAvg)."""
-        return self.privacy in DP_FEDAVG_MODES
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -258,10 +248,6 @@ class RunConfig(Mapping):
         """What every message to a device carries: :data:`DEVICE_KEYS`."""
         return {key: self[key] for key in RUN_CONFIG if key in DEVICE_KEYS}
 
-# What the device and the aggregator read from the mode (a device does not import the server's
-# mechanisms); each mechanism in server/mechanisms states the same, and a test holds them equal.
-DP_SGD_MODES = ("local", "both")
-DP_FEDAVG_MODES = ("central", "both")
 DP_ENGINES = ("fast", "opacus")
 EVALUATE_ON = ("test", "validation")  # shared/data/split.py's, kept here so a device resolves numpy-free
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum")

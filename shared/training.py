@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.config import DEFAULTS, DP_SGD_MODES
+from shared.config import DEFAULTS
 from shared.models.recommender import Recommender, item_inputs
 from shared.per_example import PerExampleClipping
 from shared.privacy.accounting import (
@@ -364,4 +364,6 @@ def refit_user(
 def train_config(config: Mapping[str, Any]) -> TrainConfig:
     """A device's local training settings from the settings its message carries."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"dp"}
-    return TrainConfig(dp=config["privacy"] in DP_SGD_MODES, **{name: config[name.replace("_", "-")] for name in names})
+    from server.mechanisms import mechanism_class  # the registry says whether the mode trains under DP-SGD
+
+    return TrainConfig(dp=mechanism_class(config).local_dp, **{name: config[name.replace("_", "-")] for name in names})

@@ -35,7 +35,7 @@ def test_documented_table_is_the_one_the_code_defines():
 def test_config_is_typed_frozen_and_grouped():
     config = resolve(None, {"privacy": "central", "num-server-rounds": "7", "item-ids": "true"})
     assert config.federation.num_server_rounds == 7 and config["num-server-rounds"] == 7
-    assert config.model.item_ids is True and config.privacy.central_dp and not config.privacy.local_dp
+    assert config.model.item_ids is True and config.privacy.privacy == "central"
     assert sorted(GROUP_OF) == sorted(DEFAULTS)  # every key in exactly one group
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.federation.num_server_rounds = 3

@@ -35,8 +35,10 @@ def test_each_mode_has_one_mechanism_that_its_own_ledger_header_names_again(name
     assert header["privacy-mode"] == MODES[name]["privacy"]
     assert header["privacy-unit"] == mechanism.unit and header["neighbouring-relation"] == mechanism.neighbours
     assert header["server-dp"] is mechanism.central_dp
-    # what a device and the aggregator read from the mode without the registry is the mechanism's word
-    assert (config.privacy.local_dp, config.privacy.central_dp) == (mechanism.local_dp, mechanism.central_dp)
+    # a device's training reads DP-SGD from the registry: the mechanism's word, not a second list of modes
+    from shared.training import train_config
+
+    assert train_config(config).dp is mechanism.local_dp
     assert mechanism_of_ledger(header) is MECHANISMS[name]
 
 

@@ -60,6 +60,7 @@ class PrivacyMechanism(ABC):
     local_dp: ClassVar[bool] = False  # devices train with DP-SGD (example-level claims in the ledger)
     central_dp: ClassVar[bool] = False  # the server clips and noises the devices' updates (DP-FedAvg)
     resumable: ClassVar[bool] = True
+    export_kind: ClassVar[str] = "item-tower"  # what ``fedmmrec export`` writes of a run: its trained tower
     foreign_entries: ClassVar[tuple[str, ...]] = ()  # ledger entry kinds this mechanism never writes
     # check -> (what it verifies, what it cannot see), for checks of its own the audit's table
     # (server/audit/limits.py) does not describe; shown beside each result in the report.

@@ -63,6 +63,7 @@ class ReleasesMechanism(PrivacyMechanism):
     unit = "user (all of one device's interactions), at the server"
     neighbours = "add or remove one user (a device and all its data) from the population"
     resumable = False  # a run of releases is not resumed: a new run spends a new budget
+    export_kind = "user-level"  # the released model and the catalog's content
     foreign_entries = ("server-round", "client-round", "resume", "data")
 
     @classmethod

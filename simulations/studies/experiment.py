@@ -223,6 +223,7 @@ def _row(setting: str, kind: str, seed: int, run_dir: Path, wall: float | None) 
     row["epsilon-max"] = example_level if isinstance(example_level, (int, float)) else ""
     row["user-level-epsilon"] = privacy.get("user-level-epsilon") or ""
     row["privacy-mode"] = privacy.get("mode", "")
+    row["mechanism"] = privacy.get("mechanism", "")
     row["wall-seconds"] = summary.get("wall-seconds", wall if wall is not None else "")
     row["users"] = summary["final"].get("clients-evaluated", summary["final"].get("users", ""))
     if kind == "federated" and run.trained_partitions():  # a secure-sum run keeps no device state: all users rank
@@ -335,7 +336,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], references: list[dict[str, Any
     fig.savefig(out / "ndcg_over_rounds.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-    if any(r.get("privacy-mode") in USER_LEVEL_MODES for r in rows):
+    if any(_user_level(r) for r in rows):
         _user_level_plot(out, rows, references, plt)
     else:
         _example_level_plot(out, rows, plt)
@@ -375,7 +376,10 @@ def _hits_plot(out: Path, rows: list[dict[str, Any]], names: list[str], plt) -> 
     plt.close(fig)
 
 
-USER_LEVEL_MODES = {"user": "DP popularity + co-occurrence (privacy = user)", "central": "DP-FedAvg (privacy = central)"}
+def _user_level(row: dict[str, Any]) -> bool:
+    """Whether a federated row's mechanism states a user-level epsilon (a line of the plot)."""
+    return row.get("kind") == "federated" and row.get("user-level-epsilon") not in ("", None)
+
 INFINITY_AT = 16.0
 REFERENCE_COLOURS = ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "navy", "gold")  # where epsilon = inf (no noise) sits on the log axis
 
@@ -385,8 +389,8 @@ def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dic
     seeds; settings without a user-level epsilon (and reference rows from another study) as
     labelled horizontal lines, reference rows with one as labelled points."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for mode, label in USER_LEVEL_MODES.items():
-        mine = [r for r in rows if r.get("privacy-mode") == mode and r["user-level-epsilon"] != ""]
+    for mechanism in dict.fromkeys(r.get("mechanism", "") for r in rows if _user_level(r)):
+        mine, label = [r for r in rows if _user_level(r) and r.get("mechanism", "") == mechanism], mechanism or "user-level DP"
         by_eps: dict[float, list[float]] = {}
         for r in mine:
             eps = float(r["user-level-epsilon"])
@@ -394,12 +398,12 @@ def _user_level_plot(out: Path, rows: list[dict[str, Any]], references: list[dic
         if by_eps:
             xs = sorted(by_eps)
             ax.plot(xs, [statistics.mean(by_eps[x]) for x in xs], marker="o", label=label)
-    levels = [r for r in rows if r.get("privacy-mode") not in USER_LEVEL_MODES] + references
+    levels = [r for r in rows if not _user_level(r)] + references
     for k, setting in enumerate(dict.fromkeys(r["setting"] for r in levels)):
         group = [r for r in levels if r["setting"] == setting]
         level = statistics.mean(float(r["ndcg@10"]) for r in group)
         epsilon = group[0].get("user-level-epsilon", "")
-        if epsilon not in ("", None) and group[0].get("privacy-mode") not in USER_LEVEL_MODES:
+        if epsilon not in ("", None) and not _user_level(group[0]):
             ax.plot([float(epsilon)], [level], marker="s", markersize=8, linestyle="none", color=REFERENCE_COLOURS[k % len(REFERENCE_COLOURS)],
                     label=f"{setting} (user-level eps {float(epsilon):.1f})")
         else:
