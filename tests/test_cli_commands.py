@@ -33,13 +33,16 @@ def test_baseline_most_popular_prints_the_metrics_of_the_split(small_dataset, ca
     assert printed == pytest.approx(most_popular(split_for(load_dataset(small_dataset), resolve(None, {"data-dir": str(small_dataset)}))))
 
 
-def test_features_fills_the_cache_the_runs_read(small_dataset, tmp_path, capsys, monkeypatch):
+def test_features_fills_the_cache_the_runs_read(tmp_path, capsys, monkeypatch):
     from shared.data import load_dataset
+    from shared.data.synth import SynthConfig, generate
     from shared.features import load_or_compute_features
 
+    # a catalog of its own (no other test has encoded it), small: the command encodes every item
+    small_dataset = generate(tmp_path / "tiny", SynthConfig(users=4, items=12, seed=11, mean_interactions=5))
     cache = tmp_path / "cache"
     assert main(["features", "--set", f"data-dir={small_dataset}", "--set", f"feature-cache={cache}"]) == 0
-    assert capsys.readouterr().out.strip().endswith("fedmmrec: features for 120 items cached")
+    assert capsys.readouterr().out.strip().endswith("fedmmrec: features for 12 items cached")
     assert sorted(p.name.split("-")[0] for p in cache.glob("*.npz")) == ["image", "text"]  # not the lock files alone
 
     import shared.features.cache as features_cache
@@ -50,7 +53,7 @@ def test_features_fills_the_cache_the_runs_read(small_dataset, tmp_path, capsys,
     monkeypatch.setattr(features_cache, "_encode_texts", no_encoding)
     monkeypatch.setattr(features_cache, "_encode_images", no_encoding)
     cached = load_or_compute_features(load_dataset(small_dataset), str(cache), progress=False)
-    assert cached.num_items == 120 and cached.text_mask.any() and cached.image_mask.any()
+    assert cached.num_items == 12 and cached.text_mask.any() and cached.image_mask.any()
 
 
 def test_deploy_devices_writes_one_folder_per_device_with_that_users_interactions(small_dataset, tmp_path, capsys):

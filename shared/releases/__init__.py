@@ -16,7 +16,7 @@ from shared.releases.selection import Selection
 from shared.secure_sum.plan import SecurePlan, make_plan
 
 RELEASES: tuple[Release, ...] = (Popularity(), Cooccurrence(), Selection())
-SHARE_KEYS = ("popularity-budget-share", "selection-budget-share")  # the configured shares; co-occurrence gets the rest
+SHARE_KEYS = tuple(r.share_key for r in RELEASES if r.share_key)  # the configured shares; co-occurrence gets the rest
 
 
 def _shares(config: Mapping) -> dict[str, float]:

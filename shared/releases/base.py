@@ -89,11 +89,12 @@ class Release(ABC):
     """One statistic: subclass it in one file and add it to :data:`shared.releases.RELEASES`."""
 
     name: ClassVar[str]  # the release's name in the ledger, the messages and releases.npz
+    share_key: ClassVar[str | None] = None  # the run-config key of its budget share, if it has its own
 
-    @abstractmethod
     def budget_share(self, shares: Mapping[str, float]) -> float:
         """Its share of the budget (of mu^2 in Gaussian DP), from the run's configured shares
         (``popularity-budget-share``, ``selection-budget-share``); 0: not released."""
+        return float(shares[self.share_key])
 
     @abstractmethod
     def dimension(self, fit: Fit) -> int:

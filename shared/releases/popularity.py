@@ -4,8 +4,6 @@ items), and is shrunk toward the catalog content when the model is fitted."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from shared.cooccurrence import popularity_contribution, top_items
@@ -17,9 +15,6 @@ TOP_ITEMS = "top-items"  # the array of the items ranked highest, sent with the 
 class Popularity(Release):
     name = "popularity"
     share_key = "popularity-budget-share"
-
-    def budget_share(self, shares: Mapping[str, float]) -> float:
-        return float(shares[self.share_key])
 
     def dimension(self, fit: Fit) -> int:
         return fit.num_items

@@ -4,8 +4,6 @@ ranks at unit norm; the server serves the candidate with the largest noisy sum."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from shared.cooccurrence import CANDIDATES, selection_contribution
@@ -16,9 +14,6 @@ from shared.releases.base import DeviceView, Fit, Release
 class Selection(Release):
     name = "selection"
     share_key = "selection-budget-share"
-
-    def budget_share(self, shares: Mapping[str, float]) -> float:
-        return float(shares[self.share_key])
 
     def dimension(self, fit: Fit) -> int:
         return len(CANDIDATES)
