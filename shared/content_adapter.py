@@ -18,7 +18,7 @@ in turn is the target, ranked by softmax at ``temperature`` among the items outs
 its history that existed at release time), negated: one local step of size 1. New films are
 left out of that softmax: no history holds one, so as negatives they would only teach the tower
 to rank every new film last (measured: it halved cold HR@10 before they were left out).
-:mod:`shared.privacy.dp_fedavg` clips and noises it like any DP-FedAvg update. numpy only.
+:mod:`server.mechanisms.dp_fedavg.noise` clips and noises it like any DP-FedAvg update. numpy only.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-import shared.privacy.dp_fedavg
+import server.mechanisms.dp_fedavg.noise
 from server.audit import audit, run_audit
-from shared.privacy.dp_fedavg import CentralDP, aggregate, flatten, poisson_sample
+from server.mechanisms.dp_fedavg.noise import CentralDP, aggregate, flatten, poisson_sample
 from shared.run_directory import RunDirectory, read_ledger
 from simulations.engines.simulate import read_summary, simulate
 
@@ -112,7 +112,7 @@ def test_a_server_that_inflates_the_updates_it_aggregated_fails_noise_conformanc
 
 
 def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    monkeypatch.setattr(server.mechanisms.dp_fedavg.noise, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "no-noise", canaries=500))
     report = audit(run_dir)
     # Everything the ledger claims is internally consistent ...
@@ -129,8 +129,8 @@ def test_noise_switched_off_while_claimed_is_caught_by_the_canaries(small_datase
 
 
 def test_server_noise_cut_to_a_tenth_is_caught_from_the_released_norms(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = shared.privacy.dp_fedavg.gaussian_noise
-    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
+    real = server.mechanisms.dp_fedavg.noise.gaussian_noise
+    monkeypatch.setattr(server.mechanisms.dp_fedavg.noise, "gaussian_noise", lambda rng, size, std: real(rng, size, std / 10))
     run_dir = _simulate(_central(small_dataset, feature_cache, tmp_path, "tenth", **{"server-noise-multiplier": 1.0}))
     problems = audit(run_dir).failures["noise-conformance"]
     assert len(problems) == ROUNDS + 1 and all("released update norm" in p for p in problems[:ROUNDS])
@@ -145,8 +145,8 @@ def test_server_noise_cut_with_full_size_norms_recorded_is_caught_from_the_check
     the initial one, in the run's own checkpoints, does not."""
     import server.recorder
 
-    real_noise, real_norm = shared.privacy.dp_fedavg.gaussian_noise, server.recorder.update_norm
-    monkeypatch.setattr(shared.privacy.dp_fedavg, "gaussian_noise", lambda rng, size, std: real_noise(rng, size, std / 10))
+    real_noise, real_norm = server.mechanisms.dp_fedavg.noise.gaussian_noise, server.recorder.update_norm
+    monkeypatch.setattr(server.mechanisms.dp_fedavg.noise, "gaussian_noise", lambda rng, size, std: real_noise(rng, size, std / 10))
 
     def full_size(before, after):  # the released update's norm as if the whole noise were in it
         d = server.recorder.dimension(after)
@@ -212,7 +212,7 @@ def test_the_canaries_needed_are_where_the_all_correct_bound_first_exceeds_the_c
     # searched-for bound exceeds it. Held against the bound itself, claim by claim.
     import numpy as np
 
-    from server.audit.dp_fedavg import canaries_for_ceiling
+    from server.mechanisms.dp_fedavg.audit import canaries_for_ceiling
     from shared.privacy.empirical import one_run_audit
 
     def by_the_bound(claimed: float) -> int:

@@ -53,7 +53,7 @@ def test_a_server_that_rescales_and_re_signs_the_devices_norms_is_caught_by_its_
     import numpy as np
 
     from server.audit.conformance import device_bounds
-    from shared.privacy.dp_fedavg import flatten
+    from server.mechanisms.dp_fedavg.noise import flatten
     from shared.privacy.spend_signature import KEY_FILE, load_or_create_key, sign
     from shared.run_directory import RunDirectory
 

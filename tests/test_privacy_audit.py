@@ -54,7 +54,7 @@ def test_every_check_the_audit_can_name_says_what_it_cannot_see():
     from server.audit.limits import CHECK_LIMITS
 
     root = Path(__file__).parents[1]  # the audit's own modules, and each mechanism folder's audit
-    source = "".join(path.read_text() for path in [*(root / "server" / "audit").glob("*.py"), *root.glob("shared/*/audit.py")])
+    source = "".join(path.read_text() for path in [*(root / "server" / "audit").glob("*.py"), *root.glob("shared/*/audit.py"), *root.glob("server/mechanisms/*/audit.py")])
     named = set(re.findall(r'report\.(?:fail|ok)\(\s*"([a-z-]+)"', source)) | set(re.findall(r'check = "([a-z-]+)"', source))
     for names in re.findall(r"CHECKS = \(([^)]*)\)", source):
         named |= set(re.findall(r'"([a-z-]+)"', names))

@@ -8,7 +8,7 @@ plus one line in :data:`AGGREGATORS`; a round-based privacy mechanism
 from __future__ import annotations
 
 from server.aggregation.base import Aggregate, Aggregator
-from server.aggregation.dp_fedavg import DPFedAvgAggregator
+from server.mechanisms.dp_fedavg.aggregation import DPFedAvgAggregator
 from server.aggregation.flower_strategy import StrategyAggregator
 
 # name -> factory(config, population, initial arrays, canaries)

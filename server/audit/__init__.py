@@ -23,7 +23,7 @@ Checks (each named in the report; any failure makes the audit fail):
 6. ``no-batchnorm-stats``: the released models carry no BatchNorm running statistics.
 Then the run's privacy mechanism (:mod:`server.mechanisms`, found from the ledger header's
 run config) runs its own checks:
-7. ``server-accounting`` (DP-FedAvg, :mod:`server.audit.dp_fedavg`): every round is in the
+7. ``server-accounting`` (DP-FedAvg, :mod:`server.mechanisms.dp_fedavg.audit`): every round is in the
    ledger, its mechanism (clip, noise std, rate, denominator) is the configured one, its
    history is the composition of the rounds so far, and its user-level epsilon is not below
    RDP, PRV or PLD.

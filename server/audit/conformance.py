@@ -166,7 +166,7 @@ def _local_checkpoints(report, run, config: dict[str, Any], header: dict[str, An
     if final_path is None or not initial_path.is_file():
         report.fail(CHECK, f"{run.checkpoints}: initial.pt or the final checkpoint is missing: the trained model cannot be held to the devices' claimed noise")
         return None
-    from shared.privacy.dp_fedavg import flatten
+    from server.mechanisms.dp_fedavg.noise import flatten
 
     final_state = run.load_checkpoint(final_path)
     initial, final = flatten(run.load_checkpoint(initial_path)["item_tower"]), flatten(final_state["item_tower"])
@@ -211,7 +211,7 @@ def _checkpoints(report, run, servers: list[Entry]):
     if final_path is None or not initial_path.is_file():
         report.fail(CHECK, f"{run.checkpoints}: initial.pt or the final checkpoint is missing: the released model cannot be held to the claimed noise")
         return None, None, []
-    from shared.privacy.dp_fedavg import flatten
+    from server.mechanisms.dp_fedavg.noise import flatten
 
     final_state = run.load_checkpoint(final_path)
     last = int(final_state.get("meta", {}).get("round", servers[-1].round))  # latest.pt may lag the ledger by a round

@@ -1,7 +1,7 @@
 """The two steps every mechanism here takes: bound a contribution's L2 norm, and add Gaussian
 noise to a sum of bounded contributions.
 
-Used by DP-FedAvg (:mod:`shared.privacy.dp_fedavg`, each device's model update), by the
+Used by DP-FedAvg (:mod:`server.mechanisms.dp_fedavg.noise`, each device's model update), by the
 server's Gaussian releases (:mod:`server.mechanisms.gaussian_releases`, each device's statistic)
 and by a device's secure-sum input (:mod:`shared.secure_sum.session`, which clips before it
 rounds). numpy only: a default-mode device imports it.

@@ -28,7 +28,7 @@ co-occurrence sum computed at once by :func:`cooccurrence_sum`, tested equal to 
 :func:`shared.cooccurrence.cooccurrence_contribution` over devices), the server's Gaussian
 release (:func:`server.mechanisms.gaussian_releases.gaussian_release`), the model fit
 (:func:`shared.cooccurrence.fit_model`) and DP-FedAvg's clip, noise and fixed denominator
-(:func:`shared.privacy.dp_fedavg.aggregate`). Flower's transport is left out: 50,000 devices
+(:func:`server.mechanisms.dp_fedavg.noise.aggregate`). Flower's transport is left out: 50,000 devices
 on 2 cores would be hours of message passing for the same arithmetic. The study draws its noise
 and sampling from seeded generators so that its rows reproduce; the Flower path draws them from
 OS entropy, as a deployment must.
@@ -151,7 +151,7 @@ def train_tower(adapter: ContentAdapter, split: LeaveLastOutSplit, settings: Tow
     times the clip on the sum, divided by the expected number sampled)."""
     from flwr.app import Array, ArrayRecord
 
-    from shared.privacy.dp_fedavg import CentralDP, aggregate, flatten, poisson_sample
+    from server.mechanisms.dp_fedavg.noise import CentralDP, aggregate, flatten, poisson_sample
 
     population = len(split.users)
     mechanism = CentralDP(settings.clip_norm, noise_multiplier, min(1.0, settings.devices_per_round / population), population)

@@ -51,7 +51,7 @@ class DPFedAvg(RoundsMechanism):
         delta: float, gaps: list[float], node_keys: Any = None,
     ) -> None:
         """``server-accounting`` and, with canaries, ``empirical-lower-bound``."""
-        from server.audit.dp_fedavg import audit_canaries, audit_server
+        from server.mechanisms.dp_fedavg.audit import audit_canaries, audit_server
 
         servers = [e for e in entries if e.kind == "server-round"]
         audit_server(report, header, servers, delta, gaps)

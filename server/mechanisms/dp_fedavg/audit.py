@@ -12,7 +12,7 @@ import numpy as np
 from server.audit.accountants import REL_TOL, cross_check, recompute
 from server.audit.report import AuditReport
 from shared.privacy.canaries import read_canaries
-from shared.privacy.dp_fedavg import flatten
+from server.mechanisms.dp_fedavg.noise import flatten
 from shared.privacy.empirical import one_run_audit, one_run_rejects
 from shared.privacy.ledger import Entry
 from shared.run_directory import RunDirectory

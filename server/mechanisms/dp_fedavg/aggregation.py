@@ -1,5 +1,5 @@
 """DP-FedAvg at the server (``privacy = central`` or ``both``): Poisson sampling, each update
-clipped, Gaussian noise on the sum (:mod:`shared.privacy.dp_fedavg`); the run stops before a
+clipped, Gaussian noise on the sum (:mod:`server.mechanisms.dp_fedavg.noise`); the run stops before a
 round that would exceed ``server-epsilon-cap``."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from server.aggregation.base import Aggregate, Aggregator
 from shared.config import RunConfig
 from shared.messages import metrics_of, server_messages, update_of
 from shared.privacy.canaries import CanarySet
-from shared.privacy.dp_fedavg import CentralDP, ServerDP, flatten
+from server.mechanisms.dp_fedavg.noise import CentralDP, ServerDP, flatten
 
 
 def _mean_loss(replies: list[Message]) -> float:
