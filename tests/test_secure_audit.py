@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from server.audit import audit
-from server.audit.releases import FALSE_ALARM_PER_RUN, chi_square_interval, released_norm_floor
+from server.audit.release_model import FALSE_ALARM_PER_RUN, chi_square_interval, released_norm_floor
 from shared.privacy.spend_signature import KEY_FILE, load_or_create_key, public_pem, sign_record
 from shared.run_directory import RunDirectory, read_ledger
 from shared.secure_sum.plan import make_plan
@@ -604,7 +604,7 @@ def _templates() -> list[str]:
 
 
 NOISE_TEMPLATES = 3  # the floor and the window's two sides: the lying runs above print them
-SUMMARY_LINE = "summary.json claims user-level epsilon"  # from server/audit/releases.py, shared with the central mode
+SUMMARY_LINE = "summary.json claims user-level epsilon"  # from server/audit/release_model.py, shared with the central mode
 
 
 def test_every_line_the_secure_audit_can_print_has_a_case_that_prints_it(base_run, tmp_path):

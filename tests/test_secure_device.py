@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from secure_sessions import Protocol
-from server.audit.releases import chi_square_interval
+from server.audit.release_model import chi_square_interval
 from shared.secure_sum import masks
 from shared.secure_sum.session import DeviceSession, ProtocolRefusal, pairwise_sign
 from shared.secure_sum.plan import SecurePlan, make_plan

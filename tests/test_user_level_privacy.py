@@ -12,12 +12,12 @@ import math
 import numpy as np
 import pytest
 
-import server.mechanisms.gaussian_releases
+import server.mechanisms.gaussian_releases.mechanism
 import shared.releases.cooccurrence
 import shared.releases.popularity
 import shared.releases.selection
 from server.audit import audit, run_audit
-from server.audit.releases import chi_square_interval
+from server.audit.release_model import chi_square_interval
 from shared.cooccurrence import CANDIDATES, cooccurrence_contribution, matrix_from_triangle, popularity_contribution, selection_contribution, triangle_size
 from shared.item_content import content_similarity
 from shared.item_model import CooccurrenceModel
@@ -145,15 +145,15 @@ def _audit_failure(run_dir, check: str) -> list[str]:
 
 
 def test_audit_fails_when_the_noise_is_cut(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.mechanisms.gaussian_releases.gaussian_noise
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_noise", lambda rng, size, std: real(rng, size, 0.8 * std))
+    real = server.mechanisms.gaussian_releases.mechanism.gaussian_noise
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "gaussian_noise", lambda rng, size, std: real(rng, size, 0.8 * std))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-cut")
     problems = _audit_failure(run, "release-noise")
     assert any(p.startswith("release 2 (cooccurrence): noise norm") for p in problems)
 
 
 def test_audit_fails_when_the_noise_is_off(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_noise", lambda rng, size, std: np.zeros(size))
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "gaussian_noise", lambda rng, size, std: np.zeros(size))
     run = _user_run(small_dataset, feature_cache, tmp_path, "noise-off")
     problems = _audit_failure(run, "release-noise")
     measured = [p.split(":")[0] for p in problems if "noise norm 0 is 0.000 x the expected" in p]
@@ -170,14 +170,14 @@ def test_audit_fails_when_the_server_adds_half_the_noise_and_records_a_full_draw
     """The server's measurements are its word: this one adds half the noise and records the
     norm of a full-size draw, so the chi-square check of the measured norm passes; the
     released vectors, kept in releases.npz, cannot have so little norm."""
-    real = server.mechanisms.gaussian_releases.gaussian_release
+    real = server.mechanisms.gaussian_releases.mechanism.gaussian_release
 
     def half_noise(contributions, dimension, std, rng):
         released, measured = real(contributions, dimension, std / 2, rng)
         return released, {**measured, "noise-norm": 2 * measured["noise-norm"]}
 
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_release", half_noise)
-    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "gaussian_release", half_noise)
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
     run = _user_run(small_dataset, feature_cache, tmp_path, "half-noise")
     problems = _audit_failure(run, "release-noise")
     # Co-occurrence (7,260 values): half the noise is half the floor (65.8 against 126.4).
@@ -189,15 +189,15 @@ def test_audit_fails_when_the_server_adds_half_the_noise_and_records_a_full_draw
 
 
 def test_audit_fails_when_clipping_does_not_bound(small_dataset, feature_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "clip", lambda update, bound: (1.5 * update, float(np.linalg.norm(update))))
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "clip", lambda update, bound: (1.5 * update, float(np.linalg.norm(update))))
     run = _user_run(small_dataset, feature_cache, tmp_path, "no-clip")
     problems = _audit_failure(run, "release-clipping")
     assert any("a contribution of norm 1.5 entered the sum" in p for p in problems)
 
 
 def test_audit_fails_when_the_noise_std_is_below_the_budget(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.mechanisms.gaussian_releases.noise_stds
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "noise_stds", lambda config: [0.5 * s for s in real(config)])
+    real = server.mechanisms.gaussian_releases.mechanism.noise_stds
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "noise_stds", lambda config: [0.5 * s for s in real(config)])
     run = _user_run(small_dataset, feature_cache, tmp_path, "low-std")
     problems = _audit_failure(run, "release-accounting")
     assert any("noise std" in p and "that user-epsilon 3 gives" in p for p in problems)
@@ -205,8 +205,8 @@ def test_audit_fails_when_the_noise_std_is_below_the_budget(small_dataset, featu
 
 
 def test_audit_fails_when_the_claimed_epsilon_is_too_low(small_dataset, feature_cache, tmp_path, monkeypatch):
-    real = server.mechanisms.gaussian_releases.gaussian_epsilon
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_epsilon", lambda stds, delta: 0.5 * real(stds, delta))
+    real = server.mechanisms.gaussian_releases.mechanism.gaussian_epsilon
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "gaussian_epsilon", lambda stds, delta: 0.5 * real(stds, delta))
     run = _user_run(small_dataset, feature_cache, tmp_path, "low-claim")
     problems = _audit_failure(run, "release-accounting")
     assert any("claims user-level epsilon" in p and "< recomputed" in p for p in problems)
@@ -231,7 +231,7 @@ def test_audit_fails_when_the_served_model_is_not_fitted_to_the_release(
         other = matrix + np.random.default_rng(0).normal(0.0, shift, matrix.shape)
         return real(popularity, popularity_std, top, (other + other.T) / 2, std, *args, **kwargs)
 
-    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism.secrets, "randbits", lambda bits: 7)  # the same noise every run: the same rank
     with monkeypatch.context() as lying:  # the server's post-processing only: the audit refits with the real one
         lying.setattr(shared.releases.cooccurrence, "fit_model", fitted_elsewhere)
         run = _user_run(small_dataset, feature_cache, tmp_path, f"elsewhere-{item_model}-{shift}", **{"item-model": item_model})
@@ -251,16 +251,16 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
     import dataclasses
 
     real_release, real_top, real_fit = (
-        server.mechanisms.gaussian_releases.gaussian_release, shared.releases.popularity.top_items, shared.releases.cooccurrence.fit_model
+        server.mechanisms.gaussian_releases.mechanism.gaussian_release, shared.releases.popularity.top_items, shared.releases.cooccurrence.fit_model
     )
     raw: dict[str, np.ndarray] = {}
 
     def keeping_the_sum(contributions, dimension, std, rng):
-        kept = [server.mechanisms.gaussian_releases.clip(c, 1.0)[0] for c in contributions]
+        kept = [server.mechanisms.gaussian_releases.mechanism.clip(c, 1.0)[0] for c in contributions]
         raw.setdefault("popularity", np.sum(kept, axis=0))
         return real_release(iter(kept), dimension, std, rng)
 
-    monkeypatch.setattr(server.mechanisms.gaussian_releases, "gaussian_release", keeping_the_sum)
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism, "gaussian_release", keeping_the_sum)
     lying = monkeypatch.context().__enter__()  # the server's post-processing only: undone before the audit
     if lie == "top items from the raw counts":
         lying.setattr(shared.releases.popularity, "top_items", lambda noisy, known, m: real_top(raw["popularity"], known, m))
@@ -272,7 +272,7 @@ def test_audit_fails_when_the_model_reads_the_raw_popularity(small_dataset, feat
 
         lying.setattr(shared.releases.cooccurrence, "fit_model", serving_raw)
         expected = "the served popularity differs from the recorded popularity release shrunk toward the catalog's content"
-    monkeypatch.setattr(server.mechanisms.gaussian_releases.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
+    monkeypatch.setattr(server.mechanisms.gaussian_releases.mechanism.secrets, "randbits", lambda bits: 7)  # one noise draw: one outcome
     run = _user_run(small_dataset, feature_cache, tmp_path, "raw", **{"cooccurrence-items": 40})
     lying.undo()
     problems = _audit_failure(run, "release-model")

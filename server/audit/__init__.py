@@ -29,7 +29,8 @@ run config) runs its own checks:
    RDP, PRV or PLD.
 8. ``release-accounting``, ``release-noise``, ``release-clipping``, ``release-model``
    (Gaussian releases), or the secure sum's checks (Skellam releases):
-   :mod:`server.audit.releases`, :mod:`shared.secure_sum.audit`.
+   :mod:`server.mechanisms.gaussian_releases.audit`, :mod:`shared.secure_sum.audit`, and the
+   served model refitted alike for both (:mod:`server.audit.release_model`).
 9. ``empirical-lower-bound`` (DP-FedAvg runs with canaries): the canary file matches the
    ledger's commitment, and the one-run lower bound (Steinke et al. 2023) does not exceed the
    claimed user-level epsilon.

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from server.audit.releases import chi_square_interval
+from server.audit.release_model import chi_square_interval
 from shared.privacy.ledger import Entry
 
 CHECK = "noise-conformance"

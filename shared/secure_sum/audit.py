@@ -176,7 +176,7 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
         report.server_epsilons.append((entry.round, claimed))
     if honest and plan.epsilon(honest) > budget * (1 + 1e-9):
         report.fail(check, f"the signed shares give user-level epsilon {plan.epsilon(honest):.4f}, above user-epsilon {budget:g}")
-    from server.audit.releases import check_summary_epsilon
+    from server.audit.release_model import check_summary_epsilon
 
     check_summary_epsilon(report, check, run, last)
     report.ok(check)
@@ -190,7 +190,7 @@ def _shares(report, plan, releases, population: int, budget: float, delta: float
 def _noise(report, plan, run: RunDirectory, releases) -> None:
     """The unmasked sums against the noise the devices signed (see the module docstring): the
     window is :func:`shared.secure_sum.plausible.noise_window`, the line the server aborts at."""
-    from server.audit.releases import released_norm_floor
+    from server.audit.release_model import released_norm_floor
 
     check = "secure-noise"
     if not run.file(SECURE_FILE).is_file():
@@ -352,3 +352,17 @@ def _sums(report, run: RunDirectory, releases) -> None:
         if name not in released or not np.allclose(released[name], unmasked / float(body["scale"]), rtol=0, atol=1e-9):
             report.fail(check, f"{where}: releases.npz does not hold the unmasked sum over the scale")
     report.ok(check)
+
+
+def audit_secure_releases(
+    report, run: RunDirectory, header: dict[str, Any], entries: list[Entry], delta: float, node_keys=None
+) -> None:
+    """This mechanism's audit: the secure sum's checks above and the served model's refit."""
+    from server.audit.release_model import audit_release_model
+
+    releases = [e for e in entries if e.kind == "release"]
+    audit_secure(report, run, header, releases, delta, node_keys)
+    audit_release_model(report, releases, header["config"], run)
+    report.figures["empirical lower bound"] = (
+        "INCONCLUSIVE: no canaries are inserted into the user-level releases; the devices' signed shares are this mode's evidence"
+    )

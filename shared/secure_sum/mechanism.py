@@ -152,6 +152,6 @@ class SecureReleases(ReleasesMechanism):
         delta: float, gaps: list[float], node_keys: Any = None,
     ) -> None:
         """The devices' signed noise shares, the unmasked sums, the keys, and the served model."""
-        from server.audit.releases import audit_secure_releases
+        from shared.secure_sum.audit import audit_secure_releases
 
         audit_secure_releases(report, run, header, entries, delta, node_keys)

@@ -160,6 +160,6 @@ class GaussianReleases(ReleasesMechanism):
         delta: float, gaps: list[float], node_keys: Any = None,
     ) -> None:
         """``release-accounting``, ``release-noise``, ``release-clipping``, ``release-model``."""
-        from server.audit.releases import audit_gaussian_releases
+        from server.mechanisms.gaussian_releases.audit import audit_gaussian_releases
 
         audit_gaussian_releases(report, run, header, entries, delta)
