@@ -224,7 +224,7 @@ def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget
     out = tmp_path / "stream"
     assert cli(["streaming-study", "--data", str(small_dataset), "--out", str(out), "--weeks", "2", "--seeds", "0",
                 "--feature-cache", str(feature_cache), "--epsilon", "3", "--item-model", "ease", "--ease-lambda", "50",
-                "--cold-weight", "4"]) == 0
+                "--cold-weight", "4", "--user-noise", "central"]) == 0
     assert "week 2/2" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["week"], r["mode"]) for r in rows] == [(str(w), m) for w in (0, 1) for m in ("frozen", "retrain", "online")]
@@ -234,10 +234,60 @@ def test_the_streaming_study_predicts_then_trains_week_by_week_within_one_budget
         assert epsilon[("0", mode)] < 3.0 and epsilon[("1", mode)] == pytest.approx(3.0, abs=1e-6)
     assert all(int(r["users"]) > 0 and 0.0 <= float(r["hr@10"]) <= 1.0 for r in rows)
     assert (out / "streaming.png").stat().st_size > 10_000 and "| online | 2 |" in (out / "results.md").read_text()
-    assert "Model: item-model ease, ease-lambda 50.0, cold-weight 4.0." in (out / "results.md").read_text()
+    assert "Model: item-model ease, ease-lambda 50.0, cold-weight 4.0, mechanism gaussian-releases." in (out / "results.md").read_text()
     for r in rows:  # the new-film counts agree with each other
         assert int(r["lists-with-new-film"]) <= int(r["new-film-slots"]) <= 10 * int(r["lists-with-new-film"])
         assert int(r["new-film-hits"]) == (round(float(r["hr@10-new-films"]) * int(r["new-films"])) if int(r["new-films"]) else 0)
+
+
+def test_the_streaming_study_runs_the_secure_default_with_its_own_rounding_noise_and_accounting(small_dataset, feature_cache, tmp_path):
+    """By default each release is the secure sum's arithmetic (each device's statistic rounded
+    within the plan's bound with its Skellam share, summed in the field): its epsilon is the
+    secure plan's at every device's share less the colluders' and the removed user's own, below
+    the budget (the plan leaves room for 10% of devices dropping), and its released sums are
+    the statistics' plus that noise."""
+    from shared.cooccurrence import triangle_size
+    from shared.data import load_dataset
+    from shared.secure_sum.plan import make_plan
+
+    out = tmp_path / "secure"
+    assert cli(["streaming-study", "--data", str(small_dataset), "--out", str(out), "--weeks", "2", "--seeds", "0",
+                "--feature-cache", str(feature_cache), "--epsilon", "3"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    epsilon = {(r["week"], r["mode"]): float(r["user-level-epsilon"]) for r in rows}
+    dataset = load_dataset(small_dataset)
+    n, dims = dataset.num_users, [dataset.num_items, triangle_size(dataset.num_items)]
+    for shares, dimensions, count, key in (
+        ([0.1, 0.9], dims, 2, ("1", "frozen")),
+        ([0.05, 0.45] * 2, dims * 2, 2, ("0", "retrain")),
+        ([0.05, 0.45] * 2, dims * 2, 4, ("1", "online")),
+    ):
+        plan = make_plan(n, [str(k) for k in range(len(shares))], dimensions, shares, 3.0, 1e-5, 32, 0.1, 0.05)
+        assert epsilon[key] == pytest.approx(plan.epsilon([(n - 2) * r.share_variance for r in plan.releases[:count]]), rel=1e-12)
+    assert 2.0 < epsilon[("1", "online")] < 3.0  # the plan is sized for 90% of the devices: all of them give less
+    assert "mechanism secure-skellam-releases" in (out / "results.md").read_text()
+
+
+def test_the_secure_study_noise_sums_each_devices_rounded_statistic_and_its_share():
+    """Without noise the study's secure release is the sum of the devices' statistics within
+    the rounding (each device's rounded statistic is within the plan's bound of its scaled
+    statistic); with noise, the sum moves by the devices' shares: its std the plan's."""
+    import numpy as np
+
+    from server.mechanisms import mechanism_for
+    from shared.config import resolve
+
+    rng = np.random.default_rng(0)
+    statistics = [v / np.linalg.norm(v) for v in rng.normal(size=(20, 50))]
+    exact = np.sum(statistics, axis=0)
+    noiseless = mechanism_for(resolve(None, {"user-epsilon": "inf"})).study_noise([1.0], [50], 20)
+    summed, std = noiseless.release(0, iter(statistics), 50, rng)
+    bound = noiseless.plan.releases[0].bound / noiseless.plan.releases[0].scale
+    assert std == 0.0 and np.linalg.norm(summed - exact) <= 20 * bound and noiseless.epsilon(1) == float("inf")
+    noisy = mechanism_for(resolve(None, {"user-epsilon": 1.0})).study_noise([1.0], [50], 20)
+    released, std = noisy.release(0, iter(statistics), 50, rng)
+    assert std == pytest.approx(noisy.plan.releases[0].noise_std_of_sum(20)) and std > 1.0
+    assert 0.5 * std < np.std(released - exact) < 1.5 * std  # 50 draws of the shares' sum
 
 
 def test_the_streaming_study_counts_new_films_in_lists_and_their_hits():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +55,22 @@ class Releaser(ABC):
 
     def finish(self, run_dir: "RunDirectory") -> None:
         """After the last release: write the evidence files the audit reads."""
+
+
+class StudyNoise(ABC):
+    """A mechanism's releases run in one process, for a study (:mod:`simulations.studies.streaming`):
+    the same clip, rounding and noise as its releaser, over a study's own list of releases
+    (budget shares and dimensions), without the messages. The study hands each release every
+    device's contribution; the noise and the accounting are the mechanism's."""
+
+    @abstractmethod
+    def release(self, index: int, contributions: "Iterable[np.ndarray]", dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """Release ``index`` of the study's list: (the noisy sum over ``contributions``, each one
+        device's, and the noise std it carries, in units of the clip)."""
+
+    @abstractmethod
+    def epsilon(self, count: int) -> float:
+        """User-level epsilon after the first ``count`` releases of the list (at the run's delta)."""
 
 
 class ReleasesMechanism(PrivacyMechanism):
@@ -108,6 +125,11 @@ class ReleasesMechanism(PrivacyMechanism):
     @abstractmethod
     def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:
         """Who adds this mechanism's noise."""
+
+    def study_noise(self, shares: list[float], dimensions: list[int], devices: int) -> StudyNoise:
+        """This mechanism's noise over a study's list of releases (each a share of the run's
+        ``user-epsilon`` and a dimension), for ``devices`` devices."""
+        raise ValueError(f"mechanism {self.name} has no study noise: the studies run the mechanisms that define study_noise")
 
     def evaluation_settings(self) -> dict[str, Any]:
         return {**self.config.device_settings(), TASK_KEY: RANK_TASK}

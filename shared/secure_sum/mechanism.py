@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
+from server.mechanisms.releases import Released, Releaser, ReleasesMechanism, StudyNoise
 from shared.config import RunConfig
 from shared.run_directory import SECURE_FILE
 from shared.releases import check_secure_settings
@@ -99,6 +99,42 @@ class SecureReleaser(Releaser):
         run_dir.save_arrays(SECURE_FILE, {**self.evidence, **self.secure.key_evidence()})
 
 
+class SecureStudyNoise(StudyNoise):
+    """The secure sum's arithmetic over a study's releases, without the messages: each device's
+    statistic clipped, rounded at random within the plan's bound and given its Skellam share
+    (:func:`shared.secure_sum.session.rounded_with_share`, what a device masks), summed in
+    Z_{2^32} as the unmasked sum is (the masks cancel), over the scale. Every device is counted
+    (none drops), so the epsilon is the plan's at all the devices' shares less the colluders'
+    and the removed user's own."""
+
+    def __init__(self, config: RunConfig, shares: list[float], dimensions: list[int], devices: int) -> None:
+        from shared.secure_sum.plan import make_plan
+
+        p = config.privacy
+        self.plan = make_plan(
+            devices, [f"study-release-{k}" for k in range(len(shares))], list(dimensions), list(shares), float(p.user_epsilon),
+            float(p.delta), int(p.secure_neighbours), float(p.secure_dropout), float(p.secure_colluders),
+        )
+
+    def release(self, index: int, contributions, dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        from dataclasses import replace
+
+        from shared.secure_sum.quantise import from_field, to_field
+        from shared.secure_sum.session import rounded_with_share
+
+        planned = self.plan.releases[index]
+        release = replace(planned, dimension=dimension)  # at most the planned: its rounding bound holds a fortiori
+        total, devices = np.zeros(dimension, dtype=np.uint32), 0
+        for contribution in contributions:
+            total += to_field(rounded_with_share(contribution, release, rng))
+            devices += 1
+        return from_field(total) / planned.scale, planned.noise_std_of_sum(devices)
+
+    def epsilon(self, count: int) -> float:
+        honest = self.plan.devices - self.plan.uncounted
+        return self.plan.epsilon([honest * r.share_variance for r in self.plan.releases[:count]])
+
+
 class SecureReleases(ReleasesMechanism):
     name = "secure-skellam-releases"
     variant = ("user-noise", "distributed")
@@ -142,6 +178,9 @@ class SecureReleases(ReleasesMechanism):
             "user-epsilon": self.user_epsilon_field(),
             "trust": self.trust,
         }
+
+    def study_noise(self, shares: list[float], dimensions: list[int], devices: int) -> StudyNoise:
+        return SecureStudyNoise(self.config, shares, dimensions, devices)
 
     def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:
         return SecureReleaser(grid, nodes, self.config, list(dimensions.values()), ledger, log)

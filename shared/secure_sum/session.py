@@ -79,6 +79,16 @@ def _associated(sender: int, holder: int) -> bytes:
     return f"share {sender}->{holder}".encode()
 
 
+def rounded_with_share(statistic: np.ndarray, release: ReleasePlan, rng: np.random.Generator, add_noise: bool = True) -> np.ndarray:
+    """A device's contribution before its masks: the statistic clipped to norm 1, scaled and
+    rounded at random within the plan's bound, plus its share of Skellam noise (int64). What
+    the masks hide and the unmasked sum adds up; the studies sum it without the masks, which
+    cancel in the sum."""
+    bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
+    rounded = conditional_round(bounded, release.scale, release.bound, rng)
+    return rounded + skellam_noise(rng, rounded.size, release.share_variance if add_noise else 0.0)
+
+
 @dataclass
 class DeviceSession:
     """One device's secrets and bookkeeping for one run's secure releases (kept in its state)."""
@@ -216,11 +226,8 @@ class DeviceSession:
         if statistic.size != release.dimension:
             raise ProtocolRefusal(f"a statistic of {statistic.size} values for a release of {release.dimension}")
         sketch_rows = masks.sketch_matrix if keep_sketch_matrix else masks.sketch_rows
-        rng = noise_rng()
-        bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
-        rounded = conditional_round(bounded, release.scale, release.bound, rng)
         variance = release.share_variance if add_noise else 0.0
-        vector = to_field(rounded + skellam_noise(rng, release.dimension, variance))
+        vector = to_field(rounded_with_share(statistic, release, noise_rng(), add_noise))
         vector = vector + masks.mask_stream(masks.release_key(self.seeds[self.releases.index(release.name)], release.name), release.dimension)
         taking_part = set(participants)
         which = self.releases.index(release.name)

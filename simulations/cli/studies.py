@@ -32,6 +32,9 @@ def _streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--item-model", default="factors", choices=("factors", "ease"), help="what the releases become (run config item-model)")
     parser.add_argument("--ease-lambda", type=float, default=2.0, help="item-model ease: the ridge penalty (run config ease-lambda)")
     parser.add_argument("--cold-weight", type=float, default=1.0, help="multiplier on new films' content-placed term (run config cold-weight)")
+    parser.add_argument("--user-noise", default="distributed", choices=("distributed", "central"),
+                        help="whose noise each release has, as the run config's user-noise: the secure sum's (devices' Skellam shares, "
+                             "the default) or the server's Gaussian")
 
 
 def streaming_study(args: argparse.Namespace) -> int:
@@ -41,7 +44,7 @@ def streaming_study(args: argparse.Namespace) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     run_streaming(
         data, args.out, epsilon=args.epsilon, weeks=args.weeks, seeds=seeds, feature_cache=args.feature_cache or None,
-        item_model=args.item_model, ease_lambda=args.ease_lambda, cold_weight=args.cold_weight,
+        item_model=args.item_model, ease_lambda=args.ease_lambda, cold_weight=args.cold_weight, user_noise=args.user_noise,
     )
     print(f"fedmmrec: wrote {args.out}/results.csv, results.md, streaming.png")
     return 0

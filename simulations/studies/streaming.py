@@ -45,17 +45,19 @@ from typing import Any
 
 import numpy as np
 
-from shared.cooccurrence import cooccurrence_contribution, fit_model, matrix_from_triangle, popularity_contribution, top_items, triangle_size
+from shared.cooccurrence import fit_model, matrix_from_triangle, triangle_size
 from shared.item_content import content_matrix
 from shared.data import load_dataset
 from shared.features import load_or_compute_features
 from shared.metrics import metrics_from_rank, rank_of
-from shared.privacy.accounting import gaussian_epsilon, split_budget
-from shared.privacy.gaussian import clip
+from shared.releases import DeviceView, Fit, ModelSettings, planned_releases
 
 WEEK_S = 7 * 24 * 3600
 MODES = ("frozen", "retrain", "online")
 POPULARITY_SHARE = 0.1
+# The releases each week makes: popularity and co-occurrence (no selection vote: popularity
+# weight 0.3, no content similarity), from the one list of releases.
+STUDY_RELEASES = tuple(planned_releases({"selection-budget-share": 0.0}))
 
 
 @dataclass
@@ -91,31 +93,46 @@ def _histories(line: Timeline, until: float, num_users: int) -> list[np.ndarray]
     return [np.unique(np.asarray(h, dtype=np.int64)) for h in out]
 
 
-def _release(histories: list[np.ndarray], num_items: int, m: int, stds: tuple[float, float], rng, known: np.ndarray):
-    """One popularity + co-occurrence release over the devices' histories: (noisy popularity,
-    top items, noisy co-occurrence matrix)."""
-    popularity = np.zeros(num_items)
-    for history in histories:
-        if len(history):
-            popularity += clip(popularity_contribution(history, num_items), 1.0)[0]
-    popularity += rng.normal(0.0, stds[0], num_items)
-    top = top_items(popularity, known, m)
-    triangle = np.zeros(triangle_size(len(top)))
-    for history in histories:
-        if len(history):
-            triangle += clip(cooccurrence_contribution(history, top), 1.0)[0]
-    triangle += rng.normal(0.0, stds[1], len(triangle))
-    return popularity, top, matrix_from_triangle(triangle, len(top))
+def _release(histories: list[np.ndarray], num_items: int, noise, first: int, rng, fit: Fit):
+    """One popularity + co-occurrence release over the devices' histories, each contribution
+    what :data:`shared.releases.RELEASES` has a device send, the noise the mechanism's
+    (``noise``: its :class:`~server.mechanisms.releases.StudyNoise`, releases ``first`` and
+    ``first + 1`` of its list): (noisy popularity, its std, top items, noisy co-occurrence
+    matrix, its std)."""
+    popularity_release, cooccurrence_release = STUDY_RELEASES
+
+    def contributions(release, arrays):
+        for history in histories:  # every device takes part, an empty history with a zero statistic
+            yield release.contribution(DeviceView(history, num_items, -1, arrays, _no_content))
+
+    popularity, popularity_std = noise.release(first, contributions(popularity_release, {}), num_items, rng)
+    fit = popularity_release.post_process(fit, popularity, popularity_std)
+    top = fit.top_items
+    triangle, cooccurrence_std = noise.release(
+        first + 1, contributions(cooccurrence_release, cooccurrence_release.request(fit)), cooccurrence_release.dimension(fit), rng
+    )
+    return popularity, popularity_std, top, matrix_from_triangle(triangle, len(top)), cooccurrence_std
+
+
+def _no_content() -> np.ndarray:
+    raise AssertionError("the popularity and co-occurrence statistics read no catalog content")
 
 
 def run_streaming(
     data_dir: str | Path, out: str | Path, epsilon: float = 8.0, delta: float = 1e-5, weeks: int = 0,
     warmup_share: float = 0.5, m: int = 600, max_factors: int = 24, seeds: tuple[int, ...] = (0, 1, 2),
     feature_cache: str | None = None, log=print, item_model: str = "factors", ease_lambda: float = 2.0,
-    cold_weight: float = 1.0,
+    cold_weight: float = 1.0, user_noise: str = "distributed",
 ) -> list[dict[str, Any]]:
     """Run every mode over the timeline once per seed (the seed draws the noise); write the
-    results; return the rows (one per seed, week and mode)."""
+    results; return the rows (one per seed, week and mode). ``user_noise``: the registered
+    release mechanism whose noise and accounting each release has (``distributed``, the secure
+    sum's, the default; ``central``, the server's Gaussian)."""
+    from server.mechanisms import mechanism_for
+    from shared.config import resolve
+
+    mechanism = mechanism_for(resolve(None, {"privacy": "user", "user-noise": user_noise, "user-epsilon": epsilon, "delta": delta,
+                                             "cooccurrence-items": m, "max-factors": max_factors, "selection-budget-share": 0.0}))
     if item_model not in ("factors", "ease"):
         raise ValueError(f"item-model {item_model!r}: choose factors or ease")
     if not (cold_weight >= 0 and ease_lambda > 0):
@@ -123,12 +140,12 @@ def run_streaming(
     model = {"item_model": item_model, "ease_lambda": ease_lambda, "cold_weight": cold_weight}
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        rows += _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model)
-    write_results(Path(out), rows, epsilon, delta, model)
+        rows += _run_seed(data_dir, mechanism, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model)
+    write_results(Path(out), rows, epsilon, delta, {**model, "mechanism": mechanism.name})
     return rows
 
 
-def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model_settings) -> list[dict[str, Any]]:
+def _run_seed(data_dir, mechanism, weeks, warmup_share, m, max_factors, seed, feature_cache, log, model_settings) -> list[dict[str, Any]]:
     dataset = load_dataset(data_dir)
     features = load_or_compute_features(dataset, feature_cache, progress=False)
     content = content_matrix(features.text, features.text_mask, features.image, features.image_mask)
@@ -137,10 +154,12 @@ def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, see
     first_seen = np.full(n_items, np.inf)
     np.minimum.at(first_seen, line.items, line.times)
     releases = line.weeks  # one per week for retrain and online: before weeks 0 .. W-1
-    stds = {
-        "frozen": split_budget(epsilon, delta, [POPULARITY_SHARE, 1 - POPULARITY_SHARE]),
-        "weekly": split_budget(epsilon, delta, [POPULARITY_SHARE / releases, (1 - POPULARITY_SHARE) / releases] * releases),
+    dimensions = [n_items, triangle_size(min(m, n_items))]  # the most a week's releases hold
+    noise = {
+        "frozen": mechanism.study_noise([POPULARITY_SHARE, 1 - POPULARITY_SHARE], dimensions, n_users),
+        "weekly": mechanism.study_noise([POPULARITY_SHARE / releases, (1 - POPULARITY_SHARE) / releases] * releases, dimensions * releases, n_users),
     }
+    settings = ModelSettings.of(mechanism.config)
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     models: dict[str, Any] = {}
@@ -151,11 +170,13 @@ def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, see
         known = first_seen < begin
         for mode in MODES:
             if mode == "frozen" and week > 0:
-                spent = [*stds["frozen"]]
+                spent = noise["frozen"].epsilon(2)
             else:
-                pair = tuple(stds["frozen"]) if mode == "frozen" else tuple(stds["weekly"][:2])
-                popularity, top, matrix = _release(histories, n_items, m, pair, rng, known)
-                fit_std = pair
+                plan, first = (noise["frozen"], 0) if mode == "frozen" else (noise["weekly"], 2 * week)
+                popularity, popularity_std, top, matrix, cooccurrence_std = _release(
+                    histories, n_items, plan, first, rng, Fit(content, known, settings)
+                )
+                pair = fit_std = (popularity_std, cooccurrence_std)
                 if mode == "online":
                     total = sums.setdefault("online", {"popularity": np.zeros(n_items), "matrix": np.zeros((n_items, n_items)),
                                                        "count": np.zeros((n_items, n_items)), "releases": 0})
@@ -170,8 +191,8 @@ def _run_seed(data_dir, epsilon, delta, weeks, warmup_share, m, max_factors, see
                 models[mode], _ = fit_model(
                     popularity, fit_std[0], top, matrix, fit_std[1], content, known, max_factors, 0.3, **model_settings
                 )
-                spent = [*stds["frozen"]] if mode == "frozen" else [*stds["weekly"][: 2 * (week + 1)]]
-            rows.append({"seed": seed, "week": week, "mode": mode, "user-level-epsilon": gaussian_epsilon(spent, delta),
+                spent = plan.epsilon(first + 2)
+            rows.append({"seed": seed, "week": week, "mode": mode, "user-level-epsilon": spent,
                          **_predict(models[mode], line, begin, end, histories, first_seen)})
         log(f"[seed {seed}, week {week + 1}/{line.weeks}] " + ", ".join(
             f"{r['mode']} HR@10 {r['hr@10']:.3f} (eps {r['user-level-epsilon']:.2f})" for r in rows[-3:]

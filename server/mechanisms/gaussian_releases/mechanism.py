@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from server.mechanisms.releases import Released, Releaser, ReleasesMechanism
+from server.mechanisms.releases import Released, Releaser, ReleasesMechanism, StudyNoise
 from server.replies import ok_replies, send_and_collect
 from shared.config import RunConfig
 from shared.messages import CONTRIBUTION_KEY, TASK_KEY, client_id, server_messages, update_of
@@ -129,6 +129,21 @@ class GaussianReleaser(Releaser):
         return Released(noisy, who, epsilon, std, record.ledger_body(who))
 
 
+class GaussianStudyNoise(StudyNoise):
+    """The server's Gaussian noise over a study's releases: each contribution clipped to norm 1."""
+
+    def __init__(self, config: RunConfig, shares: list[float]) -> None:
+        self.delta = float(config.privacy.delta)
+        self.stds = split_budget(float(config.privacy.user_epsilon), self.delta, shares)
+
+    def release(self, index: int, contributions: Iterable[np.ndarray], dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        noisy, _ = gaussian_release(contributions, dimension, self.stds[index], rng)
+        return noisy, self.stds[index]
+
+    def epsilon(self, count: int) -> float:
+        return gaussian_epsilon(self.stds[:count], self.delta)
+
+
 class GaussianReleases(ReleasesMechanism):
     name = "gaussian-releases"
     variant = ("user-noise", "central")
@@ -150,6 +165,9 @@ class GaussianReleases(ReleasesMechanism):
             "user-epsilon": self.user_epsilon_field(),
             "trust": self.trust,
         }
+
+    def study_noise(self, shares: list[float], dimensions: list[int], devices: int) -> StudyNoise:
+        return GaussianStudyNoise(self.config, shares)
 
     def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:
         return GaussianReleaser(grid, nodes, self.config)
