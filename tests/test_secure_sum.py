@@ -615,10 +615,11 @@ class DeviatingServer(SecureAggregation):
 
     def _confirm(self, name, survivors, common, server_round):
         from shared.messages import SECURE_CONFIRM
+        from shared.secure_sum.records import ConfirmReply, ConfirmRequest
 
-        replies = self._send(SECURE_CONFIRM, {i: {**common, "survivors": survivors} for i in survivors}, ArrayRecord(), server_round)
-        fields = [secure_fields(r) for r in replies.values()]
-        return [str(f["identity-key"]) for f in fields], [bytes(f["signature"]) for f in fields]
+        asked = {i: ConfirmRequest(*common, survivors).fields() for i in survivors}
+        replies = [ConfirmReply.of(secure_fields(r)) for r in self._send(SECURE_CONFIRM, asked, ArrayRecord(), server_round).values()]
+        return [r.identity_key for r in replies], [r.signature for r in replies]
 
 
 def _deviating(users: int, drop=None) -> tuple[DeviatingServer, DeliveringGrid]:

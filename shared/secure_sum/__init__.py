@@ -22,7 +22,7 @@ Skellam mechanism, Agarwal, Kairouz and Liu, NeurIPS 2021).
 The mechanism is this folder, whole: its registry entry (:mod:`~shared.secure_sum.mechanism`,
 ``user-noise = distributed``), the server's side of each release
 (:mod:`~shared.secure_sum.server`), the device's handler of each stage
-(:mod:`~shared.secure_sum.device`, numpy only) and the audit's checks
-(:mod:`~shared.secure_sum.audit`). Nothing here is imported when the package is: the device
+(:mod:`~shared.secure_sum.device`, numpy only), the stage messages both read
+(:mod:`~shared.secure_sum.records`) and the audit's checks (:mod:`~shared.secure_sum.audit`). Nothing here is imported when the package is: the device
 loads only what it uses.
 """

@@ -39,6 +39,18 @@ from shared.privacy.spend_signature import public_pem, sign_record
 from shared.secure_sum import identity as identity_keys
 from shared.secure_sum.session import DeviceSession, ProtocolRefusal
 from shared.secure_sum.plan import ReleasePlan, SecurePlan
+from shared.secure_sum.records import (
+    ConfirmReply,
+    ConfirmRequest,
+    InputRequest,
+    KeysReply,
+    KeysRequest,
+    MissingField,
+    ShareReply,
+    ShareRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
 from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lock
 from shared.releases import RELEASES, check_release_settings, check_secure_settings, secure_plan
 
@@ -158,54 +170,62 @@ def _roster(msg: Message, context: Context, data: LocalData) -> frozenset[str]:
     return identity_keys.roster_of_simulated_devices(str(message_config(msg).get("device-state-dir", "")))
 
 
-def _participants(fields: dict) -> dict[int, str]:
+def _participants(request: ShareRequest) -> dict[int, str]:
     """The share stage's participant list (protocol index -> identity key); refused when an index
     repeats or the two lists differ in length (a dict would keep one silently)."""
-    indices, keys = [int(v) for v in fields["participant-indices"]], [str(v) for v in fields["participant-identities"]]
+    indices, keys = request.participant_indices, request.participant_identities
     if len(indices) != len(keys) or len(set(indices)) != len(indices):
         raise ProtocolRefusal("the participant list repeats an index or gives indices and identity keys of different lengths")
     return dict(zip(indices, keys))
 
 
-def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, fields: dict) -> SecurePlan:
+def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, dimensions: list[int]) -> SecurePlan:
     asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
     check_floor(asked, dict(context.node_config), data.on_device)
-    return _planned(tuple(sorted(asked.items())), session.devices, tuple(int(d) for d in fields["dimensions"]))
+    return _planned(tuple(sorted(asked.items())), session.devices, tuple(dimensions))
 
 
 def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, client_id: str, identity: str, key) -> Message:
     """This device's reply to one stage of the protocol."""
     fields = secure_fields(msg)
+    try:
+        return _answer(msg, context, data, stage, fields, client_id, identity, key)
+    except MissingField as exc:
+        raise ProtocolRefusal(f"{stage}: {exc}") from None
+
+
+def _answer(msg: Message, context: Context, data: LocalData, stage: str, fields: dict, client_id: str, identity: str, key) -> Message:
     if stage == SECURE_KEYS:
-        if int(fields["dimensions"][0]) != data.num_items:
-            raise ProtocolRefusal(f"a {RELEASES[0].name} release of {fields['dimensions'][0]} items for a catalog of {data.num_items}")
-        session = DeviceSession(index=int(fields["index"]), devices=int(fields["devices"]), run=str(msg.metadata.run_id))
-        mask_public, channel_public = session.public_keys(len(fields["dimensions"]))
+        asked = KeysRequest.of(fields)
+        if asked.dimensions[0] != data.num_items:
+            raise ProtocolRefusal(f"a {RELEASES[0].name} release of {asked.dimensions[0]} items for a catalog of {data.num_items}")
+        session = DeviceSession(index=asked.index, devices=asked.devices, run=str(msg.metadata.run_id))
+        mask_public, channel_public = session.public_keys(len(asked.dimensions))
         me = _identity_key(msg, context, data)
         signature = identity_keys.sign(me, identity_keys.key_bundle_message(session.run, session.index, mask_public, channel_public))
         _keep(context, session)
-        return secure_reply(msg, {"mask-public": mask_public, "channel-public": channel_public, "dimensions": list(fields["dimensions"]),
-                                  "identity-key": identity_keys.public_hex(me), "key-signature": signature})
+        reply = KeysReply(mask_public, channel_public, asked.dimensions, identity_keys.public_hex(me), signature)
+        return secure_reply(msg, reply.fields())
     session = _session(context)
     if stage == SECURE_SHARE:
-        plan = _plan(msg, context, data, session, fields)
+        shared = ShareRequest.of(fields)
+        plan = _plan(msg, context, data, session, shared.dimensions)
         ciphertexts = session.share_keys(
-            plan, [int(v) for v in fields["neighbours"]], list(fields["mask-publics"]), list(fields["channel-publics"]),
-            [str(v) for v in fields["identity-keys"]], [bytes(v) for v in fields["key-signatures"]], _roster(msg, context, data),
-            identity_keys.public_hex(_identity_key(msg, context, data)), _participants(fields),
+            plan, shared.neighbours, shared.mask_publics, shared.channel_publics, shared.identity_keys, shared.key_signatures,
+            _roster(msg, context, data), identity_keys.public_hex(_identity_key(msg, context, data)), _participants(shared),
         )
         _keep(context, session)
-        return secure_reply(msg, {"ciphertexts": ciphertexts})
+        return secure_reply(msg, ShareReply(ciphertexts).fields())
     if stage == SECURE_INPUT:
-        plan = _plan(msg, context, data, session, fields)
-        release = plan.release(str(fields["release"]))
+        asked = InputRequest.of(fields)
+        plan = _plan(msg, context, data, session, asked.dimensions)
+        release = plan.release(asked.release)
         if not session.held:
-            session.hold(list(fields["held"]))
+            session.hold(asked.held)
         statistic = contribution(msg, data, release.name, dict(context.node_config))
         # The session's own checks first (a request bound to be refused spends nothing), then the
         # durable spend, recorded before the input leaves the device.
-        masked, record = session.masked_input(plan, release, [int(v) for v in fields["participants"]], statistic,
-                                              keep_sketch_matrix=not data.on_device)
+        masked, record = session.masked_input(plan, release, asked.participants, statistic, keep_sketch_matrix=not data.on_device)
         _answer_within_budget(msg, context, data, plan, release)
         _keep(context, session)
         record.update({"client": client_id, "identity": identity})
@@ -214,22 +234,20 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
             signed.update({"signature": sign_record(key, record), "public-key": public_pem(key)})
         return secure_reply(msg, signed, ArrayRecord({MASKED_KEY: Array(masked)}))
     if stage == SECURE_CONFIRM:
-        plan = _plan(msg, context, data, session, fields)
+        asked = ConfirmRequest.of(fields)
+        plan = _plan(msg, context, data, session, asked.dimensions)
         me = _identity_key(msg, context, data)
-        signature = session.confirm(plan, str(fields["release"]), [int(v) for v in fields["survivors"]], me)
+        signature = session.confirm(plan, asked.release, asked.survivors, me)
         _keep(context, session)
-        return secure_reply(msg, {"identity-key": identity_keys.public_hex(me), "signature": signature})
+        return secure_reply(msg, ConfirmReply(identity_keys.public_hex(me), signature).fields())
     if stage == SECURE_UNMASK:
-        plan = _plan(msg, context, data, session, fields)
+        asked = UnmaskRequest.of(fields)
+        plan = _plan(msg, context, data, session, asked.dimensions)
         seeds, keys = session.unmask(
-            plan, str(fields["release"]), [int(v) for v in fields["survivors"]], [int(v) for v in fields["dropped"]],
-            [str(v) for v in fields["signers"]], [bytes(v) for v in fields["signatures"]], _roster(msg, context, data),
+            plan, asked.release, asked.survivors, asked.dropped, asked.signers, asked.signatures, _roster(msg, context, data),
         )
         _keep(context, session)
-        return secure_reply(
-            msg,
-            {"seed-owners": list(seeds), "seed-shares": list(seeds.values()), "key-owners": list(keys), "key-shares": list(keys.values())},
-        )
+        return secure_reply(msg, UnmaskReply(list(seeds), list(seeds.values()), list(keys), list(keys.values())).fields())
     raise ProtocolRefusal(f"unknown secure-aggregation stage {stage!r}")
 
 

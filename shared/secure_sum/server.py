@@ -35,11 +35,36 @@ from shared.messages import (
     update_of,
 )
 from shared.secure_sum import identity, masks
+from shared.secure_sum.records import (
+    ConfirmReply,
+    ConfirmRequest,
+    InputRequest,
+    KeysReply,
+    KeysRequest,
+    MissingField,
+    ShareReply,
+    ShareRequest,
+    StageRecord,
+    UnmaskReply,
+    UnmaskRequest,
+)
 from shared.secure_sum.plan import SecurePlan, graph_parts, participant_graph
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 from shared.releases import secure_plan
+
+
+def _read(kind: type[StageRecord], replies: dict[int, Message], log) -> dict[int, StageRecord]:
+    """Each reply's fields as ``kind``; a reply without a field its stage needs is dropped, as a
+    device that did not answer."""
+    read = {}
+    for i, reply in replies.items():
+        try:
+            read[i] = kind.of(secure_fields(reply))
+        except (MissingField, TypeError, ValueError) as exc:
+            log(f"  device {i}: {exc}: its reply is dropped")
+    return read
 
 
 class SecureAggregationAborted(RuntimeError):
@@ -117,13 +142,13 @@ class SecureAggregation:
     def setup(self, server_round: int) -> None:
         """Stages 1 and 2: keys, then encrypted shares for each device's neighbours."""
         everyone = range(len(self.nodes))
-        common = {"devices": len(self.nodes), "dimensions": self.dimensions}
-        replies = self._send(SECURE_KEYS, {i: {**common, "index": i} for i in everyone}, ArrayRecord(), server_round)
+        asked = {i: KeysRequest(len(self.nodes), self.dimensions, i).fields() for i in everyone}
+        replies = self._send(SECURE_KEYS, asked, ArrayRecord(), server_round)
         self._require(len(replies), "key advertisement")
-        keys = {i: (bytes(secure_fields(r)["mask-public"]), bytes(secure_fields(r)["channel-public"])) for i, r in replies.items()}
-        self.identities = {i: (str(secure_fields(r).get("identity-key", "")), bytes(secure_fields(r).get("key-signature", b"")))
-                           for i, r in replies.items()}
         self.run = str(next(iter(replies.values())).metadata.run_id) if replies else ""
+        answers = _read(KeysReply, replies, self.log)
+        keys = {i: (a.mask_public, a.channel_public) for i, a in answers.items()}
+        self.identities = {i: (a.identity_key, a.key_signature) for i, a in answers.items()}
         wanted = 32 * len(self.plan.releases)
         keys = {i: k for i, k in keys.items() if len(k[0]) == wanted}  # a device with the wrong key count takes no part
         self._require(len(keys), "key advertisement")
@@ -139,17 +164,17 @@ class SecureAggregation:
         self.graph_seed = roster.graph_seed(self.run)
         self.neighbours = participant_graph(self.graph_seed, taking_part, self.plan.neighbours, roster)  # the devices recompute it
         self.participants_digest = identity.participants_digest(taking_part)
-        listed = {"participant-indices": list(taking_part), "participant-identities": list(taking_part.values())}
         fields = {
-            i: {**common, **listed, "neighbours": self.neighbours[i], "mask-publics": [keys[v][0] for v in self.neighbours[i]],
-                "channel-publics": [keys[v][1] for v in self.neighbours[i]],
-                "identity-keys": [self.identities[v][0] for v in self.neighbours[i]],
-                "key-signatures": [self.identities[v][1] for v in self.neighbours[i]]}
+            i: ShareRequest(
+                len(self.nodes), self.dimensions, list(taking_part), list(taking_part.values()), self.neighbours[i],
+                [keys[v][0] for v in self.neighbours[i]], [keys[v][1] for v in self.neighbours[i]],
+                [self.identities[v][0] for v in self.neighbours[i]], [self.identities[v][1] for v in self.neighbours[i]],
+            ).fields()
             for i in keys
         }
-        replies = self._send(SECURE_SHARE, fields, ArrayRecord(), server_round)
+        replies = _read(ShareReply, self._send(SECURE_SHARE, fields, ArrayRecord(), server_round), self.log)
         self._require(len(replies), "share distribution")
-        sent = {(i, v): c for i, r in replies.items() for v, c in zip(self.neighbours[i], secure_fields(r)["ciphertexts"])}
+        sent = {(i, v): c for i, r in replies.items() for v, c in zip(self.neighbours[i], r.ciphertexts)}
         self.forwarded = {v: [sent.get((u, v), b"") for u in self.neighbours[v]] for v in replies}
         self.participants = sorted(replies)
 
@@ -158,8 +183,8 @@ class SecureAggregation:
         plan, release = self.plan, self.plan.release(name)
         participants = list(self.participants)
         self._require(len(participants), f"{name} input")
-        common = {"devices": plan.devices, "dimensions": self.dimensions, "release": name, "participants": participants}
-        replies = self._send(SECURE_INPUT, {i: {**common, "held": self.forwarded[i]} for i in participants}, arrays, server_round)
+        common = (plan.devices, self.dimensions, name, participants)
+        replies = self._send(SECURE_INPUT, {i: InputRequest(*common, self.forwarded[i]).fields() for i in participants}, arrays, server_round)
         total = np.zeros(release.dimension, dtype=np.uint32)
         records: dict[int, dict[str, Any]] = {}
         for i, reply in sorted(replies.items()):
@@ -180,16 +205,15 @@ class SecureAggregation:
             )
         dropped = sorted(set(participants) - set(survivors))
         signers, signatures = self._confirm(name, survivors, common, server_round)
-        fields = {i: {**common, "survivors": survivors, "dropped": dropped, "signers": signers, "signatures": signatures} for i in survivors}
-        answers = self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round)
+        fields = {i: UnmaskRequest(*common, survivors, dropped, signers, signatures).fields() for i in survivors}
+        answers = _read(UnmaskReply, self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round), self.log)
         seed_shares: dict[int, list[bytes]] = {}
         key_shares: dict[int, list[bytes]] = {}
-        for reply in answers.values():
-            f = secure_fields(reply)
-            for owner, value in zip(f["seed-owners"], f["seed-shares"]):
-                seed_shares.setdefault(int(owner), []).append(bytes(value))
-            for owner, value in zip(f["key-owners"], f["key-shares"]):
-                key_shares.setdefault(int(owner), []).append(bytes(value))
+        for answer in answers.values():
+            for owner, value in zip(answer.seed_owners, answer.seed_shares):
+                seed_shares.setdefault(owner, []).append(value)
+            for owner, value in zip(answer.key_owners, answer.key_shares):
+                key_shares.setdefault(owner, []).append(value)
         short = [u for u in survivors if len(seed_shares.get(u, [])) < plan.threshold]
         short += [v for v in dropped if len(key_shares.get(v, [])) < plan.threshold]
         if short:
@@ -229,15 +253,15 @@ class SecureAggregation:
             return identity.roster_from_file(named)
         return identity.roster_of_simulated_devices(self.config.run.device_state_dir)
 
-    def _confirm(self, name: str, survivors: list[int], common: dict[str, Any], server_round: int) -> tuple[list[str], list[bytes]]:
+    def _confirm(self, name: str, survivors: list[int], common: tuple, server_round: int) -> tuple[list[str], list[bytes]]:
         """The consistency round: every survivor signs the survivor set; the valid signatures of
         distinct identities go to each survivor with the unmasking, which it refuses below the minimum."""
-        replies = self._send(SECURE_CONFIRM, {i: {**common, "survivors": survivors} for i in survivors}, ArrayRecord(), server_round)
+        asked = {i: ConfirmRequest(*common, survivors).fields() for i in survivors}
+        replies = _read(ConfirmReply, self._send(SECURE_CONFIRM, asked, ArrayRecord(), server_round), self.log)
         message = identity.survivors_message(self.run, name, survivors, self.participants_digest)
         signed: dict[str, bytes] = {}
         for reply in replies.values():
-            f = secure_fields(reply)
-            who, signature = str(f.get("identity-key", "")), bytes(f.get("signature", b""))
+            who, signature = reply.identity_key, reply.signature
             if identity.verify(who, signature, message):
                 signed.setdefault(who, signature)
         if len(signed) < self.plan.min_survivors:

@@ -1,0 +1,139 @@
+"""The secure sum's stage messages as types: what the server asks at each stage and what a device
+answers, each field named once.
+
+A TRAIN message of a secure stage carries its fields in the ``secure`` record
+(:func:`shared.messages.secure_message`); the server builds a request with ``.fields()`` and
+reads a reply with ``.of(...)``, the device the other way round. The types convert what Flower's
+records hold (lists of ints, strings, bytes) into the protocol's own, so no stage reads a raw
+key: a field missing from a message is a :class:`MissingField` (a device refuses the message, a
+server drops the reply). The record a device signs with its masked input is not here: it is the
+session's (:meth:`shared.secure_sum.session.DeviceSession.masked_input`), read by the audit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+Record = TypeVar("Record", bound="StageRecord")
+
+
+class MissingField(ValueError):
+    """A stage message without a field its stage needs."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+_CONVERT = {"int": int, "str": str, "bytes": bytes, "list[int]": lambda v: [int(x) for x in v],
+            "list[str]": lambda v: [str(x) for x in v], "list[bytes]": lambda v: [bytes(x) for x in v]}
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage's fields; the record key of each is its name in kebab case."""
+
+    def fields(self) -> dict[str, Any]:
+        return {_kebab(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def of(cls: type[Record], fields: Mapping[str, Any]) -> Record:
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = _kebab(f.name)
+            if key in fields:
+                values[f.name] = _CONVERT[str(f.type)](fields[key])
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MissingField(f"a {cls.__name__} without its {key!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class KeysRequest(StageRecord):
+    """Stage 1: a device's place in the run, and the releases' dimensions (one key pair each)."""
+
+    devices: int
+    dimensions: list[int]
+    index: int
+
+
+@dataclass(frozen=True)
+class KeysReply(StageRecord):
+    mask_public: bytes  # one 32-byte public key per release
+    channel_public: bytes
+    dimensions: list[int]
+    identity_key: str = ""  # hex Ed25519 public key; empty: none (a server drops such a device from the graph)
+    key_signature: bytes = b""  # the identity key's signature over the public keys (identity.key_bundle_message)
+
+
+@dataclass(frozen=True)
+class ShareRequest(StageRecord):
+    """Stage 2: who takes part, and this device's neighbours with their signed public keys."""
+
+    devices: int
+    dimensions: list[int]
+    participant_indices: list[int]
+    participant_identities: list[str]
+    neighbours: list[int]
+    mask_publics: list[bytes]
+    channel_publics: list[bytes]
+    identity_keys: list[str]
+    key_signatures: list[bytes]
+
+
+@dataclass(frozen=True)
+class ShareReply(StageRecord):
+    ciphertexts: list[bytes]  # one per neighbour, in the request's order
+
+
+@dataclass(frozen=True)
+class InputRequest(StageRecord):
+    """Stage 3, per release: the devices taking part, and the shares this device holds for its neighbours."""
+
+    devices: int
+    dimensions: list[int]
+    release: str
+    participants: list[int]
+    held: list[bytes]
+
+
+@dataclass(frozen=True)
+class ConfirmRequest(StageRecord):
+    """The consistency round: the survivor set each survivor is asked to sign."""
+
+    devices: int
+    dimensions: list[int]
+    release: str
+    participants: list[int]
+    survivors: list[int]
+
+
+@dataclass(frozen=True)
+class ConfirmReply(StageRecord):
+    identity_key: str = ""
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(StageRecord):
+    """Stage 4, per release: survivors and dropped devices, with the survivors' signatures of the set."""
+
+    devices: int
+    dimensions: list[int]
+    release: str
+    participants: list[int]
+    survivors: list[int]
+    dropped: list[int]
+    signers: list[str]
+    signatures: list[bytes]
+
+
+@dataclass(frozen=True)
+class UnmaskReply(StageRecord):
+    seed_owners: list[int]  # the survivors whose self-mask seed share this device returns
+    seed_shares: list[bytes]
+    key_owners: list[int]  # the dropped devices whose mask key share it returns
+    key_shares: list[bytes]
