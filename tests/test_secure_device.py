@@ -422,3 +422,28 @@ def test_leaving_devices_out_draws_no_one_new_into_a_neighbourhood():
     left_out = set(full[0][:2])
     fewer = {i: k for i, k in protocol.participants.items() if i not in left_out}
     assert participant_graph(seed, fewer, 8, protocol.roster)[0] == [v for v in full[0] if v not in left_out]
+
+
+def test_a_stage_message_without_a_field_is_refused_by_the_device_and_its_reply_dropped_by_the_server():
+    """The stage records name each field once: a request without one is a protocol refusal that
+    names it, and a reply without one is dropped by the server (as a device that did not answer)
+    instead of stopping the release."""
+    from types import SimpleNamespace
+
+    from shared.messages import SECURE, SECURE_KEYS
+    from shared.secure_sum.device import stage_reply
+    from shared.secure_sum.records import KeysReply, KeysRequest, MissingField
+    from shared.secure_sum.server import _read
+
+    def carrying(fields):  # what secure_fields reads of a message: its secure record
+        return SimpleNamespace(content=SimpleNamespace(config_records={SECURE: fields}), metadata=SimpleNamespace(run_id=1))
+
+    with pytest.raises(ProtocolRefusal, match="secure-keys: a KeysRequest without its 'dimensions'"):
+        stage_reply(carrying({"devices": 3, "index": 0}), None, None, SECURE_KEYS, "c", "i", None)
+    with pytest.raises(MissingField):
+        KeysRequest.of({"devices": 3, "index": 0})
+    whole = KeysReply(b"k" * 96, b"c" * 32, [5, 15, 15], "ab" * 32, b"s" * 64)
+    replies = {0: carrying(whole.fields()), 1: carrying({"channel-public": b"c" * 32, "dimensions": [5]})}
+    said: list[str] = []
+    assert _read(KeysReply, replies, said.append) == {0: whole}
+    assert said == ["  device 1: a KeysReply without its 'mask-public': its reply is dropped"]
