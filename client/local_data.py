@@ -113,9 +113,14 @@ def _device_cache_dir(node_config: dict) -> str:
     return ""
 
 
+def deployed(node_config: Mapping[str, Any]) -> bool:
+    """A real device: its node config names its own dataset folder (a simulated one has a partition)."""
+    return "data-dir" in node_config
+
+
 def local_data(node_config: dict, server_config: Mapping[str, Any]) -> LocalData:
     """Resolve the device's data from its node config, else from the server's dataset + partition."""
-    on_device = "data-dir" in node_config
+    on_device = deployed(node_config)
     if on_device:  # the cold-start hold-out is a simulation protocol: a device's folder is used as it is
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
         cache_dir, cold = _device_cache_dir(node_config), (0.0, 0, "test")

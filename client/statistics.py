@@ -55,7 +55,17 @@ def scores(msg: Message, data: LocalData, node_config: dict) -> np.ndarray:
 
 def send_statistic(msg: Message, context: Context, request: DeviceRequest) -> Message:
     """The task handler of ``privacy = user, user-noise = central``: the bounded statistic of
-    release ``request.task``, in the clear (the server adds the noise)."""
+    release ``request.task``, in the clear (the server adds the noise). A real device sends it
+    only where its own node config says ``user-noise = central``: the server's settings alone
+    cannot switch a device from the secure sum to handing over its statistic."""
+    from client.local_data import deployed
     from client.state import pseudonym
 
+    if deployed(context.node_config) and str(context.node_config.get("user-noise", "distributed")) != "central":
+        from shared.secure_sum.session import ProtocolRefusal
+
+        raise ProtocolRefusal(
+            "the server asks for this device's statistic in the clear (user-noise = central); its node config does not allow "
+            "it (user-noise = central there): refusing"
+        )
     return statistic_reply(msg, request_data(context, request), request.task, pseudonym(context), dict(context.node_config))

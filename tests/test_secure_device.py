@@ -443,7 +443,21 @@ def test_a_stage_message_without_a_field_is_refused_by_the_device_and_its_reply_
     with pytest.raises(MissingField):
         KeysRequest.of({"devices": 3, "index": 0})
     whole = KeysReply(b"k" * 96, b"c" * 32, [5, 15, 15], "ab" * 32, b"s" * 64)
-    replies = {0: carrying(whole.fields()), 1: carrying({"channel-public": b"c" * 32, "dimensions": [5]})}
+    replies = {
+        0: carrying(whole.fields()), 1: carrying({"channel-public": b"c" * 32, "dimensions": [5]}),
+        2: carrying({**whole.fields(), "mask-public": 10**12}),  # bytes(10**12) would be a terabyte of zeros
+    }
     said: list[str] = []
     assert _read(KeysReply, replies, said.append) == {0: whole}
-    assert said == ["  device 1: a KeysReply without its 'mask-public': its reply is dropped"]
+    assert said == [
+        "  device 1: a KeysReply without its 'mask-public': its reply is dropped",
+        "  device 2: int where bytes are expected: its reply is dropped",
+    ]
+
+
+def test_a_ledger_config_from_before_the_selection_release_plans_none():
+    from shared.releases import budget_shares, planned_releases
+
+    old = {"popularity-budget-share": 0.1}  # written before selection-budget-share existed
+    assert [r.name for r in planned_releases(old)] == ["popularity", "cooccurrence"] and budget_shares(old) == [0.1, 0.9]
+    assert [r.name for r in planned_releases({**old, "selection-budget-share": 0.1})] == ["popularity", "cooccurrence", "selection"]

@@ -690,3 +690,23 @@ def test_a_request_bound_to_be_refused_spends_nothing_and_a_device_without_a_sta
     bare = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
     with pytest.raises(ProtocolRefusal, match="no state-dir in this device's node config: it cannot keep what it released across runs"):
         _answer_within_budget(bare, context, deployed, secure.plan, secure.plan.release("popularity"))
+
+
+def test_a_deployed_device_sends_its_statistic_in_the_clear_only_where_its_own_node_config_allows_it(tmp_path):
+    """A server that switches its settings to user-noise = central would get each statistic in
+    the clear: a real device refuses unless its own node config says so; a simulated one (the
+    researcher sets both sides) answers."""
+    from types import SimpleNamespace
+
+    from client.request import DeviceRequest
+    from client.statistics import send_statistic
+    from shared.config import resolve
+    from shared.data import DatasetError
+
+    request = DeviceRequest("popularity", 1, resolve(None, {"user-noise": "central"}), {})
+    device = SimpleNamespace(node_config={"data-dir": str(tmp_path / "no-such-folder")}, state=None)
+    with pytest.raises(ProtocolRefusal, match="its node config does not allow it"):
+        send_statistic(None, device, request)
+    allowed = SimpleNamespace(node_config={**device.node_config, "user-noise": "central"}, state=None)
+    with pytest.raises(DatasetError):  # past the refusal: it goes on to read its data (here, none)
+        send_statistic(None, allowed, request)

@@ -20,9 +20,12 @@ SHARE_KEYS = tuple(r.share_key for r in RELEASES if r.share_key)  # the configur
 
 
 def _shares(config: Mapping) -> dict[str, float]:
+    """The configured shares; a key a ledger's config lacks is the default, except the selection
+    release's: a config from before it existed made none (share 0)."""
     from shared.config import DEFAULTS
 
-    return {key: float(config[key] if key in config else DEFAULTS[key]) for key in SHARE_KEYS}
+    old = {"selection-budget-share": 0.0}
+    return {key: float(config[key] if key in config else old.get(key, DEFAULTS[key])) for key in SHARE_KEYS}
 
 
 def planned_releases(config: Mapping) -> list[Release]:

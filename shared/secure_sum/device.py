@@ -190,7 +190,7 @@ def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, cli
     fields = secure_fields(msg)
     try:
         return _answer(msg, context, data, stage, fields, client_id, identity, key)
-    except MissingField as exc:
+    except (MissingField, TypeError) as exc:
         raise ProtocolRefusal(f"{stage}: {exc}") from None
 
 

@@ -123,11 +123,15 @@ class SecureStudyNoise(StudyNoise):
         from shared.secure_sum.session import rounded_with_share
 
         planned = self.plan.releases[index]
+        if dimension > planned.dimension:
+            raise ValueError(f"a release of {dimension} values where the plan has {planned.dimension}: its rounding bound would not hold")
         release = replace(planned, dimension=dimension)  # at most the planned: its rounding bound holds a fortiori
         total, devices = np.zeros(dimension, dtype=np.uint32), 0
         for contribution in contributions:
             total += to_field(rounded_with_share(contribution, release, rng))
             devices += 1
+        if devices != self.plan.devices:  # the epsilon below counts every planned device's share
+            raise ValueError(f"{devices} contributions to a study release planned for {self.plan.devices} devices")
         return from_field(total) / planned.scale, planned.noise_std_of_sum(devices)
 
     def epsilon(self, count: int) -> float:

@@ -28,8 +28,29 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-_CONVERT = {"int": int, "str": str, "bytes": bytes, "list[int]": lambda v: [int(x) for x in v],
-            "list[str]": lambda v: [str(x) for x in v], "list[bytes]": lambda v: [bytes(x) for x in v]}
+def _bytes(value: Any) -> bytes:
+    """Bytes as they came; anything else is refused (``bytes(n)`` of an integer would be n zeros)."""
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"{type(value).__name__} where bytes are expected")
+    return bytes(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{type(value).__name__} where an integer is expected")
+    return value
+
+
+def _list(convert):
+    def converted(values: Any) -> list:
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(f"{type(values).__name__} where a list is expected")
+        return [convert(v) for v in values]
+
+    return converted
+
+
+_CONVERT = {"int": _int, "str": str, "bytes": _bytes, "list[int]": _list(_int), "list[str]": _list(str), "list[bytes]": _list(_bytes)}
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,7 @@ class StageRecord:
                 values[f.name] = _CONVERT[str(f.type)](fields[key])
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise MissingField(f"a {cls.__name__} without its {key!r}")
-        return cls(**values)
+        return cls(**values)  # a value of the wrong kind is a TypeError: refused or dropped as a missing one
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,7 @@ class KeysRequest(StageRecord):
 class KeysReply(StageRecord):
     mask_public: bytes  # one 32-byte public key per release
     channel_public: bytes
-    dimensions: list[int]
+    dimensions: list[int] = dataclasses.field(default_factory=list)  # the request's, echoed (the server does not read them)
     identity_key: str = ""  # hex Ed25519 public key; empty: none (a server drops such a device from the graph)
     key_signature: bytes = b""  # the identity key's signature over the public keys (identity.key_bundle_message)
 

@@ -62,7 +62,7 @@ def _read(kind: type[StageRecord], replies: dict[int, Message], log) -> dict[int
     for i, reply in replies.items():
         try:
             read[i] = kind.of(secure_fields(reply))
-        except (MissingField, TypeError, ValueError) as exc:
+        except (MissingField, TypeError, ValueError, OverflowError) as exc:
             log(f"  device {i}: {exc}: its reply is dropped")
     return read
 
