@@ -131,3 +131,14 @@ def test_tls_superlink_with_node_auth_runs_rounds_and_refuses_an_unregistered_no
         pids = dep.stop()
         assert dep.leftover_pids() == []
     assert pids and not any(alive(pid) for pid in pids)
+
+
+def test_a_localhost_deployment_gives_its_devices_consent_to_central_noise_only_for_such_a_run(tmp_path):
+    from simulations.deployment.report import device_consent
+
+    assert device_consent({"user-noise": "central"}) == {"user-noise": "central"} and device_consent({}) == {}
+    dep = LocalhostDeployment(tmp_path / "work", tmp_path / "data", nodes=2, node_settings=device_consent({"user-noise": "central"}))
+    command = dep.supernode_command(1)
+    assert command[command.index("--node-config") + 1].endswith(' roster="' + str(dep.keys / "roster.json") + '" user-noise="central"')
+    plain = LocalhostDeployment(tmp_path / "work2", tmp_path / "data", nodes=2).supernode_command(1)
+    assert "user-noise" not in plain[plain.index("--node-config") + 1]

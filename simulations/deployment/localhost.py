@@ -67,7 +67,10 @@ class RunResult:
 class LocalhostDeployment:
     """``with LocalhostDeployment(work, data_dir, nodes) as dep: dep.start(); dep.run({...})``."""
 
-    def __init__(self, work: str | Path, data_dir: str | Path, nodes: int = 3, app_dir: str | Path = APP_DIR) -> None:
+    def __init__(
+        self, work: str | Path, data_dir: str | Path, nodes: int = 3, app_dir: str | Path = APP_DIR, node_settings: dict[str, str] | None = None,
+    ) -> None:
+        self.node_settings = dict(node_settings or {})  # more node config for every SuperNode (the devices' own choices)
         self.work = Path(work).resolve()
         self.data_dir = Path(data_dir).resolve()
         self.nodes = nodes
@@ -139,6 +142,7 @@ class LocalhostDeployment:
             f'data-dir="{self.device_dir(min(k, self.nodes - 1))}" state-dir="{self.state_dir(k)}" '
             f'auth-key="{self.keys / f"supernode-{k}" / "node.key"}" '
             f'identity-key="{self.state_dir(k) / "identity-key.pem"}" roster="{self.keys / "roster.json"}"'
+            + "".join(f' {key}="{value}"' for key, value in self.node_settings.items())
         )
         return [
             "flower-supernode",

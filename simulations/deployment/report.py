@@ -13,6 +13,13 @@ from shared.run_directory import RunDirectory
 from simulations.deployment.localhost import LocalhostDeployment
 
 
+def device_consent(run_config: dict[str, Any]) -> dict[str, str]:
+    """One operator plays both sides on localhost: a run that has the devices send their
+    statistics in the clear (``user-noise = central``) needs each device's own consent in its
+    node config, which a real device gives itself (or not)."""
+    return {"user-noise": "central"} if str(run_config.get("user-noise", "")) == "central" else {}
+
+
 def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start everything, show that an unregistered node is refused, run the app, stop
     everything; print and return a report (also written to ``<work>/deployment.json``)."""
@@ -21,7 +28,7 @@ def deploy_localhost(work: str | Path, nodes: int, data_dir: str | Path = "", ov
 
     data = Path(data_dir) if data_dir else resolve_data_dir(resolve())
     run_config = {"num-server-rounds": 2, "fraction-train": 1.0, **(overrides or {})}
-    with LocalhostDeployment(work, data, nodes) as dep:
+    with LocalhostDeployment(work, data, nodes, node_settings=device_consent(run_config)) as dep:
         dep.start()
         print(f"fedmmrec: SuperLink (TLS, node authentication) on 127.0.0.1:{dep.superlink_port}; "
               f"registered SuperNodes {dep.node_ids}", flush=True)
