@@ -23,7 +23,6 @@ import numpy as np
 
 from shared.checksums import arrays_sha256
 from shared.item_model import CooccurrenceModel
-from shared.privacy.ledger import Entry
 from shared.releases import TOP_ITEMS, refit
 from shared.run_directory import CATALOG_FILE, MODEL_FILE, RELEASES_FILE, RunDirectory
 from shared.secure_sum.plausible import FALSE_ALARM_PER_RUN, chi_square_interval  # noqa: F401 - the audit's modules read them here
