@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from shared.releases.base import DeviceView, Fit, ModelSettings, Release
+from shared.releases.base import DeviceView, Fit, ModelSettings, Release, setting
 from shared.releases.cooccurrence import Cooccurrence
 from shared.releases.popularity import TOP_ITEMS, Popularity
 from shared.releases.selection import Selection
@@ -22,10 +22,8 @@ SHARE_KEYS = tuple(r.share_key for r in RELEASES if r.share_key)  # the configur
 def _shares(config: Mapping) -> dict[str, float]:
     """The configured shares; a key a ledger's config lacks is the default, except the selection
     release's: a config from before it existed made none (share 0)."""
-    from shared.config import DEFAULTS
-
     old = {"selection-budget-share": 0.0}
-    return {key: float(config[key] if key in config else old.get(key, DEFAULTS[key])) for key in SHARE_KEYS}
+    return {key: float(setting(config, key, old.get(key))) for key in SHARE_KEYS}
 
 
 def planned_releases(config: Mapping) -> list[Release]:
@@ -78,10 +76,8 @@ def secure_plan(config: Mapping, devices: int, dimensions: Sequence[int]) -> Sec
     """The secure-aggregation plan for ``devices`` devices and the releases' ``dimensions``
     (``config``: a RunConfig, or a ledger header's flat config, as the audit recomputes it;
     ``dimensions`` of the first releases only: the plan of those, as for a run that stopped)."""
-    from shared.config import DEFAULTS
-
     def get(key: str) -> float:
-        return float(config[key] if key in config else DEFAULTS[key])
+        return float(setting(config, key))
 
     return make_plan(
         devices, [r.name for r in planned_releases(config)][: len(dimensions)], list(dimensions),

@@ -20,6 +20,14 @@ import numpy as np
 from shared.item_model import CooccurrenceModel
 
 
+def setting(config: Mapping, key: str, default: object = None):
+    """A run-config value from a RunConfig or a flat mapping (a ledger header's, which may predate
+    the key): the mapping's, else ``default``, else the code's default."""
+    from shared.config import DEFAULTS
+
+    return config[key] if key in config else (DEFAULTS[key] if default is None else default)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """The run-config settings the post-processing reads (``max-factors`` and the rest)."""
@@ -34,10 +42,8 @@ class ModelSettings:
     @classmethod
     def of(cls, config: Mapping) -> "ModelSettings":
         """From a flat kebab-case config (a :class:`~shared.config.RunConfig` or a ledger header's)."""
-        from shared.config import DEFAULTS
-
         def get(key: str):
-            return config[key] if key in config else DEFAULTS[key]
+            return setting(config, key)
 
         return cls(
             int(get("cooccurrence-items")), int(get("max-factors")), float(get("popularity-weight")), str(get("item-model")),
