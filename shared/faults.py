@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 FAULT_KINDS = ("nan", "shape", "missing", "extra", "scale", "flip", "crash", "slow", "nonoise", "lownoise", "noclip",
-               "noshare", "dropshare", "dropinput", "dropunmask")
+               "noshare", "dropshare", "dropinput", "dropconfirm", "dropunmask")
 
 
 def parse_faults(spec: str) -> dict[int, str]:

@@ -13,6 +13,7 @@ from shared.secure_sum.quantise import from_field
 from shared.secure_sum.unmask import unmasked_sum
 
 RUN = "run-1"
+COMMITTED = "ab" * 32  # the masked sum's SHA-256 a server commits to at the consistency round (no server here)
 
 
 class Protocol:
@@ -51,8 +52,9 @@ class Protocol:
                 for i in taking_part]
 
     def confirm(self, release: str, survivors: list[int]) -> tuple[list[str], list[bytes]]:
-        """Every survivor's signature on ``survivors`` (the consistency round)."""
-        return [self.ids[u] for u in survivors], [self.sessions[u].confirm(self.plan, release, survivors, self.keys[u]) for u in survivors]
+        """Every survivor's signature on ``survivors`` and the committed sum (the consistency round)."""
+        return [self.ids[u] for u in survivors], [self.sessions[u].confirm(self.plan, release, survivors, COMMITTED, self.keys[u])[0]
+                                                  for u in survivors]
 
     def unmask(self, device: int, release: str, survivors: list[int], dropped: list[int], signed=None):
         signers, signatures = signed if signed is not None else self.confirmations[release]

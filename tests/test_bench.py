@@ -75,7 +75,9 @@ def test_bench_secure_part_counts_what_one_device_sends_over_the_whole_protocol(
     # nonce, 16-byte tag) of three mask-key shares (4 + 32) and three seed shares (4 + 16), each
     # length-prefixed (4)
     assert (figures["public-key-bytes"], figures["encrypted-share-bytes"]) == (128 + 64 + 64, 32 * (12 + 16 + 3 * (4 + 36) + 3 * (4 + 20)))
-    assert figures["confirmation-bytes"] == 3 * (64 + 64)  # a survivor-set signature and the identity key, per release
+    # per release: the signature on the survivor set and committed sum, the sketch (4 words of 8
+    # bytes) and its signature, and the identity key in hex
+    assert figures["confirmation-bytes"] == 3 * (64 + 32 + 64 + 64)
     assert figures["bytes-sent-per-device"] == sum(
         figures[k] for k in ("public-key-bytes", "encrypted-share-bytes", "masked-input-bytes", "signed-record-bytes",
                              "confirmation-bytes", "unmask-share-bytes")

@@ -33,11 +33,11 @@ from simulations.engines.simulate import simulate
 
 SOURCE = Path(__file__).resolve().parents[1] / "shared" / "secure_sum" / "audit.py"
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
-               "plan-sha256", "masked-sha256", "sketch", "client", "identity")
+               "plan-sha256", "masked-sha256", "client", "identity")
 NAMES = ["popularity", "cooccurrence", "selection"]
 
 
-def _run(small_dataset, feature_cache, runs: Path, run_id: str, faults: str = "dropinput:2 dropunmask:7", **extra) -> Path:
+def _run(small_dataset, feature_cache, runs: Path, run_id: str, faults: str = "dropinput:2 dropconfirm:4 dropunmask:7", **extra) -> Path:
     return simulate(
         {"data-dir": str(small_dataset), "feature-cache": str(feature_cache), "run-dir": str(runs), "run-id": run_id,
          "privacy": "user", "user-noise": "distributed", "secure-dropout": 0.2, "secure-neighbours": 8, **extra},
@@ -343,11 +343,46 @@ def substituted_dropped_key(c: Copy) -> str:
 def masked_sum_moved(c: Copy) -> str:
     def moved(arrays):
         total = arrays["cooccurrence.masked-sum"].copy()
-        total[0] += np.uint32(1)
+        total[0] += np.uint64(1)
         arrays["cooccurrence.masked-sum"] = total
 
     c.edit_arrays("secure-sum.npz", moved)
-    return f"{_where(2)}: the recorded masked sum is not the sum of the devices' signed masked vectors"
+    return (f"{_where(2)}: the recorded masked sum is not the sum of the devices' masked vectors (sketched with the matrix drawn "
+            "from the sum's own digest, which the devices signed before it was drawn)")
+
+
+def masked_sum_not_integers(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.masked-sum": a["popularity.masked-sum"].astype(np.uint32)}))
+    return f"{_where(1)}: the masked sum is not kept as integers (uint64): a run from before the committed sketch cannot be checked"
+
+
+def sketch_evidence_missing(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.pop("selection.sketches"))
+    return f"{_where(3)}: secure-sum.npz lacks 'selection.sketches'"
+
+
+def sketched_not_the_survivors(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.update(
+        {"popularity.sketched": a["popularity.sketched"][1:], "popularity.sketches": a["popularity.sketches"][1:],
+         "popularity.sketch-signatures": a["popularity.sketch-signatures"][1:]}))
+    return f"{_where(1)}: the sketched devices and the vectors recorded whole are not the survivors, each once"
+
+
+def sketch_not_signed(c: Copy) -> str:
+    evidence = c.evidence()
+    first, signature = int(evidence["cooccurrence.sketched"][0]), evidence["cooccurrence.sketch-signatures"][0].copy()
+    signature[0] ^= 1
+    c.set_row("cooccurrence.sketch-signatures", 0, signature)
+    return f"{_where(2)}: device {first}'s sketch is not signed by its identity key under the recorded masked sum"
+
+
+def recorded_vector_not_signed(c: Copy) -> str:
+    evidence = c.evidence()
+    unsketched, vectors = evidence["popularity.unsketched"], evidence["popularity.unsketched-vectors"].copy()
+    assert unsketched.size == 1  # the device that dropped after its input, before it signed and sketched
+    vectors[0, 0] += np.uint32(1)
+    c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.unsketched-vectors": vectors}))
+    return f"{_where(1)}: the masked vector recorded for device {int(unsketched[0])} is not the one it signed with its input"
 
 
 def unmasked_sum_moved(c: Copy) -> str:
@@ -371,7 +406,7 @@ def released_not_the_unmasked(c: Copy) -> str:
 def survivors_signed_below_minimum(c: Copy) -> str:
     c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.signers": a["popularity.signers"][:9],
                                                         "popularity.signatures": a["popularity.signatures"][:9]}))
-    return f"{_where(1)}: 9 distinct devices signed the unmasked survivor set, below the minimum 10: the devices would have refused to unmask it"
+    return f"{_where(1)}: 9 distinct devices signed the unmasked survivor set and masked sum, below the minimum 10: the devices would have refused to unmask it"
 
 
 def _stranger():
@@ -381,12 +416,12 @@ def _stranger():
 
 
 def survivors_signed_by_a_stranger(c: Copy) -> str:
-    from shared.secure_sum import identity
+    from shared.secure_sum import identity, masks
 
     evidence, stranger = c.evidence(), _stranger()
     participants = {i: bytes(row).hex() for i, row in enumerate(evidence["identity-keys"]) if row.any()}
     message = identity.survivors_message(str(evidence["run-id"]), "cooccurrence", [int(v) for v in evidence["cooccurrence.survivors"]],
-                                         identity.participants_digest(participants))
+                                         identity.participants_digest(participants), masks.sum_digest(evidence["cooccurrence.masked-sum"]))
 
     def swap(a):
         signers, signatures = a["cooccurrence.signers"].copy(), a["cooccurrence.signatures"].copy()
@@ -476,6 +511,11 @@ CASES = [
     Case(split_graph, "secure-sum"),
     Case(substituted_dropped_key, "secure-sum"),
     Case(masked_sum_moved, "secure-sum"),
+    Case(masked_sum_not_integers, "secure-sum"),
+    Case(sketch_evidence_missing, "secure-sum"),
+    Case(sketched_not_the_survivors, "secure-sum"),
+    Case(sketch_not_signed, "secure-sum"),
+    Case(recorded_vector_not_signed, "secure-sum"),
     Case(unmasked_sum_moved, "secure-sum"),
     Case(released_not_the_unmasked, "secure-sum"),
     Case(survivors_signed_below_minimum, "secure-sum"),

@@ -12,7 +12,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from secure_sessions import Protocol
+from secure_sessions import COMMITTED, Protocol
 from server.audit.release_model import chi_square_interval
 from shared.secure_sum import masks
 from shared.secure_sum.session import DeviceSession, ProtocolRefusal, pairwise_sign
@@ -159,7 +159,7 @@ def test_a_device_masks_and_unmasks_for_the_minimum_and_refuses_one_fewer():
         protocol.sessions[0].masked_input(plan, plan.release("a"), below, np.zeros(16))
     protocol.inputs("a", [np.zeros(16)] * N)
     with pytest.raises(ProtocolRefusal, match="refusing to confirm a survivor set for 9 devices: the minimum is 10 of 12"):
-        protocol.sessions[0].confirm(plan, "a", below, protocol.keys[0])
+        protocol.sessions[0].confirm(plan, "a", below, COMMITTED, protocol.keys[0])[0]
     signed = protocol.confirm("a", at_minimum)
     with pytest.raises(ProtocolRefusal, match="refusing to unmask for 9 devices: the minimum is 10 of 12"):
         protocol.unmask(1, "a", below, [10, 11], signed)
@@ -185,14 +185,18 @@ def test_a_survivor_signs_one_set_per_release_only_one_it_sent_its_input_under()
     plan = _plan(16)
     protocol = Protocol(plan)
     with pytest.raises(ProtocolRefusal, match="this device sent no input for release 'a': it confirms no survivor set of it"):
-        protocol.sessions[0].confirm(plan, "a", EVERYONE, protocol.keys[0])
+        protocol.sessions[0].confirm(plan, "a", EVERYONE, COMMITTED, protocol.keys[0])[0]
     protocol.inputs("a", [np.zeros(16)] * N, participants=EVERYONE[:11])
     with pytest.raises(ProtocolRefusal, match=r"devices \[11\] are named as survivors but were not asked for their input with this device"):
-        protocol.sessions[0].confirm(plan, "a", EVERYONE, protocol.keys[0])
-    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], protocol.keys[0])
-    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], protocol.keys[0])  # the same set again: the same answer
-    with pytest.raises(ProtocolRefusal, match="this device already signed another survivor set for release 'a': refusing a second view"):
-        protocol.sessions[0].confirm(plan, "a", [0] + EVERYONE[2:11], protocol.keys[0])
+        protocol.sessions[0].confirm(plan, "a", EVERYONE, COMMITTED, protocol.keys[0])[0]
+    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], COMMITTED, protocol.keys[0])[0]
+    protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], COMMITTED, protocol.keys[0])[0]  # the same set again: the same answer
+    with pytest.raises(ProtocolRefusal, match="this device already signed another survivor set or masked sum for release 'a': refusing a second view"):
+        protocol.sessions[0].confirm(plan, "a", [0] + EVERYONE[2:11], COMMITTED, protocol.keys[0])[0]
+    with pytest.raises(ProtocolRefusal, match="this device already signed another survivor set or masked sum for release 'a': refusing a second view"):
+        protocol.sessions[0].confirm(plan, "a", EVERYONE[:11], "cd" * 32, protocol.keys[0])  # the same set, another sum
+    with pytest.raises(ProtocolRefusal, match="the committed masked sum of release 'a' is not a SHA-256 digest: refusing to confirm"):
+        protocol.sessions[1].confirm(plan, "a", EVERYONE[:11], "not a digest", protocol.keys[1])
 
 
 def test_a_device_unmasks_only_the_set_it_signed():
@@ -206,7 +210,7 @@ def test_a_device_unmasks_only_the_set_it_signed():
     signers, signatures = [], []
     for u in EVERYONE[1:]:  # device 0 was never shown the set
         signers.append(late.ids[u])
-        signatures.append(late.sessions[u].confirm(late.plan, "a", EVERYONE, late.keys[u]))
+        signatures.append(late.sessions[u].confirm(late.plan, "a", EVERYONE, COMMITTED, late.keys[u])[0])
     with pytest.raises(ProtocolRefusal, match="this device signed no survivor set for release 'a': refusing to unmask"):
         late.unmask(0, "a", EVERYONE, [], (signers, signatures))
 
@@ -232,7 +236,7 @@ def test_a_device_reveals_no_key_share_after_the_seed_share_of_the_same_neighbou
     session.unmasked.remove("a")
     others = [u for u in EVERYONE if u != v]
     session.confirmed["a"] = others
-    message = identity.survivors_message("run-1", "a", others, identity.participants_digest(protocol.participants))
+    message = identity.survivors_message("run-1", "a", others, identity.participants_digest(protocol.participants), COMMITTED)
     signed = ([protocol.ids[u] for u in others], [identity.sign(protocol.keys[u], message) for u in others])
     with pytest.raises(ProtocolRefusal, match=f"device {v}'s self-mask seed was revealed: refusing to reveal its mask key too"):
         protocol.unmask(0, "a", others, [v], signed)
@@ -251,7 +255,7 @@ def test_a_device_reveals_no_seed_share_after_the_key_share_of_the_same_neighbou
     session = protocol.sessions[0]
     session.unmasked.remove("a")
     session.confirmed["a"] = EVERYONE
-    message = identity.survivors_message("run-1", "a", EVERYONE, identity.participants_digest(protocol.participants))
+    message = identity.survivors_message("run-1", "a", EVERYONE, identity.participants_digest(protocol.participants), COMMITTED)
     everyone_signed = ([protocol.ids[u] for u in EVERYONE], [identity.sign(protocol.keys[u], message) for u in EVERYONE])
     with pytest.raises(ProtocolRefusal, match=f"device {v}'s mask key was revealed: refusing to reveal its self-mask seed too"):
         protocol.unmask(0, "a", EVERYONE, [], everyone_signed)
@@ -391,9 +395,9 @@ def test_a_survivor_set_whose_graph_is_split_is_not_confirmed():
     survivors = [u for u in range(20) if u not in gone]
     protocol.inputs("a", [np.zeros(16)] * 20)
     with pytest.raises(ProtocolRefusal, match="the survivor set's neighbour graph is in 2 parts, whose sums could be unmasked apart"):
-        protocol.sessions[survivors[0]].confirm(plan, "a", survivors, protocol.keys[survivors[0]])
+        protocol.sessions[survivors[0]].confirm(plan, "a", survivors, COMMITTED, protocol.keys[survivors[0]])
     whole = [u for u in range(20) if u not in {order[0], order[1], order[10]}]
-    protocol.sessions[whole[0]].confirm(plan, "a", whole, protocol.keys[whole[0]])  # one cut: still one piece
+    protocol.sessions[whole[0]].confirm(plan, "a", whole, COMMITTED, protocol.keys[whole[0]])  # one cut: still one piece
 
 
 def test_a_plan_for_another_population_than_the_roster_is_refused():

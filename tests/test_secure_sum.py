@@ -98,7 +98,7 @@ def _secure(users: int, drop=None, run_id: int = 1, state=None, **settings) -> t
 
 @pytest.mark.parametrize(
     "stage, dropped",
-    [("secure-keys", 3), ("secure-share", 3), ("secure-input", 3), ("secure-unmask", 3), (None, None)],
+    [("secure-keys", 3), ("secure-share", 3), ("secure-input", 3), ("secure-confirm", 3), ("secure-unmask", 3), (None, None)],
 )
 def test_the_sum_is_exactly_the_survivors_statistics_whatever_stage_a_device_drops_at(stage, dropped):
     """Without noise (user-epsilon inf) the unmasked sum is the sum of the survivors' statistics,
@@ -453,14 +453,89 @@ def test_a_split_graph_or_a_substituted_dropped_key_in_the_evidence_fails_the_au
 
 def test_a_recorded_masked_sum_that_is_not_the_signed_vectors_sum_fails_the_audit(dropout_run, tmp_path):
     # The sketch check: the devices signed sketches of their masked vectors; a server that
-    # records another masked sum (one coordinate moved by one) is caught by their sum.
+    # records another masked sum (one coordinate moved by one) is caught by their sum, and by the
+    # survivor-set signatures, which bind the committed sum's digest.
     def moved(arrays):
         total = arrays["cooccurrence.masked-sum"].copy()
-        total[0] = total[0] + 1
+        total[0] = total[0] + np.uint64(1)
         arrays["cooccurrence.masked-sum"] = total
 
     failures = audit(_rewritten(dropout_run, tmp_path / "moved", moved)).failures["secure-sum"]
-    assert "release 2 (cooccurrence): the recorded masked sum is not the sum of the devices' signed masked vectors" in failures
+    assert ("release 2 (cooccurrence): the recorded masked sum is not the sum of the devices' masked vectors (sketched with the "
+            "matrix drawn from the sum's own digest, which the devices signed before it was drawn)") in failures
+    assert any(p.startswith("release 2 (cooccurrence): 0 distinct devices signed the unmasked survivor set and masked sum") for p in failures)
+
+
+def _kernel_change(matrix: np.ndarray, target: int, amount: int) -> np.ndarray:
+    """A change to a masked sum kept as integers that adds ``amount`` to coordinate ``target`` of
+    the released sum and that ``matrix`` (4 rows over Z_{2^64}) cannot see: ``amount`` there, and
+    in four other coordinates the solution of ``S_K w = -amount S_target`` (mod 2^64), ``S_K``
+    invertible (odd determinant). What a server does with a sketch it knows before it fixes the sum."""
+    from sympy import Matrix
+
+    columns = [c for c in range(matrix.shape[1]) if c != target]
+    for start in range(len(columns) - 3):
+        chosen = columns[start : start + 4]
+        sub = Matrix([[int(matrix[r, c]) for c in chosen] for r in range(masks.SKETCH_ROWS)])
+        if sub.det() % 2:
+            break
+    wanted = Matrix([(-amount * int(matrix[r, target])) % 2**64 for r in range(masks.SKETCH_ROWS)])
+    solution = sub.inv_mod(2**64) * wanted
+    change = np.zeros(matrix.shape[1], dtype=np.uint64)
+    change[target] = amount
+    change[chosen] = [int(x) % 2**64 for x in solution]
+    assert not masks.sketch(matrix, change).any()  # invisible to that matrix
+    return change
+
+
+def test_a_change_in_the_kernel_of_the_committed_sums_sketch_recorded_after_the_commitment_fails_the_audit(dropout_run, tmp_path):
+    """The server commits to the honest sum, learns the sketch matrix it seeds, and records the sum
+    plus a change that matrix cannot see (100 units on item 0): the devices signed the honest
+    sum's digest, and the recorded sum's digest seeds another matrix."""
+    from shared.secure_sum.session import sketch_seed
+
+    def changed(arrays):
+        total = arrays["popularity.masked-sum"]
+        participants = sorted(int(v) for v in np.concatenate([arrays["popularity.survivors"], arrays["popularity.dropped"]]))
+        matrix = masks.sketch_matrix(sketch_seed("popularity", participants, masks.sum_digest(total)), total.size)
+        arrays["popularity.masked-sum"] = total + _kernel_change(matrix, 0, 100 * 2**20)
+
+    failures = audit(_rewritten(dropout_run, tmp_path / "kernel", changed)).failures["secure-sum"]
+    assert ("release 1 (popularity): the recorded masked sum is not the sum of the devices' masked vectors (sketched with the "
+            "matrix drawn from the sum's own digest, which the devices signed before it was drawn)") in failures
+    assert any(p.startswith("release 1 (popularity): 0 distinct devices signed the unmasked survivor set and masked sum") for p in failures)
+
+
+def test_a_server_that_commits_to_a_sum_changed_in_the_kernel_of_the_sketch_it_could_compute_fails_the_audit(
+    small_dataset, feature_cache, tmp_path, monkeypatch
+):
+    """The kernel change through the real driver and devices: the server adds 100 units to item 0's
+    popularity, compensated in four coordinates so that the sketch it can compute when it fixes
+    the sum (the one the honest sum's digest seeds; before this design, the public one) does not
+    move, skips its own plausibility abort, and commits to the changed sum. The devices sign that
+    commitment (the survivor-set check passes) and only then sketch their inputs, with the matrix
+    the commitment seeds: the sketch check fails."""
+    from shared.secure_sum.session import sketch_seed
+
+    real = SecureAggregation._masked_inputs
+    moved = {}
+
+    def changed(self, name, common, arrays, server_round):
+        total, vectors, records = real(self, name, common, arrays, server_round)
+        if name == "popularity":
+            matrix = masks.sketch_matrix(sketch_seed(name, list(common[3]), masks.sum_digest(total)), total.size)
+            moved["units"] = 100
+            total = total + _kernel_change(matrix, 0, 100 * int(self.plan.release(name).scale))
+        return total, vectors, records
+
+    monkeypatch.setattr(SecureAggregation, "_masked_inputs", changed)
+    monkeypatch.setattr(SecureAggregation, "_check_plausible", lambda *a, **k: None)
+    run = _secure_run(small_dataset, feature_cache, tmp_path, "kernel")
+    failures = audit(run).failures["secure-sum"]
+    assert moved == {"units": 100}
+    assert ("release 1 (popularity): the recorded masked sum is not the sum of the devices' masked vectors (sketched with the "
+            "matrix drawn from the sum's own digest, which the devices signed before it was drawn)") in failures
+    assert not any("distinct devices signed" in p for p in failures)  # they signed the changed sum: only the sketch sees it
 
 
 def test_a_record_signed_with_another_key_than_the_devices_own_fails_the_audit(dropout_run, tmp_path):
@@ -479,22 +554,28 @@ def test_a_record_signed_with_another_key_than_the_devices_own_fails_the_audit(d
     assert sum("signed with a key that is not simulated device partition-0's own" in p for p in failures) == 3
 
 
-def test_the_sketch_is_the_keystreams_matrix_times_the_vector_in_z_2_32():
-    # The sketch a device signs and the audit recomputes: the matrix is the first 16 x d words
-    # of the seed's ChaCha20 keystream (drawn a row at a time, the same words as drawn whole;
-    # a deployed device streams the rows, a simulation keeps the matrix),
-    # and the product is exact modulo 2^32 whatever the sizes of the words.
+def test_the_sketch_is_the_keystreams_matrix_times_the_vector_in_z_2_64():
+    # The sketch a device signs and the audit recomputes: the matrix is the first 4 x d 64-bit
+    # words of the seed's ChaCha20 keystream (drawn a row at a time, the same words as drawn
+    # whole; a deployed device streams the rows, a simulation keeps the matrix), and the product
+    # is exact modulo 2^64, of a masked vector (uint32) and of a sum kept as integers (uint64).
     import hashlib
 
     dimension, seed = 1_001, b"release:popularity"
     matrix = masks.sketch_matrix(seed, dimension)
-    whole = masks.mask_stream(hashlib.sha256(b"fedmmrec sketch " + seed).digest(), masks.SKETCH_ROWS * dimension)
-    assert matrix.dtype == np.uint32 and not matrix.flags.writeable
+    whole = np.frombuffer(masks._keystream(hashlib.sha256(b"fedmmrec sketch " + seed).digest()).update(bytes(8 * 4 * dimension)), dtype="<u8")
+    assert masks.SKETCH_ROWS == 4 and matrix.dtype == np.uint64 and not matrix.flags.writeable
     assert np.array_equal(matrix, whole.reshape(masks.SKETCH_ROWS, dimension))
-    vector = np.random.default_rng(0).integers(0, 2**32, size=dimension, dtype=np.uint64).astype(np.uint32)
-    exact = [sum(int(a) * int(b) for a, b in zip(row, vector)) % 2**32 for row in matrix]
+    rng = np.random.default_rng(0)
+    vector = rng.integers(0, 2**32, size=dimension, dtype=np.uint64).astype(np.uint32)
+    exact = [sum(int(a) * int(b) for a, b in zip(row, vector)) % 2**64 for row in matrix]
     assert masks.sketch(matrix, vector).tolist() == exact
     assert masks.sketch(masks.sketch_rows(seed, dimension), vector).tolist() == exact  # a deployed device's way
+    total = vector.astype(np.uint64) * np.uint64(900)  # a sum of 900 vectors is past 2^32: kept whole, and exact
+    assert masks.sketch(matrix, total).tolist() == [sum(int(a) * int(b) * 900 for a, b in zip(row, vector)) % 2**64 for row in matrix]
+    assert masks.sketch_of_bytes(masks.sketch_bytes(masks.sketch(matrix, vector))).tolist() == exact
+    with pytest.raises(ValueError, match="a sketch of 31 bytes: 32 expected"):
+        masks.sketch_of_bytes(bytes(31))
 
 
 # --- what a device remembers across key stages, sessions and runs -------------------------------
@@ -613,13 +694,14 @@ class DeviatingServer(SecureAggregation):
             fields_of = told
         return super()._send(stage, fields_of, arrays, server_round)
 
-    def _confirm(self, name, survivors, common, server_round):
+    def _confirm(self, name, survivors, common, committed, server_round):
         from shared.messages import SECURE_CONFIRM
         from shared.secure_sum.records import ConfirmReply, ConfirmRequest
 
-        asked = {i: ConfirmRequest(*common, survivors).fields() for i in survivors}
-        replies = [ConfirmReply.of(secure_fields(r)) for r in self._send(SECURE_CONFIRM, asked, ArrayRecord(), server_round).values()]
-        return [r.identity_key for r in replies], [r.signature for r in replies]
+        asked = {i: ConfirmRequest(*common, survivors, committed).fields() for i in survivors}
+        replies = {i: ConfirmReply.of(secure_fields(r)) for i, r in self._send(SECURE_CONFIRM, asked, ArrayRecord(), server_round).items()}
+        return ([r.identity_key for r in replies.values()], [r.signature for r in replies.values()],
+                {i: (r.sketch, r.sketch_signature) for i, r in replies.items()})
 
 
 def _deviating(users: int, drop=None) -> tuple[DeviatingServer, DeliveringGrid]:

@@ -89,8 +89,8 @@ CHECK_LIMITS: dict[str, tuple[str, str]] = {
         "a few devices' missing shares where the sum is large beside the noise (the report gives the window per release); noise reused or predictable",
     ),
     "secure-sum": (
-        "the masked sum is the sum of the signed vectors (sketch), the graph is whole, dropped keys are the advertised ones, unmasking is redone; every device's keys signed by its identity, each survivor set by the minimum of devices",
-        "a change crafted in the sketch's kernel (the sketch is public before the sum is recorded)",
+        "the masked sum is the one the signers committed to and the sum of the devices' vectors (a sketch drawn after that commitment), the graph is whole, dropped keys are the advertised ones, unmasking is redone; every device's keys signed by its identity, each survivor set and sum by the minimum of devices",
+        "devices that lie about their input inside the plausibility window (no range proof)",
     ),
 }
 

@@ -7,7 +7,7 @@ claim is rebuilt from what each device signed it added:
   share variance, threshold, minimum, colluders), recomputed here as every device recomputed it.
 - ``secure-shares``: every counted contribution carries a valid signature of its device over
   its record (release, noise variance added, scale, bound, field, dimension, participants, the
-  SHA-256 of the plan it followed, the masked vector's SHA-256 and sketch); one contribution per
+  SHA-256 of the plan it followed, the masked vector's SHA-256); one contribution per
   device; no release below the minimum; every share at least the planned variance and every
   device on the config's plan (a device that added no share, or less, or was sent a weaker
   plan, fails by name). The epsilon is recomputed (Skellam RDP) from the signed shares less the
@@ -22,9 +22,14 @@ claim is rebuilt from what each device signed it added:
   of the sum of all the signed variances: less noise than signed, or more (a device that adds
   what it did not sign, a sum out of range), fails where ``N b`` is small beside the noise. The
   report prints both powers per release.
-- ``secure-sum``: the recorded masked sum is the sum of the signed masked vectors (a random
-  linear sketch over Z_{2^32} that each device signed: a sum missing or adding a device's
-  vector fails but with probability about 2^-16); the survivors' neighbour graph is in one
+- ``secure-sum``: the recorded masked sum (kept as integers) is the sum of the survivors' masked
+  vectors. The server committed to its SHA-256 at the consistency round, every signer signed that
+  digest with the survivor set, and only then did each device sketch its masked vector with the
+  random matrix the digest seeds (4 rows over Z_{2^64}) and sign the sketch; a device that sent
+  no valid sketch has its whole masked vector recorded, held to the digest it signed with its
+  input. The sketch of the recorded sum must be the sum of those sketches: any change to the sum
+  that moves the release fails but with probability below 2^-132, whatever vector the server
+  chose, since it chose it before the matrix existed. The survivors' neighbour graph is in one
   piece (else each piece's sum could have been unmasked apart); the keys recorded for dropped
   devices are the ones they advertised; unmasking the recorded sum with the recorded seeds and
   keys gives the recorded integer sum, and ``releases.npz`` holds that sum over the scale.
@@ -36,11 +41,8 @@ of a deployment's ``--node-keys`` folder), and each unmasked survivor set is sig
 plan's minimum of distinct devices, as each device demanded before it revealed a share.
 
 What it cannot see: a few devices that sign a share they did not add, where ``secure-noise``'s
-window is wider than their missing noise (no zero-knowledge proof); devices that lie about their
-input inside the plausibility window; and a server that alters the sum
-by a vector it chose in the sketch's kernel (the sketch matrix is public before the sum is
-recorded, so it binds the sum only against differences not crafted for it; the individual
-masked vectors, 700 KB per device, are not kept). These are the threat model's stated limits.
+window is wider than their missing noise (no zero-knowledge proof); and devices that lie about their
+input inside the plausibility window (a promotion). These are the threat model's stated limits.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from shared.secure_sum.unmask import unmasked_sum
 
 CHECKS = ("secure-plan", "secure-shares", "secure-noise", "secure-sum")
 SIGNED_KEYS = ("release", "index", "noise-variance", "scale", "bound", "field-bits", "dimension", "participants",
-               "plan-sha256", "masked-sha256", "sketch", "client", "identity")
+               "plan-sha256", "masked-sha256", "client", "identity")
 
 
 def _number(value: Any) -> float:
@@ -295,11 +297,13 @@ def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
         if f"{name}.signers" not in evidence or f"{name}.survivors" not in evidence:
             continue  # _sums names the missing array
         survivors = [int(v) for v in evidence[f"{name}.survivors"]]
-        message = identity.survivors_message(run_id, name, survivors, digest)
+        if f"{name}.masked-sum" not in evidence:
+            continue  # _sums names it
+        message = identity.survivors_message(run_id, name, survivors, digest, masks.sum_digest(evidence[f"{name}.masked-sum"]))
         signers = [bytes(row).hex() for row in evidence[f"{name}.signers"]]
         valid = {who for who, sig in zip(signers, evidence[f"{name}.signatures"]) if identity.verify(who, bytes(sig), message)}
         if len(valid) < plan.min_survivors:
-            report.fail(check, f"{where}: {len(valid)} distinct devices signed the unmasked survivor set, below the minimum "
+            report.fail(check, f"{where}: {len(valid)} distinct devices signed the unmasked survivor set and masked sum, below the minimum "
                                f"{plan.min_survivors}: the devices would have refused to unmask it")
         strangers = sorted(valid - known.keys) if known is not None else []
         if strangers:
@@ -339,19 +343,53 @@ def _sums(report, run: RunDirectory, releases) -> None:
         forged = [v for v, key in keys.items() if masks.public_key(key) != publics.get(v)]
         if forged:
             report.fail(check, f"{where}: the mask keys recorded for dropped devices {forged[:5]} are not the keys they advertised")
-        participants = sorted(survivors + dropped)
-        matrix = masks.sketch_matrix(sketch_seed(name, participants), int(body["dimension"]))
-        expected = np.zeros(masks.SKETCH_ROWS, dtype=np.uint32)
-        for record in signed:
-            expected += np.asarray(record["sketch"], dtype=np.int64).astype(np.uint32)
-        if not np.array_equal(masks.sketch(matrix, total), expected):
-            report.fail(check, f"{where}: the recorded masked sum is not the sum of the devices' signed masked vectors")
-        unmasked = from_field(unmasked_sum(total, name, survivors, seeds, keys, publics, neighbours))
+        if total.dtype != np.uint64:
+            report.fail(check, f"{where}: the masked sum is not kept as integers (uint64): a run from before the committed sketch cannot be checked")
+            continue
+        _sketches(report, where, evidence, name, sorted(survivors + dropped), survivors, total, signed)
+        unmasked = from_field(unmasked_sum(total.astype(np.uint32), name, survivors, seeds, keys, publics, neighbours))
         if not np.array_equal(unmasked, np.asarray(recorded, dtype=np.int64)):
             report.fail(check, f"{where}: unmasking the recorded sum with the recorded seeds and keys does not give the recorded sum")
         if name not in released or not np.allclose(released[name], unmasked / float(body["scale"]), rtol=0, atol=1e-9):
             report.fail(check, f"{where}: releases.npz does not hold the unmasked sum over the scale")
     report.ok(check)
+
+
+def _sketches(report, where: str, evidence, name: str, participants: list[int], survivors: list[int], total: np.ndarray,
+              signed: list[dict[str, Any]]) -> None:
+    """The recorded masked sum is the sum of the survivors' masked vectors: its sketch, with the
+    matrix its own SHA-256 seeds (the devices signed that digest before drawing the matrix), is
+    the sum of the devices' signed sketches and of the sketches of the vectors recorded whole
+    (each the one its device signed with its input)."""
+    check = "secure-sum"
+    try:
+        sketched = [int(v) for v in evidence[f"{name}.sketched"]]
+        unsketched = [int(v) for v in evidence[f"{name}.unsketched"]]
+        blobs, signatures = evidence[f"{name}.sketches"], evidence[f"{name}.sketch-signatures"]
+        vectors = evidence[f"{name}.unsketched-vectors"]
+        run_id, identities = str(evidence["run-id"]), evidence["identity-keys"]
+    except KeyError as exc:
+        report.fail(check, f"{where}: {SECURE_FILE} lacks {exc}")
+        return
+    if sorted(sketched + unsketched) != survivors:
+        report.fail(check, f"{where}: the sketched devices and the vectors recorded whole are not the survivors, each once")
+        return
+    committed = masks.sum_digest(total)
+    matrix = masks.sketch_matrix(sketch_seed(name, participants, committed), total.size)
+    expected = np.zeros(masks.SKETCH_ROWS, dtype=np.uint64)
+    for i, blob, signature in zip(sketched, blobs, signatures):
+        who = bytes(identities[i]).hex()
+        if not identity.verify(who, bytes(signature), identity.sketch_message(run_id, name, i, committed, bytes(blob))):
+            report.fail(check, f"{where}: device {i}'s sketch is not signed by its identity key under the recorded masked sum")
+        expected += masks.sketch_of_bytes(bytes(blob))
+    digests = {int(r["index"]): r.get("masked-sha256") for r in signed}
+    for u, vector in zip(unsketched, vectors):
+        if masks.digest(vector) != digests.get(u):
+            report.fail(check, f"{where}: the masked vector recorded for device {u} is not the one it signed with its input")
+        expected += masks.sketch(matrix, vector)
+    if not np.array_equal(masks.sketch(matrix, total), expected):
+        report.fail(check, f"{where}: the recorded masked sum is not the sum of the devices' masked vectors (sketched with the "
+                           "matrix drawn from the sum's own digest, which the devices signed before it was drawn)")
 
 
 def audit_secure_releases(

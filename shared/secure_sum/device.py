@@ -225,7 +225,7 @@ def _answer(msg: Message, context: Context, data: LocalData, stage: str, fields:
         statistic = contribution(msg, data, release.name, dict(context.node_config))
         # The session's own checks first (a request bound to be refused spends nothing), then the
         # durable spend, recorded before the input leaves the device.
-        masked, record = session.masked_input(plan, release, asked.participants, statistic, keep_sketch_matrix=not data.on_device)
+        masked, record = session.masked_input(plan, release, asked.participants, statistic)
         _answer_within_budget(msg, context, data, plan, release)
         _keep(context, session)
         record.update({"client": client_id, "identity": identity})
@@ -237,9 +237,10 @@ def _answer(msg: Message, context: Context, data: LocalData, stage: str, fields:
         asked = ConfirmRequest.of(fields)
         plan = _plan(msg, context, data, session, asked.dimensions)
         me = _identity_key(msg, context, data)
-        signature = session.confirm(plan, asked.release, asked.survivors, me)
+        signature, sketch, sketch_signature = session.confirm(
+            plan, asked.release, asked.survivors, asked.masked_sum, me, keep_sketch_matrix=not data.on_device)
         _keep(context, session)
-        return secure_reply(msg, ConfirmReply(identity_keys.public_hex(me), signature).fields())
+        return secure_reply(msg, ConfirmReply(identity_keys.public_hex(me), signature, sketch, sketch_signature).fields())
     if stage == SECURE_UNMASK:
         asked = UnmaskRequest.of(fields)
         plan = _plan(msg, context, data, session, asked.dimensions)

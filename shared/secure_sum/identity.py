@@ -101,11 +101,18 @@ def participants_digest(participants: dict[int, str]) -> str:
     return hashlib.sha256(json.dumps(sorted((int(i), str(k)) for i, k in participants.items())).encode()).hexdigest()
 
 
-def survivors_message(run: str, release: str, survivors: list[int], participants: str) -> bytes:
-    """What every survivor signs before any share is revealed: the run, the release, the set, and
-    the digest of the participant list it shared its keys under."""
+def survivors_message(run: str, release: str, survivors: list[int], participants: str, masked_sum: str) -> bytes:
+    """What every survivor signs before any share is revealed: the run, the release, the set, the
+    digest of the participant list it shared its keys under, and the SHA-256 of the masked sum
+    the server committed to (so the minimum of signers agree on one sum, fixed before the sketch
+    that checks it is drawn)."""
     return hashlib.sha256(
-        f"fedmmrec survivors|{run}|{release}|{','.join(map(str, sorted(survivors)))}|{participants}".encode()).digest()
+        f"fedmmrec survivors|{run}|{release}|{','.join(map(str, sorted(survivors)))}|{participants}|{masked_sum}".encode()).digest()
+
+
+def sketch_message(run: str, release: str, index: int, masked_sum: str, sketch: bytes) -> bytes:
+    """What a device signs with its sketch: whose, of which release, under which committed sum."""
+    return hashlib.sha256(f"fedmmrec sketch|{run}|{release}|{index}|{masked_sum}|".encode() + bytes(sketch)).digest()
 
 
 @dataclass(frozen=True)

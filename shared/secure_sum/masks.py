@@ -68,8 +68,8 @@ def release_key(secret: bytes, release: str) -> bytes:
 
 def _keystream(key: bytes):
     """ChaCha20 keyed by ``key`` (256 bits) with a zero nonce: every key here is derived for one
-    purpose and one release (HKDF labels for masks; the sketch's SHA-256 of its release and
-    participants), so no two different streams share a key."""
+    purpose and one release (HKDF labels for masks; the sketch's SHA-256 of its release, its
+    participants and the committed sum), so no two different streams share a key."""
     return Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
 
 
@@ -153,27 +153,37 @@ def digest(vector: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype="<u4").tobytes()).hexdigest()
 
 
-SKETCH_ROWS = 16
+def sum_digest(total: np.ndarray) -> str:
+    """SHA-256 of a masked sum kept as integers (``uint64``: the masked vectors added without
+    reduction): what the server commits to before any sketch of it is drawn."""
+    return hashlib.sha256(np.ascontiguousarray(total, dtype="<u8").tobytes()).hexdigest()
+
+
+SKETCH_ROWS = 4
+SKETCH_BYTES = 8 * SKETCH_ROWS
 
 
 def sketch_rows(seed: bytes, dimension: int) -> Iterator[np.ndarray]:
-    """The rows of the public ``SKETCH_ROWS x dimension`` sketch matrix over Z_{2^32}, drawn one
-    at a time: the first ``SKETCH_ROWS * dimension`` words of the seed's ChaCha20 keystream,
-    row after row. A deployed device, whose process answers one message, sketches from these
-    and never holds the matrix (8 MB for the 125,250-value co-occurrence release of 500 items;
-    drawn whole and widened to ``uint64`` it was the 27 MB peak of the device's process)."""
+    """The rows of the ``SKETCH_ROWS x dimension`` sketch matrix over Z_{2^64}, drawn one at a
+    time: the first ``SKETCH_ROWS * dimension`` 64-bit words of the seed's ChaCha20 keystream,
+    row after row. The seed holds the SHA-256 of the masked sum the server committed to
+    (:func:`shared.secure_sum.session.sketch_seed`), so the matrix exists only once the sum is
+    fixed. Over Z_{2^64}, of the integer sum (no reduction mod 2^32), a change ``v`` to the sum
+    that moves the released sum (``v`` not 0 mod 2^32) leaves a row's ``S v`` at 0 with
+    probability at most 2^-33, all four with at most 2^-132; over Z_{2^32}, a change of 2^31 in
+    chosen coordinates passed a row with probability 1/2 (16 rows: 2^-16, few enough to search
+    through). A deployed device sketches from these and never holds the matrix."""
     encryptor = _keystream(hashlib.sha256(b"fedmmrec sketch " + seed).digest())
-    zeros = bytes(4 * dimension)
+    zeros = bytes(8 * dimension)
     for _ in range(SKETCH_ROWS):
-        yield np.frombuffer(encryptor.update(zeros), dtype="<u4")
+        yield np.frombuffer(encryptor.update(zeros), dtype="<u8")
 
 
 @functools.lru_cache(maxsize=3)
 def sketch_matrix(seed: bytes, dimension: int) -> np.ndarray:
-    """The whole matrix of :func:`sketch_rows`, read-only ``uint32``, kept per process: every
-    device of a release in a simulation worker uses the same one (drawing it was 40% of a
-    device's input stage), and so does the audit."""
-    matrix = np.empty((SKETCH_ROWS, dimension), dtype=np.uint32)
+    """The whole matrix of :func:`sketch_rows`, read-only ``uint64``, kept per process: every
+    device of a release in a simulation worker uses the same one, and so does the audit."""
+    matrix = np.empty((SKETCH_ROWS, dimension), dtype=np.uint64)
     for target, row in zip(matrix, sketch_rows(seed, dimension)):
         target[:] = row
     matrix.flags.writeable = False
@@ -181,8 +191,20 @@ def sketch_matrix(seed: bytes, dimension: int) -> np.ndarray:
 
 
 def sketch(rows: Iterable[np.ndarray], vector: np.ndarray) -> np.ndarray:
-    """``matrix @ vector`` in Z_{2^32}, a row at a time (``uint64`` products and sums wrap mod
-    2^64, a multiple of 2^32, so the low 32 bits are exact); ``rows``: the matrix, or
-    :func:`sketch_rows`."""
+    """``matrix @ vector`` in Z_{2^64} (``uint64`` products and sums wrap mod 2^64, exactly);
+    ``rows``: the matrix, or :func:`sketch_rows`; ``vector``: a masked vector (``uint32``,
+    lifted) or a masked sum kept as integers (``uint64``)."""
     wide = np.asarray(vector, dtype=np.uint64)
-    return np.array([int(np.dot(row.astype(np.uint64), wide)) & 0xFFFFFFFF for row in rows], dtype=np.uint32)
+    return np.array([int(np.dot(np.asarray(row, dtype=np.uint64), wide)) for row in rows], dtype=np.uint64)
+
+
+def sketch_bytes(values: np.ndarray) -> bytes:
+    """A sketch as the bytes a device signs and sends (little-endian words)."""
+    return np.ascontiguousarray(values, dtype="<u8").tobytes()
+
+
+def sketch_of_bytes(blob: bytes) -> np.ndarray:
+    """The inverse of :func:`sketch_bytes`; a blob of another length is a ``ValueError``."""
+    if len(blob) != SKETCH_BYTES:
+        raise ValueError(f"a sketch of {len(blob)} bytes: {SKETCH_BYTES} expected")
+    return np.frombuffer(blob, dtype="<u8").astype(np.uint64)

@@ -123,19 +123,23 @@ class InputRequest(StageRecord):
 
 @dataclass(frozen=True)
 class ConfirmRequest(StageRecord):
-    """The consistency round: the survivor set each survivor is asked to sign."""
+    """The consistency round: the survivor set each survivor is asked to sign, and the SHA-256 of
+    the masked sum (kept as integers) the server commits to before any sketch of it is drawn."""
 
     devices: int
     dimensions: list[int]
     release: str
     participants: list[int]
     survivors: list[int]
+    masked_sum: str
 
 
 @dataclass(frozen=True)
 class ConfirmReply(StageRecord):
     identity_key: str = ""
-    signature: bytes = b""
+    signature: bytes = b""  # over the survivor set and the committed sum (identity.survivors_message)
+    sketch: bytes = b""  # the device's masked vector sketched with the matrix the commitment seeds
+    sketch_signature: bytes = b""  # over the sketch (identity.sketch_message)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from shared.secure_sum.records import (
 from shared.secure_sum.plan import SecurePlan, graph_parts, participant_graph
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import from_field
+from shared.secure_sum.session import sketch_seed
 from shared.secure_sum.unmask import unmasked_sum
 from shared.releases import secure_plan
 
@@ -179,22 +180,13 @@ class SecureAggregation:
         self.participants = sorted(replies)
 
     def release(self, name: str, arrays: ArrayRecord, server_round: int) -> SecureRelease:
-        """Stages 3 and 4 for one release: masked inputs, their sum, and its unmasking."""
+        """Stages 3 to 5 for one release: masked inputs and their sum, committed to; the consistency
+        round, in which the devices sign the set and the commitment, then sketch their inputs; the unmasking."""
         plan, release = self.plan, self.plan.release(name)
         participants = list(self.participants)
         self._require(len(participants), f"{name} input")
         common = (plan.devices, self.dimensions, name, participants)
-        replies = self._send(SECURE_INPUT, {i: InputRequest(*common, self.forwarded[i]).fields() for i in participants}, arrays, server_round)
-        total = np.zeros(release.dimension, dtype=np.uint32)
-        records: dict[int, dict[str, Any]] = {}
-        for i, reply in sorted(replies.items()):
-            masked = update_of(reply)[MASKED_KEY].numpy() if MASKED_KEY in update_of(reply) else None
-            record = secure_fields(reply)
-            if masked is None or masked.dtype != np.uint32 or masked.shape != (release.dimension,) or record.get("masked-sha256") != masks.digest(masked):
-                self.log(f"  device {i}: masked input dropped (wrong type, size or digest)")
-                continue
-            total += masked
-            records[i] = record
+        total, vectors, records = self._masked_inputs(name, common, arrays, server_round)
         survivors = sorted(records)
         self._require(len(survivors), f"{name} input")
         parts = graph_parts(survivors, self.neighbours)
@@ -204,7 +196,10 @@ class SecureAggregation:
                 "could be unmasked apart with a part of the noise each; nothing was released"
             )
         dropped = sorted(set(participants) - set(survivors))
-        signers, signatures = self._confirm(name, survivors, common, server_round)
+        committed = masks.sum_digest(total)
+        signers, signatures, sketched = self._confirm(name, survivors, common, committed, server_round)
+        sketched = self._checked_sketches(name, participants, committed, sketched, vectors)
+        unsketched = [u for u in survivors if u not in sketched]
         fields = {i: UnmaskRequest(*common, survivors, dropped, signers, signatures).fields() for i in survivors}
         answers = _read(UnmaskReply, self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round), self.log)
         seed_shares: dict[int, list[bytes]] = {}
@@ -224,7 +219,7 @@ class SecureAggregation:
         seeds = {u: masks.rebuild(seed_shares[u], plan.threshold) for u in survivors}
         dropped_keys = {v: masks.rebuild(key_shares[v], plan.threshold) for v in dropped}
         publics = {i: self.release_publics(i, name) for i in self.mask_publics}
-        integers = unmasked_sum(total, name, survivors, seeds, dropped_keys, publics, self.neighbours)
+        integers = unmasked_sum(total.astype(np.uint32), name, survivors, seeds, dropped_keys, publics, self.neighbours)
         self._check_plausible(name, from_field(integers), len(survivors))
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]
@@ -238,12 +233,36 @@ class SecureAggregation:
             f"{name}.unmasked": from_field(integers),
             f"{name}.signers": _hex_rows(signers, 32),
             f"{name}.signatures": _byte_rows(signatures, 64),
+            f"{name}.sketched": np.asarray(sorted(sketched), dtype=np.int64),
+            f"{name}.sketches": _byte_rows([sketched[u][0] for u in sorted(sketched)], masks.SKETCH_BYTES),
+            f"{name}.sketch-signatures": _byte_rows([sketched[u][1] for u in sorted(sketched)], 64),
+            f"{name}.unsketched": np.asarray(unsketched, dtype=np.int64),
+            f"{name}.unsketched-vectors": np.asarray([vectors[u] for u in unsketched], dtype=np.uint32).reshape(len(unsketched), release.dimension),
         }
         return SecureRelease(
             name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
             total_variance=float(sum(variances)), evidence=evidence,
         )
+
+    def _masked_inputs(self, name: str, common: tuple, arrays: ArrayRecord,
+                       server_round: int) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, dict[str, Any]]]:
+        """Stage 3: each participant's masked input and signed record, and their sum kept as
+        integers (``uint64``: the sketch checks it over Z_{2^64}; mod 2^32 it is the masked sum)."""
+        release, participants = self.plan.release(name), common[3]
+        replies = self._send(SECURE_INPUT, {i: InputRequest(*common, self.forwarded[i]).fields() for i in participants}, arrays, server_round)
+        total = np.zeros(release.dimension, dtype=np.uint64)  # kept as integers: the sketch checks it over Z_{2^64}
+        vectors: dict[int, np.ndarray] = {}
+        records: dict[int, dict[str, Any]] = {}
+        for i, reply in sorted(replies.items()):
+            masked = update_of(reply)[MASKED_KEY].numpy() if MASKED_KEY in update_of(reply) else None
+            record = secure_fields(reply)
+            if masked is None or masked.dtype != np.uint32 or masked.shape != (release.dimension,) or record.get("masked-sha256") != masks.digest(masked):
+                self.log(f"  device {i}: masked input dropped (wrong type, size or digest)")
+                continue
+            total += masked
+            vectors[i], records[i] = masked, record
+        return total, vectors, records
 
     def _roster(self) -> identity.Roster:
         """The devices' identity keys the graph is drawn over: a deployment's roster file
@@ -253,23 +272,48 @@ class SecureAggregation:
             return identity.roster_from_file(named)
         return identity.roster_of_simulated_devices(self.config.run.device_state_dir)
 
-    def _confirm(self, name: str, survivors: list[int], common: tuple, server_round: int) -> tuple[list[str], list[bytes]]:
-        """The consistency round: every survivor signs the survivor set; the valid signatures of
-        distinct identities go to each survivor with the unmasking, which it refuses below the minimum."""
-        asked = {i: ConfirmRequest(*common, survivors).fields() for i in survivors}
+    def _confirm(self, name: str, survivors: list[int], common: tuple, committed: str,
+                 server_round: int) -> tuple[list[str], list[bytes], dict[int, tuple[bytes, bytes]]]:
+        """The consistency round: every survivor signs the survivor set and the masked sum's
+        SHA-256 (``committed``), then sketches its masked vector with the matrix that commitment
+        seeds; the valid signatures of distinct identities go to each survivor with the
+        unmasking, which it refuses below the minimum. Returns them, and each device's (sketch,
+        signature on it)."""
+        asked = {i: ConfirmRequest(*common, survivors, committed).fields() for i in survivors}
         replies = _read(ConfirmReply, self._send(SECURE_CONFIRM, asked, ArrayRecord(), server_round), self.log)
-        message = identity.survivors_message(self.run, name, survivors, self.participants_digest)
+        message = identity.survivors_message(self.run, name, survivors, self.participants_digest, committed)
         signed: dict[str, bytes] = {}
-        for reply in replies.values():
+        sketches: dict[int, tuple[bytes, bytes]] = {}
+        for i, reply in replies.items():
             who, signature = reply.identity_key, reply.signature
             if identity.verify(who, signature, message):
                 signed.setdefault(who, signature)
+                sketches[i] = (reply.sketch, reply.sketch_signature)
         if len(signed) < self.plan.min_survivors:
             raise SecureAggregationAborted(
                 f"secure aggregation aborted at {name} confirmation: {len(signed)} devices signed the survivor set, below the "
                 f"minimum {self.plan.min_survivors}; nothing was released"
             )
-        return list(signed), list(signed.values())
+        return list(signed), list(signed.values()), sketches
+
+    def _checked_sketches(self, name: str, participants: list[int], committed: str, sketches: dict[int, tuple[bytes, bytes]],
+                          vectors: dict[int, np.ndarray]) -> dict[int, tuple[bytes, bytes]]:
+        """The sketches that are their device's masked vector's, signed by its identity key. A
+        device whose sketch is not (or that sent none) has its masked vector recorded instead,
+        checked by the audit against the digest it signed with its input."""
+        matrix = masks.sketch_matrix(sketch_seed(name, participants, committed), self.plan.release(name).dimension)
+        kept = {}
+        for i, (sketch, signature) in sketches.items():
+            who = self.identities.get(i, ("", b""))[0]
+            try:
+                honest = np.array_equal(masks.sketch_of_bytes(sketch), masks.sketch(matrix, vectors[i]))
+            except ValueError:
+                honest = False
+            if honest and identity.verify(who, signature, identity.sketch_message(self.run, name, i, committed, sketch)):
+                kept[i] = (sketch, signature)
+            else:
+                self.log(f"  device {i}: its sketch is not of its masked vector or not signed by it: the vector is recorded instead")
+        return kept
 
     def _check_plausible(self, name: str, integers: np.ndarray, contributions: int) -> None:
         """Abort a sum no ``contributions`` inputs of the plan's rounding bound and the planned

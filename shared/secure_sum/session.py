@@ -12,7 +12,12 @@ Four stages, each one message from the server and one reply:
    device's Skellam noise share, plus its self mask and its pairwise masks with the neighbours
    taking part, modulo 2^32. Uniform to the server. The device signs what it added.
 4. **confirm** (per release): the device signs, with its long-term identity key, the survivor
-   set the server shows it (Bonawitz et al.'s consistency round), once per release.
+   set the server shows it (Bonawitz et al.'s consistency round) and the SHA-256 of the masked
+   sum the server commits to, once per release; then, the sum fixed, it sketches its own masked
+   vector with the matrix that commitment seeds (:func:`sketch_seed`) and signs the sketch too.
+   The audit checks the recorded sum against the devices' sketches: a sketch drawn only after
+   the sum was fixed binds it against any change, where a public one could be defeated by a
+   change crafted in its kernel.
 5. **unmask** (per release): given valid signatures on that same set from at least the plan's
    minimum of distinct devices of the roster, for each neighbour that sent its input, its share
    of that neighbour's self-mask seed; for each that did not, its share of that release's mask key.
@@ -57,9 +62,11 @@ def pairwise_sign(me: int, other: int) -> int:
     return 1 if me < other else -1
 
 
-def sketch_seed(release: str, participants: list[int]) -> bytes:
-    """Public: every party derives the same sketch matrix for a release's participants."""
-    return f"{release}:{','.join(map(str, sorted(participants)))}".encode()
+def sketch_seed(release: str, participants: list[int], masked_sum: str) -> bytes:
+    """Every party derives the same sketch matrix for a release's participants, once the server
+    has committed to the masked sum (``masked_sum``: its SHA-256): before that no one can know
+    the matrix, so no change to the sum can be crafted in its kernel."""
+    return f"{release}:{','.join(map(str, sorted(participants)))}:{masked_sum}".encode()
 
 
 def _pack(parts: list[bytes]) -> bytes:
@@ -114,6 +121,9 @@ class DeviceSession:
     participants: dict[int, str] = field(default_factory=dict)  # protocol index -> identity key, as the share stage listed them
     graph: dict[int, list[int]] = field(default_factory=dict)  # the neighbour graph that list and the roster determine
     plan_digest: str = ""  # the plan this session's shares were made under: every later stage must use it
+    pending: dict[str, bytes] = field(default_factory=dict)  # release -> the masked vector sent, kept until it is sketched
+    committed: dict[str, str] = field(default_factory=dict)  # release -> the masked sum's SHA-256 this device signed
+    sketches: dict[str, bytes] = field(default_factory=dict)  # release -> this device's sketch of its masked vector
 
     # --- stage 1 ---------------------------------------------------------------------------
     def public_keys(self, releases: int) -> tuple[bytes, bytes]:
@@ -207,11 +217,10 @@ class DeviceSession:
     # --- stage 3 ---------------------------------------------------------------------------
     def masked_input(
         self, plan: SecurePlan, release: ReleasePlan, participants: list[int], statistic: np.ndarray, add_noise: bool = True,
-        keep_sketch_matrix: bool = True,
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """This device's masked, noised, quantised statistic, and the record it signs.
-        ``keep_sketch_matrix``: keep the release's sketch matrix in this process for the next
-        device (a simulation), rather than draw its rows and let them go (a deployed device)."""
+        """This device's masked, noised, quantised statistic, and the record it signs. The
+        masked vector is kept (uniform to anyone without the masks) until the device sketches it
+        at the consistency round."""
         if release.name not in self.releases:
             raise ProtocolRefusal(f"no self-mask seed for release {release.name!r}: the key stages did not run")
         if release.name in self.masked:
@@ -225,7 +234,6 @@ class DeviceSession:
             raise ProtocolRefusal(f"devices {revealed} take part although this device revealed their mask keys")
         if statistic.size != release.dimension:
             raise ProtocolRefusal(f"a statistic of {statistic.size} values for a release of {release.dimension}")
-        sketch_rows = masks.sketch_matrix if keep_sketch_matrix else masks.sketch_rows
         variance = release.share_variance if add_noise else 0.0
         vector = to_field(rounded_with_share(statistic, release, noise_rng(), add_noise))
         vector = vector + masks.mask_stream(masks.release_key(self.seeds[self.releases.index(release.name)], release.name), release.dimension)
@@ -247,16 +255,21 @@ class DeviceSession:
             "participants": len(participants),
             "plan-sha256": plan.digest(),
             "masked-sha256": masks.digest(vector),
-            "sketch": [int(x) for x in masks.sketch(sketch_rows(sketch_seed(release.name, participants), release.dimension), vector)],
         }
         self.masked.append(release.name)
+        self.pending[release.name] = np.ascontiguousarray(vector, dtype="<u4").tobytes()
         self.inputs[release.name] = sorted(int(v) for v in participants)
         return vector, record
 
     # --- stage 4 ---------------------------------------------------------------------------
-    def confirm(self, plan: SecurePlan, release: str, survivors: list[int], key) -> bytes:
-        """This device's signature (identity ``key``) on the survivor set of ``release``: only a
-        set it sent its input under, containing it, of at least the minimum, and one set only."""
+    def confirm(self, plan: SecurePlan, release: str, survivors: list[int], masked_sum: str, key,
+                keep_sketch_matrix: bool = True) -> tuple[bytes, bytes, bytes]:
+        """(signature on the survivor set and committed sum, sketch, signature on the sketch),
+        with identity ``key``: only a set it sent its input under, containing it, of at least the
+        minimum, one set and one sum only. The sketch is of the masked vector this device sent,
+        with the matrix the committed sum seeds. ``keep_sketch_matrix``: keep that matrix in this
+        process for the next device (a simulation), rather than draw its rows and let them go (a
+        deployed device)."""
         if release not in self.masked:
             raise ProtocolRefusal(f"this device sent no input for release {release!r}: it confirms no survivor set of it")
         self._check_population(plan, survivors, "confirm a survivor set")
@@ -267,10 +280,18 @@ class DeviceSession:
         parts = graph_parts(wanted, self.graph) if self.graph else 1
         if parts > 1:
             raise ProtocolRefusal(f"the survivor set's neighbour graph is in {parts} parts, whose sums could be unmasked apart: refusing to confirm it")
-        if release in self.confirmed and self.confirmed[release] != wanted:
-            raise ProtocolRefusal(f"this device already signed another survivor set for release {release!r}: refusing a second view")
-        self.confirmed[release] = wanted
-        return identity.sign(key, identity.survivors_message(self.run, release, wanted, identity.participants_digest(self.participants)))
+        if len(masked_sum) != 64 or any(c not in "0123456789abcdef" for c in masked_sum):
+            raise ProtocolRefusal(f"the committed masked sum of release {release!r} is not a SHA-256 digest: refusing to confirm")
+        if release in self.confirmed and (self.confirmed[release] != wanted or self.committed.get(release) != masked_sum):
+            raise ProtocolRefusal(f"this device already signed another survivor set or masked sum for release {release!r}: refusing a second view")
+        if release not in self.sketches:  # the first confirmation sketches the vector and lets it go; a repeat re-signs
+            vector = np.frombuffer(self.pending.pop(release), dtype="<u4")
+            rows = masks.sketch_matrix if keep_sketch_matrix else masks.sketch_rows
+            self.sketches[release] = masks.sketch_bytes(masks.sketch(rows(sketch_seed(release, self.inputs[release], masked_sum), vector.size), vector))
+        self.confirmed[release], self.committed[release], sketch = wanted, masked_sum, self.sketches[release]
+        survivors_signature = identity.sign(
+            key, identity.survivors_message(self.run, release, wanted, identity.participants_digest(self.participants), masked_sum))
+        return survivors_signature, sketch, identity.sign(key, identity.sketch_message(self.run, release, self.index, masked_sum, sketch))
 
     def check_confirmations(self, plan: SecurePlan, release: str, survivors: list[int], dropped: list[int],
                             signers: list[str], signatures: list[bytes], roster: identity.Roster | frozenset[str]) -> None:
@@ -284,7 +305,8 @@ class DeviceSession:
         stray = sorted(set(int(v) for v in dropped) - (set(self.inputs.get(release, [])) - set(wanted)))
         if stray:
             raise ProtocolRefusal(f"devices {stray[:5]} are named as dropped but were not asked for their input with this device")
-        message = identity.survivors_message(self.run, release, wanted, identity.participants_digest(self.participants))
+        message = identity.survivors_message(
+            self.run, release, wanted, identity.participants_digest(self.participants), self.committed[release])
         valid = {who for who, signature in zip(signers, signatures) if who in roster and identity.verify(who, signature, message)}
         if len(valid) < plan.min_survivors:
             raise ProtocolRefusal(
@@ -363,7 +385,8 @@ class DeviceSession:
             "neighbour-identities": list(self.neighbour_identities), "inputs": json.dumps(self.inputs),
             "confirmed": json.dumps(self.confirmed), "participants": json.dumps({str(k): v for k, v in self.participants.items()}),
             "graph": json.dumps({str(k): v for k, v in self.graph.items()}),
-            "plan-digest": self.plan_digest,
+            "plan-digest": self.plan_digest, "pending-releases": list(self.pending), "pending-vectors": list(self.pending.values()),
+            "committed": json.dumps(self.committed), "sketched-releases": list(self.sketches), "sketches": list(self.sketches.values()),
         }
 
     @classmethod
@@ -381,4 +404,7 @@ class DeviceSession:
             participants={int(k): str(v) for k, v in json.loads(str(record.get("participants", "{}"))).items()},
             graph={int(k): [int(u) for u in vs] for k, vs in json.loads(str(record.get("graph", "{}"))).items()},
             plan_digest=str(record.get("plan-digest", "")),
+            pending={str(k): bytes(v) for k, v in zip(record.get("pending-releases", []), record.get("pending-vectors", []))},
+            committed={str(k): str(v) for k, v in json.loads(str(record.get("committed", "{}"))).items()},
+            sketches={str(k): bytes(v) for k, v in zip(record.get("sketched-releases", []), record.get("sketches", []))},
         )

@@ -344,7 +344,9 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
     everyone = list(range(devices))
     signers = [identity.public_hex(k) for k in ids]
     digest = identity.participants_digest(participants)
-    confirmations = {r.name: [identity.sign(k, identity.survivors_message(run, r.name, everyone, digest)) for k in ids[: plan.min_survivors]]
+    committed = "ab" * 32  # the masked sum's digest the server commits to (its value does not change the work)
+    confirmations = {r.name: [identity.sign(k, identity.survivors_message(run, r.name, everyone, digest, committed))
+                              for k in ids[: plan.min_survivors]]
                      for r in plan.releases}  # the others', made apart from device 0's time
     masked_bytes = unmask_bytes = record_bytes = confirm_bytes = 0
     started = time.process_time()
@@ -354,7 +356,7 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
         masked_bytes += vector.nbytes
         signature = sign_record(key, record)
         record_bytes += len(json.dumps({**record, "signature": signature, "public-key": public_pem(key)}))
-        confirm_bytes += len(me.confirm(plan, release.name, everyone, ids[0])) + 64
+        confirm_bytes += sum(len(part) for part in me.confirm(plan, release.name, everyone, committed, ids[0], keep_sketch_matrix=False)) + 64
         seeds, keys = me.unmask(plan, release.name, everyone, [], signers[: plan.min_survivors], confirmations[release.name], roster)
         unmask_bytes += sum(len(v) for v in seeds.values()) + sum(len(v) for v in keys.values())
     cpu += time.process_time() - started

@@ -14,8 +14,10 @@ A fault spec lists faults and the simulated partitions that commit them, e.g.
   claimed), on either engine, while its reply and the ledger claim the configured mechanism;
 - ``noshare`` (``user-noise = distributed``): the device adds no Skellam share and signs what it
   did (a noise variance of 0): the audit's ``secure-shares`` check fails, naming it;
-- ``dropshare``, ``dropinput``, ``dropunmask``: the device drops out of secure aggregation at
-  that stage (after sending its keys; after sharing them; after sending its masked input);
+- ``dropshare``, ``dropinput``, ``dropconfirm``, ``dropunmask``: the device drops out of secure
+  aggregation at that stage (after sending its keys; after sharing them; after sending its masked
+  input, before signing the survivor set and sketching it, so the server records its masked
+  vector whole; after signing);
 - ``slow``: a straggler: the client answers only after the server has closed the round without
   it (with a ``round-timeout``), or after ``FAULT_SLOW_S`` seconds (without one).
 
@@ -42,7 +44,7 @@ from client.client_app import train as honest_train
 from client.catalog_content import receive_catalog
 from client.mods import private_state_guard
 from shared.faults import parse_faults
-from shared.messages import ROUND_KEY, SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
+from shared.messages import ROUND_KEY, SECURE_CONFIRM, SECURE_INPUT, SECURE_SHARE, SECURE_UNMASK, TASK_KEY
 from shared.run_directory import RunDirectory
 
 FAULT_SCALE = 1000.0
@@ -104,7 +106,7 @@ def _lying(engine, noise_factor: float, clip_factor: float):
     return run
 
 
-SECURE_DROPS = {"dropshare": SECURE_SHARE, "dropinput": SECURE_INPUT, "dropunmask": SECURE_UNMASK}
+SECURE_DROPS = {"dropshare": SECURE_SHARE, "dropinput": SECURE_INPUT, "dropconfirm": SECURE_CONFIRM, "dropunmask": SECURE_UNMASK}
 
 
 def fault_app(spec: str, run_path: Path, round_timeout: float) -> ClientApp:
