@@ -9,8 +9,8 @@
 - ``checkpoints/``: the global item tower after each round (``round-NNNN.pt``, ``latest.pt``)
   and at the end (``final.pt``), written atomically (temp file + rename);
 - ``model.npz``, ``releases.npz`` (``privacy = user``): the released statistics and the model
-  fitted to them; ``secure-sum.npz`` (``user-noise = distributed``): each release's masked sum,
-  survivors, rebuilt seeds and dropped devices' keys, and the devices' mask public keys; ``canaries.json`` (runs with canaries);
+  fitted to them; ``secure-sum.npz`` (``user-noise = distributed``): the key stages' and each
+  release's evidence, the arrays :mod:`shared.secure_sum.evidence` names; ``canaries.json`` (runs with canaries);
 - ``devices/partition-<id>/`` (simulations): each simulated device's own state;
 - ``summary.json``: final metrics, epsilon, config and library versions, written at the end;
 - ``audit.md``, ``audit.html``: what ``fedmmrec audit`` found.

@@ -308,8 +308,8 @@ def no_unmasked_sum(c: Copy) -> str:
 
 
 def evidence_lacks_a_key(c: Copy) -> str:
-    c.edit_arrays("secure-sum.npz", lambda a: a.pop("selection.unmasked"))
-    return f"{_where(3)}: secure-sum.npz lacks 'selection.unmasked'"
+    c.edit_arrays("secure-sum.npz", lambda a: a.pop("selection.sketches"))
+    return f"{_where(3)}: secure-sum.npz lacks 'selection.sketches'"
 
 
 def survivors_not_the_signers(c: Copy) -> str:
@@ -354,11 +354,6 @@ def masked_sum_moved(c: Copy) -> str:
 def masked_sum_not_integers(c: Copy) -> str:
     c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.masked-sum": a["popularity.masked-sum"].astype(np.uint32)}))
     return f"{_where(1)}: the masked sum is not kept as integers (uint64): a run from before the committed sketch cannot be checked"
-
-
-def sketch_evidence_missing(c: Copy) -> str:
-    c.edit_arrays("secure-sum.npz", lambda a: a.pop("selection.sketches"))
-    return f"{_where(3)}: secure-sum.npz lacks 'selection.sketches'"
 
 
 def sketched_not_the_survivors(c: Copy) -> str:
@@ -467,6 +462,11 @@ def no_identity_evidence(c: Copy) -> str:
     return "secure-sum.npz holds no identity evidence (identity keys, run id): the survivor sets cannot be checked"
 
 
+def no_graph_for_the_sums(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.pop("neighbours"))
+    return "secure-sum.npz lacks 'neighbours': the secure sums cannot be checked"
+
+
 def not_an_authorised_supernode(c: Copy) -> str:
     return f"{_where(1)}: device {c.releases()[0]['signed'][0]['client']}: signed with a key that is not one of the authorised SuperNodes' in {c.path / 'strangers'}"
 
@@ -512,7 +512,6 @@ CASES = [
     Case(substituted_dropped_key, "secure-sum"),
     Case(masked_sum_moved, "secure-sum"),
     Case(masked_sum_not_integers, "secure-sum"),
-    Case(sketch_evidence_missing, "secure-sum"),
     Case(sketched_not_the_survivors, "secure-sum"),
     Case(sketch_not_signed, "secure-sum"),
     Case(recorded_vector_not_signed, "secure-sum"),
@@ -523,6 +522,7 @@ CASES = [
     Case(identity_not_a_devices, "secure-sum"),
     Case(keys_not_signed_by_identity, "secure-sum"),
     Case(no_identity_evidence, "secure-sum"),
+    Case(no_graph_for_the_sums, "secure-sum"),
     Case(one_identity_in_two_places, "secure-sum"),
     Case(graph_not_the_rosters, "secure-sum"),
 ]

@@ -792,3 +792,24 @@ def test_a_deployed_device_sends_its_statistic_in_the_clear_only_where_its_own_n
     allowed = SimpleNamespace(node_config={**device.node_config, "user-noise": "central"}, state=None)
     with pytest.raises(DatasetError):  # past the refusal: it goes on to read its data (here, none)
         send_statistic(None, allowed, request)
+
+
+def test_the_evidence_file_holds_exactly_the_arrays_its_types_name(dropout_run):
+    """secure-sum.npz is written and read through shared.secure_sum.evidence: every array in it
+    is a field of the run's KeyEvidence or of a release's ReleaseEvidence, and a missing one is
+    a KeyError naming the array, as the audit reports it."""
+    from shared.secure_sum.evidence import KeyEvidence, ReleaseEvidence
+
+    arrays = dict(np.load(dropout_run / "secure-sum.npz"))
+    named = set(KeyEvidence.of(arrays).arrays())
+    for release in ("popularity", "cooccurrence", "selection"):
+        evidence = ReleaseEvidence.of(arrays, release)
+        assert evidence.masked_sum.dtype == np.uint64 and evidence.unsketched_vectors.dtype == np.uint32
+        named |= set(evidence.arrays(release))
+    assert named == set(arrays)
+    assert ReleaseEvidence.key("sketch_signatures", "selection") == "selection.sketch-signatures"
+    del arrays["selection.unsketched-vectors"]
+    with pytest.raises(KeyError, match="selection.unsketched-vectors"):
+        ReleaseEvidence.of(arrays, "selection")
+    with pytest.raises(AttributeError, match="ReleaseEvidence has no field 'sketch'"):
+        ReleaseEvidence.key("sketch", "selection")

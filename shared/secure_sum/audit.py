@@ -57,6 +57,7 @@ from shared.privacy.ledger import Entry
 from shared.privacy.spend_signature import verify_record
 from shared.run_directory import RELEASES_FILE, SECURE_FILE, RunDirectory
 from shared.secure_sum import identity, masks
+from shared.secure_sum.evidence import KeyEvidence, ReleaseEvidence
 from shared.secure_sum.session import sketch_seed
 from shared.releases import planned_releases, secure_plan
 from shared.secure_sum.plan import graph_parts, participant_graph
@@ -208,11 +209,12 @@ def _noise(report, plan, run: RunDirectory, releases) -> None:
         honest, total = float(sum(variances[: max(0, len(variances) - plan.uncounted)])), float(sum(variances))
         if total <= 0.0:
             continue  # no noise claimed: the accounting says inf (NOT PRIVATE)
-        if f"{name}.unmasked" not in evidence:
+        unmasked = ReleaseEvidence.key("unmasked", name)
+        if unmasked not in evidence:
             report.fail(check, f"{where}: {SECURE_FILE} holds no unmasked sum to check the noise in")
             continue
         dimension = int(plan.release(name).dimension)
-        norm = float(np.linalg.norm(np.asarray(evidence[f"{name}.unmasked"], dtype=np.float64)))
+        norm = float(np.linalg.norm(np.asarray(evidence[unmasked], dtype=np.float64)))
         floor = released_norm_floor(math.sqrt(honest), dimension, tail)
         if norm < floor:
             report.fail(
@@ -264,44 +266,47 @@ def _identities(report, plan, run: RunDirectory, releases, node_keys) -> None:
     if not run.file(SECURE_FILE).is_file():
         return  # _sums has failed it already
     evidence = run.load_arrays(SECURE_FILE)
-    if "run-id" not in evidence or "identity-keys" not in evidence:
+    try:
+        keys = KeyEvidence.of(evidence)
+    except KeyError:
         report.fail(check, f"{SECURE_FILE} holds no identity evidence (identity keys, run id): the survivor sets cannot be checked")
         return
-    run_id, known = str(evidence["run-id"]), _known_identities(run, node_keys)
-    participants = {i: bytes(row).hex() for i, row in enumerate(evidence["identity-keys"]) if row.any()}
+    run_id, known = str(keys.run_id), _known_identities(run, node_keys)
+    participants = {i: bytes(row).hex() for i, row in enumerate(keys.identity_keys) if row.any()}
     digest = identity.participants_digest(participants)
-    if known is not None and "graph-seed" in evidence:
-        drawn = participant_graph(str(evidence["graph-seed"]), participants, plan.neighbours, known)
-        recorded = {i: sorted(int(v) for v in evidence["neighbours"][i] if v >= 0) for i in participants}
-        if drawn != recorded or (known.seed and str(evidence["graph-seed"]) != known.seed):
+    if known is not None:
+        drawn = participant_graph(str(keys.graph_seed), participants, plan.neighbours, known)
+        recorded = {i: sorted(int(v) for v in keys.neighbours[i] if v >= 0) for i in participants}
+        if drawn != recorded or (known.seed and str(keys.graph_seed) != known.seed):
             report.fail(check, "the recorded neighbour graph is not the one the participants, the roster and its seed determine")
-    names = [r.name for r in plan.releases if f"{r.name}.mask-publics" in evidence]
+    publics = {r.name: evidence[ReleaseEvidence.key("mask_publics", r.name)] for r in plan.releases
+               if ReleaseEvidence.key("mask_publics", r.name) in evidence}
     seen: dict[str, int] = {}
-    shared = sorted(i for i, row in enumerate(evidence["identity-keys"]) if row.any() and seen.setdefault(bytes(row).hex(), i) != i)
+    shared = sorted(i for i, row in enumerate(keys.identity_keys) if row.any() and seen.setdefault(bytes(row).hex(), i) != i)
     if shared:
         report.fail(check, f"devices {shared[:5]} have the identity key of another device: one party in several places of the graph")
-    for i, row in enumerate(evidence["identity-keys"]):
+    for i, row in enumerate(keys.identity_keys):
         if not row.any():
             continue  # took no part
         who = bytes(row).hex()
         if known is not None and who not in known:
             report.fail(check, f"device {i}: its identity key is not one of the devices' identity keys")
-        if len(names) == len(plan.releases):
+        if len(publics) == len(plan.releases):
             bundle = identity.key_bundle_message(
-                run_id, i, b"".join(bytes(evidence[f"{name}.mask-publics"][i]) for name in names), bytes(evidence["channel-publics"][i]))
-            if not identity.verify(who, bytes(evidence["key-signatures"][i]), bundle):
+                run_id, i, b"".join(bytes(rows[i]) for rows in publics.values()), bytes(keys.channel_publics[i]))
+            if not identity.verify(who, bytes(keys.key_signatures[i]), bundle):
                 report.fail(check, f"device {i}: its public keys in {SECURE_FILE} are not signed by its identity key")
     for entry in releases:
         name = str(entry.body["release"])
         where = f"release {entry.round} ({name})"
-        if f"{name}.signers" not in evidence or f"{name}.survivors" not in evidence:
+        try:
+            release = ReleaseEvidence.of(evidence, name)
+        except KeyError:
             continue  # _sums names the missing array
-        survivors = [int(v) for v in evidence[f"{name}.survivors"]]
-        if f"{name}.masked-sum" not in evidence:
-            continue  # _sums names it
-        message = identity.survivors_message(run_id, name, survivors, digest, masks.sum_digest(evidence[f"{name}.masked-sum"]))
-        signers = [bytes(row).hex() for row in evidence[f"{name}.signers"]]
-        valid = {who for who, sig in zip(signers, evidence[f"{name}.signatures"]) if identity.verify(who, bytes(sig), message)}
+        survivors = [int(v) for v in release.survivors]
+        message = identity.survivors_message(run_id, name, survivors, digest, masks.sum_digest(release.masked_sum))
+        signers = [bytes(row).hex() for row in release.signers]
+        valid = {who for who, sig in zip(signers, release.signatures) if identity.verify(who, bytes(sig), message)}
         if len(valid) < plan.min_survivors:
             report.fail(check, f"{where}: {len(valid)} distinct devices signed the unmasked survivor set and masked sum, below the minimum "
                                f"{plan.min_survivors}: the devices would have refused to unmask it")
@@ -320,21 +325,25 @@ def _sums(report, run: RunDirectory, releases) -> None:
         report.fail(check, f"{run.file(SECURE_FILE)} or {RELEASES_FILE}: missing: the secure sums cannot be checked")
         return
     evidence, released = run.load_arrays(SECURE_FILE), run.load_arrays(RELEASES_FILE)
-    neighbours = {i: [int(v) for v in row if v >= 0] for i, row in enumerate(evidence["neighbours"])}
+    try:
+        run_keys = KeyEvidence.of(evidence)
+    except KeyError as exc:
+        report.fail(check, f"{SECURE_FILE} lacks {exc}: the secure sums cannot be checked")
+        return
+    neighbours = {i: [int(v) for v in row if v >= 0] for i, row in enumerate(run_keys.neighbours)}
     for entry in releases:
         body, name = entry.body, str(entry.body["release"])
         where = f"release {entry.round} ({name})"
         try:
-            total = evidence[f"{name}.masked-sum"]
-            survivors = [int(v) for v in evidence[f"{name}.survivors"]]
-            dropped = [int(v) for v in evidence[f"{name}.dropped"]]
-            seeds = {u: bytes(row) for u, row in zip(survivors, evidence[f"{name}.seeds"])}
-            keys = {v: bytes(row) for v, row in zip(dropped, evidence[f"{name}.dropped-keys"])}
-            recorded = evidence[f"{name}.unmasked"]
-            publics = {i: bytes(row) for i, row in enumerate(evidence[f"{name}.mask-publics"])}
+            release = ReleaseEvidence.of(evidence, name)
         except KeyError as exc:
             report.fail(check, f"{where}: {SECURE_FILE} lacks {exc}")
             continue
+        total, recorded = release.masked_sum, release.unmasked
+        survivors, dropped = [int(v) for v in release.survivors], [int(v) for v in release.dropped]
+        seeds = {u: bytes(row) for u, row in zip(survivors, release.seeds)}
+        keys = {v: bytes(row) for v, row in zip(dropped, release.dropped_keys)}
+        publics = {i: bytes(row) for i, row in enumerate(release.mask_publics)}
         signed = list(body.get("signed", []))
         if sorted(int(r["index"]) for r in signed) != survivors:
             report.fail(check, f"{where}: the unmasked survivors are not the devices that signed an input")
@@ -346,7 +355,7 @@ def _sums(report, run: RunDirectory, releases) -> None:
         if total.dtype != np.uint64:
             report.fail(check, f"{where}: the masked sum is not kept as integers (uint64): a run from before the committed sketch cannot be checked")
             continue
-        _sketches(report, where, evidence, name, sorted(survivors + dropped), survivors, total, signed)
+        _sketches(report, where, release, run_keys, name, sorted(survivors + dropped), signed)
         unmasked = from_field(unmasked_sum(total.astype(np.uint32), name, survivors, seeds, keys, publics, neighbours))
         if not np.array_equal(unmasked, np.asarray(recorded, dtype=np.int64)):
             report.fail(check, f"{where}: unmasking the recorded sum with the recorded seeds and keys does not give the recorded sum")
@@ -355,35 +364,27 @@ def _sums(report, run: RunDirectory, releases) -> None:
     report.ok(check)
 
 
-def _sketches(report, where: str, evidence, name: str, participants: list[int], survivors: list[int], total: np.ndarray,
+def _sketches(report, where: str, release: ReleaseEvidence, run_keys: KeyEvidence, name: str, participants: list[int],
               signed: list[dict[str, Any]]) -> None:
     """The recorded masked sum is the sum of the survivors' masked vectors: its sketch, with the
     matrix its own SHA-256 seeds (the devices signed that digest before drawing the matrix), is
     the sum of the devices' signed sketches and of the sketches of the vectors recorded whole
     (each the one its device signed with its input)."""
     check = "secure-sum"
-    try:
-        sketched = [int(v) for v in evidence[f"{name}.sketched"]]
-        unsketched = [int(v) for v in evidence[f"{name}.unsketched"]]
-        blobs, signatures = evidence[f"{name}.sketches"], evidence[f"{name}.sketch-signatures"]
-        vectors = evidence[f"{name}.unsketched-vectors"]
-        run_id, identities = str(evidence["run-id"]), evidence["identity-keys"]
-    except KeyError as exc:
-        report.fail(check, f"{where}: {SECURE_FILE} lacks {exc}")
-        return
-    if sorted(sketched + unsketched) != survivors:
+    total, sketched, unsketched = release.masked_sum, [int(v) for v in release.sketched], [int(v) for v in release.unsketched]
+    if sorted(sketched + unsketched) != sorted(int(v) for v in release.survivors):
         report.fail(check, f"{where}: the sketched devices and the vectors recorded whole are not the survivors, each once")
         return
-    committed = masks.sum_digest(total)
+    committed, run_id = masks.sum_digest(total), str(run_keys.run_id)
     matrix = masks.sketch_matrix(sketch_seed(name, participants, committed), total.size)
     expected = np.zeros(masks.SKETCH_ROWS, dtype=np.uint64)
-    for i, blob, signature in zip(sketched, blobs, signatures):
-        who = bytes(identities[i]).hex()
+    for i, blob, signature in zip(sketched, release.sketches, release.sketch_signatures):
+        who = bytes(run_keys.identity_keys[i]).hex()
         if not identity.verify(who, bytes(signature), identity.sketch_message(run_id, name, i, committed, bytes(blob))):
             report.fail(check, f"{where}: device {i}'s sketch is not signed by its identity key under the recorded masked sum")
         expected += masks.sketch_of_bytes(bytes(blob))
     digests = {int(r["index"]): r.get("masked-sha256") for r in signed}
-    for u, vector in zip(unsketched, vectors):
+    for u, vector in zip(unsketched, release.unsketched_vectors):
         if masks.digest(vector) != digests.get(u):
             report.fail(check, f"{where}: the masked vector recorded for device {u} is not the one it signed with its input")
         expected += masks.sketch(matrix, vector)

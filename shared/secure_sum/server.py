@@ -35,6 +35,7 @@ from shared.messages import (
     update_of,
 )
 from shared.secure_sum import identity, masks
+from shared.secure_sum.evidence import KeyEvidence, ReleaseEvidence
 from shared.secure_sum.records import (
     ConfirmReply,
     ConfirmRequest,
@@ -223,22 +224,22 @@ class SecureAggregation:
         self._check_plausible(name, from_field(integers), len(survivors))
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]
-        evidence = {
-            f"{name}.masked-sum": total,
-            f"{name}.survivors": np.asarray(survivors, dtype=np.int64),
-            f"{name}.seeds": np.frombuffer(b"".join(seeds[u] for u in survivors), dtype=np.uint8).reshape(len(survivors), -1),
-            f"{name}.dropped": np.asarray(dropped, dtype=np.int64),
-            f"{name}.dropped-keys": np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
-            f"{name}.mask-publics": _key_rows({i: publics[i] for i in publics}, len(self.nodes)),
-            f"{name}.unmasked": from_field(integers),
-            f"{name}.signers": _hex_rows(signers, 32),
-            f"{name}.signatures": _byte_rows(signatures, 64),
-            f"{name}.sketched": np.asarray(sorted(sketched), dtype=np.int64),
-            f"{name}.sketches": _byte_rows([sketched[u][0] for u in sorted(sketched)], masks.SKETCH_BYTES),
-            f"{name}.sketch-signatures": _byte_rows([sketched[u][1] for u in sorted(sketched)], 64),
-            f"{name}.unsketched": np.asarray(unsketched, dtype=np.int64),
-            f"{name}.unsketched-vectors": np.asarray([vectors[u] for u in unsketched], dtype=np.uint32).reshape(len(unsketched), release.dimension),
-        }
+        evidence = ReleaseEvidence(
+            masked_sum=total,
+            survivors=np.asarray(survivors, dtype=np.int64),
+            seeds=np.frombuffer(b"".join(seeds[u] for u in survivors), dtype=np.uint8).reshape(len(survivors), -1),
+            dropped=np.asarray(dropped, dtype=np.int64),
+            dropped_keys=np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
+            mask_publics=_key_rows({i: publics[i] for i in publics}, len(self.nodes)),
+            unmasked=from_field(integers),
+            signers=_hex_rows(signers, 32),
+            signatures=_byte_rows(signatures, 64),
+            sketched=np.asarray(sorted(sketched), dtype=np.int64),
+            sketches=_byte_rows([sketched[u][0] for u in sorted(sketched)], masks.SKETCH_BYTES),
+            sketch_signatures=_byte_rows([sketched[u][1] for u in sorted(sketched)], 64),
+            unsketched=np.asarray(unsketched, dtype=np.int64),
+            unsketched_vectors=np.asarray([vectors[u] for u in unsketched], dtype=np.uint32).reshape(len(unsketched), release.dimension),
+        ).arrays(name)
         return SecureRelease(
             name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
@@ -354,5 +355,5 @@ class SecureAggregation:
             if len(who) == 64 and len(signature) == 64:
                 identities[i], signatures[i] = np.frombuffer(bytes.fromhex(who), dtype=np.uint8), np.frombuffer(signature, dtype=np.uint8)
             channels[i] = np.frombuffer(self.channel_publics[i], dtype=np.uint8)
-        return {"neighbours": graph, "identity-keys": identities, "key-signatures": signatures, "channel-publics": channels,
-                "run-id": np.asarray(self.run), "graph-seed": np.asarray(self.graph_seed)}
+        return KeyEvidence(neighbours=graph, identity_keys=identities, key_signatures=signatures, channel_publics=channels,
+                           run_id=np.asarray(self.run), graph_seed=np.asarray(self.graph_seed)).arrays()
