@@ -363,6 +363,12 @@ def sketched_not_the_survivors(c: Copy) -> str:
     return f"{_where(1)}: the sketched devices and the vectors recorded whole are not the survivors, each once"
 
 
+def sketch_evidence_misshapen(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.update({"popularity.sketches": a["popularity.sketches"][1:]}))
+    return (f"{_where(1)}: the sketch evidence (sketches) is not one row per device of the right width and type: the sum cannot be "
+            "held to the sketches")
+
+
 def sketch_not_signed(c: Copy) -> str:
     evidence = c.evidence()
     first, signature = int(evidence["cooccurrence.sketched"][0]), evidence["cooccurrence.sketch-signatures"][0].copy()
@@ -513,6 +519,7 @@ CASES = [
     Case(masked_sum_moved, "secure-sum"),
     Case(masked_sum_not_integers, "secure-sum"),
     Case(sketched_not_the_survivors, "secure-sum"),
+    Case(sketch_evidence_misshapen, "secure-sum"),
     Case(sketch_not_signed, "secure-sum"),
     Case(recorded_vector_not_signed, "secure-sum"),
     Case(unmasked_sum_moved, "secure-sum"),

@@ -28,8 +28,10 @@ claim is rebuilt from what each device signed it added:
   random matrix the digest seeds (4 rows over Z_{2^64}) and sign the sketch; a device that sent
   no valid sketch has its whole masked vector recorded, held to the digest it signed with its
   input. The sketch of the recorded sum must be the sum of those sketches: any change to the sum
-  that moves the release fails but with probability below 2^-132, whatever vector the server
-  chose, since it chose it before the matrix existed. The survivors' neighbour graph is in one
+  that moves the release passes with probability at most 2^-132 per sum the server tries
+  (SHA-256 and ChaCha20 taken as random functions), since it fixed the sum before the matrix
+  existed. The honest devices' sketches are what bind: a colluding device can sign any sketch
+  for itself, as it can mask any input. The survivors' neighbour graph is in one
   piece (else each piece's sum could have been unmasked apart); the keys recorded for dropped
   devices are the ones they advertised; unmasking the recorded sum with the recorded seeds and
   keys gives the recorded integer sum, and ``releases.npz`` holds that sum over the scale.
@@ -369,11 +371,22 @@ def _sketches(report, where: str, release: ReleaseEvidence, run_keys: KeyEvidenc
     """The recorded masked sum is the sum of the survivors' masked vectors: its sketch, with the
     matrix its own SHA-256 seeds (the devices signed that digest before drawing the matrix), is
     the sum of the devices' signed sketches and of the sketches of the vectors recorded whole
-    (each the one its device signed with its input)."""
+    (each the one its device signed with its input). What binds is the honest devices' sketches:
+    a device colluding with the server can sign any sketch for itself, which moves the sum no
+    more than that device lying about its input could."""
     check = "secure-sum"
     total, sketched, unsketched = release.masked_sum, [int(v) for v in release.sketched], [int(v) for v in release.unsketched]
     if sorted(sketched + unsketched) != sorted(int(v) for v in release.survivors):
         report.fail(check, f"{where}: the sketched devices and the vectors recorded whole are not the survivors, each once")
+        return
+    shapes = {"sketches": (release.sketches, (len(sketched), masks.SKETCH_BYTES), np.uint8),
+              "sketch-signatures": (release.sketch_signatures, (len(sketched), 64), np.uint8),
+              "unsketched-vectors": (release.unsketched_vectors, (len(unsketched), total.size), np.uint32),
+              "identity-keys": (run_keys.identity_keys, (run_keys.identity_keys.shape[0], 32), np.uint8)}
+    wrong = [key for key, (array, shape, dtype) in shapes.items() if array.shape != shape or array.dtype != dtype]
+    if wrong or any(not 0 <= i < run_keys.identity_keys.shape[0] for i in sketched):
+        report.fail(check, f"{where}: the sketch evidence ({', '.join(wrong) or 'the sketched indices'}) is not one row per device of "
+                           "the right width and type: the sum cannot be held to the sketches")
         return
     committed, run_id = masks.sum_digest(total), str(run_keys.run_id)
     matrix = masks.sketch_matrix(sketch_seed(name, participants, committed), total.size)

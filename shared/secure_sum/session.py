@@ -285,6 +285,8 @@ class DeviceSession:
         if release in self.confirmed and (self.confirmed[release] != wanted or self.committed.get(release) != masked_sum):
             raise ProtocolRefusal(f"this device already signed another survivor set or masked sum for release {release!r}: refusing a second view")
         if release not in self.sketches:  # the first confirmation sketches the vector and lets it go; a repeat re-signs
+            if release not in self.pending:
+                raise ProtocolRefusal(f"this device no longer holds its masked input of release {release!r}: it cannot sketch it")
             vector = np.frombuffer(self.pending.pop(release), dtype="<u4")
             rows = masks.sketch_matrix if keep_sketch_matrix else masks.sketch_rows
             self.sketches[release] = masks.sketch_bytes(masks.sketch(rows(sketch_seed(release, self.inputs[release], masked_sum), vector.size), vector))
@@ -298,7 +300,7 @@ class DeviceSession:
         """The set to unmask is the one this device signed, and at least the minimum of distinct
         roster identities signed it too."""
         wanted = sorted(set(int(v) for v in survivors))
-        if release not in self.confirmed:
+        if release not in self.confirmed or release not in self.committed:
             raise ProtocolRefusal(f"this device signed no survivor set for release {release!r}: refusing to unmask")
         if self.confirmed[release] != wanted:
             raise ProtocolRefusal(f"the survivor set to unmask is not the one this device signed for release {release!r}")
