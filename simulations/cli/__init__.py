@@ -29,6 +29,7 @@ USAGE = """The ``fedmmrec`` command line.
     fedmmrec experiment CONFIG.toml           a grid of settings x seeds; results table and plots
     fedmmrec streaming-study --out DIR [--data DIR] [--weeks N]  prequential study over time
     fedmmrec population-study --out DIR [--populations 250,1000,5000,20000,50000]  statistics vs device-trained tower
+    fedmmrec promotion-study --out DIR [--groups 1,3,5] [--attackers 0,1,9]  lying devices vs the secure sum
     fedmmrec bench [--out bench.json]         overheads side by side with their floors
     fedmmrec deploy certs --out DIR --host HOST [--host ...] --nodes N   CA, SuperLink TLS, node keys
     fedmmrec deploy identity --key PATH                                 on a device: its identity key; prints the public half

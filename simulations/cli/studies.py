@@ -1,5 +1,5 @@
 """Commands that run studies over the product: ``experiment``, ``streaming-study``,
-``population-study``, ``bench``."""
+``population-study``, ``promotion-study``, ``bench``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,33 @@ def population_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promotion_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--data", default="", help="dataset folder (default: $FEDMMREC_MOVIELENS or ../shared/data/movielens-100k-mm)")
+    parser.add_argument("--groups", default="1,3,5", help="secure sums per release, combined by their median (1: today's one sum)")
+    parser.add_argument("--attackers", default="0,1,9", help="devices that mask a crafted input instead of their statistic")
+    parser.add_argument("--seeds", default="0,1,2", help="each seed draws the split's held-out films and the noise")
+    parser.add_argument("--epsilon", type=float, default=8.0, help="user-level epsilon (delta 1e-5)")
+    parser.add_argument("--evaluated-users", type=int, default=0, help="users ranked per row, the same for every row of a seed (0: all)")
+    parser.add_argument("--feature-cache", default="")
+
+
+def promotion_study(args: argparse.Namespace) -> int:
+    from simulations.studies.promotion import run_promotion
+
+    data = args.data or os.environ.get("FEDMMREC_MOVIELENS", "../shared/data/movielens-100k-mm")
+    try:
+        groups, attackers, seeds = ([int(v) for v in text.split(",") if v.strip()] for text in (args.groups, args.attackers, args.seeds))
+    except ValueError:
+        raise SystemExit("fedmmrec: --groups, --attackers and --seeds take comma-separated integers")
+    if not groups or not seeds or min(groups) < 1 or min(attackers, default=0) < 0 or any(g % 2 == 0 for g in groups) or args.evaluated_users < 0:
+        raise SystemExit("fedmmrec: --groups takes odd numbers of at least 1 (a median), --attackers and --evaluated-users numbers of at least 0")
+    run_promotion(data, args.out, groups, attackers, seeds, feature_cache=args.feature_cache or None, epsilon=args.epsilon,
+                  evaluated=args.evaluated_users)
+    print(f"fedmmrec: wrote {args.out}/results.csv, results.md")
+    return 0
+
+
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--repeats", type=int, default=3)
@@ -104,5 +131,6 @@ COMMANDS = (
     Command("experiment", "run (or resume) a grid of settings x seeds", _experiment_arguments, experiment),
     Command("streaming-study", "the user-level mechanism week by week on a timeline: frozen, retrain, online", _streaming_arguments, streaming_study),
     Command("population-study", "the statistics against a DP-FedAvg-trained tower at growing populations", _population_arguments, population_study),
+    Command("promotion-study", "devices that lie about their input against one secure sum and the median of group sums", _promotion_arguments, promotion_study),
     Command("bench", "measure our overheads side by side with their floors (minutes)", _bench_arguments, bench),
 )
