@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.data import leave_last_out, load_dataset
+from shared.data import load_dataset, split_for
 from shared.features import ItemFeatures, load_or_compute_features
 
 if TYPE_CHECKING:
@@ -72,14 +72,14 @@ def _data_version(data_dir: str) -> tuple:
     return tuple(out)
 
 
-def _load_split(data_dir: str, cold_fraction: float = 0.0, seed: int = 0, evaluate_on: str = "test"):
-    return _load_split_version(data_dir, cold_fraction, seed, evaluate_on, _data_version(data_dir))
+def _load_split(data_dir: str, cold_fraction: float = 0.0, seed: int = 0, evaluate_on: str = "test", time_cut: float = 0.0):
+    return _load_split_version(data_dir, cold_fraction, seed, evaluate_on, time_cut, _data_version(data_dir))
 
 
 @lru_cache(maxsize=4)
-def _load_split_version(data_dir: str, cold_fraction: float, seed: int, evaluate_on: str, version: tuple):
+def _load_split_version(data_dir: str, cold_fraction: float, seed: int, evaluate_on: str, time_cut: float, version: tuple):
     dataset = load_dataset(data_dir, check_images=False, need_images=False)  # the features' loader needs them, when used
-    split = leave_last_out(dataset, cold_fraction, seed, evaluate_on)
+    split = split_for(dataset, {"cold-start-items": cold_fraction, "seed": seed, "evaluate-on": evaluate_on, "time-cut": time_cut})
     cold_items = frozenset(int(i) for i in split.cold_items)
     return dataset, split, cold_items
 
@@ -123,13 +123,13 @@ def local_data(node_config: dict, server_config: Mapping[str, Any]) -> LocalData
     on_device = deployed(node_config)
     if on_device:  # the cold-start hold-out is a simulation protocol: a device's folder is used as it is
         data_dir, partition = str(node_config["data-dir"]), int(node_config.get("partition-id", 0))
-        cache_dir, cold = _device_cache_dir(node_config), (0.0, 0, "test")
+        cache_dir, cold = _device_cache_dir(node_config), (0.0, 0, "test", 0.0)
     else:
         data_dir, partition = str(server_config["data-dir"]), int(node_config["partition-id"])
         cache_dir = str(server_config.get("feature-cache", ""))
         cold = (
             float(server_config.get("cold-start-items", 0.0)), int(server_config.get("seed", 0)),
-            str(server_config.get("evaluate-on", "test")),
+            str(server_config.get("evaluate-on", "test")), float(server_config.get("time-cut", 0.0)),
         )
     dataset, split, cold_items = _load_split(data_dir, *cold)
     if not 0 <= partition < len(split.users):

@@ -9,12 +9,16 @@ from flwr.app import Context, Message
 from client.local_data import LocalData
 from client.request import DeviceRequest, request_data
 from client.state import who
-from shared.messages import evaluation_reply
+from shared.data.split import NO_TEST_ITEM
+from shared.messages import evaluation_reply, unranked_reply
 from shared.metrics import user_metrics
 
 
 def ranking_reply(msg: Message, context: Context, data: LocalData, scores: np.ndarray) -> Message:
-    """Metrics of this device's held-out item under ``scores`` (full ranking and sampled)."""
+    """Metrics of this device's held-out item under ``scores`` (full ranking and sampled); none
+    for a device with nothing held out (the time split: nothing of its after the cut)."""
+    if data.test_item == NO_TEST_ITEM:
+        return unranked_reply(msg)
     row = user_metrics(scores, data.test_item, data.train_items, who(context), data.cold_items)
     return evaluation_reply(msg, {**row, "cold": int(data.test_item in data.cold_items)})
 

@@ -63,6 +63,9 @@ def data_change(run_dir: RunDirectory, config: RunConfig, dataset, population: i
     if config.data.cold_start_items and dataset.num_items != old.num_items:
         raise ValueError("cold-start-items > 0: the held-out items are drawn over the catalog, so a grown catalog would "
                          "change them; continue with the same catalog or start a new run")
+    if config.data.time_cut and dataset.num_interactions != old.num_interactions:
+        raise ValueError("time-cut > 0: the cut is a quantile of all the interactions, so grown data would move it and "
+                         "change every user's split; continue on the same data or start a new run")
     if config.federation.deployment:  # the server holds the catalog only; devices bring their own data
         return {"data-dir": config.data.data_dir, "previous-data-dir": before, "population": population,
                 "items": dataset.num_items, "new-items": dataset.num_items - old.num_items}

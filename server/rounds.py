@@ -33,6 +33,7 @@ def evaluate_nodes(grid: Grid, node_ids: list[int], arrays: ArrayRecord, setting
     messages = server_messages(node_ids, arrays, settings, server_round, MessageType.EVALUATE)
     rows = [metrics_of(r) for r in ok_replies(send_and_collect(grid, messages))]
     rows = [row for row in rows if int(row.get("trained", 1))]  # a device that never trained cannot rank
+    rows = [row for row in rows if int(row.get("ranked", 1))]  # nothing held out (the time split: nothing after the cut)
     if not rows:
         return {}
     out: dict[str, float] = {"clients-evaluated": len(rows)}

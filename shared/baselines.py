@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data.split import LeaveLastOutSplit
+from shared.data.split import NO_TEST_ITEM, LeaveLastOutSplit
 from shared.metrics import mean_metrics_by_coldness, user_metrics
 
 
@@ -15,6 +15,7 @@ def evaluate_scorer(split: LeaveLastOutSplit, scores_for_user, users: list[int] 
     cold_items = set(int(i) for i in split.cold_items)
     rows = []
     partitions = range(len(split.test_item)) if users is None else sorted(users)
+    partitions = [k for k in partitions if split.test_item[k] != NO_TEST_ITEM]  # time split: nothing after the cut
     for k in partitions:
         test, train = split.test_item[k], split.train_items[k]
         row = user_metrics(scores_for_user(k), int(test), train, k, split.cold_items)

@@ -70,6 +70,7 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "data-dir": ("", "dataset folder; empty: the embedded synthetic dataset (generated on first use)"),
     "cold-start-items": (0.0, "share of the catalog's items held out of training entirely (seeded by `seed`); users whose last interaction is one of them test cold start (the `-cold` metrics)"),
     "evaluate-on": ("test", "`test`: each user's last interaction is held out (the figures you report); `validation`: the split one step earlier, for choosing settings without a test item: the test interaction is dropped, each user's most recent other interaction is held out, and a second, disjoint `cold-start-items` share of the films is held out as pseudo-cold"),
+    "time-cut": (0.0, "above 0: the global time split instead of leave-last-out: the cut is the timestamp at this quantile of all interactions, everything before it trains, each user's first interaction after it is the test item (the next film after today; films first seen after the cut are new), and `evaluate-on = validation` applies the same cut to what came before the test cut"),
     "synth-users": (100, "users of the generated synthetic dataset"),
     "synth-items": (500, "items of the generated synthetic dataset"),
     "synth-seed": (0, "seed of the generated synthetic dataset"),
@@ -97,7 +98,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
     "model": ("fusion", "modalities", "item-ids", "dim", "hidden"),
-    "data": ("data-dir", "cold-start-items", "evaluate-on", "synth-users", "synth-items", "synth-seed", "feature-cache"),
+    "data": ("data-dir", "cold-start-items", "evaluate-on", "time-cut", "synth-users", "synth-items", "synth-seed", "feature-cache"),
     "run": ("run-dir", "run-id", "resume", "device-state-dir", "seed"),
 }
 GROUP_OF: dict[str, str] = {key: group for group, keys in GROUPS.items() for key in keys}
@@ -186,6 +187,7 @@ class DataConfig:
     data_dir: str
     cold_start_items: float
     evaluate_on: str
+    time_cut: float
     synth_users: int
     synth_items: int
     synth_seed: int
@@ -282,6 +284,8 @@ def resolve(run_config: Mapping[str, Any] | None = None, overrides: Mapping[str,
         raise ValueError(f"strategy {merged['strategy']!r}: choose one of {', '.join(STRATEGIES)}")
     if merged["evaluate-on"] not in EVALUATE_ON:
         raise ValueError(f"evaluate-on {merged['evaluate-on']!r}: choose one of {', '.join(EVALUATE_ON)}")
+    if not 0.0 <= merged["time-cut"] < 1.0:
+        raise ValueError(f"time-cut {merged['time-cut']:g}: a quantile in [0, 1) (0: leave-last-out)")
     if not 0.0 < merged["fraction-train"] <= 1.0:
         raise ValueError("fraction-train must be in (0, 1]")
     if not 0.0 <= merged["fraction-evaluate"] <= 1.0:

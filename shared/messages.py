@@ -124,6 +124,12 @@ def evaluation_reply(msg: Message, metrics: dict[str, Any]) -> Message:
     return Message(RecordDict({METRICS: MetricRecord({"num-examples": 1, "trained": 1, **metrics})}), reply_to=msg)
 
 
+def unranked_reply(msg: Message) -> Message:
+    """An evaluation reply from a device with no held-out item (the time split: nothing of its
+    came after the cut): it contributed, it has nothing to be ranked on."""
+    return Message(RecordDict({METRICS: MetricRecord({"num-examples": 0, "trained": 1, "ranked": 0})}), reply_to=msg)
+
+
 def untrained_reply(msg: Message) -> Message:
     """An evaluation reply from a device that never trained: it has no user vector to rank with."""
     return Message(RecordDict({METRICS: MetricRecord({"num-examples": 1, "trained": 0})}), reply_to=msg)

@@ -47,7 +47,7 @@ def test_config_is_typed_frozen_and_grouped():
 def test_devices_receive_only_what_they_need():
     settings = resolve().device_settings()
     assert sorted(settings) == sorted(
-        ["data-dir", "cold-start-items", "evaluate-on", "synth-users", "synth-items", "synth-seed", "feature-cache",
+        ["data-dir", "cold-start-items", "evaluate-on", "time-cut", "synth-users", "synth-items", "synth-seed", "feature-cache",
          "fusion", "modalities", "item-ids", "dim", "hidden",
          "local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine",
          "privacy", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap", "accountant",

@@ -99,6 +99,8 @@ def test_data_that_does_not_extend_the_runs_is_refused_with_the_reason(small_dat
     with pytest.raises(ValueError, match="cold-start-items > 0: the held-out items are drawn over the catalog"):
         data_change(RunDirectory.open(run_dir), resolve(None, {"data-dir": str(grown), "cold-start-items": 0.1}),
                     load_dataset(grown), 13)
+    with pytest.raises(ValueError, match="time-cut > 0: the cut is a quantile of all the interactions"):
+        data_change(RunDirectory.open(run_dir), resolve(None, {"data-dir": str(grown), "time-cut": 0.5}), load_dataset(grown), 13)
     with pytest.raises(ValueError, match="central DP: DP-FedAvg's noise is scaled to the population it started with"):
         data_change(RunDirectory.open(run_dir), resolve(None, {"data-dir": str(grown), "privacy": "central"}),
                     load_dataset(grown), 13)

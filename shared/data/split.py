@@ -1,4 +1,6 @@
-"""Leave-last-out split: each user's last interaction (by timestamp) is held out.
+"""The evaluation splits: leave-last-out (each user's last interaction, by timestamp, is held
+out) and the global time cut (``time-cut``: everything before one moment trains, each user's
+first interaction after it is the test item).
 
 With a cold-start fraction, that share of the catalog's items is also held out of training
 entirely (every interaction with them is removed from the training sets), so the users whose
@@ -20,13 +22,18 @@ from shared.config import EVALUATE_ON
 from shared.data.schema import Dataset
 
 
+NO_TEST_ITEM = -1  # a device of the time split with nothing after the cut: it contributes, it is not ranked
+
+
 @dataclass(frozen=True)
 class LeaveLastOutSplit:
     """Per evaluable user: training item indices and the one held-out item index.
 
     ``users`` lists the dataset user indices that have at least two interactions, in the
     order that maps simulation partition ``k`` to ``users[k]``. ``cold_items`` are items with
-    no training interaction at all: only content can rank them.
+    no training interaction at all: only content can rank them. Under the time split
+    (:func:`time_cut`) a user's ``test_item`` is :data:`NO_TEST_ITEM` when nothing of its came
+    after the cut.
     """
 
     users: list[int]
@@ -148,8 +155,77 @@ def leave_last_out(dataset: Dataset, cold_fraction: float = 0.0, seed: int = 0, 
     )
 
 
-def split_for(dataset: Dataset, config: dict[str, Any]) -> LeaveLastOutSplit:
-    """The split a run config asks for: one place, so server, clients and baselines agree."""
-    return leave_last_out(
-        dataset, float(config.get("cold-start-items", 0.0)), int(config.get("seed", 0)), str(config.get("evaluate-on", "test"))
+def _cut_time(times: np.ndarray, quantile: float) -> int:
+    """The timestamp at ``quantile`` of ``times`` (one of them: the lower of two neighbours)."""
+    return int(np.quantile(np.asarray(times), quantile, method="lower"))
+
+
+def time_cut(dataset: Dataset, quantile: float, cold_fraction: float = 0.0, seed: int = 0, evaluate_on: str = "test") -> LeaveLastOutSplit:
+    """The global time split: the cut is the timestamp at ``quantile`` of all interactions;
+    each user's interactions before it train, its first interaction at or after it (by
+    timestamp, ties in file order) is its test item, and the rest after the cut is dropped (it
+    has not happened yet). Every user with an interaction before the cut (after the cold-start
+    films are removed) is a device and contributes; one with nothing after the cut has no test
+    item (:data:`NO_TEST_ITEM`) and is not ranked. Films first seen after the cut are new: no
+    training history holds them, so only content ranks them, as the ``cold-start-items`` share
+    held out of training entirely.
+
+    ``evaluate_on = "validation"`` is the same split one step earlier: everything at or after
+    the test cut is dropped, and so is every interaction with a held-out film; the same rule then
+    cuts what is left at its own ``quantile``. Settings chosen there have seen no test item and
+    no interaction after the test cut."""
+    if evaluate_on not in EVALUATE_ON:
+        raise ValueError(f"evaluate-on must be one of {', '.join(EVALUATE_ON)}, got {evaluate_on!r}")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"time-cut must be in (0, 1) (0: leave-last-out), got {quantile}")
+    held_out = held_out_items(dataset, cold_fraction, seed)
+    is_held_out = np.zeros(dataset.num_items, dtype=bool)
+    is_held_out[held_out] = True
+    times = np.asarray(dataset.inter_time)
+    kept = np.ones(dataset.num_interactions, dtype=bool)
+    cut = _cut_time(times, quantile)
+    if evaluate_on == "validation":
+        kept = (times < cut) & ~is_held_out[dataset.inter_item]
+        if not kept.any():
+            raise ValueError(f"{dataset.root / 'interactions.csv'}: no interaction before the time cut to validate on")
+        cut = _cut_time(times[kept], quantile)
+    order = np.lexsort((np.arange(dataset.num_interactions), times, dataset.inter_user))
+    order = order[kept[order]]
+    users_sorted, items_sorted, times_sorted = dataset.inter_user[order], dataset.inter_item[order], times[order]
+    boundaries = np.flatnonzero(np.diff(users_sorted)) + 1
+    starts = np.concatenate([[0], boundaries]) if len(order) else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate([boundaries, [len(order)]]) if len(order) else np.zeros(0, dtype=np.int64)
+    users, train_items, test_items, validation_items, skipped = [], [], [], [], []
+    for start, end in zip(starts, ends):
+        user = int(users_sorted[start])
+        before = times_sorted[start:end] < cut
+        train = items_sorted[start:end][before]
+        train = train[~is_held_out[train]]
+        after = items_sorted[start:end][~before]
+        if len(train) == 0:
+            skipped.append(user)
+            continue
+        users.append(user)
+        train_items.append(np.unique(train))
+        test_items.append(int(after[0]) if len(after) else NO_TEST_ITEM)
+        validation_items.append(int(train[-1]))
+    if not any(item != NO_TEST_ITEM for item in test_items):
+        raise ValueError(f"{dataset.root / 'interactions.csv'}: no user has interactions on both sides of the time cut {quantile:g}")
+    seen = np.zeros(dataset.num_items, dtype=bool)
+    for items in train_items:
+        seen[items] = True
+    return LeaveLastOutSplit(
+        users=users, train_items=train_items, test_item=np.asarray(test_items, dtype=np.int64), skipped_users=skipped,
+        cold_items=np.flatnonzero(~seen), num_items=dataset.num_items, held_out_items=held_out,
+        validation_item=np.asarray(validation_items, dtype=np.int64),
     )
+
+
+def split_for(dataset: Dataset, config: dict[str, Any]) -> LeaveLastOutSplit:
+    """The split a run config asks for: one place, so server, clients and baselines agree
+    (``time-cut`` above 0: the global time split; else leave-last-out)."""
+    cold, seed, on = float(config.get("cold-start-items", 0.0)), int(config.get("seed", 0)), str(config.get("evaluate-on", "test"))
+    quantile = float(config.get("time-cut", 0.0))
+    if quantile > 0:
+        return time_cut(dataset, quantile, cold, seed, on)
+    return leave_last_out(dataset, cold, seed, on)

@@ -78,7 +78,7 @@ def simulate(
         config = config.replace(  # the data the run trains on now, unless new data is given
             data_dir=config.data.data_dir or current_data_dir(RunDirectory.open(resume_dir), saved),
             run_dir=str(resume_dir.parent), run_id=resume_dir.name,
-            **{key.replace("-", "_"): saved[key] for key in ("cold-start-items", "evaluate-on", "seed") if key in saved},
+            **{key.replace("-", "_"): saved[key] for key in ("cold-start-items", "evaluate-on", "time-cut", "seed") if key in saved},
         )
     data_dir = resolve_data_dir(config)
     users = len(split_for(load_dataset(data_dir), config).users)
