@@ -76,6 +76,8 @@ def test_the_attacker_puts_in_the_most_the_plausibility_window_lets_through():
     assert np.linalg.norm(honest + amount * np.eye(3)[2]) <= 13.0
     assert np.linalg.norm(honest + (amount + 1) * np.eye(3)[2]) > 13.0
     assert amount == 12.0 and _window_headroom(honest, 4.0, 2) == 0.0
+    # the sum is read back as a signed 32-bit integer: the push stops at 2^31 - 1, where it would wrap
+    assert _window_headroom(np.array([2.0**31 - 10, 0.0]), 2.0**33, 0) == 9.0
 
 
 def test_promotion_study_command_one_liar_tops_the_plain_sum_and_not_the_median(small_dataset, feature_cache, tmp_path, capsys):
@@ -99,3 +101,5 @@ def test_promotion_study_command_one_liar_tops_the_plain_sum_and_not_the_median(
     assert "| 3 | 1 | 1 | 0.000 ± 0.000 |" in (out / "results.md").read_text()
     with pytest.raises(SystemExit, match="odd numbers"):
         main(["promotion-study", "--out", str(out), "--groups", "2"])
+    with pytest.raises(SystemExit, match="its rows were made with .*use another --out"):  # rows of other settings never mix
+        main(["promotion-study", "--out", str(out), "--data", str(small_dataset), "--epsilon", "4", "--feature-cache", str(feature_cache)])

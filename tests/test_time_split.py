@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import resolve
 from shared.data import load_dataset, split_for
-from shared.data.split import NO_TEST_ITEM, time_cut
+from shared.data.split import NO_TEST_ITEM, held_out_items, time_cut
 
 # (user, item, timestamp). Sorted times: 10 15 20 30 40 45 50 60 65 70 80 90; at quantile 0.55
 # the cut is the 7th (50).
@@ -55,6 +55,7 @@ def test_the_cut_trains_on_the_past_and_tests_each_users_next_film(tmp_path):
         "u5": ([4], 6, 4),
     }
     assert sorted(int(dataset.item_ids[i]) for i in split.cold_items) == [5, 6]  # first seen after the cut: new films
+    assert sorted(int(dataset.item_ids[i]) for i in split.held_out_items) == [5, 6]  # unknown at release time, never negatives
     assert [str(dataset.user_ids[u]) for u in split.skipped_users] == ["u4"]
     assert split_for(dataset, {"time-cut": 0.55}).test_item.tolist() == split.test_item.tolist()  # the run config's path
 
@@ -64,12 +65,14 @@ def test_validation_is_the_same_cut_over_what_came_before_the_test_cut(tmp_path)
     # Before 50: 10 15 20 30 40 45; the same quantile cuts them at 20.
     split = time_cut(dataset, 0.55, evaluate_on="validation")
     assert _named(dataset, split) == {"u1": ([1], 2, 1), "u2": ([2], -1, 2)}
+    assert sorted(int(dataset.item_ids[i]) for i in split.held_out_items) == [3, 4, 5, 6]  # nobody chose them before 20
 
 
 def test_held_out_films_never_train_and_the_cut_is_refused_outside_its_range(tmp_path):
     dataset = load_dataset(_dataset(tmp_path / "d"), check_images=False, need_images=False)
     split = time_cut(dataset, 0.55, cold_fraction=0.34, seed=0)
-    assert len(split.held_out_items) == 2
+    drawn = set(held_out_items(dataset, 0.34, 0).tolist())
+    assert len(drawn) == 2 and drawn | {4, 5} == set(split.held_out_items.tolist())  # the drawn share and the new films (ids 5, 6)
     assert not set(split.held_out_items.tolist()) & set(np.concatenate(split.train_items).tolist())
     with pytest.raises(ValueError, match=r"time-cut must be in \(0, 1\)"):
         time_cut(dataset, 1.0)

@@ -166,14 +166,15 @@ def time_cut(dataset: Dataset, quantile: float, cold_fraction: float = 0.0, seed
     timestamp, ties in file order) is its test item, and the rest after the cut is dropped (it
     has not happened yet). Every user with an interaction before the cut (after the cold-start
     films are removed) is a device and contributes; one with nothing after the cut has no test
-    item (:data:`NO_TEST_ITEM`) and is not ranked. Films first seen after the cut are new: no
-    training history holds them, so only content ranks them, as the ``cold-start-items`` share
-    held out of training entirely.
+    item (:data:`NO_TEST_ITEM`) and is not ranked. Films nobody chose before the cut are new:
+    they join ``held_out_items`` with the ``cold-start-items`` share (unknown at release time,
+    never negatives in training), so only content ranks them.
 
     ``evaluate_on = "validation"`` is the same split one step earlier: everything at or after
     the test cut is dropped, and so is every interaction with a held-out film; the same rule then
-    cuts what is left at its own ``quantile``. Settings chosen there have seen no test item and
-    no interaction after the test cut."""
+    cuts what is left at its own ``quantile`` (the films first chosen between the two cuts are
+    its new films; no pseudo-cold share is drawn, unlike leave-last-out's validation). Settings
+    chosen there have seen no test item and no interaction after the test cut."""
     if evaluate_on not in EVALUATE_ON:
         raise ValueError(f"evaluate-on must be one of {', '.join(EVALUATE_ON)}, got {evaluate_on!r}")
     if not 0.0 < quantile < 1.0:
@@ -189,6 +190,12 @@ def time_cut(dataset: Dataset, quantile: float, cold_fraction: float = 0.0, seed
         if not kept.any():
             raise ValueError(f"{dataset.root / 'interactions.csv'}: no interaction before the time cut to validate on")
         cut = _cut_time(times[kept], quantile)
+    # A film nobody had chosen before the cut does not exist yet at release time: held out of
+    # the releases' known items and of the negatives, as the cold-start share is.
+    seen_before = np.zeros(dataset.num_items, dtype=bool)
+    seen_before[dataset.inter_item[kept & (times < cut)]] = True
+    is_held_out |= ~seen_before
+    held_out = np.flatnonzero(is_held_out).astype(np.int64)
     order = np.lexsort((np.arange(dataset.num_interactions), times, dataset.inter_user))
     order = order[kept[order]]
     users_sorted, items_sorted, times_sorted = dataset.inter_user[order], dataset.inter_item[order], times[order]

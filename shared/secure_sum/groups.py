@@ -6,7 +6,8 @@ that masks ``2^29`` instead of its norm-1 statistic moves the one sum by that mu
 plausibility check, :mod:`shared.secure_sum.plausible`, stops only what no honest inputs could
 give). Python has no maintained range-proof library, so the bound comes from how the sums are
 combined instead: the roster is cut into ``groups`` arcs of its random order (drawn from the
-roster's own seed, so neither the server nor a device chooses its group), each arc is its own
+roster's own seed in a deployment, which neither the server nor a device chooses; in a
+simulation the run id seeds it, as it seeds the neighbour graph), each arc is its own
 secure sum with its own noise, and the release is ``groups`` times the coordinate-wise mean of
 the group sums left after dropping the ``trim`` largest and ``trim`` smallest in each
 coordinate. While at most ``trim`` groups hold a lying device, every coordinate of the result
@@ -82,7 +83,9 @@ def group_colluders(devices: int, colluders: int, size: int, groups: int, failur
     """The colluders a group of ``size`` must tolerate: the fewest ``c`` such that, with the run's
     ``colluders`` of ``devices`` placed among the groups by the roster's random order (fixed
     before anyone saw it), some group holds more than ``c`` with probability at most ``failure``
-    (a hypergeometric tail, union bound over the ``groups``). One group: all of them."""
+    (a hypergeometric tail, union bound over the ``groups``). One group: all of them. That
+    failure is one more term beside the graph's own (``make_plan`` allows delta / 10 for each):
+    like the graph's, it is not added to the delta a run reports."""
     most = min(colluders, size)
     if groups == 1:
         return most

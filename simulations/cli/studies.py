@@ -108,8 +108,11 @@ def promotion_study(args: argparse.Namespace) -> int:
         raise SystemExit("fedmmrec: --groups, --attackers and --seeds take comma-separated integers")
     if not groups or not seeds or min(groups) < 1 or min(attackers, default=0) < 0 or any(g % 2 == 0 for g in groups) or args.evaluated_users < 0:
         raise SystemExit("fedmmrec: --groups takes odd numbers of at least 1 (a median), --attackers and --evaluated-users numbers of at least 0")
-    run_promotion(data, args.out, groups, attackers, seeds, feature_cache=args.feature_cache or None, epsilon=args.epsilon,
-                  evaluated=args.evaluated_users)
+    try:
+        run_promotion(data, args.out, groups, attackers, seeds, feature_cache=args.feature_cache or None, epsilon=args.epsilon,
+                      evaluated=args.evaluated_users)
+    except ValueError as exc:
+        raise SystemExit(f"fedmmrec: {exc}")
     print(f"fedmmrec: wrote {args.out}/results.csv, results.md")
     return 0
 

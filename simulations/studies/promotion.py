@@ -39,6 +39,7 @@ run again, so an interrupted study resumes.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import conditional_round, from_field, to_field
 from shared.secure_sum.skellam import skellam_noise
 
-PUSHED_CANDIDATE = CANDIDATES.index((1.0, 0.0))  # the weighting that favours popularity most
+PUSHED_CANDIDATE = CANDIDATES.index((1.0, 0.0))
+FIELD_TOP = 2**31 - 1  # the largest value the unmasked sum reads back as itself  # the weighting that favours popularity most
 FIELDS = (
     "groups", "trim", "neighbours", "attackers", "seed", "users", "evaluated-users", "film", "film-training-users", "lists-with-film", "film-popularity-rank",
     "selected-candidate", "aborted", "hr@10-sampled", "ndcg@10-sampled", "hr@10", "user-level-epsilon",
@@ -128,7 +130,9 @@ def _window_headroom(honest: np.ndarray, most: float, coordinate: int) -> float:
     amount = max(0.0, math.floor(math.sqrt(most**2 - rest) - float(honest[coordinate])))
     while amount > 0 and rest + (float(honest[coordinate]) + amount) ** 2 > most**2:
         amount -= 1.0  # the square root's rounding
-    return amount
+    # The unmasked sum is read back as a signed 32-bit integer: past 2^31 - 1 the push would
+    # wrap to a large negative value, so an attacker stops there.
+    return float(min(amount, max(0.0, FIELD_TOP - float(honest[coordinate]))))
 
 
 class PromotionStudy:
@@ -181,7 +185,8 @@ class PromotionStudy:
                 if float(np.linalg.norm(total.astype(np.float64))) > most:
                     aborted += 1
                 sums.append(total / planned.scale)
-            noise_std = plans[0].releases[index].noise_std_of_sum(len(groups[0])) * trimmed_total_std(row.groups, row.trim)
+            group_std = max(p.releases[index].noise_std_of_sum(len(g)) for p, g in zip(plans, groups))  # sizes differ by one at most
+            noise_std = group_std * trimmed_total_std(row.groups, row.trim)
             fit = release.post_process(fit, trimmed_total(np.asarray(sums), row.trim), noise_std)
         model = fit.model
         in_lists, per_user = 0, []
@@ -244,6 +249,12 @@ def run_promotion(data: str, out: str, groups: list[int], attackers: list[int], 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / "results.csv"
+    settings = {"data": str(Path(data).resolve()), "epsilon": epsilon, "evaluated-users": evaluated}
+    recorded = folder / "study.json"
+    if recorded.exists() and json.loads(recorded.read_text(encoding="utf-8")) != settings:
+        raise ValueError(f"{recorded}: its rows were made with {recorded.read_text(encoding='utf-8').strip()}, not {settings}: "
+                         "use another --out")
+    recorded.write_text(json.dumps(settings) + "\n", encoding="utf-8")
     done = {(r["groups"], r["attackers"], r["seed"]) for r in _read(table)}
     study = PromotionStudy(data, feature_cache, epsilon, evaluated)
     for g in groups:
