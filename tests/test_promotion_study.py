@@ -13,7 +13,7 @@ import pytest
 from shared.config import resolve
 from shared.releases import secure_plan
 from shared.secure_sum.groups import check_groups, group_colluders, split_into_groups, trimmed_total, trimmed_total_std
-from simulations.studies.promotion import _window_headroom, group_plans
+from simulations.studies.promotion import _window_headroom, group_plans, plausible_most
 
 
 def test_the_median_of_group_sums_stays_within_the_honest_groups_whatever_one_group_holds():
@@ -78,6 +78,21 @@ def test_the_attacker_puts_in_the_most_the_plausibility_window_lets_through():
     assert amount == 12.0 and _window_headroom(honest, 4.0, 2) == 0.0
     # the sum is read back as a signed 32-bit integer: the push stops at 2^31 - 1, where it would wrap
     assert _window_headroom(np.array([2.0**31 - 10, 0.0]), 2.0**33, 0) == 9.0
+
+
+def test_the_studys_strongest_push_is_the_most_the_real_servers_check_lets_through():
+    from shared.secure_sum.server import SecureAggregation, SecureAggregationAborted
+
+    config = resolve(None, {"user-epsilon": 8.0})
+    secure = SecureAggregation(None, list(range(100)), config, [50, 1275, 15], log=lambda *_: None)
+    release = secure.plan.releases[0]
+    honest = np.random.default_rng(0).normal(0.0, math.sqrt(100 * release.share_variance), 50).round()
+    pushed = honest.copy()
+    pushed[7] += _window_headroom(honest, plausible_most(secure.plan, 0, 100), 7)
+    secure._check_plausible(release.name, pushed.astype(np.int64), 100)  # let through: nothing raised
+    pushed[7] += 1
+    with pytest.raises(SecureAggregationAborted, match="popularity unmasking: the unmasked sum's norm"):
+        secure._check_plausible(release.name, pushed.astype(np.int64), 100)
 
 
 def test_promotion_study_command_one_liar_tops_the_plain_sum_and_not_the_median(small_dataset, feature_cache, tmp_path, capsys):

@@ -121,6 +121,15 @@ def rounded_sparse(statistic: np.ndarray, release: ReleasePlan, rng: np.random.G
     return where, conditional_round(bounded[where], release.scale, release.bound, rng)
 
 
+def plausible_most(plan: SecurePlan, index: int, contributions: int) -> float:
+    """The largest unmasked-sum norm (integers) the server lets through for release ``index`` of
+    ``plan`` over ``contributions`` inputs: its plausibility check's line
+    (:meth:`shared.secure_sum.server.SecureAggregation._check_plausible`)."""
+    planned = plan.releases[index]
+    variance = contributions * planned.share_variance
+    return noise_window(variance, contributions, planned.bound, planned.dimension, window_tail(len(plan.releases)))[1]
+
+
 def _window_headroom(honest: np.ndarray, most: float, coordinate: int) -> float:
     """The largest integer added to ``coordinate`` of ``honest`` that keeps the sum's norm at
     most ``most`` (0 if none fits)."""
@@ -178,8 +187,7 @@ class PromotionStudy:
                 # The honest devices' Skellam shares, drawn as their sum (a sum of Skellam
                 # variables is Skellam of the summed variance), and the field's arithmetic.
                 total = from_field(to_field(total + skellam_noise(rng, planned.dimension, len(honest) * planned.share_variance)))
-                _, most = noise_window(len(members) * planned.share_variance, len(members), planned.bound, planned.dimension,
-                                       window_tail(len(plan.releases)))
+                most = plausible_most(plan, index, len(members))
                 if liars:
                     total[target] += int(_window_headroom(total.astype(np.float64), most, target))
                 if float(np.linalg.norm(total.astype(np.float64))) > most:
