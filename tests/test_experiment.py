@@ -124,6 +124,32 @@ kind = "most-popular"
     assert rows[0]["users"] == "12"
 
 
+def test_an_interrupted_run_is_kept_aside_and_run_afresh(small_dataset, feature_cache, tmp_path, capsys):
+    from simulations.cli import main
+
+    grid = tmp_path / "again.toml"
+    grid.write_text(f"""
+[experiment]
+name = "again"
+out = "{tmp_path / 'out'}"
+seeds = [0]
+[experiment.base]
+data-dir = "{small_dataset}"
+feature-cache = "{feature_cache}"
+[[setting]]
+name = "most-popular"
+kind = "most-popular"
+""", encoding="utf-8")
+    interrupted = tmp_path / "out" / "again" / "runs" / "most-popular-s0"
+    (interrupted / "devices" / "device-0").mkdir(parents=True)
+    (interrupted / "devices" / "device-0" / "spent.json").write_text("{}", encoding="utf-8")  # a device's durable state
+    assert main(["experiment", str(grid)]) == 0
+    kept = interrupted.with_name("most-popular-s0.interrupted-1")
+    assert (kept / "devices" / "device-0" / "spent.json").read_text(encoding="utf-8") == "{}"  # nothing lost
+    assert (interrupted / "summary.json").is_file()  # the new run, in a fresh folder
+    assert "was interrupted (no summary.json); kept as most-popular-s0.interrupted-1, run again" in capsys.readouterr().out
+
+
 def test_a_grid_reads_its_dataset_from_the_environment_with_a_default(tmp_path, monkeypatch):
     grid = tmp_path / "env.toml"
     grid.write_text(

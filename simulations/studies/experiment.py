@@ -21,7 +21,9 @@ The config::
     seeds = [0]                    # optional: this setting's own seeds (an ablation on fewer)
 
 Each (setting, seed) is a run directory ``<out>/<name>/runs/<setting>-s<seed>``; one that already
-has ``summary.json`` is not run again, so an interrupted grid resumes where it stopped.
+has ``summary.json`` is not run again, so an interrupted grid resumes where it stopped; the folder
+of the run it stopped in is kept aside (``<run>.interrupted-1``: its devices' state would refuse a
+second run there) and that run starts afresh.
 Writes ``results.csv`` (one row per run), ``results.md`` (mean and standard deviation over
 seeds per setting) and plots: NDCG@10 over rounds per setting, NDCG@10 against the largest
 client epsilon, and HR@10 on cold against warm items.
@@ -251,6 +253,8 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
             if run_dir.is_dir() and RunDirectory.open(run_dir).has_summary():
                 _check_same_config(run_dir, overrides)
             else:
+                if run_dir.is_dir():
+                    _set_aside(run_dir)
                 print(f"fedmmrec: experiment {spec['name']}: {setting['name']}, seed {seed}", flush=True)
                 started = time.time()
                 RUNNERS[kind](overrides, run_dir)
@@ -259,6 +263,20 @@ def run_experiment(path: str | Path, base: dict[str, Any] | None = None, out_dir
     write_results(out, rows, _reference_rows(spec, Path(path)))
     print(f"fedmmrec: results in {out}")
     return out
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Move an interrupted run (a folder without ``summary.json``) out of the way, kept: its
+    devices' state folders remember the releases they answered and the budget they spent, so a
+    new run in the same folder would meet devices that rightly refuse it (a repeat, or past
+    their cap). The grid's new run starts a fresh simulated population instead."""
+    for k in range(1, 1000):
+        aside = run_dir.with_name(f"{run_dir.name}.interrupted-{k}")
+        if not aside.exists():
+            run_dir.rename(aside)
+            print(f"fedmmrec: {run_dir} was interrupted (no summary.json); kept as {aside.name}, run again", flush=True)
+            return aside
+    raise ValueError(f"{run_dir}: 999 interrupted copies beside it already; remove some")
 
 
 def _reference_rows(spec: dict[str, Any], grid_path: Path) -> list[dict[str, Any]]:
