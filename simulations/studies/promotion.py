@@ -32,6 +32,9 @@ protocol (10% of the films held out of training; each seed draws both that split
 noise). No setting was tuned: the mechanism's settings are the defaults, chosen earlier on
 validation items.
 
+The study draws its noise, rounding, attackers and groups from generators seeded by the row, so
+its rows reproduce; the Flower path draws a device's noise from OS entropy, as a deployment must.
+
 Writes ``results.csv`` and ``results.md`` to ``--out``; a row already in ``results.csv`` is not
 run again, so an interrupted study resumes.
 """
@@ -149,8 +152,8 @@ class PromotionStudy:
 
     def __init__(self, data: str, feature_cache: str | None, epsilon: float, evaluated: int = 0) -> None:
         self.data, self.epsilon, self.evaluated = data, epsilon, evaluated
-        self.dataset = load_dataset(data, check_images=False, need_images=False)
-        features = load_or_compute_features(load_dataset(data), feature_cache, progress=False)
+        self.dataset = load_dataset(data)  # once: the splits and the features' loader both read it
+        features = load_or_compute_features(self.dataset, feature_cache, progress=False)
         self.config = resolve(None, {"data-dir": data, "cold-start-items": 0.1, "user-epsilon": epsilon})
         self.content = content_matrix(
             features.text, features.text_mask, features.image, features.image_mask, parse_modalities(self.config.model.modalities)
