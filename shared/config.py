@@ -43,6 +43,8 @@ RUN_CONFIG: dict[str, tuple[Any, str]] = {
     "secure-dropout": (0.1, "`user-noise = distributed`: fraction of devices that may drop out of a release; the noise shares are sized so the claim holds at the rest, and a release with fewer survivors is aborted"),
     "secure-roster": ("", "`user-noise = distributed`, deployment: the roster of the devices' identity keys (`fedmmrec deploy roster`) the server draws the neighbour graph from, as every device does from its own copy; empty in a simulation: the simulated devices' own keys"),
     "secure-colluders": (0.05, "`user-noise = distributed`: fraction of devices that may reveal their own noise to the server; their shares are not counted as noise"),
+    "secure-groups": (1, "`user-noise = distributed`: the roster cut into this many groups (arcs of an order drawn from the roster's seed, which neither the server nor a device chooses), each its own secure sum with the noise a user-level guarantee needs on its own; 1: one sum over every device. More groups bound what devices that lie about their input can do (`secure-combine = median`) or keep each sum small (cohorts, `sum`), at about sqrt(groups) times the noise"),
+    "secure-combine": ("median", "`secure-groups` above 1: how the group sums become the release: `median` (groups times the coordinate-wise median: while fewer than half the groups hold a lying device, each value stays within the honest groups' range) or `sum` (their total: cohorts, no bound on a liar)"),
     "popularity-budget-share": (0.1, "`privacy = user`: share of the budget (of mu^2 in Gaussian DP) for the popularity release"),
     "selection-budget-share": (0.1, "`privacy = user`: share for the selection release, in which each device scores 15 candidate (popularity, content) weightings on its own most recent interaction; 0: no selection (`popularity-weight`, no content). The co-occurrence release gets the rest"),
     "cooccurrence-items": (600, "`privacy = user`: the M most popular items (by the popularity release) whose co-occurrence is released (M(M+1)/2 values, 704 KiB per device at 600)"),
@@ -93,7 +95,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "training": ("local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine"),
     "privacy": (
-        "privacy", "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "secure-roster", "popularity-budget-share", "selection-budget-share", "cooccurrence-items", "max-factors",
+        "privacy", "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "secure-roster", "secure-groups", "secure-combine", "popularity-budget-share", "selection-budget-share",
+        "cooccurrence-items", "max-factors",
         "item-model", "ease-lambda", "cold-weight", "popularity-weight", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap",
         "server-noise-multiplier", "server-clip-norm", "server-epsilon-cap", "canaries", "accountant",
     ),
@@ -111,7 +114,8 @@ DEVICE_KEYS: frozenset[str] = frozenset(
     + ("seed", "device-state-dir")
     # user-noise = distributed: each device recomputes the secure plan (its noise share, the
     # threshold, the minimum) from the budget itself, so the server cannot talk it down
-    + ("user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "popularity-budget-share", "selection-budget-share")
+    + ("user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "secure-groups", "popularity-budget-share",
+       "selection-budget-share")
 )
 
 def field_name(key: str) -> str:
@@ -153,6 +157,8 @@ class PrivacyConfig:
     secure_dropout: float
     secure_colluders: float
     secure_roster: str
+    secure_groups: int
+    secure_combine: str  # median or sum
     popularity_budget_share: float
     selection_budget_share: float
     cooccurrence_items: int

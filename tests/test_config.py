@@ -52,7 +52,7 @@ def test_devices_receive_only_what_they_need():
          "local-epochs", "batch-size", "lr", "item-lr", "eval-refit-steps", "negatives", "dp-engine",
          "privacy", "noise-multiplier", "clip-norm", "item-clip-fraction", "delta", "epsilon-cap", "accountant",
          "seed", "device-state-dir",
-         "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders",
+         "user-epsilon", "user-noise", "secure-neighbours", "secure-dropout", "secure-colluders", "secure-groups",
          "popularity-budget-share", "selection-budget-share"]
     )
     # fault injection is the simulation's test machinery: not a run-config key, never in a message

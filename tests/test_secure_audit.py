@@ -53,6 +53,26 @@ def base_run(small_dataset, feature_cache, tmp_path_factory) -> Path:
     return run
 
 
+GROUPED = {"secure-groups": 3, "secure-combine": "median"}
+
+
+@pytest.fixture(scope="module")
+def grouped_dataset(tmp_path_factory) -> Path:
+    """30 users: three groups of 10, each a secure sum that tolerates its dropouts."""
+    from shared.data.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("synth30") / "thirty", SynthConfig(users=30, items=120, seed=3, mean_interactions=30))
+
+
+@pytest.fixture(scope="module")
+def grouped_run(grouped_dataset, feature_cache, tmp_path_factory) -> Path:
+    """The base run's faults, with the roster cut into three groups released as their median."""
+    run = _run(grouped_dataset, feature_cache, tmp_path_factory.mktemp("secure-audit-groups"), "grouped", **GROUPED)
+    report = audit(run)
+    assert report.passed, report.failures
+    return run
+
+
 # --- what a rewrite can change ----------------------------------------------------------------
 
 
@@ -473,6 +493,50 @@ def no_graph_for_the_sums(c: Copy) -> str:
     return "secure-sum.npz lacks 'neighbours': the secure sums cannot be checked"
 
 
+# --- secure-groups: a grouped run's own lines -------------------------------------------------------
+
+
+def group_count_not_the_configs(c: Copy) -> str:
+    c.edit_release(1, lambda b: b["group-releases"].pop())
+    return "releases [1] record [2, 3, 3] group sums: secure-groups is 3"
+
+
+def group_plans_not_recomputable(c: Copy) -> str:
+    c.edit_header(lambda h: h["config"].update({"secure-neighbours": 1}))
+    return "the groups' plans cannot be recomputed from config and ledger: secure-neighbours must be at least 2 (got 1)"
+
+
+def group_entry_not_its_group(c: Copy) -> str:
+    c.edit_release(2, lambda b: b["group-releases"][1].update({"evidence": "cooccurrence@group-0"}))
+    return "group 1's entries do not name group 1 and its evidence"
+
+
+def claims_less_than_the_costliest_group(c: Copy) -> str:
+    costliest = max(float(g["user-level-epsilon"]) for g in c.releases()[1]["group-releases"])
+    c.edit_release(2, lambda b: b.update({"user-level-epsilon": 1.0}))
+    return f"{_where(2)}: claims user-level epsilon 1.0000, its costliest group's signed shares give {costliest:.4f}"
+
+
+def no_group_of_each_device(c: Copy) -> str:
+    c.edit_arrays("secure-sum.npz", lambda a: a.pop("group-of"))
+    return "secure-sum.npz records no group of each device: the groups cannot be held to the roster"
+
+
+def group_not_the_rosters(c: Copy) -> str:
+    group_of = c.evidence()["group-of"]
+    device = int(np.flatnonzero(group_of == 0)[0])
+    c.set_row("group-of", device, np.int64(1))
+    return f"device {device}: recorded in group 1, the roster's order puts it in group 0: the server chose who sums with whom"
+
+
+def released_not_the_median(c: Copy) -> str:
+    def moved(arrays):
+        arrays["popularity"] = arrays["popularity"] + 1.0
+
+    c.edit_arrays("releases.npz", moved)
+    return f"{_where(1)}: releases.npz does not hold the median of the 3 group sums"
+
+
 def not_an_authorised_supernode(c: Copy) -> str:
     return f"{_where(1)}: device {c.releases()[0]['signed'][0]['client']}: signed with a key that is not one of the authorised SuperNodes' in {c.path / 'strangers'}"
 
@@ -482,6 +546,7 @@ class Case:
     tamper: Callable[[Copy], str]
     check: str
     node_keys: bool = False  # audit against a folder of other SuperNodes' keys
+    grouped: bool = False  # a rewrite of the grouped run (secure-groups 3), not the base run
 
     @property
     def name(self) -> str:
@@ -532,12 +597,23 @@ CASES = [
     Case(no_graph_for_the_sums, "secure-sum"),
     Case(one_identity_in_two_places, "secure-sum"),
     Case(graph_not_the_rosters, "secure-sum"),
+    Case(group_count_not_the_configs, "secure-plan", grouped=True),
+    Case(group_plans_not_recomputable, "secure-plan", grouped=True),
+    Case(group_entry_not_its_group, "secure-plan", grouped=True),
+    Case(claims_less_than_the_costliest_group, "secure-shares", grouped=True),
+    Case(no_group_of_each_device, "secure-sum", grouped=True),
+    Case(group_not_the_rosters, "secure-sum", grouped=True),
+    Case(released_not_the_median, "secure-sum", grouped=True),
 ]
 
 
+def _base(case: Case, request) -> Path:
+    return request.getfixturevalue("grouped_run" if case.grouped else "base_run")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_each_rewrite_fails_the_secure_audit_with_its_line(case, base_run, tmp_path):
-    copy = Copy(base_run, tmp_path)
+def test_each_rewrite_fails_the_secure_audit_with_its_line(case, request, tmp_path):
+    copy = Copy(_base(case, request), tmp_path)
     line = case.tamper(copy)
     node_keys = None
     if case.node_keys:
@@ -654,9 +730,9 @@ NOISE_TEMPLATES = 3  # the floor and the window's two sides: the lying runs abov
 SUMMARY_LINE = "summary.json claims user-level epsilon"  # from server/audit/release_model.py, shared with the central mode
 
 
-def test_every_line_the_secure_audit_can_print_has_a_case_that_prints_it(base_run, tmp_path):
+def test_every_line_the_secure_audit_can_print_has_a_case_that_prints_it(base_run, request, tmp_path):
     templates = _templates()
-    lines = {case.name: case.tamper(Copy(base_run, tmp_path / case.name)) for case in CASES}
+    lines = {case.name: case.tamper(Copy(_base(case, request), tmp_path / case.name)) for case in CASES}
     lines.update({f"noise-{k}": line for k, line in enumerate(_noise_lines(base_run)[2])})
     uncovered = [t for t in templates if not any(re.fullmatch(t, line) for line in lines.values())]
     assert uncovered == []

@@ -5,6 +5,7 @@ one entry in :data:`RELEASES`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from shared.releases.base import DeviceView, Fit, ModelSettings, Release, settin
 from shared.releases.cooccurrence import Cooccurrence
 from shared.releases.popularity import TOP_ITEMS, Popularity
 from shared.releases.selection import Selection
+from shared.secure_sum.groups import combine_trim, group_colluders, split_into_groups
 from shared.secure_sum.plan import SecurePlan, make_plan
 
 RELEASES: tuple[Release, ...] = (Popularity(), Cooccurrence(), Selection())
@@ -70,6 +72,9 @@ def check_secure_settings(config) -> None:
     p = config.privacy
     if p.secure_neighbours < 2 or not 0.0 <= p.secure_dropout < 1.0 or not 0.0 <= p.secure_colluders < 1.0:
         raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
+    if p.secure_groups < 1:
+        raise ValueError(f"secure-groups must be at least 1, not {p.secure_groups}")
+    combine_trim(p.secure_combine, p.secure_groups)
 
 
 def secure_plan(config: Mapping, devices: int, dimensions: Sequence[int]) -> SecurePlan:
@@ -86,6 +91,44 @@ def secure_plan(config: Mapping, devices: int, dimensions: Sequence[int]) -> Sec
     )
 
 
+def group_plan(config: Mapping, population: int, size: int, dimensions: Sequence[int]) -> SecurePlan:
+    """The plan of one group of ``size`` devices when the roster's ``population`` is cut into
+    ``secure-groups`` (:mod:`shared.secure_sum.groups`). A user is in one group, so each group's
+    sum carries on its own the noise the budget needs (parallel composition). The group tolerates
+    the colluders some group may hold (:func:`~shared.secure_sum.groups.group_colluders`: all of
+    the run's ``ceil(secure-colluders population)`` with one group; with more, a hypergeometric
+    tail failing with probability at most delta / 10 beside the graph's own delta / 10, not added
+    to the delta a run reports), and gets the fewest neighbours, from ``secure-neighbours`` up,
+    whose graph holds at that. With one group it is :func:`secure_plan`. Server, devices and
+    audit all call this."""
+    groups = int(setting(config, "secure-groups", 1))
+    if groups == 1:
+        if size != population:
+            raise ValueError(f"one group of {size} devices in a population of {population}")
+        return secure_plan(config, population, dimensions)
+    def get(key: str) -> float:
+        return float(setting(config, key))
+
+    colluders = math.ceil(get("secure-colluders") * population - 1e-9)
+    tolerated = group_colluders(population, colluders, size, groups, get("delta") / 10)
+    names = [r.name for r in planned_releases(config)][: len(dimensions)]
+    shares = budget_shares(config)[: len(dimensions)]
+    k = int(get("secure-neighbours"))
+    while True:
+        try:
+            return make_plan(size, names, list(dimensions), shares, get("user-epsilon"), get("delta"), k, get("secure-dropout"),
+                             0.0, population=population, groups=groups, colluder_count=tolerated)
+        except ValueError as exc:
+            if "raise secure-neighbours" not in str(exc) or k >= size - 1:
+                raise
+            k += 2
+
+
+def group_sizes(population: int, groups: int) -> list[int]:
+    """Each group's size when ``population`` devices are cut into ``groups`` arcs."""
+    return [len(arc) for arc in split_into_groups(range(population), groups)]
+
+
 def refit(recorded: Mapping[str, np.ndarray], noise_std: Mapping[str, float], catalog: Mapping[str, np.ndarray], config: Mapping) -> Fit:
     """The served model's fit from recorded releases (``releases.npz``), the std each was fitted
     under and the public catalog (``catalog.npz``): the server's own post-processing, run again
@@ -98,5 +141,5 @@ def refit(recorded: Mapping[str, np.ndarray], noise_std: Mapping[str, float], ca
 
 __all__ = [
     "RELEASES", "TOP_ITEMS", "DeviceView", "Fit", "ModelSettings", "Release", "budget_shares", "check_release_settings",
-    "check_secure_settings", "planned_releases", "refit", "release_named", "secure_plan",
+    "check_secure_settings", "group_plan", "group_sizes", "planned_releases", "refit", "release_named", "secure_plan",
 ]

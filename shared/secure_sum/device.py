@@ -52,7 +52,8 @@ from shared.secure_sum.records import (
     UnmaskRequest,
 )
 from shared.secure_sum.spend import SPEND_FILE, load_spend, save_spend, spend_lock
-from shared.releases import RELEASES, check_release_settings, check_secure_settings, secure_plan
+from shared.releases import RELEASES, check_release_settings, check_secure_settings, group_plan, secure_plan
+from shared.secure_sum.groups import group_rosters
 
 SESSION_KEY = "secure-sum"
 
@@ -67,7 +68,8 @@ def _keep(context: Context, session: DeviceSession) -> None:
     context.state[SESSION_KEY] = ConfigRecord(session.to_record())
 
 
-PLAN_KEYS = ("user-epsilon", "delta", "popularity-budget-share", "selection-budget-share", "secure-neighbours", "secure-dropout", "secure-colluders")
+PLAN_KEYS = ("user-epsilon", "delta", "popularity-budget-share", "selection-budget-share", "secure-neighbours", "secure-dropout", "secure-colluders",
+             "secure-groups")
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,6 +83,18 @@ def _planned(settings: tuple, devices: int, dimensions: tuple) -> SecurePlan:
     except ValueError as exc:
         raise ProtocolRefusal(f"the server's plan: {exc}: refusing it") from None
     return secure_plan(config, devices, list(dimensions))
+
+
+@functools.lru_cache(maxsize=16)
+def _planned_group(settings: tuple, population: int, size: int, dimensions: tuple) -> SecurePlan:
+    """One group's plan (``secure-groups`` above 1), for the group's size in this device's roster."""
+    config = resolve(None, {"privacy": "user", **dict(settings)})
+    try:
+        check_release_settings(config)
+        check_secure_settings(config)
+        return group_plan(config, population, size, list(dimensions))
+    except ValueError as exc:
+        raise ProtocolRefusal(f"the server's plan: {exc}: refusing it") from None
 
 
 AT_MOST = ("user-epsilon", "delta", "secure-dropout")  # larger is weaker
@@ -159,7 +173,7 @@ def _identity_key(msg: Message, context: Context, data: LocalData):
     return identity_keys.load_or_create_identity(state.parent / identity_keys.IDENTITY_KEY_FILE)
 
 
-def _roster(msg: Message, context: Context, data: LocalData) -> frozenset[str]:
+def _roster(msg: Message, context: Context, data: LocalData) -> identity_keys.Roster:
     """The identity keys this device trusts: its node config's ``roster`` file, else (a simulated
     device) the keys in the simulated devices' own state folders."""
     named = context.node_config.get("roster")
@@ -168,6 +182,30 @@ def _roster(msg: Message, context: Context, data: LocalData) -> frozenset[str]:
     if data.on_device:
         raise ProtocolRefusal("no roster in this device's node config: it cannot tell its neighbours' keys from the server's")
     return identity_keys.roster_of_simulated_devices(str(message_config(msg).get("device-state-dir", "")))
+
+
+def _groups(msg: Message) -> int:
+    return int(message_config(msg).get("secure-groups", 1))
+
+
+def _group_roster(msg: Message, context: Context, data: LocalData, session: DeviceSession) -> identity_keys.Roster:
+    """The identity keys this device aggregates with: its whole roster, or with ``secure-groups``
+    above 1 its own group of it (:func:`~shared.secure_sum.groups.group_rosters`, drawn from the
+    roster's seed, never from the server's word). Every check of the protocol (the population,
+    the participants, the graph, the survivor-set signatures) then holds within the group."""
+    roster = _roster(msg, context, data)
+    groups = _groups(msg)
+    if groups == 1:
+        return roster
+    own = identity_keys.public_hex(_identity_key(msg, context, data))
+    try:
+        arcs = group_rosters(sorted(roster.keys), roster.graph_seed(session.run), groups)
+    except ValueError as exc:
+        raise ProtocolRefusal(f"secure-groups {groups}: {exc}: refusing the plan") from None
+    mine = [arc for arc in arcs if own in arc]
+    if not mine:
+        raise ProtocolRefusal("this device's identity key is not in its roster: it belongs to no group")
+    return identity_keys.Roster(mine[0], roster.seed)
 
 
 def _participants(request: ShareRequest) -> dict[int, str]:
@@ -180,9 +218,16 @@ def _participants(request: ShareRequest) -> dict[int, str]:
 
 
 def _plan(msg: Message, context: Context, data: LocalData, session: DeviceSession, dimensions: list[int]) -> SecurePlan:
+    """The plan this device computes itself: for the population the server names (held to the
+    roster's at the share stage), or with ``secure-groups`` above 1 its group's, sized from the
+    roster."""
     asked = {k: v for k, v in message_config(msg).items() if k in PLAN_KEYS}
     check_floor(asked, dict(context.node_config), data.on_device)
-    return _planned(tuple(sorted(asked.items())), session.devices, tuple(dimensions))
+    if _groups(msg) == 1:
+        return _planned(tuple(sorted(asked.items())), session.devices, tuple(dimensions))
+    roster = _roster(msg, context, data)
+    group = _group_roster(msg, context, data, session)
+    return _planned_group(tuple(sorted(asked.items())), len(roster), len(group), tuple(dimensions))
 
 
 def stage_reply(msg: Message, context: Context, data: LocalData, stage: str, client_id: str, identity: str, key) -> Message:
@@ -212,7 +257,7 @@ def _answer(msg: Message, context: Context, data: LocalData, stage: str, fields:
         plan = _plan(msg, context, data, session, shared.dimensions)
         ciphertexts = session.share_keys(
             plan, shared.neighbours, shared.mask_publics, shared.channel_publics, shared.identity_keys, shared.key_signatures,
-            _roster(msg, context, data), identity_keys.public_hex(_identity_key(msg, context, data)), _participants(shared),
+            _group_roster(msg, context, data, session), identity_keys.public_hex(_identity_key(msg, context, data)), _participants(shared),
         )
         _keep(context, session)
         return secure_reply(msg, ShareReply(ciphertexts).fields())
@@ -245,7 +290,7 @@ def _answer(msg: Message, context: Context, data: LocalData, stage: str, fields:
         asked = UnmaskRequest.of(fields)
         plan = _plan(msg, context, data, session, asked.dimensions)
         seeds, keys = session.unmask(
-            plan, asked.release, asked.survivors, asked.dropped, asked.signers, asked.signatures, _roster(msg, context, data),
+            plan, asked.release, asked.survivors, asked.dropped, asked.signers, asked.signatures, _group_roster(msg, context, data, session),
         )
         _keep(context, session)
         return secure_reply(msg, UnmaskReply(list(seeds), list(seeds.values()), list(keys), list(keys.values())).fields())

@@ -19,6 +19,13 @@ from typing import TypeVar
 import numpy as np
 
 Evidence = TypeVar("Evidence", bound="_Arrays")
+GROUP_OF_KEY = "group-of"  # with secure-groups: each protocol index's group (-1: in none)
+
+
+def evidence_prefix(release: str, group: int | None = None) -> str:
+    """The prefix of ``release``'s arrays: its name, or with ``secure-groups`` its name and the
+    group's (``popularity@group-0``), each group being a secure sum of its own."""
+    return release if group is None else f"{release}@group-{group}"
 
 
 def _kebab(name: str) -> str:

@@ -23,6 +23,7 @@ colluders and neighbour graph (:func:`group_plans`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -36,6 +37,27 @@ def check_groups(groups: int, trim: int) -> None:
         raise ValueError(f"secure-groups must be at least 1, not {groups}")
     if trim < 0 or 2 * trim >= groups:
         raise ValueError(f"secure-trim {trim}: it must be at least 0 and leave a group sum, below half of secure-groups {groups}")
+
+
+COMBINES = ("median", "sum")  # ``secure-combine``: the trim each is (median: all but the middle; sum: none)
+
+
+def combine_trim(combine: str, groups: int) -> int:
+    """The trim :func:`trimmed_total` uses for ``secure-combine`` over ``groups`` sums: ``median``
+    keeps the middle one (two, averaged, for an even count), ``sum`` keeps every one."""
+    if combine not in COMBINES:
+        raise ValueError(f"secure-combine {combine!r}: choose one of {', '.join(COMBINES)}")
+    return (groups - 1) // 2 if combine == "median" else 0
+
+
+def group_rosters(keys: Sequence[str], seed: str, groups: int) -> list[frozenset[str]]:
+    """The roster's identity ``keys`` cut into ``groups``: ordered by SHA-256 of the graph's
+    ``seed`` (the roster's own random seed; a simulation's, the run id) and each key, then cut
+    into arcs (:func:`split_into_groups`). Every device and the server compute it alike from the
+    roster, so the server cannot choose who shares a group with whom, nor place a target among
+    its colluders."""
+    order = sorted(set(keys), key=lambda key: hashlib.sha256(f"fedmmrec group|{seed}|{key}".encode()).digest())
+    return [frozenset(arc) for arc in split_into_groups(order, groups)]
 
 
 def split_into_groups(order: Sequence[int], groups: int) -> list[list[int]]:

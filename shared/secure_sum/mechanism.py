@@ -87,6 +87,9 @@ class SecureReleaser(Releaser):
         except SecureAggregationAborted as exc:
             self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
             raise
+        return self._released(name, result)
+
+    def _released(self, name: str, result: "SecureRelease") -> Released:
         self.honest.append(result.honest_variance)
         epsilon = self.secure.plan.epsilon(self.honest)
         plan = self.secure.plan.release(name)
@@ -97,6 +100,46 @@ class SecureReleaser(Releaser):
 
     def finish(self, run_dir: "RunDirectory") -> None:
         run_dir.save_arrays(SECURE_FILE, {**self.evidence, **self.secure.key_evidence()})
+
+
+class GroupedReleaser(SecureReleaser):
+    """``secure-groups`` above 1: one secure sum per group of the roster, combined by their
+    median (or sum); the claim is the costliest group's (:mod:`shared.secure_sum.grouped`)."""
+
+    def __init__(self, grid: "Grid", nodes: list[int], config: RunConfig, dimensions: list[int], ledger: "Ledger", log) -> None:
+        from shared.secure_sum.grouped import GroupedAggregation
+
+        self.secure = GroupedAggregation(grid, nodes, config, dimensions, log)  # type: ignore[assignment]
+        self.nodes, self.ledger, self.log = nodes, ledger, log
+        self.honest_of: list[list[float]] = []
+        self.evidence: dict[str, np.ndarray] = {}
+
+    def start(self) -> None:
+        grouped = self.secure
+        grouped.setup(server_round=1)
+        self.honest_of = [[] for _ in grouped.groups]
+        sizes = ", ".join(f"{len(g.participants)}/{g.plan.devices}" for g in grouped.groups)
+        self.log(
+            f"[secure aggregation] {len(grouped.participants)} of {len(self.nodes)} devices in {grouped.count} groups "
+            f"({sizes} taking part), each its own secure sum; a group needs {[g.plan.min_survivors for g in grouped.groups]}, "
+            f"tolerates {[g.plan.colluders for g in grouped.groups]} colluders; released: their {self.secure.config.privacy.secure_combine}"
+        )
+
+    def _released(self, name: str, results) -> Released:  # type: ignore[override]
+        from shared.secure_sum.grouped import grouped_ledger_body
+
+        grouped = self.secure
+        bodies, epsilons = [], []
+        for g, (group, result) in enumerate(zip(grouped.groups, results)):
+            self.honest_of[g].append(result.honest_variance)
+            epsilon = group.plan.epsilon(self.honest_of[g])
+            epsilons.append(epsilon)
+            self.evidence.update(result.evidence)
+            bodies.append({**secure_ledger_body(group.plan, group.plan.release(name), result, epsilon), "group": g,
+                           "evidence": group.evidence_name(name)})
+        epsilon, std = max(epsilons), grouped.fitted_std(name, results)
+        body = grouped_ledger_body(grouped, name, int(results[0].noisy.size), bodies, epsilon, std)
+        return Released(grouped.combined(results), list(body["contributors"]), epsilon, std, body)
 
 
 class SecureStudyNoise(StudyNoise):
@@ -184,10 +227,13 @@ class SecureReleases(ReleasesMechanism):
         }
 
     def study_noise(self, shares: list[float], dimensions: list[int], devices: int) -> StudyNoise:
+        if self.config.privacy.secure_groups > 1:
+            raise ValueError("secure-groups above 1 in a study: the studies run one secure sum (the promotion study measures the groups)")
         return SecureStudyNoise(self.config, shares, dimensions, devices)
 
     def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:
-        return SecureReleaser(grid, nodes, self.config, list(dimensions.values()), ledger, log)
+        kind = GroupedReleaser if self.config.privacy.secure_groups > 1 else SecureReleaser
+        return kind(grid, nodes, self.config, list(dimensions.values()), ledger, log)
 
     @classmethod
     def audit(

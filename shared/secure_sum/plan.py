@@ -71,6 +71,13 @@ class SecurePlan:
     releases: tuple[ReleasePlan, ...]
     delta: float
     epsilon_budget: float
+    population: int = 0  # the roster's, when it is cut into groups (0: ``devices``, one group)
+    groups: int = 1  # ``secure-groups``: this plan is one group's of that many
+
+    @property
+    def roster_size(self) -> int:
+        """The population a device's roster must list: ``devices``, or with groups the whole roster's."""
+        return self.population or self.devices
 
     @property
     def uncounted(self) -> int:
@@ -90,6 +97,8 @@ class SecurePlan:
             "epsilon-budget": self.epsilon_budget if math.isfinite(self.epsilon_budget) else "inf",
             "releases": [[r.name, r.dimension, r.scale, r.bound, r.share_variance] for r in self.releases],
         }
+        if self.groups > 1:  # one group's plan; a plan of one sum keeps the digest it always had
+            fields.update({"population": self.population, "groups": self.groups})
         return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def release(self, name: str) -> ReleasePlan:
@@ -127,8 +136,13 @@ def make_plan(
     neighbours: int,
     dropout: float,
     colluders: float,
+    population: int = 0,
+    groups: int = 1,
+    colluder_count: int | None = None,
 ) -> SecurePlan:
-    """The plan for ``devices`` devices; a ValueError says why parameters cannot work."""
+    """The plan for ``devices`` devices; a ValueError says why parameters cannot work. One group
+    of ``groups`` cut from a roster of ``population`` (:func:`shared.releases.group_plan`) gives
+    the colluders it tolerates as ``colluder_count`` instead of the ``colluders`` fraction."""
     if devices < 3:
         raise ValueError(
             f"secure aggregation (user-noise = distributed) needs at least 3 devices, not {devices}: with 2, each would "
@@ -142,7 +156,7 @@ def make_plan(
         raise ValueError(f"secure-neighbours must be at least 2 (got {neighbours})")
     threshold = k // 2 + 1
     min_survivors = max(2, math.ceil((1.0 - dropout) * devices - 1e-9))
-    trusted_out = math.ceil(colluders * devices - 1e-9)
+    trusted_out = math.ceil(colluders * devices - 1e-9) if colluder_count is None else int(colluder_count)
     if min_survivors - trusted_out < 1:
         raise ValueError(f"with {devices} devices, {min_survivors} must survive and {trusted_out} may collude: no honest noise would remain")
     if 2 * min_survivors <= devices + trusted_out:
@@ -182,7 +196,8 @@ def make_plan(
         share_variance = central / honest
         check_no_overflow(devices, b, math.sqrt(devices * share_variance))
         releases.append(ReleasePlan(name, int(d), s, b, central, share_variance))
-    return SecurePlan(devices, k, threshold, min_survivors, trusted_out, tuple(releases), float(delta), float(epsilon))
+    return SecurePlan(devices, k, threshold, min_survivors, trusted_out, tuple(releases), float(delta), float(epsilon),
+                      int(population) if groups > 1 else 0, int(groups))
 
 
 def graph_parts(members: Sequence[int], neighbours: dict[int, Sequence[int]]) -> int:

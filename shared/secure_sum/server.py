@@ -35,7 +35,7 @@ from shared.messages import (
     update_of,
 )
 from shared.secure_sum import identity, masks
-from shared.secure_sum.evidence import KeyEvidence, ReleaseEvidence
+from shared.secure_sum.evidence import KeyEvidence, ReleaseEvidence, evidence_prefix
 from shared.secure_sum.records import (
     ConfirmReply,
     ConfirmRequest,
@@ -113,9 +113,11 @@ def _key_rows(keys: dict[int, bytes], devices: int) -> np.ndarray:
 class SecureAggregation:
     """One run's secure releases over ``grid``'s ``nodes`` (protocol indices 0..n-1 in node order)."""
 
-    def __init__(self, grid: Grid, nodes: list[int], config: RunConfig, dimensions: list[int], log=print) -> None:
+    def __init__(self, grid: Grid, nodes: list[int], config: RunConfig, dimensions: list[int], log=print,
+                 plan: SecurePlan | None = None, group: int | None = None) -> None:
         self.grid, self.nodes, self.config, self.log = grid, list(nodes), config, log
-        self.plan: SecurePlan = secure_plan(config, len(nodes), dimensions)
+        self.plan: SecurePlan = plan if plan is not None else secure_plan(config, len(nodes), dimensions)
+        self.group = group  # which of ``secure-groups`` this sum is (None: the only one)
         self.dimensions = list(dimensions)
         self.mask_publics: dict[int, bytes] = {}  # each device's per-release mask public keys, concatenated
         self.neighbours: dict[int, list[int]] = {}
@@ -136,28 +138,55 @@ class SecureAggregation:
 
     def _require(self, alive: int, stage: str) -> None:
         if alive < self.plan.min_survivors:
+            where = "" if self.group is None else f" in group {self.group}"
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {stage}: {alive} devices, below the minimum {self.plan.min_survivors} of "
+                f"secure aggregation aborted at {stage}{where}: {alive} devices, below the minimum {self.plan.min_survivors} of "
                 f"{self.plan.devices} (secure-dropout {self.config.privacy.secure_dropout:g}); nothing was released"
             )
 
+    def evidence_name(self, release: str) -> str:
+        """The prefix of ``release``'s arrays in ``secure-sum.npz``: its name, or with groups its
+        name and this group's (``popularity@group-0``)."""
+        return evidence_prefix(release, self.group)
+
     def setup(self, server_round: int) -> None:
         """Stages 1 and 2: keys, then encrypted shares for each device's neighbours."""
+        self.advertise(server_round)
+        self.distribute(server_round, self._roster())
+
+    def advertise(self, server_round: int, required: bool = True) -> None:
+        """Stage 1, for every node: each device's signed public keys and identity key.
+        ``required``: abort below this plan's minimum (a group's is checked by its own sum)."""
         everyone = range(len(self.nodes))
         asked = {i: KeysRequest(len(self.nodes), self.dimensions, i).fields() for i in everyone}
         replies = self._send(SECURE_KEYS, asked, ArrayRecord(), server_round)
-        self._require(len(replies), "key advertisement")
+        if required:
+            self._require(len(replies), "key advertisement")
         self.run = str(next(iter(replies.values())).metadata.run_id) if replies else ""
         answers = _read(KeysReply, replies, self.log)
         keys = {i: (a.mask_public, a.channel_public) for i, a in answers.items()}
         self.identities = {i: (a.identity_key, a.key_signature) for i, a in answers.items()}
         wanted = 32 * len(self.plan.releases)
         keys = {i: k for i, k in keys.items() if len(k[0]) == wanted}  # a device with the wrong key count takes no part
-        self._require(len(keys), "key advertisement")
+        if required:
+            self._require(len(keys), "key advertisement")
         self.mask_publics = {i: k[0] for i, k in keys.items()}
         self.channel_publics = {i: k[1] for i, k in keys.items()}
+
+    def adopt(self, advertised: "SecureAggregation", roster: identity.Roster) -> None:
+        """Take the devices of ``advertised``'s key stage whose identity is in ``roster`` (this
+        group's), as if this sum had run stage 1 itself."""
+        self.run, self.identities = advertised.run, dict(advertised.identities)
+        mine = [i for i in advertised.mask_publics if self.identities[i][0] in roster]
+        self.mask_publics = {i: advertised.mask_publics[i] for i in mine}
+        self.channel_publics = {i: advertised.channel_publics[i] for i in mine}
+        self._require(len(mine), "key advertisement")
+
+    def distribute(self, server_round: int, roster: identity.Roster) -> None:
+        """Stage 2: the participant list and neighbour graph ``roster`` (and its seed) determine,
+        and each device's encrypted shares forwarded to its neighbours."""
+        keys = {i: (self.mask_publics[i], self.channel_publics[i]) for i in self.mask_publics}
         taking_part = {i: self.identities[i][0] for i in sorted(keys)}
-        roster = self._roster()
         if len(roster) != self.plan.devices:
             raise SecureAggregationAborted(
                 f"secure aggregation aborted at share distribution: the roster lists {len(roster)} devices, the run has "
@@ -239,7 +268,7 @@ class SecureAggregation:
             sketch_signatures=_byte_rows([sketched[u][1] for u in sorted(sketched)], 64),
             unsketched=np.asarray(unsketched, dtype=np.int64),
             unsketched_vectors=np.asarray([vectors[u] for u in unsketched], dtype=np.uint32).reshape(len(unsketched), release.dimension),
-        ).arrays(name)
+        ).arrays(self.evidence_name(name))
         return SecureRelease(
             name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
@@ -342,18 +371,27 @@ class SecureAggregation:
     def key_evidence(self) -> dict[str, np.ndarray]:
         """Every device's neighbours (the audit rebuilds dropped masks with them and each
         release's mask public keys, recorded with the release)."""
-        n = len(self.nodes)
-        width = max((len(v) for v in self.neighbours.values()), default=0)
-        graph = -np.ones((n, width), dtype=np.int64)
-        for i, vs in self.neighbours.items():
-            graph[i, : len(vs)] = vs
-        identities = np.zeros((n, 32), dtype=np.uint8)
-        signatures = np.zeros((n, 64), dtype=np.uint8)
-        channels = np.zeros((n, 32), dtype=np.uint8)
-        for i in self.mask_publics:
-            who, signature = self.identities.get(i, ("", b""))
+        return key_evidence([self]).arrays()
+
+
+def key_evidence(sums: list[SecureAggregation]) -> KeyEvidence:
+    """The key stages' evidence of one or more secure sums over disjoint devices of the same
+    nodes (a run's groups): each device's neighbours, identity key, its signature over its
+    public keys and its channel key, in one table over the protocol indices."""
+    n = len(sums[0].nodes)
+    neighbours = {i: vs for one in sums for i, vs in one.neighbours.items()}
+    width = max((len(v) for v in neighbours.values()), default=0)
+    graph = -np.ones((n, width), dtype=np.int64)
+    for i, vs in neighbours.items():
+        graph[i, : len(vs)] = vs
+    identities = np.zeros((n, 32), dtype=np.uint8)
+    signatures = np.zeros((n, 64), dtype=np.uint8)
+    channels = np.zeros((n, 32), dtype=np.uint8)
+    for one in sums:
+        for i in one.mask_publics:
+            who, signature = one.identities.get(i, ("", b""))
             if len(who) == 64 and len(signature) == 64:
                 identities[i], signatures[i] = np.frombuffer(bytes.fromhex(who), dtype=np.uint8), np.frombuffer(signature, dtype=np.uint8)
-            channels[i] = np.frombuffer(self.channel_publics[i], dtype=np.uint8)
-        return KeyEvidence(neighbours=graph, identity_keys=identities, key_signatures=signatures, channel_publics=channels,
-                           run_id=np.asarray(self.run), graph_seed=np.asarray(self.graph_seed)).arrays()
+            channels[i] = np.frombuffer(one.channel_publics[i], dtype=np.uint8)
+    return KeyEvidence(neighbours=graph, identity_keys=identities, key_signatures=signatures, channel_publics=channels,
+                       run_id=np.asarray(sums[0].run), graph_seed=np.asarray(sums[0].graph_seed))

@@ -367,8 +367,8 @@ class DeviceSession:
     def _check_population(self, plan: SecurePlan, members: list[int], action: str) -> None:
         if self.plan_digest and plan.digest() != self.plan_digest:
             raise ProtocolRefusal(f"refusing to {action} under another plan than the one this device shared its keys under")
-        if plan.devices != self.devices:
-            raise ProtocolRefusal(f"the plan is for {plan.devices} devices, this session for {self.devices}")
+        if plan.roster_size != self.devices:
+            raise ProtocolRefusal(f"the plan is for {plan.roster_size} devices, this session for {self.devices}")
         if len(set(members)) < plan.min_survivors:
             raise ProtocolRefusal(
                 f"refusing to {action} for {len(set(members))} devices: the minimum is {plan.min_survivors} of {plan.devices}"

@@ -58,10 +58,10 @@ from shared.data.split import split_for
 from shared.features import load_or_compute_features
 from shared.item_content import content_matrix
 from shared.metrics import user_metrics
-from shared.releases import DeviceView, Fit, ModelSettings, budget_shares, planned_releases
+from shared.releases import DeviceView, Fit, ModelSettings, group_plan, planned_releases
 from shared.privacy.gaussian import clip
-from shared.secure_sum.groups import group_colluders, split_into_groups, trimmed_total, trimmed_total_std
-from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan, make_plan
+from shared.secure_sum.groups import split_into_groups, trimmed_total, trimmed_total_std
+from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
 from shared.secure_sum.plausible import noise_window, window_tail
 from shared.secure_sum.quantise import conditional_round, from_field, to_field
 from shared.secure_sum.skellam import skellam_noise
@@ -89,28 +89,11 @@ class Row:
 
 
 def group_plans(config, sizes: list[int], dimensions: list[int]) -> list[SecurePlan]:
-    """One plan per group, for its own size: it tolerates the colluders some group may hold
-    (:func:`shared.secure_sum.groups.group_colluders`, all of the run's with one group, failing
-    with probability at most delta / 10 beside the graph's own delta / 10), and gets the fewest
-    neighbours, from ``secure-neighbours`` up, whose graph holds at that."""
-    p = config.privacy
-    devices = sum(sizes)
-    colluders = math.ceil(p.secure_colluders * devices - 1e-9)
-    names = [r.name for r in planned_releases(config)]
-
-    def plan(size: int) -> SecurePlan:
-        tolerated = group_colluders(devices, colluders, size, len(sizes), float(p.delta) / 10)
-        k = int(p.secure_neighbours)
-        while True:
-            try:
-                return make_plan(size, names, dimensions, budget_shares(config), float(p.user_epsilon), float(p.delta), k,
-                                 float(p.secure_dropout), (tolerated - 0.5) / size if tolerated else 0.0)
-            except ValueError as exc:
-                if "raise secure-neighbours" not in str(exc) or k >= size - 1:
-                    raise
-                k += 2
-
-    return [plan(size) for size in sizes]
+    """One plan per group, for its own size: the protocol's own
+    (:func:`shared.releases.group_plan`, what a run with ``secure-groups`` plans), so the study
+    measures the design a run would use."""
+    grouped = config.replace(secure_groups=len(sizes))
+    return [group_plan(grouped, sum(sizes), size, dimensions) for size in sizes]
 
 
 def rounded_sparse(statistic: np.ndarray, release: ReleasePlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
