@@ -103,3 +103,22 @@ def test_the_bench_command_writes_the_parts_it_was_asked_for(tmp_path, capsys):
     assert main(["bench", "--parts", "secure,speed", "--out", str(tmp_path / "other.json")]) == 2
     assert "unknown bench part(s) speed; choose from quality, communication" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+
+
+def test_the_secure_scale_part_measures_runs_and_a_device_and_fits_their_growth(tmp_path, feature_cache):
+    """``--parts secure-scale`` on small populations (the real runs and the real device cost at
+    12, 24 and 30 devices, the last as 3 cohorts): every row is filled, the slopes are those of
+    the figures beside them, and a population whose plan cannot hold is reported, not a crash."""
+    from simulations.bench.secure_scale import project, project_crossing, secure_scale, slope
+
+    assert slope([10, 100, 1000], [3, 300, 30000]) == pytest.approx(2.0)
+    assert project([10, 100], [1, 10], 1000) == pytest.approx(100.0)
+    assert project_crossing([10, 100], [0.1, 1.0], 10.0) == pytest.approx(1000.0)
+    figures = secure_scale(tmp_path, feature_cache, runs=((12, 1), (24, 1), (30, 3)), device_populations=(12, 30, 2))
+    assert [k for k in figures if k.startswith("run ")] == ["run 12 devices, 1 cohort(s)", "run 24 devices, 1 cohort(s)",
+                                                         "run 30 devices, 3 cohort(s)"]
+    assert figures["run 30 devices, 3 cohort(s)"]["server-sum-buffer-gib"] == pytest.approx(4 * 10 * 20100 / 2**30)
+    assert "needs at least 3 devices" in figures["one device at 2 devices"]["no plan"]
+    cpu = [figures[f"one device at {n} devices"]["cpu-s-per-release"] for n in (12, 30)]
+    assert figures["growth exponent (log-log slope)"]["device CPU per release"] == pytest.approx(slope([12, 30], cpu))
+    assert set(figures["projection, one sum"]) == {"1e+05 devices", "1e+06 devices"}

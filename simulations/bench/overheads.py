@@ -371,12 +371,13 @@ def secure_device_cost(devices: int = 943, dimensions: tuple[int, ...] = MOVIELE
 
 
 BENCH_PARTS = ("quality", "communication", "features", "dp", "clients", "scale", "movielens", "online", "secure")
+OPT_IN_PARTS = ("secure-scale",)  # run only when named: tens of minutes
 
 
 def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str, ...] = ()) -> dict[str, Any]:
-    unknown = [p for p in parts if p not in BENCH_PARTS]
+    unknown = [p for p in parts if p not in BENCH_PARTS + OPT_IN_PARTS]
     if unknown:
-        raise ValueError(f"unknown bench part(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PARTS)}")
+        raise ValueError(f"unknown bench part(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PARTS + OPT_IN_PARTS)}")
     parts = parts or BENCH_PARTS
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedmmrec-bench-") as tmp:
@@ -401,6 +402,10 @@ def run_bench(out: str | Path = "bench.json", repeats: int = 3, parts: tuple[str
             results["online-response"] = online_latency(work, cache)
         if "secure" in parts:
             results["secure-sum-device"] = secure_device_cost()
+        if "secure-scale" in parts:
+            from simulations.bench.secure_scale import secure_scale
+
+            results["secure-scale"] = secure_scale(work, cache)
     Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n", encoding="utf-8")
     print(format_table(results))
     print(f"fedmmrec: wrote {out}")
@@ -412,7 +417,7 @@ def format_table(results: dict[str, Any]) -> str:
     for section, figures in results.items():
         for key, value in figures.items():
             if isinstance(value, dict):
-                value = ", ".join(f"{k} {v:.3g}" for k, v in value.items())
+                value = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in value.items())
             elif isinstance(value, float):
                 value = f"{value:.4g}"
             lines.append(f"| {section}: {key} | {value} |")
