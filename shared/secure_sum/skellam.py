@@ -35,12 +35,24 @@ def noise_rng() -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128))
 
 
+MAX_POISSON_RATE = 1e12  # numpy's Poisson sampler (PTRS in float64) keeps its variance to 0.1% up to here, not past ~1e14
+
+
 def skellam_noise(rng: np.random.Generator, size: int, variance: float) -> np.ndarray:
-    """Symmetric Skellam noise of ``variance`` per coordinate (int64; zeros for variance 0)."""
+    """Symmetric Skellam noise of ``variance`` per coordinate (int64; zeros for variance 0).
+
+    A rate above :data:`MAX_POISSON_RATE` is drawn as the sum of equal parts below it (a sum of
+    independent Skellam variables is Skellam of the summed rates): numpy's Poisson at rates of
+    1e14 and more missed the variance by 1 to 19% (measured: std ratios 0.93 to 1.19 at rates
+    3e14 to 1e16), which a few-device plan or a study's summed shares reach."""
     if variance <= 0:
         return np.zeros(size, dtype=np.int64)
     rate = variance / 2.0
-    return rng.poisson(rate, size=size).astype(np.int64) - rng.poisson(rate, size=size).astype(np.int64)
+    parts = max(1, math.ceil(rate / MAX_POISSON_RATE))
+    noise = np.zeros(size, dtype=np.int64)
+    for _ in range(parts):
+        noise += rng.poisson(rate / parts, size=size).astype(np.int64) - rng.poisson(rate / parts, size=size).astype(np.int64)
+    return noise
 
 
 @dataclass(frozen=True)
