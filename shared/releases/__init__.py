@@ -5,7 +5,6 @@ one entry in :data:`RELEASES`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,8 +13,8 @@ from shared.releases.base import DeviceView, Fit, ModelSettings, Release, settin
 from shared.releases.cooccurrence import Cooccurrence
 from shared.releases.popularity import TOP_ITEMS, Popularity
 from shared.releases.selection import Selection
-from shared.secure_sum.groups import combine_trim, group_colluders, split_into_groups
-from shared.secure_sum.plan import SecurePlan, make_plan
+from shared.secure_sum.groups import combine_trim, split_into_groups
+from shared.secure_sum.plan import SecurePlan, make_group_plan, make_plan
 
 RELEASES: tuple[Release, ...] = (Popularity(), Cooccurrence(), Selection())
 SHARE_KEYS = tuple(r.share_key for r in RELEASES if r.share_key)  # the configured shares; co-occurrence gets the rest
@@ -109,19 +108,11 @@ def group_plan(config: Mapping, population: int, size: int, dimensions: Sequence
     def get(key: str) -> float:
         return float(setting(config, key))
 
-    colluders = math.ceil(get("secure-colluders") * population - 1e-9)
-    tolerated = group_colluders(population, colluders, size, groups, get("delta") / 10)
-    names = [r.name for r in planned_releases(config)][: len(dimensions)]
-    shares = budget_shares(config)[: len(dimensions)]
-    k = int(get("secure-neighbours"))
-    while True:
-        try:
-            return make_plan(size, names, list(dimensions), shares, get("user-epsilon"), get("delta"), k, get("secure-dropout"),
-                             0.0, population=population, groups=groups, colluder_count=tolerated)
-        except ValueError as exc:
-            if "raise secure-neighbours" not in str(exc) or k >= size - 1:
-                raise
-            k += 2
+    return make_group_plan(
+        population, size, groups, [r.name for r in planned_releases(config)][: len(dimensions)], dimensions,
+        budget_shares(config)[: len(dimensions)], get("user-epsilon"), get("delta"), int(get("secure-neighbours")),
+        get("secure-dropout"), get("secure-colluders"),
+    )
 
 
 def group_sizes(population: int, groups: int) -> list[int]:

@@ -148,38 +148,98 @@ class SecureStudyNoise(StudyNoise):
     (:func:`shared.secure_sum.session.rounded_with_share`, what a device masks), summed in
     Z_{2^32} as the unmasked sum is (the masks cancel), over the scale. Every device is counted
     (none drops), so the epsilon is the plan's at all the devices' shares less the colluders'
-    and the removed user's own."""
+    and the removed user's own. With ``secure-groups`` above 1 the devices, in the order the
+    study hands them over, are cut into the groups' arcs, each summed under its own group plan
+    (:func:`shared.secure_sum.plan.make_group_plan`), and the release is their median or sum
+    (:func:`shared.secure_sum.groups.trimmed_total`), as a run makes it."""
 
     def __init__(self, config: RunConfig, shares: list[float], dimensions: list[int], devices: int) -> None:
-        from shared.secure_sum.plan import make_plan
+        from shared.releases import group_sizes
+        from shared.secure_sum.groups import combine_trim
+        from shared.secure_sum.plan import make_group_plan, make_plan
 
         p = config.privacy
-        self.plan = make_plan(
-            devices, [f"study-release-{k}" for k in range(len(shares))], list(dimensions), list(shares), float(p.user_epsilon),
-            float(p.delta), int(p.secure_neighbours), float(p.secure_dropout), float(p.secure_colluders),
-        )
+        names = [f"study-release-{k}" for k in range(len(shares))]
+        settings = (list(dimensions), list(shares), float(p.user_epsilon), float(p.delta), int(p.secure_neighbours),
+                    float(p.secure_dropout), float(p.secure_colluders))
+        self.count = int(p.secure_groups)
+        self.trim = combine_trim(p.secure_combine, self.count)
+        if self.count == 1:
+            self.plans = [make_plan(devices, names, *settings)]
+        else:
+            self.plans = [make_group_plan(devices, size, self.count, names, *settings) for size in group_sizes(devices, self.count)]
+        self.devices = devices
 
-    def release(self, index: int, contributions, dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    @property
+    def plan(self):
+        """The first group's plan (the only one without groups)."""
+        return self.plans[0]
+
+    def _planned(self, index: int, dimension: int):
+        """Release ``index`` of each group's plan, at ``dimension`` values (at most the planned:
+        its rounding bound holds a fortiori)."""
         from dataclasses import replace
 
+        planned = [plan.releases[index] for plan in self.plans]
+        if dimension > planned[0].dimension:
+            raise ValueError(f"a release of {dimension} values where the plan has {planned[0].dimension}: its rounding bound would not hold")
+        return [replace(r, dimension=dimension) for r in planned]
+
+    def _by_group(self, contributions):
+        """(group, contribution) for each device in the order handed over, cut into the groups'
+        arcs; every planned device must come (the epsilon counts each one's share)."""
+        ends = np.cumsum([plan.devices for plan in self.plans])
+        devices = 0
+        for contribution in contributions:
+            group = int(np.searchsorted(ends, devices, side="right"))
+            devices += 1
+            if group < len(self.plans):
+                yield group, contribution
+        if devices != self.devices:
+            raise ValueError(f"{devices} contributions to a study release planned for {self.devices} devices")
+
+    def _combined(self, totals: list[np.ndarray], releases) -> tuple[np.ndarray, float]:
+        """The groups' integer sums read back from the field, over their scales, combined; and
+        the noise std of the combination."""
+        from shared.secure_sum.groups import trimmed_total, trimmed_total_std
         from shared.secure_sum.quantise import from_field, to_field
+
+        sums = np.stack([from_field(to_field(total)) / r.scale for total, r in zip(totals, releases)])
+        stds = [r.noise_std_of_sum(plan.devices) for r, plan in zip(releases, self.plans)]
+        return trimmed_total(sums, self.trim), float(np.sqrt(np.mean(np.square(stds)))) * trimmed_total_std(self.count, self.trim)
+
+    def release(self, index: int, contributions, dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        from shared.secure_sum.quantise import to_field
         from shared.secure_sum.session import rounded_with_share
 
-        planned = self.plan.releases[index]
-        if dimension > planned.dimension:
-            raise ValueError(f"a release of {dimension} values where the plan has {planned.dimension}: its rounding bound would not hold")
-        release = replace(planned, dimension=dimension)  # at most the planned: its rounding bound holds a fortiori
-        total, devices = np.zeros(dimension, dtype=np.uint32), 0
-        for contribution in contributions:
-            total += to_field(rounded_with_share(contribution, release, rng))
-            devices += 1
-        if devices != self.plan.devices:  # the epsilon below counts every planned device's share
-            raise ValueError(f"{devices} contributions to a study release planned for {self.plan.devices} devices")
-        return from_field(total) / planned.scale, planned.noise_std_of_sum(devices)
+        releases = self._planned(index, dimension)
+        totals = [np.zeros(dimension, dtype=np.uint32) for _ in self.plans]
+        for group, contribution in self._by_group(contributions):
+            totals[group] += to_field(rounded_with_share(contribution, releases[group], rng))
+        return self._combined(totals, releases)
+
+    def release_streamed(self, index: int, contributions, dimension: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """:meth:`release` for large populations, the same release in distribution: each device's
+        statistic rounded on its nonzero coordinates only
+        (:func:`~shared.secure_sum.session.rounded_sparse`) and each group's Skellam shares drawn
+        as their sum (a sum of independent Skellam variables is Skellam of the summed variance),
+        so the work is the devices' nonzeros, not devices x dimension."""
+        from shared.secure_sum.session import rounded_sparse
+        from shared.secure_sum.skellam import skellam_noise
+
+        releases = self._planned(index, dimension)
+        totals = [np.zeros(dimension, dtype=np.int64) for _ in self.plans]
+        for group, contribution in self._by_group(contributions):
+            where, values = rounded_sparse(contribution, releases[group], rng)
+            totals[group][where] += values
+        for total, release, plan in zip(totals, releases, self.plans):
+            total += skellam_noise(rng, dimension, plan.devices * release.share_variance)
+        return self._combined(totals, releases)
 
     def epsilon(self, count: int) -> float:
-        honest = self.plan.devices - self.plan.uncounted
-        return self.plan.epsilon([honest * r.share_variance for r in self.plan.releases[:count]])
+        """The costliest group's (a user is in one group: parallel composition)."""
+        return max(plan.epsilon([(plan.devices - plan.uncounted) * r.share_variance for r in plan.releases[:count]])
+                   for plan in self.plans)
 
 
 class SecureReleases(ReleasesMechanism):
@@ -227,8 +287,6 @@ class SecureReleases(ReleasesMechanism):
         }
 
     def study_noise(self, shares: list[float], dimensions: list[int], devices: int) -> StudyNoise:
-        if self.config.privacy.secure_groups > 1:
-            raise ValueError("secure-groups above 1 in a study: the studies run one secure sum (the promotion study measures the groups)")
         return SecureStudyNoise(self.config, shares, dimensions, devices)
 
     def releaser(self, grid: "Grid", nodes: list[int], dimensions: dict[str, int], ledger: "Ledger", log) -> Releaser:

@@ -200,6 +200,38 @@ def make_plan(
                       int(population) if groups > 1 else 0, int(groups))
 
 
+def make_group_plan(
+    population: int,
+    size: int,
+    groups: int,
+    names: Sequence[str],
+    dimensions: Sequence[int],
+    budget_shares: Sequence[float],
+    epsilon: float,
+    delta: float,
+    neighbours: int,
+    dropout: float,
+    colluders: float,
+) -> SecurePlan:
+    """The plan of one group of ``size`` when a roster of ``population`` is cut into ``groups``
+    (:func:`shared.releases.group_plan` reads these from a run's config): the colluders some
+    group may hold (:func:`~shared.secure_sum.groups.group_colluders`, with ``ceil(colluders
+    population)`` in the roster), and the fewest neighbours from ``neighbours`` up whose graph
+    holds at that."""
+    from shared.secure_sum.groups import group_colluders
+
+    tolerated = group_colluders(population, math.ceil(colluders * population - 1e-9), size, groups, delta / 10)
+    k = int(neighbours)
+    while True:
+        try:
+            return make_plan(size, names, list(dimensions), list(budget_shares), epsilon, delta, k, dropout, 0.0,
+                             population=population, groups=groups, colluder_count=tolerated)
+        except ValueError as exc:
+            if "raise secure-neighbours" not in str(exc) or k >= size - 1:
+                raise
+            k += 2
+
+
 def graph_parts(members: Sequence[int], neighbours: dict[int, Sequence[int]]) -> int:
     """How many connected parts the neighbour graph has among ``members`` (the survivors)."""
     inside, seen, parts = set(members), set(), 0

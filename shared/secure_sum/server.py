@@ -250,7 +250,8 @@ class SecureAggregation:
         dropped_keys = {v: masks.rebuild(key_shares[v], plan.threshold) for v in dropped}
         publics = {i: self.release_publics(i, name) for i in self.mask_publics}
         integers = unmasked_sum(total.astype(np.uint32), name, survivors, seeds, dropped_keys, publics, self.neighbours)
-        self._check_plausible(name, from_field(integers), len(survivors))
+        centred = from_field(integers)  # the unmasked sum, read as signed integers
+        self._check_plausible(name, centred, len(survivors))
         self.participants = survivors  # a dropped device's mask key is known now: it takes no further part
         variances = [float(records[u]["noise-variance"]) for u in survivors]
         evidence = ReleaseEvidence(
@@ -260,7 +261,7 @@ class SecureAggregation:
             dropped=np.asarray(dropped, dtype=np.int64),
             dropped_keys=np.frombuffer(b"".join(dropped_keys[v] for v in dropped), dtype=np.uint8).reshape(len(dropped), 32),
             mask_publics=_key_rows({i: publics[i] for i in publics}, len(self.nodes)),
-            unmasked=from_field(integers),
+            unmasked=centred,
             signers=_hex_rows(signers, 32),
             signatures=_byte_rows(signatures, 64),
             sketched=np.asarray(sorted(sketched), dtype=np.int64),
@@ -270,7 +271,7 @@ class SecureAggregation:
             unsketched_vectors=np.asarray([vectors[u] for u in unsketched], dtype=np.uint32).reshape(len(unsketched), release.dimension),
         ).arrays(self.evidence_name(name))
         return SecureRelease(
-            name=name, noisy=from_field(integers) / release.scale, participants=participants, survivors=survivors, dropped=dropped,
+            name=name, noisy=centred / release.scale, participants=participants, survivors=survivors, dropped=dropped,
             records=[records[u] for u in survivors], honest_variance=honest_variance(variances, plan.uncounted),
             total_variance=float(sum(variances)), evidence=evidence,
         )

@@ -96,6 +96,16 @@ def rounded_with_share(statistic: np.ndarray, release: ReleasePlan, rng: np.rand
     return rounded + skellam_noise(rng, rounded.size, release.share_variance if add_noise else 0.0)
 
 
+def rounded_sparse(statistic: np.ndarray, release: ReleasePlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(where, values): the nonzero coordinates of a device's clipped, scaled and randomly rounded
+    statistic (:func:`rounded_with_share` without the noise share), for the studies. A zero
+    coordinate rounds to 0 and adds nothing to the norm, so rounding only the nonzero ones draws
+    from the same distribution, at the cost of a device's few items, not the release's dimension."""
+    bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
+    where = np.flatnonzero(bounded)
+    return where, conditional_round(bounded[where], release.scale, release.bound, rng)
+
+
 @dataclass
 class DeviceSession:
     """One device's secrets and bookkeeping for one run's secure releases (kept in its state)."""

@@ -4,7 +4,7 @@ watched into everyone's top 10, under the default secure sum, and what does boun
 The default mechanism (``privacy = user``, ``user-noise = distributed``) on a dataset (MovieLens-100K
 by default), its three releases with the secure sum's arithmetic, in one process: each honest
 device's statistic clipped to norm 1, scaled and rounded at random within the plan's bound
-(:func:`rounded_sparse`), the honest devices' Skellam shares (drawn as their sum: a sum of Skellam
+(:func:`shared.secure_sum.session.rounded_sparse`), the honest devices' Skellam shares (drawn as their sum: a sum of Skellam
 variables is Skellam of the summed variance), all summed in Z_{2^32} as the unmasked sum is (the
 masks cancel and are left out). The attackers are ``attackers`` devices drawn at random before
 anything else; in the popularity release they mask, instead of their statistic, a vector that is
@@ -59,11 +59,11 @@ from shared.features import load_or_compute_features
 from shared.item_content import content_matrix
 from shared.metrics import user_metrics
 from shared.releases import DeviceView, Fit, ModelSettings, group_plan, planned_releases
-from shared.privacy.gaussian import clip
 from shared.secure_sum.groups import split_into_groups, trimmed_total, trimmed_total_std
-from shared.secure_sum.plan import CLIP, ReleasePlan, SecurePlan
+from shared.secure_sum.plan import SecurePlan
 from shared.secure_sum.plausible import noise_window, window_tail
-from shared.secure_sum.quantise import conditional_round, from_field, to_field
+from shared.secure_sum.quantise import from_field, to_field
+from shared.secure_sum.session import rounded_sparse
 from shared.secure_sum.skellam import skellam_noise
 
 PUSHED_CANDIDATE = CANDIDATES.index((1.0, 0.0))
@@ -94,17 +94,6 @@ def group_plans(config, sizes: list[int], dimensions: list[int]) -> list[SecureP
     measures the design a run would use."""
     grouped = config.replace(secure_groups=len(sizes))
     return [group_plan(grouped, sum(sizes), size, dimensions) for size in sizes]
-
-
-def rounded_sparse(statistic: np.ndarray, release: ReleasePlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(where, values): the nonzero coordinates of a device's clipped, scaled and randomly rounded
-    statistic (:func:`shared.secure_sum.session.rounded_with_share` without the noise share).
-    A zero coordinate rounds to 0 and adds nothing to the norm, so rounding only the nonzero
-    ones draws from the same distribution, at the cost of a device's few items, not the
-    release's dimension."""
-    bounded, _ = clip(np.asarray(statistic, dtype=np.float64), CLIP)
-    where = np.flatnonzero(bounded)
-    return where, conditional_round(bounded[where], release.scale, release.bound, rng)
 
 
 def plausible_most(plan: SecurePlan, index: int, contributions: int) -> float:
