@@ -508,7 +508,7 @@ def group_plans_not_recomputable(c: Copy) -> str:
 
 def group_entry_not_its_group(c: Copy) -> str:
     c.edit_release(2, lambda b: b["group-releases"][1].update({"evidence": "cooccurrence@group-0"}))
-    return "group 1's entries do not name group 1 and its evidence"
+    return "group 1's entries do not name group 1, their release and its evidence"
 
 
 def claims_less_than_the_costliest_group(c: Copy) -> str:
@@ -527,6 +527,12 @@ def group_not_the_rosters(c: Copy) -> str:
     device = int(np.flatnonzero(group_of == 0)[0])
     c.set_row("group-of", device, np.int64(1))
     return f"device {device}: recorded in group 1, the roster's order puts it in group 0: the server chose who sums with whom"
+
+
+def group_entries_of_another_release(c: Copy) -> str:
+    first = c.releases()[0]["group-releases"]
+    c.edit_release(2, lambda b: b.update({"group-releases": first}))  # release 2's groups are release 1's, each consistent in itself
+    return "group 0's entries do not name group 0, their release and its evidence"
 
 
 def released_not_the_median(c: Copy) -> str:
@@ -609,6 +615,14 @@ CASES = [
 
 def _base(case: Case, request) -> Path:
     return request.getfixturevalue("grouped_run" if case.grouped else "base_run")
+
+
+def test_group_entries_copied_from_another_release_fail_as_not_their_release(grouped_run, tmp_path):
+    """Release 2's group entries replaced by release 1's, each consistent in itself: the line
+    group_entry_not_its_group prints, here for the release they do not name."""
+    copy = Copy(grouped_run, tmp_path)
+    line = group_entries_of_another_release(copy)
+    assert line in audit(copy.path).failures["secure-plan"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -59,6 +59,7 @@ def test_the_groups_are_the_rosters_own_arcs_and_one_group_is_todays_plan():
 @pytest.mark.parametrize("change, problem", [
     ({"secure-groups": 0}, "secure-groups must be at least 1, not 0"),
     ({"secure-groups": 3, "secure-combine": "mean"}, "secure-combine 'mean': choose one of median, sum"),
+    ({"secure-groups": 2}, "secure-combine median over 2 groups is their mean, which one liar moves at will"),
 ])
 def test_bad_group_settings_are_refused_naming_the_key(change, problem):
     from server.mechanisms import mechanism_for
@@ -177,3 +178,27 @@ def test_the_streamed_study_release_is_the_same_release_in_distribution(groups):
     assert stds["release_streamed"] == pytest.approx(stds["release"], rel=0.15)
     if groups == 1:  # a plain sum: its std is the plan's (a median's spread is the factor's only approximately)
         assert stds["release_streamed"] == pytest.approx(planned, rel=0.1)
+
+
+def test_a_group_that_fails_its_unmasking_after_another_aborts_and_records_what_was_unmasked(thirty, feature_cache, tmp_path, monkeypatch):
+    """Every group collects its inputs and signatures before any is unmasked, so a group below
+    its minimum aborts with nothing unmasked; but group 1's popularity sum failing the server's
+    plausibility check (here: read 1000 times too loud) comes after group 0's unmasking. The
+    release is aborted, nothing is released, and the ledger records group 0's sum as learned."""
+    from shared.secure_sum.server import SecureAggregation, SecureAggregationAborted
+
+    real = SecureAggregation._check_plausible
+
+    def loud(self, name, integers, contributions):
+        return real(self, name, integers * (1000 if self.group == 1 and name == "popularity" else 1), contributions)
+
+    monkeypatch.setattr(SecureAggregation, "_check_plausible", loud)
+    with pytest.raises(SecureAggregationAborted, match=r"aborted at popularity unmasking in group 1: the unmasked sum's norm .*; groups \[0\] had been unmasked$"):
+        _run(thirty, feature_cache, tmp_path, "partial", **{"secure-groups": 3})
+    entries = read_ledger(tmp_path / "partial")
+    assert [e.kind for e in entries] == ["header", "release-aborted"]
+    body = entries[1].body
+    assert body["reason"].endswith("; groups [0] had been unmasked") and "out-of-range input" in body["reason"]
+    assert [g["group"] for g in body["unmasked-groups"]] == [0] and body["unmasked-groups"][0]["contributions"] == 10
+    assert body["user-level-epsilon"] == body["unmasked-groups"][0]["user-level-epsilon"] > 0
+    assert not (tmp_path / "partial" / "releases.npz").exists()

@@ -231,6 +231,9 @@ def test_a_device_refuses_a_plan_weaker_than_its_own_floor():
     with pytest.raises(ProtocolRefusal, match="secure-colluders = 0, weaker than this device's 0.05"):
         check_floor({"secure-colluders": 0.0}, {}, on_device=True)
     check_floor({"user-epsilon": 3.0, "secure-neighbours": 40, "secure-dropout": 0.05}, {}, on_device=True)  # stronger: fine
+    with pytest.raises(ProtocolRefusal, match="secure-groups = 3, weaker than this device's 1"):
+        check_floor({"secure-groups": 3}, {}, on_device=True)  # a real device sums with its whole roster unless its config allows groups
+    check_floor({"secure-groups": 3}, {"secure-groups": 3}, on_device=True)
     with pytest.raises(ProtocolRefusal, match="user-epsilon = nan: not a number; refusing the plan"):
         check_floor({"user-epsilon": math.nan}, {}, on_device=True)  # NaN compares false with any floor
 

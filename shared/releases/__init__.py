@@ -73,7 +73,14 @@ def check_secure_settings(config) -> None:
         raise ValueError("secure-neighbours must be at least 2, secure-dropout and secure-colluders fractions in [0, 1)")
     if p.secure_groups < 1:
         raise ValueError(f"secure-groups must be at least 1, not {p.secure_groups}")
+
+
+def check_combine(config) -> None:
+    """``secure-combine`` (the server's post-processing of the group sums: no device reads it)."""
+    p = config.privacy
     combine_trim(p.secure_combine, p.secure_groups)
+    if p.secure_groups == 2 and p.secure_combine == "median":
+        raise ValueError("secure-combine median over 2 groups is their mean, which one liar moves at will: use 3 groups or more, or sum")
 
 
 def secure_plan(config: Mapping, devices: int, dimensions: Sequence[int]) -> SecurePlan:
@@ -132,5 +139,5 @@ def refit(recorded: Mapping[str, np.ndarray], noise_std: Mapping[str, float], ca
 
 __all__ = [
     "RELEASES", "TOP_ITEMS", "DeviceView", "Fit", "ModelSettings", "Release", "budget_shares", "check_release_settings",
-    "check_secure_settings", "group_plan", "group_sizes", "planned_releases", "refit", "release_named", "secure_plan",
+    "check_combine", "check_secure_settings", "group_plan", "group_sizes", "planned_releases", "refit", "release_named", "secure_plan",
 ]

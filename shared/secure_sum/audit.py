@@ -140,8 +140,9 @@ def _audit_groups(report, run: RunDirectory, header: dict[str, Any], releases: l
     epsilons: list[list[float]] = []
     for g, plan in enumerate(plans):
         entries = [dataclasses.replace(e, body=groups[g]) for e, groups in zip(releases, recorded)]
-        if any(int(b.get("group", -1)) != g or b.get("evidence") != evidence_prefix(str(b.get("release")), g) for b in (e.body for e in entries)):
-            report.fail("secure-plan", f"group {g}'s entries do not name group {g} and its evidence")
+        if any(int(e.body.get("group", -1)) != g or e.body.get("release") != top.body.get("release")
+               or e.body.get("evidence") != evidence_prefix(str(top.body.get("release")), g) for e, top in zip(entries, releases)):
+            report.fail("secure-plan", f"group {g}'s entries do not name group {g}, their release and its evidence")
             return
         _plan(report, plan, entries)
         epsilons.append(_shares(report, plan, entries, population, budget, delta, run, node_keys, top=False))
@@ -173,12 +174,16 @@ def _group_members(report, run: RunDirectory, node_keys, count: int) -> list[fro
     if not run.file(SECURE_FILE).is_file():
         return None  # _sums fails it
     evidence = run.load_arrays(SECURE_FILE)
-    if GROUP_OF_KEY not in evidence or "identity-keys" not in evidence or "graph-seed" not in evidence:
+    names = (GROUP_OF_KEY, KeyEvidence.key("identity_keys"), KeyEvidence.key("run_id"))
+    if any(name not in evidence for name in names) or evidence[GROUP_OF_KEY].shape != (evidence[names[1]].shape[0],) or not (
+            (evidence[GROUP_OF_KEY] >= -1) & (evidence[GROUP_OF_KEY] < count)).all():
         report.fail(check, f"{SECURE_FILE} records no group of each device: the groups cannot be held to the roster")
         return None
     if known is None:
+        report.figures["groups"] = "not held to a roster (none in the run directory or --node-keys): each device's group is the server's word"
         return None
-    arcs = group_rosters(sorted(known.keys), known.seed or str(evidence["graph-seed"]), count)
+    report.figures["groups"] = f"each device in the group of {count} that the roster's order gives it"
+    arcs = group_rosters(sorted(known.keys), known.graph_seed(str(evidence[names[2]])), count)
     group_of = {key: g for g, arc in enumerate(arcs) for key in arc}
     for i, (row, recorded) in enumerate(zip(evidence["identity-keys"], evidence[GROUP_OF_KEY])):
         if row.any() and group_of.get(bytes(row).hex(), -1) != int(recorded):
@@ -199,9 +204,10 @@ def _combination(report, run: RunDirectory, releases: list[Entry], recorded: lis
         keys = [ReleaseEvidence.key("unmasked", _evidence_name(body)) for body in groups]
         if any(key not in evidence for key in keys):
             continue  # _sums names the missing array
-        sums = np.stack([np.asarray(evidence[key], dtype=np.float64) / float(body["scale"]) for key, body in zip(keys, groups)])
-        expected = trimmed_total(sums, combine_trim(combine, count))
-        if name not in released or not np.allclose(released[name], expected, rtol=0, atol=1e-9):
+        sums = [np.asarray(evidence[key], dtype=np.float64) / float(body["scale"]) for key, body in zip(keys, groups)]
+        shapes = {s.shape for s in sums} | ({released[name].shape} if name in released else set())
+        expected = trimmed_total(np.stack(sums), combine_trim(combine, count)) if len(shapes) == 1 else None
+        if name not in released or expected is None or not np.allclose(released[name], expected, rtol=0, atol=1e-9):
             report.fail(check, f"{_where(entry)}: releases.npz does not hold the {combine} of the {count} group sums")
 
 

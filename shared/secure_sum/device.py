@@ -5,8 +5,9 @@ neighbours) live in the node's ``context.state`` for the run, never in a reply. 
 share, threshold, minimum) is computed here from the run's settings, and the device signs its
 SHA-256 with every input (the audit holds it to the config). On a real device the settings may
 not be weaker than the device's own floor: its ``node-config`` values of ``user-epsilon``,
-``delta``, ``secure-dropout`` (at most these), ``secure-colluders`` and ``secure-neighbours`` (at
-least these), else the code's defaults; a weaker plan is refused. Before it masks an input the
+``delta``, ``secure-dropout``, ``secure-groups`` (at most these: more groups make each sum
+smaller), ``secure-colluders`` and ``secure-neighbours`` (at least these), else the code's
+defaults (one group); a weaker plan is refused. Before it masks an input the
 device also checks its durable record of what it already released (:mod:`shared.secure_sum.spend`):
 a release of a run it answered is refused, and so is one that would take its user past its
 ``user-epsilon-cap`` (node config; on a real device without one, the default ``user-epsilon``).
@@ -97,7 +98,7 @@ def _planned_group(settings: tuple, population: int, size: int, dimensions: tupl
         raise ProtocolRefusal(f"the server's plan: {exc}: refusing it") from None
 
 
-AT_MOST = ("user-epsilon", "delta", "secure-dropout")  # larger is weaker
+AT_MOST = ("user-epsilon", "delta", "secure-dropout", "secure-groups")  # larger is weaker (more groups: smaller sums)
 AT_LEAST = ("secure-colluders", "secure-neighbours")  # smaller is weaker
 
 
@@ -185,7 +186,11 @@ def _roster(msg: Message, context: Context, data: LocalData) -> identity_keys.Ro
 
 
 def _groups(msg: Message) -> int:
-    return int(message_config(msg).get("secure-groups", 1))
+    """The server's ``secure-groups``: a whole number of at least 1, or the plan is refused."""
+    value = message_config(msg).get("secure-groups", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolRefusal(f"secure-groups {value!r} is not a number of groups: refusing the plan")
+    return value
 
 
 def _group_roster(msg: Message, context: Context, data: LocalData, session: DeviceSession) -> identity_keys.Roster:

@@ -27,10 +27,19 @@ from shared.config import RunConfig
 from shared.releases import group_plan
 from shared.secure_sum.groups import combine_trim, group_rosters, trimmed_total, trimmed_total_std
 from shared.secure_sum.evidence import GROUP_OF_KEY
-from shared.secure_sum.server import SecureAggregation, SecureRelease, key_evidence
+from shared.secure_sum.server import SecureAggregation, SecureAggregationAborted, SecureRelease, key_evidence
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
+
+class PartlyUnmasked(SecureAggregationAborted):
+    """A group failed at its unmasking after others were unmasked: nothing is released, but the
+    server holds those groups' noisy sums (``results``), and the ledger records them."""
+
+    def __init__(self, message: str, results: list[SecureRelease]) -> None:
+        super().__init__(message)
+        self.results = results
+
 
 class GroupedAggregation:
     """One run's secure releases as ``secure-groups`` secure sums over the roster's groups."""
@@ -52,8 +61,6 @@ class GroupedAggregation:
         self.keys.advertise(server_round, required=False)
         roster = self.keys._roster()
         if len(roster) != len(self.nodes):
-            from shared.secure_sum.server import SecureAggregationAborted
-
             raise SecureAggregationAborted(
                 f"secure aggregation aborted at share distribution: the roster lists {len(roster)} devices, the run has "
                 f"{len(self.nodes)}; every device plans for its roster's population and would refuse; nothing was released"
@@ -71,8 +78,20 @@ class GroupedAggregation:
         return sorted(i for group in self.groups for i in group.participants)
 
     def release(self, name: str, arrays: ArrayRecord, server_round: int) -> list[SecureRelease]:
-        """Stages 3 to 5 in each group, in turn; any group aborting aborts the release."""
-        return [group.release(name, arrays, server_round) for group in self.groups]
+        """Stages 3 and 4 in every group, then the unmasking in each: a group that falls below
+        its minimum before the unmasking aborts the release with nothing unmasked. A group that
+        fails at its own unmasking (too few shares returned, an implausible sum) after others
+        were unmasked aborts it too, and :class:`PartlyUnmasked` carries what the server learned."""
+        collected = [group.collect(name, arrays, server_round) for group in self.groups]
+        results: list[SecureRelease] = []
+        for group, one in zip(self.groups, collected):
+            try:
+                results.append(group.unmask(one))
+            except SecureAggregationAborted as exc:
+                if results:
+                    raise PartlyUnmasked(f"{exc}; groups {list(range(len(results)))} had been unmasked", results) from None
+                raise
+        return results
 
     def combined(self, results: list[SecureRelease]) -> np.ndarray:
         """The release: the group sums (each over its own scale) combined."""

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord
 from server.mechanisms.releases import Released, Releaser, ReleasesMechanism, StudyNoise
 from shared.config import RunConfig
 from shared.run_directory import SECURE_FILE
-from shared.releases import check_secure_settings
+from shared.releases import check_combine, check_secure_settings
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
@@ -125,18 +125,39 @@ class GroupedReleaser(SecureReleaser):
             f"tolerates {[g.plan.colluders for g in grouped.groups]} colluders; released: their {self.secure.config.privacy.secure_combine}"
         )
 
-    def _released(self, name: str, results) -> Released:  # type: ignore[override]
-        from shared.secure_sum.grouped import grouped_ledger_body
+    def release(self, server_round: int, name: str, dimension: int, arrays: ArrayRecord) -> Released:
+        from shared.secure_sum.grouped import PartlyUnmasked
+        from shared.secure_sum.server import SecureAggregationAborted
 
-        grouped = self.secure
+        try:
+            results = self.secure.release(name, arrays, server_round)
+        except PartlyUnmasked as exc:  # the server learned these groups' sums: on the record, though nothing is released
+            bodies, epsilons = self._group_bodies(name, exc.results)
+            self.ledger.append([("release-aborted", server_round, {
+                "release": name, "reason": str(exc), "unmasked-groups": bodies, "user-level-epsilon": max(epsilons)})])
+            raise
+        except SecureAggregationAborted as exc:
+            self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
+            raise
+        return self._released(name, results)
+
+    def _group_bodies(self, name: str, results) -> tuple[list[dict[str, Any]], list[float]]:
+        """Each unmasked group's ledger entry (a single sum's, naming its evidence) and epsilon."""
         bodies, epsilons = [], []
-        for g, (group, result) in enumerate(zip(grouped.groups, results)):
+        for g, (group, result) in enumerate(zip(self.secure.groups, results)):
             self.honest_of[g].append(result.honest_variance)
             epsilon = group.plan.epsilon(self.honest_of[g])
             epsilons.append(epsilon)
             self.evidence.update(result.evidence)
             bodies.append({**secure_ledger_body(group.plan, group.plan.release(name), result, epsilon), "group": g,
                            "evidence": group.evidence_name(name)})
+        return bodies, epsilons
+
+    def _released(self, name: str, results) -> Released:  # type: ignore[override]
+        from shared.secure_sum.grouped import grouped_ledger_body
+
+        grouped = self.secure
+        bodies, epsilons = self._group_bodies(name, results)
         epsilon, std = max(epsilons), grouped.fitted_std(name, results)
         body = grouped_ledger_body(grouped, name, int(results[0].noisy.size), bodies, epsilon, std)
         return Released(grouped.combined(results), list(body["contributors"]), epsilon, std, body)
@@ -259,6 +280,7 @@ class SecureReleases(ReleasesMechanism):
     def validate(cls, config: RunConfig) -> None:
         super().validate(config)
         check_secure_settings(config)
+        check_combine(config)
 
     @property
     def trust(self) -> str:  # type: ignore[override]

@@ -74,6 +74,25 @@ class SecureAggregationAborted(RuntimeError):
 
 
 @dataclass
+class Collected:
+    """One release's sum before its unmasking: who sent an input, the masked sum committed to,
+    the survivor-set signatures and the checked sketches (:meth:`SecureAggregation.collect`)."""
+
+    name: str
+    server_round: int
+    common: tuple
+    participants: list[int]
+    survivors: list[int]
+    dropped: list[int]
+    total: np.ndarray
+    vectors: dict[int, np.ndarray]
+    records: dict[int, dict[str, Any]]
+    signers: list[str]
+    signatures: list[bytes]
+    sketched: dict[int, tuple[bytes, bytes]]
+
+
+@dataclass
 class SecureRelease:
     """What one secure release gave: the noisy sum (in units of the clip) and its evidence."""
 
@@ -138,11 +157,15 @@ class SecureAggregation:
 
     def _require(self, alive: int, stage: str) -> None:
         if alive < self.plan.min_survivors:
-            where = "" if self.group is None else f" in group {self.group}"
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {stage}{where}: {alive} devices, below the minimum {self.plan.min_survivors} of "
+                f"secure aggregation aborted at {stage}{self.in_group}: {alive} devices, below the minimum {self.plan.min_survivors} of "
                 f"{self.plan.devices} (secure-dropout {self.config.privacy.secure_dropout:g}); nothing was released"
             )
+
+    @property
+    def in_group(self) -> str:
+        """How an abort names this sum's group ("" without groups)."""
+        return "" if self.group is None else f" in group {self.group}"
 
     def evidence_name(self, release: str) -> str:
         """The prefix of ``release``'s arrays in ``secure-sum.npz``: its name, or with groups its
@@ -212,7 +235,13 @@ class SecureAggregation:
     def release(self, name: str, arrays: ArrayRecord, server_round: int) -> SecureRelease:
         """Stages 3 to 5 for one release: masked inputs and their sum, committed to; the consistency
         round, in which the devices sign the set and the commitment, then sketch their inputs; the unmasking."""
-        plan, release = self.plan, self.plan.release(name)
+        return self.unmask(self.collect(name, arrays, server_round))
+
+    def collect(self, name: str, arrays: ArrayRecord, server_round: int) -> "Collected":
+        """Stages 3 and 4: the masked inputs, their sum committed to, the survivor set signed and
+        the sketches checked; nothing is unmasked yet (a run of groups collects every group
+        before it unmasks any)."""
+        plan = self.plan
         participants = list(self.participants)
         self._require(len(participants), f"{name} input")
         common = (plan.devices, self.dimensions, name, participants)
@@ -222,13 +251,21 @@ class SecureAggregation:
         parts = graph_parts(survivors, self.neighbours)
         if parts > 1:
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {name} unmasking: the survivors' neighbour graph is in {parts} parts, whose sums "
+                f"secure aggregation aborted at {name} unmasking{self.in_group}: the survivors' neighbour graph is in {parts} parts, whose sums "
                 "could be unmasked apart with a part of the noise each; nothing was released"
             )
         dropped = sorted(set(participants) - set(survivors))
         committed = masks.sum_digest(total)
         signers, signatures, sketched = self._confirm(name, survivors, common, committed, server_round)
         sketched = self._checked_sketches(name, participants, committed, sketched, vectors)
+        return Collected(name, server_round, common, participants, survivors, dropped, total, vectors, records, signers, signatures, sketched)
+
+    def unmask(self, collected: "Collected") -> SecureRelease:
+        """Stage 5: the survivors' shares, the unmasked sum, the plausibility check, the evidence."""
+        plan, name, release = self.plan, collected.name, self.plan.release(collected.name)
+        common, participants, survivors, dropped = collected.common, collected.participants, collected.survivors, collected.dropped
+        total, vectors, records, sketched = collected.total, collected.vectors, collected.records, collected.sketched
+        signers, signatures, server_round = collected.signers, collected.signatures, collected.server_round
         unsketched = [u for u in survivors if u not in sketched]
         fields = {i: UnmaskRequest(*common, survivors, dropped, signers, signatures).fields() for i in survivors}
         answers = _read(UnmaskReply, self._send(SECURE_UNMASK, fields, ArrayRecord(), server_round), self.log)
@@ -243,7 +280,7 @@ class SecureAggregation:
         short += [v for v in dropped if len(key_shares.get(v, [])) < plan.threshold]
         if short:
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {name} unmasking: devices {short[:5]} have fewer than {plan.threshold} "
+                f"secure aggregation aborted at {name} unmasking{self.in_group}: devices {short[:5]} have fewer than {plan.threshold} "
                 "shares returned; nothing was released"
             )
         seeds = {u: masks.rebuild(seed_shares[u], plan.threshold) for u in survivors}
@@ -322,7 +359,7 @@ class SecureAggregation:
                 sketches[i] = (reply.sketch, reply.sketch_signature)
         if len(signed) < self.plan.min_survivors:
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {name} confirmation: {len(signed)} devices signed the survivor set, below the "
+                f"secure aggregation aborted at {name} confirmation{self.in_group}: {len(signed)} devices signed the survivor set, below the "
                 f"minimum {self.plan.min_survivors}; nothing was released"
             )
         return list(signed), list(signed.values()), sketches
@@ -359,7 +396,7 @@ class SecureAggregation:
         _, most = noise_window(variance, contributions, release.bound, release.dimension, window_tail(len(self.plan.releases)))
         if norm > most:
             raise SecureAggregationAborted(
-                f"secure aggregation aborted at {name} unmasking: the unmasked sum's norm {norm:.6g} is above {most:.6g}, the most "
+                f"secure aggregation aborted at {name} unmasking{self.in_group}: the unmasked sum's norm {norm:.6g} is above {most:.6g}, the most "
                 f"that {contributions} inputs of norm at most {release.bound:.6g} and the planned noise give: a device masked an "
                 "out-of-range input, or the sum wrapped around the field; nothing was released"
             )
