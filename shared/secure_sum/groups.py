@@ -6,8 +6,8 @@ that masks ``2^29`` instead of its norm-1 statistic moves the one sum by that mu
 plausibility check, :mod:`shared.secure_sum.plausible`, stops only what no honest inputs could
 give). Python has no maintained range-proof library, so the bound comes from how the sums are
 combined instead: the roster is cut into ``groups`` arcs of its random order (drawn from the
-roster's own seed in a deployment, which neither the server nor a device chooses; in a
-simulation the run id seeds it, as it seeds the neighbour graph), each arc is its own
+roster's own seed in a deployment, written by the operator with the roster; in a simulation
+the run id, which the SuperLink draws, seeds it, as it seeds the neighbour graph), each arc is its own
 secure sum with its own noise, and the release is ``groups`` times the coordinate-wise mean of
 the group sums left after dropping the ``trim`` largest and ``trim`` smallest in each
 coordinate. While at most ``trim`` groups hold a lying device, every coordinate of the result
