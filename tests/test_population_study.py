@@ -98,18 +98,22 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
         "population-study", "--out", str(out), "--populations", "40,80", "--seeds", "0", "--rounds", "2",
         "--devices-per-round", "20", "--evaluated-users", "30", "--feature-cache", str(feature_cache),
         "--server-lr", "0.5", "--tower-weight", "2", "--epsilon", "8", "--evaluate-on", "validation",
-        "--data-root", str(tmp_path / "generated"),
+        "--data-root", str(tmp_path / "generated"), "--cohort", "60",
     ])
     assert code == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["population"], r["method"]) for r in rows] == [
         (p, m) for p in ("40", "80") for m in (
             "statistics", "statistics, half budget", "statistics + public content term", "statistics + tower (DP-FedAvg)",
-            "tower without noise (NOT PRIVATE)",
+            "tower without noise (NOT PRIVATE)", "statistics, secure sums (no party trusted)",
         )
     ]
     assert [float(r["user-level-epsilon"]) for r in rows[:3]] == pytest.approx([8.0, 5.2976, 8.0], abs=1e-4)
     assert 7.9 < float(rows[3]["user-level-epsilon"]) <= 8.0 and rows[4]["user-level-epsilon"] == "inf"
+    secure = [r for r in rows if r["method"] == "statistics, secure sums (no party trusted)"]
+    assert [r["secure-groups"] for r in secure] == ["1", "2"]  # 80 devices in cohorts of at most 60: two secure sums, summed
+    # the plans hold the budget at their minimum of survivors; every device counted, the claim is below it
+    assert all(6.0 < float(r["user-level-epsilon"]) < 8.0 for r in secure)
     assert [float(r["sample-rate"]) for r in rows if r["method"] == "statistics + tower (DP-FedAvg)"] == [0.5, 0.25]
     assert {r["evaluated-users"] for r in rows} == {"30"}
     assert rows[3]["tower-weights"] == str(TowerSettings.components**2)
@@ -118,6 +122,7 @@ def test_population_study_command_writes_every_row_the_crossover_and_the_plot(tm
     assert summary.startswith("# Population study: user-level epsilon 8 at delta 1e-05 (validation items)")
     assert "server lr 0.5, temperature 10, weight 2" in summary and "2 rounds, 20 devices per round" in summary
     assert summary.count("\n- ") == 8 and summary.count("Crossover over ") == 2
+    assert "secure sums of at most 60 devices" in summary
     assert (out / "population.png").stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="populations of at least 10 devices"):

@@ -59,6 +59,7 @@ def _population_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, default=8.0, help="user-level epsilon of every private row (delta 1e-5)")
     parser.add_argument("--evaluate-on", default="test", choices=("test", "validation"), help="validation: choose the tower's settings")
     parser.add_argument("--evaluated-users", type=int, default=3000, help="users ranked per population (the same for every row)")
+    parser.add_argument("--cohort", type=int, default=10_000, help="the secure row: most devices in one secure sum (larger populations are cut into cohorts, summed)")
     parser.add_argument("--data-root", default="", help="where the generated datasets go (default: OUT/data)")
     parser.add_argument("--feature-cache", default="")
     parser.add_argument("--rounds", type=int, default=TowerSettings.rounds, help="DP-FedAvg rounds of the tower")
@@ -76,12 +77,14 @@ def population_study(args: argparse.Namespace) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError:
         raise SystemExit("fedmmrec: --populations and --seeds take comma-separated integers")
-    if not populations or min(populations) < 10 or args.rounds < 1 or args.devices_per_round < 1 or args.evaluated_users < 1:
-        raise SystemExit("fedmmrec: populations of at least 10 devices, and positive --rounds, --devices-per-round, --evaluated-users")
+    if not populations or min(populations) < 10 or args.rounds < 1 or args.devices_per_round < 1 or args.evaluated_users < 1 or args.cohort < 10:
+        raise SystemExit("fedmmrec: populations of at least 10 devices, a --cohort of at least 10, and positive --rounds, "
+                         "--devices-per-round, --evaluated-users")
     settings = TowerSettings(rounds=args.rounds, devices_per_round=args.devices_per_round, server_lr=args.server_lr, weight=args.tower_weight)
     run_population(
         args.out, populations, seeds, epsilon=args.epsilon, evaluate_on=args.evaluate_on, settings=settings,
         evaluated_users=args.evaluated_users, data_root=args.data_root or None, feature_cache=args.feature_cache or None,
+        cohort=args.cohort,
     )
     print(f"fedmmrec: wrote {args.out}/results.csv, results.md, population.png")
     return 0

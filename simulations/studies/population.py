@@ -63,11 +63,12 @@ from shared.privacy.accounting import gaussian_epsilon, releases_and_rounds_epsi
 POPULATIONS = (250, 1000, 5000, 20000, 50000)
 CATALOG = SynthConfig(items=500, seed=0)
 SHARES = (0.1, 0.9)  # popularity, co-occurrence: of the mu^2 budget
-STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS = (
+STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS, SECURE = (
     "statistics", "statistics + public content term", "statistics, half budget", "statistics + tower (DP-FedAvg)",
-    "tower without noise (NOT PRIVATE)",
+    "tower without noise (NOT PRIVATE)", "statistics, secure sums (no party trusted)",
 )
-METHODS = (STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS)
+METHODS = (STATISTICS, WITH_CONTENT, HALF, TOWER, NOISELESS, SECURE)
+COHORT = 10_000  # most devices in one secure sum of the SECURE row: larger populations are cut into cohorts, summed
 COMPARED = (STATISTICS, WITH_CONTENT)  # what the tower must beat: the releases, with or without public content
 
 
@@ -123,6 +124,32 @@ def release_statistics(split: LeaveLastOutSplit, content: np.ndarray, stds: list
     triangle = cooccurrence_sum(split.train_items, top, n) + gaussian_noise(rng, triangle_size(len(top)), stds[1])
     model, _ = fit_model(popularity, stds[0], top, matrix_from_triangle(triangle, len(top)), stds[1], content, known, max_factors, 0.3)
     return model
+
+
+def secure_statistics(split: LeaveLastOutSplit, content: np.ndarray, epsilon: float, delta: float, cohort: int,
+                      rng: np.random.Generator, m: int = 600, max_factors: int = 24):
+    """The two releases through the default mechanism's own arithmetic (``user-noise =
+    distributed``: each device's statistic clipped, rounded and given its Skellam share, summed in
+    the field; :meth:`~shared.secure_sum.mechanism.SecureStudyNoise.release_streamed`), over
+    secure sums of at most ``cohort`` devices (``secure-groups``, ``secure-combine = sum``), and
+    the served model. Returns the model and the user-level epsilon the plans give."""
+    from server.mechanisms import mechanism_for
+    from shared.config import resolve
+    from shared.cooccurrence import cooccurrence_contribution
+
+    n, devices = split.num_items, len(split.users)
+    known = np.zeros(n, dtype=bool)
+    for items in split.train_items:
+        known[items] = True
+    size = min(m, int(known.sum()))
+    config = resolve(None, {"privacy": "user", "user-noise": "distributed", "user-epsilon": epsilon, "delta": delta,
+                            "secure-groups": math.ceil(devices / cohort), "secure-combine": "sum"})
+    noise = mechanism_for(config).study_noise(list(SHARES), [n, triangle_size(size)], devices)
+    popularity, popularity_std = noise.release_streamed(0, (popularity_contribution(h, n) for h in split.train_items), n, rng)
+    top = top_items(popularity, known, size)
+    triangle, triangle_std = noise.release_streamed(1, (cooccurrence_contribution(h, top) for h in split.train_items), triangle_size(len(top)), rng)
+    model, _ = fit_model(popularity, popularity_std, top, matrix_from_triangle(triangle, len(top)), triangle_std, content, known, max_factors, 0.3)
+    return model, noise.epsilon(2)
 
 
 def tower_noise_multiplier(release_stds: list[float], rate: float, rounds: int, epsilon: float, delta: float) -> float:
@@ -195,7 +222,7 @@ def _row(population: int, seed: int, method: str, measured: dict[str, np.ndarray
 def run_population(
     out: str | Path, populations: tuple[int, ...] = POPULATIONS, seeds: tuple[int, ...] = (0, 1, 2), epsilon: float = 8.0,
     delta: float = 1e-5, evaluate_on: str = "test", settings: TowerSettings = TowerSettings(), evaluated_users: int = 3000,
-    data_root: str | Path | None = None, feature_cache: str | None = None, log=print,
+    data_root: str | Path | None = None, feature_cache: str | None = None, log=print, cohort: int = COHORT,
 ) -> list[dict[str, Any]]:
     """Every population, seed and method; writes results.csv (rows as they finish), and at the
     end results.md and population.png. Returns the rows."""
@@ -236,13 +263,18 @@ def run_population(
                 rows.append(_row(population, seed, method, measured[method], spent, time.time() - begin,
                                  **{"noise-multiplier": multiplier, "sample-rate": rate, "rounds": settings.rounds,
                                     "tower-weights": projection.shape[1] ** 2}))
+            begin = time.time()  # last, so the rows above draw from the generator as they always did
+            model, spent = secure_statistics(split, content, epsilon, delta, cohort, rng)
+            measured[SECURE] = evaluate(model.scores, split, users)
+            rows.append(_row(population, seed, SECURE, measured[SECURE], spent, time.time() - begin,
+                             **{"secure-groups": math.ceil(len(split.users) / cohort)}))
             for compared in COMPARED:
                 difference = measured[TOWER]["hit"] - measured[compared]["hit"]
                 for subset, keep in (("all", np.ones(len(difference), dtype=bool)), ("warm", ~measured[TOWER]["cold"])):
                     paired.setdefault((compared, subset), {}).setdefault(population, []).append(difference[keep])
             write_csv(out / "results.csv", rows)
-            log(f"[population {population}, seed {seed}] " + ", ".join(f"{r['method']} HR@10 {r['hr@10']:.3f}" for r in rows[-5:]))
-    write_summary(out, rows, paired, epsilon, delta, evaluate_on, settings)
+            log(f"[population {population}, seed {seed}] " + ", ".join(f"{r['method']} HR@10 {r['hr@10']:.3f}" for r in rows[-6:]))
+    write_summary(out, rows, paired, epsilon, delta, evaluate_on, settings, cohort)
     return rows
 
 
@@ -274,12 +306,14 @@ def crossover(intervals: dict[int, tuple[float, float]]) -> int | None:
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], paired: dict[tuple[str, str], dict[int, list[np.ndarray]]], epsilon: float,
-                  delta: float, evaluate_on: str, settings: TowerSettings) -> None:
+                  delta: float, evaluate_on: str, settings: TowerSettings, cohort: int = COHORT) -> None:
     intervals = {key: {p: difference_interval(d) for p, d in by_population.items()} for key, by_population in paired.items()}
     lines = [
         f"# Population study: user-level epsilon {epsilon:g} at delta {delta:g} ({evaluate_on} items)",
         "",
-        "Server trusted to add the noise (central); the same generator at every population (500 films, 10% cold). "
+        "Server trusted to add the noise (central), except in the secure row: the default mechanism's arithmetic (devices' "
+        f"Skellam shares in secure sums of at most {cohort} devices, summed; no party trusted). "
+        "The same generator at every population (500 films, 10% cold). "
         f"Tower: {settings.components}x{settings.components} weights, {settings.rounds} rounds, "
         f"{settings.devices_per_round} devices per round expected, clip {settings.clip_norm:g}, server lr {settings.server_lr:g}, "
         f"temperature {settings.temperature:g}, weight {settings.weight:g}. Mean ± std over seeds "
@@ -319,7 +353,7 @@ def _plot(out: Path, rows: list[dict[str, Any]], intervals: dict[tuple[str, str]
 
     populations = sorted({r["population"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, style in zip(METHODS, ("-o", "-.o", "--o", "-s", ":^")):
+    for method, style in zip(METHODS, ("-o", "-.o", "--o", "-s", ":^", "-d")):
         means = [np.mean([r["hr@10"] for r in rows if r["population"] == p and r["method"] == method]) for p in populations]
         stds = [np.std([r["hr@10"] for r in rows if r["population"] == p and r["method"] == method]) for p in populations]
         left.errorbar(populations, means, yerr=stds, fmt=style, label=method, capsize=3, markersize=4)
