@@ -203,3 +203,16 @@ def test_reference_rows_come_from_every_named_results_file(tmp_path):
     grid.write_text(grid.read_text().replace('"ease"]', '"ease", "gone"]'), encoding="utf-8")
     with pytest.raises(ValueError, match=r"grid\.toml: no reference-results rows for setting\(s\) gone"):
         _reference_rows(load_experiment(grid), grid)
+
+
+def test_a_grid_setting_chooses_the_simulation_engine_and_faults_outside_the_run_config(monkeypatch, tmp_path):
+    """``engine`` and ``faults`` in a grid setting steer the simulation; the run config never sees them."""
+    import simulations.engines.simulate as engines
+    from simulations.studies.experiment import _run_federated
+
+    seen = {}
+    monkeypatch.setattr(engines, "simulate", lambda settings, faults="", engine="ray": seen.update(settings=settings, faults=faults, engine=engine))
+    _run_federated({"seed": 1, "engine": "in-process", "faults": "crash:3"}, tmp_path)
+    assert seen == {"settings": {"seed": 1}, "faults": "crash:3", "engine": "in-process"}
+    _run_federated({"seed": 2}, tmp_path)
+    assert seen == {"settings": {"seed": 2}, "faults": "", "engine": "ray"}

@@ -116,11 +116,16 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     }
 
 
+SIMULATION_KEYS = ("faults", "engine")  # a grid setting's keys that steer the simulation, not the run config
+
+
 def _run_federated(overrides: dict[str, Any], run_dir: Path) -> None:
     from simulations.engines.simulate import simulate
 
     settings = dict(overrides)
-    simulate(settings, faults=str(settings.pop("faults", "")))  # a grid's faults: the simulation's, not the run config's
+    # A grid's faults and engine (``in-process``: the same server and ClientApp code without
+    # Ray's message passing, several times faster for the secure sum's many stages).
+    simulate(settings, faults=str(settings.pop("faults", "")), engine=str(settings.pop("engine", "ray")))
 
 
 def _run_pooled(overrides: dict[str, Any], run_dir: Path) -> None:
@@ -180,9 +185,9 @@ def _check_same_config(run_dir: Path, overrides: dict[str, Any]) -> None:
     from shared.config import resolve
 
     saved = run.read_config()
-    wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id", "faults")})
+    wanted = resolve(None, {k: v for k, v in overrides.items() if k not in ("run-dir", "run-id", *SIMULATION_KEYS)})
     changed = [f"{k}: ran with {saved[k]!r}, the grid asks {wanted[k]!r}" for k in overrides
-               if k in saved and k not in ("run-dir", "run-id", "faults") and not _same_value(saved[k], wanted[k])]
+               if k in saved and k not in ("run-dir", "run-id", *SIMULATION_KEYS) and not _same_value(saved[k], wanted[k])]
     if changed:
         raise ValueError(
             f"{run_dir}: this finished run's config differs from the grid's ({'; '.join(changed)}); "
