@@ -784,3 +784,10 @@ def test_a_device_that_masks_an_out_of_range_input_gets_its_release_aborted_and_
     assert [e.kind for e in entries] == ["header", "release-aborted"]
     assert entries[1].body["release"] == "popularity" and "out-of-range input" in entries[1].body["reason"]
     assert not (tmp_path / "loud-input" / "releases.npz").exists()
+
+
+def test_a_group_entry_that_names_another_size_fails_its_plan(grouped_run, tmp_path):
+    """A group's entry must carry the size the roster's cut gives it (the plan's devices)."""
+    copy = Copy(grouped_run, tmp_path)
+    copy.edit_release(1, lambda b: b["group-releases"][2].update({"devices": 11}))
+    assert f"{_where(1)} group 2: devices 11 is not the plan's 10" in audit(copy.path).failures["secure-plan"]

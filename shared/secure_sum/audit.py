@@ -145,7 +145,7 @@ def _audit_groups(report, run: RunDirectory, header: dict[str, Any], releases: l
             report.fail("secure-plan", f"group {g}'s entries do not name group {g}, their release and its evidence")
             return
         _plan(report, plan, entries)
-        epsilons.append(_shares(report, plan, entries, population, budget, delta, run, node_keys, top=False))
+        epsilons.append(_shares(report, plan, entries, plan.devices, budget, delta, run, node_keys, top=False))
         _noise(report, plan, run, entries)
         _sums(report, run, entries, combined=True)
         _identities(report, plan, run, entries, node_keys, group=g, members=None if members is None else members[g])
@@ -220,7 +220,7 @@ def _plan(report, plan, releases) -> None:
             "scale": (float(body["scale"]), wanted.scale), "rounding-bound": (float(body["rounding-bound"]), wanted.bound),
             "share-variance": (float(body["share-variance"]), wanted.share_variance),
             "min-survivors": (int(body["min-survivors"]), plan.min_survivors), "threshold": (int(body["threshold"]), plan.threshold),
-            "colluders": (int(body["colluders"]), plan.colluders),
+            "colluders": (int(body["colluders"]), plan.colluders), "devices": (int(body["devices"]), plan.devices),
         }
         for key, (recorded, expected) in pairs.items():
             if not math.isclose(recorded, expected, rel_tol=1e-9, abs_tol=1e-12):
