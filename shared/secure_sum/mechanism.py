@@ -85,9 +85,13 @@ class SecureReleaser(Releaser):
         try:
             result = self.secure.release(name, arrays, server_round)
         except SecureAggregationAborted as exc:
-            self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
+            self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc), **self._learned(name, exc)})])
             raise
         return self._released(name, result)
+
+    def _learned(self, name: str, aborted: Exception) -> dict[str, Any]:
+        """What an aborted release still let the server learn, for its ledger entry (one sum: nothing)."""
+        return {}
 
     def _released(self, name: str, result: "SecureRelease") -> Released:
         self.honest.append(result.honest_variance)
@@ -125,21 +129,15 @@ class GroupedReleaser(SecureReleaser):
             f"tolerates {[g.plan.colluders for g in grouped.groups]} colluders; released: their {self.secure.config.privacy.secure_combine}"
         )
 
-    def release(self, server_round: int, name: str, dimension: int, arrays: ArrayRecord) -> Released:
+    def _learned(self, name: str, aborted: Exception) -> dict[str, Any]:
+        """A group that failed at its unmasking after others: the server holds their sums, on the
+        record with their signed entries and epsilon, though nothing is released."""
         from shared.secure_sum.grouped import PartlyUnmasked
-        from shared.secure_sum.server import SecureAggregationAborted
 
-        try:
-            results = self.secure.release(name, arrays, server_round)
-        except PartlyUnmasked as exc:  # the server learned these groups' sums: on the record, though nothing is released
-            bodies, epsilons = self._group_bodies(name, exc.results)
-            self.ledger.append([("release-aborted", server_round, {
-                "release": name, "reason": str(exc), "unmasked-groups": bodies, "user-level-epsilon": max(epsilons)})])
-            raise
-        except SecureAggregationAborted as exc:
-            self.ledger.append([("release-aborted", server_round, {"release": name, "reason": str(exc)})])
-            raise
-        return self._released(name, results)
+        if not isinstance(aborted, PartlyUnmasked):
+            return {}
+        bodies, epsilons = self._group_bodies(name, aborted.results)
+        return {"unmasked-groups": bodies, "user-level-epsilon": max(epsilons)}
 
     def _group_bodies(self, name: str, results) -> tuple[list[dict[str, Any]], list[float]]:
         """Each unmasked group's ledger entry (a single sum's, naming its evidence) and epsilon."""
