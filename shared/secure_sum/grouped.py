@@ -26,11 +26,13 @@ from flwr.app import ArrayRecord
 from shared.config import RunConfig
 from shared.releases import group_plan
 from shared.secure_sum.groups import combine_trim, group_rosters, trimmed_total, trimmed_total_std
+from shared.secure_sum import identity
 from shared.secure_sum.evidence import GROUP_OF_KEY
 from shared.secure_sum.server import SecureAggregation, SecureAggregationAborted, SecureRelease, key_evidence
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
+
 
 class PartlyUnmasked(SecureAggregationAborted):
     """A group failed at its unmasking after others were unmasked: nothing is released, but the
@@ -59,7 +61,7 @@ class GroupedAggregation:
     def setup(self, server_round: int) -> None:
         """One key stage for every device, then each group's participants, graph and shares."""
         self.keys.advertise(server_round, required=False)
-        roster = self.keys._roster()
+        roster = self.keys.roster()
         if len(roster) != len(self.nodes):
             raise SecureAggregationAborted(
                 f"secure aggregation aborted at share distribution: the roster lists {len(roster)} devices, the run has "
@@ -69,8 +71,9 @@ class GroupedAggregation:
         for g, arc in enumerate(group_rosters(sorted(roster.keys), seed, self.count)):
             plan = group_plan(self.config, len(roster), len(arc), self.dimensions)
             group = SecureAggregation(self.grid, self.nodes, self.config, self.dimensions, self.log, plan=plan, group=g)
-            group.adopt(self.keys, type(roster)(arc, roster.seed))
-            group.distribute(server_round, type(roster)(arc, roster.seed))
+            members = identity.Roster(arc, roster.seed)
+            group.adopt(self.keys, members)
+            group.distribute(server_round, members)
             self.groups.append(group)
 
     @property

@@ -175,7 +175,7 @@ class SecureAggregation:
     def setup(self, server_round: int) -> None:
         """Stages 1 and 2: keys, then encrypted shares for each device's neighbours."""
         self.advertise(server_round)
-        self.distribute(server_round, self._roster())
+        self.distribute(server_round, self.roster())
 
     def advertise(self, server_round: int, required: bool = True) -> None:
         """Stage 1, for every node: each device's signed public keys and identity key.
@@ -332,7 +332,7 @@ class SecureAggregation:
             vectors[i], records[i] = masked, record
         return total, vectors, records
 
-    def _roster(self) -> identity.Roster:
+    def roster(self) -> identity.Roster:
         """The devices' identity keys the graph is drawn over: a deployment's roster file
         (``secure-roster``), else the simulated devices' own keys in their state folders."""
         named = self.config.privacy.secure_roster
