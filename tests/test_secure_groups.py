@@ -202,3 +202,16 @@ def test_a_group_that_fails_its_unmasking_after_another_aborts_and_records_what_
     assert [g["group"] for g in body["unmasked-groups"]] == [0] and body["unmasked-groups"][0]["contributions"] == 10
     assert body["user-level-epsilon"] == body["unmasked-groups"][0]["user-level-epsilon"] > 0
     assert not (tmp_path / "partial" / "releases.npz").exists()
+
+
+def test_grouped_devices_that_add_no_noise_but_sign_the_full_share_fail_secure_noise(thirty, feature_cache, tmp_path, monkeypatch):
+    """The audit's noise check runs on every group's sum: devices that sign the planned share
+    and add none pass the signatures, and fail ``secure-noise`` in each group."""
+    import shared.secure_sum.session as session
+
+    monkeypatch.setattr(session, "skellam_noise", lambda rng, size, variance: np.zeros(size, dtype=np.int64))
+    run = _run(thirty, feature_cache, tmp_path, "silent", **{"secure-groups": 3})
+    report = audit(run)
+    assert not report.passed and report.failures["secure-shares"] == []
+    failed_groups = {line.split(":")[0].split(" group ")[1] for line in report.failures["secure-noise"] if "cooccurrence" in line}
+    assert failed_groups == {"0", "1", "2"}
